@@ -1,0 +1,115 @@
+//! Device and module connection strings:
+//! `HostName=…;DeviceId=…[;ModuleId=…];SharedAccessKey=…[;GatewayHostName=…]`.
+
+use std::fmt;
+
+/// A connection string that could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConnectionStringError {
+    /// A required field is absent.
+    #[error("connection string has no {0}= field")]
+    Missing(&'static str),
+    /// A part has no `=`.
+    #[error("connection string part '{0}' is not Key=Value")]
+    BadPart(String),
+}
+
+/// A parsed device or module connection string.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionString {
+    /// IoT Hub host name (the SAS audience).
+    pub host_name: String,
+    /// Device id.
+    pub device_id: String,
+    /// Module id, for a module identity.
+    pub module_id: Option<String>,
+    /// Base64 shared access key.
+    pub shared_access_key: String,
+    /// The edge gateway to connect through, when set.
+    pub gateway_host_name: Option<String>,
+}
+
+impl ConnectionString {
+    /// Parses a connection string. Field names are case-sensitive as IoT Hub writes them;
+    /// the key may itself contain `=` (base64 padding).
+    pub fn parse(text: &str) -> Result<Self, ConnectionStringError> {
+        let (mut host, mut device, mut module, mut key, mut gateway) =
+            (None, None, None, None, None);
+        for part in text.trim().split(';').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| ConnectionStringError::BadPart(part.to_owned()))?;
+            let v = Some(v.trim().to_owned());
+            match k.trim() {
+                "HostName" => host = v,
+                "DeviceId" => device = v,
+                "ModuleId" => module = v,
+                "SharedAccessKey" => key = v,
+                "GatewayHostName" => gateway = v,
+                _ => {}
+            }
+        }
+        Ok(ConnectionString {
+            host_name: host.ok_or(ConnectionStringError::Missing("HostName"))?,
+            device_id: device.ok_or(ConnectionStringError::Missing("DeviceId"))?,
+            module_id: module,
+            shared_access_key: key.ok_or(ConnectionStringError::Missing("SharedAccessKey"))?,
+            gateway_host_name: gateway,
+        })
+    }
+}
+
+impl fmt::Display for ConnectionString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HostName={};DeviceId={}", self.host_name, self.device_id)?;
+        if let Some(m) = &self.module_id {
+            write!(f, ";ModuleId={m}")?;
+        }
+        write!(f, ";SharedAccessKey={}", self.shared_access_key)?;
+        if let Some(g) = &self.gateway_host_name {
+            write!(f, ";GatewayHostName={g}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ConnectionString {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionString")
+            .field("host_name", &self.host_name)
+            .field("device_id", &self.device_id)
+            .field("module_id", &self.module_id)
+            .field("gateway_host_name", &self.gateway_host_name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_module_strings() {
+        let s = "HostName=hub.local;GatewayHostName=localhost;DeviceId=edge;ModuleId=router;SharedAccessKey=abc==";
+        let c = ConnectionString::parse(s).unwrap();
+        assert_eq!(c.host_name, "hub.local");
+        assert_eq!(c.module_id.as_deref(), Some("router"));
+        assert_eq!(c.shared_access_key, "abc==");
+        assert_eq!(c.gateway_host_name.as_deref(), Some("localhost"));
+        assert_eq!(ConnectionString::parse(&c.to_string()).unwrap(), c);
+        assert!(!format!("{c:?}").contains("abc=="));
+    }
+
+    #[test]
+    fn says_what_is_missing() {
+        assert_eq!(
+            ConnectionString::parse("HostName=h;SharedAccessKey=k"),
+            Err(ConnectionStringError::Missing("DeviceId"))
+        );
+        assert_eq!(
+            ConnectionString::parse("HostName=h;oops"),
+            Err(ConnectionStringError::BadPart("oops".into()))
+        );
+    }
+}

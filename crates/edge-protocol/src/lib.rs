@@ -1,0 +1,19 @@
+//! Wire facts of Azure IoT Edge, shared by the edge module client and the local runtime.
+//!
+//! Nothing here does I/O. The crate knows:
+//! - [`Message`]: a telemetry/module message with its system and application properties;
+//! - [`properties`]: the URL-encoded property bag carried at the end of MQTT topics;
+//! - [`topic`]: the MQTT topic scheme of IoT Hub and edgeHub (outputs, inputs, twin);
+//! - [`sas`]: shared access signature tokens (make and verify);
+//! - [`connection_string`]: device and module connection strings.
+
+pub mod connection_string;
+pub mod message;
+pub mod properties;
+pub mod sas;
+pub mod topic;
+
+pub use connection_string::{ConnectionString, ConnectionStringError};
+pub use message::Message;
+pub use sas::{SasError, SasToken};
+pub use topic::{Topic, TopicError};

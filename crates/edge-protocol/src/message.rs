@@ -1,0 +1,173 @@
+//! The message model shared by every hop: body bytes plus system and application properties.
+
+use bytes::Bytes;
+
+/// A message as edgeHub and IoT Hub see it.
+///
+/// System properties that a sender sets (`message_id`, `correlation_id`, `content_type`,
+/// `content_encoding`, ...) travel with the message; the ones the hub stamps
+/// (`connection_device_id`, `connection_module_id`, `enqueued_time`) are set by the runtime.
+/// Application properties keep their order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The payload, opaque bytes.
+    pub body: Bytes,
+    /// `$.mid`: message id.
+    pub message_id: Option<String>,
+    /// `$.cid`: correlation id.
+    pub correlation_id: Option<String>,
+    /// `$.ct`: content type, e.g. `application/json`.
+    pub content_type: Option<String>,
+    /// `$.ce`: content encoding, e.g. `utf-8`.
+    pub content_encoding: Option<String>,
+    /// `$.uid`: user id.
+    pub user_id: Option<String>,
+    /// `$.to`: destination.
+    pub to: Option<String>,
+    /// `$.exp`: absolute expiry time, as sent.
+    pub expiry: Option<String>,
+    /// `$.ctime`: creation time, as sent.
+    pub creation_time: Option<String>,
+    /// `$.cdid`: the device that sent the message (stamped by the hub).
+    pub connection_device_id: Option<String>,
+    /// `$.cmid`: the module that sent the message (stamped by the hub).
+    pub connection_module_id: Option<String>,
+    /// `$.on`: the output a module sent the message to.
+    pub output_name: Option<String>,
+    /// The input the message arrived on (from the topic, not the property bag).
+    pub input_name: Option<String>,
+    /// `iothub-enqueuedtime`: when the hub accepted the message (RFC 3339, UTC).
+    pub enqueued_time: Option<String>,
+    /// Application properties, in order.
+    pub properties: Vec<(String, String)>,
+}
+
+impl Message {
+    /// A message with this body and no properties.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        Message {
+            body: body.into(),
+            ..Message::default()
+        }
+    }
+
+    /// A JSON message: content type `application/json`, encoding `utf-8`.
+    pub fn json(body: impl Into<Bytes>) -> Self {
+        Message {
+            body: body.into(),
+            content_type: Some("application/json".to_owned()),
+            content_encoding: Some("utf-8".to_owned()),
+            ..Message::default()
+        }
+    }
+
+    /// The value of application property `name`, if present.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets application property `name`, replacing an existing value in place.
+    pub fn set_property(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        match self.properties.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.properties.push((name, value)),
+        }
+    }
+
+    /// Removes application property `name`, returning its value.
+    pub fn remove_property(&mut self, name: &str) -> Option<String> {
+        let pos = self.properties.iter().position(|(k, _)| k == name)?;
+        Some(self.properties.remove(pos).1)
+    }
+
+    /// True when the body may be read as JSON text: content type `application/json`
+    /// (parameters allowed) and encoding `utf-8` (case-insensitive). This is the rule IoT Hub
+    /// and edgeHub apply before evaluating `$body` in route queries.
+    pub fn is_json_utf8(&self) -> bool {
+        let ct_ok = self.content_type.as_deref().is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+        });
+        let ce_ok = self
+            .content_encoding
+            .as_deref()
+            .is_some_and(|ce| ce.trim().eq_ignore_ascii_case("utf-8"));
+        ct_ok && ce_ok
+    }
+
+    /// The value of system property `name` as the routing query language names it
+    /// (without `$`, matched case-insensitively): `messageId`, `correlationId`,
+    /// `contentType`, `contentEncoding`, `userId`, `to`, `connectionDeviceId`,
+    /// `connectionModuleId`, `iothub-enqueuedtime`, `iothub-creation-time-utc`, ...
+    pub fn system_property(&self, name: &str) -> Option<&str> {
+        let n = name.to_ascii_lowercase();
+        let v = match n.as_str() {
+            "messageid" => &self.message_id,
+            "correlationid" => &self.correlation_id,
+            "contenttype" => &self.content_type,
+            "contentencoding" => &self.content_encoding,
+            "userid" => &self.user_id,
+            "to" => &self.to,
+            "connectiondeviceid" | "iothub-connection-device-id" => &self.connection_device_id,
+            "connectionmoduleid" | "iothub-connection-module-id" => &self.connection_module_id,
+            "iothub-enqueuedtime" | "enqueuedtime" => &self.enqueued_time,
+            "iothub-creation-time-utc" | "creationtimeutc" => &self.creation_time,
+            "absoluteexpirytime" | "expirytimeutc" => &self.expiry,
+            "outputname" => &self.output_name,
+            "inputname" => &self.input_name,
+            _ => return None,
+        };
+        v.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_utf8_detection_follows_the_hub_rule() {
+        let mut m = Message::json("{}");
+        assert!(m.is_json_utf8());
+        m.content_type = Some("Application/JSON; charset=utf-8".into());
+        assert!(m.is_json_utf8());
+        m.content_encoding = Some("utf-16".into());
+        assert!(!m.is_json_utf8());
+        m.content_encoding = None;
+        assert!(!m.is_json_utf8());
+        let m = Message::new("{}");
+        assert!(!m.is_json_utf8());
+    }
+
+    #[test]
+    fn properties_keep_order_and_replace_in_place() {
+        let mut m = Message::new("x");
+        m.set_property("b", "1");
+        m.set_property("a", "2");
+        m.set_property("b", "3");
+        assert_eq!(
+            m.properties,
+            vec![("b".into(), "3".into()), ("a".into(), "2".into())]
+        );
+        assert_eq!(m.property("a"), Some("2"));
+        assert_eq!(m.remove_property("b").as_deref(), Some("3"));
+        assert_eq!(m.property("b"), None);
+    }
+
+    #[test]
+    fn system_properties_are_found_case_insensitively() {
+        let mut m = Message::new("x");
+        m.connection_device_id = Some("dev".into());
+        m.connection_module_id = Some("mod".into());
+        assert_eq!(m.system_property("connectionDeviceId"), Some("dev"));
+        assert_eq!(m.system_property("CONNECTIONMODULEID"), Some("mod"));
+        assert_eq!(m.system_property("contentType"), None);
+        assert_eq!(m.system_property("nonsense"), None);
+    }
+}

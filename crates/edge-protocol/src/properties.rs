@@ -1,0 +1,202 @@
+//! The property bag: `key=value` pairs joined by `&`, each part percent-encoded, carried as
+//! the last segment of an MQTT topic (e.g. `…/messages/events/$.cid=42&$.ct=application%2Fjson&Kind=x`).
+//!
+//! Keys starting with `$.` are system properties; the rest are application properties.
+
+use crate::message::Message;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use std::fmt::Write as _;
+
+/// Everything but RFC 3986 unreserved characters is encoded.
+const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Key under which the hub carries the time it accepted a message.
+pub const ENQUEUED_TIME_KEY: &str = "iothub-enqueuedtime";
+
+/// Which system properties a bag should carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A client sending telemetry or an output: sender-set properties and `$.on`.
+    ToHub,
+    /// The hub delivering to a module input or a device: also `$.cdid`, `$.cmid` and the
+    /// enqueued time.
+    FromHub,
+}
+
+/// Appends `key=value` to a bag that starts at byte `start` of `out`. System keys (`$.…`)
+/// are written as they are; application keys and all values are percent-encoded.
+fn push_pair(out: &mut String, start: usize, key: &str, value: &str) {
+    if out.len() > start {
+        out.push('&');
+    }
+    let _ = if key.starts_with("$.") || key == ENQUEUED_TIME_KEY {
+        write!(out, "{key}={}", utf8_percent_encode(value, ENCODE))
+    } else {
+        write!(
+            out,
+            "{}={}",
+            utf8_percent_encode(key, ENCODE),
+            utf8_percent_encode(value, ENCODE)
+        )
+    };
+}
+
+/// Encodes the message's properties as a property bag, system properties first.
+pub fn encode(message: &Message, direction: Direction) -> String {
+    let mut out = String::with_capacity(64 + message.properties.len() * 24);
+    encode_into(&mut out, message, direction);
+    out
+}
+
+/// Like [`encode`], appending the bag to `out` (typically a topic prefix).
+pub fn encode_into(out: &mut String, message: &Message, direction: Direction) {
+    let start = out.len();
+    let system: [(&str, &Option<String>); 9] = [
+        ("$.mid", &message.message_id),
+        ("$.cid", &message.correlation_id),
+        ("$.uid", &message.user_id),
+        ("$.to", &message.to),
+        ("$.ct", &message.content_type),
+        ("$.ce", &message.content_encoding),
+        ("$.exp", &message.expiry),
+        ("$.ctime", &message.creation_time),
+        ("$.on", &message.output_name),
+    ];
+    for (key, value) in system {
+        if let Some(v) = value {
+            push_pair(out, start, key, v);
+        }
+    }
+    if direction == Direction::FromHub {
+        let stamps = [
+            ("$.cdid", &message.connection_device_id),
+            ("$.cmid", &message.connection_module_id),
+            (ENQUEUED_TIME_KEY, &message.enqueued_time),
+        ];
+        for (key, value) in stamps {
+            if let Some(v) = value {
+                push_pair(out, start, key, v);
+            }
+        }
+    }
+    for (k, v) in &message.properties {
+        push_pair(out, start, k, v);
+    }
+}
+
+fn decode_part(s: &str) -> String {
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+/// Decodes a property bag into `message`, filling system fields and appending application
+/// properties. Empty parts are skipped; a part without `=` is a property with an empty value.
+pub fn decode_into(bag: &str, message: &mut Message) {
+    for part in bag.split('&') {
+        if part.is_empty() {
+            continue;
+        }
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let key = decode_part(k);
+        let value = decode_part(v);
+        let slot = match key.as_str() {
+            "$.mid" => &mut message.message_id,
+            "$.cid" => &mut message.correlation_id,
+            "$.uid" => &mut message.user_id,
+            "$.to" => &mut message.to,
+            "$.ct" => &mut message.content_type,
+            "$.ce" => &mut message.content_encoding,
+            "$.exp" => &mut message.expiry,
+            "$.ctime" => &mut message.creation_time,
+            "$.on" => &mut message.output_name,
+            "$.cdid" => &mut message.connection_device_id,
+            "$.cmid" => &mut message.connection_module_id,
+            ENQUEUED_TIME_KEY => &mut message.enqueued_time,
+            _ if key.starts_with("$.") => continue, // other system keys ($.ifid, …) are not kept
+            _ => {
+                message.properties.push((key, value));
+                continue;
+            }
+        };
+        *slot = Some(value);
+    }
+}
+
+/// Decodes a property bag into a fresh message with an empty body.
+pub fn decode(bag: &str) -> Message {
+    let mut m = Message::default();
+    decode_into(bag, &mut m);
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Message {
+        let mut m = Message::json("{}");
+        m.message_id = Some("m-1".into());
+        m.correlation_id = Some("c/1 &=?".into());
+        m.output_name = Some("classOutput".into());
+        m.properties = vec![
+            ("CorrelationId".into(), "c/1 &=?".into()),
+            ("weird key=&".into(), "välue%20".into()),
+            ("empty".into(), "".into()),
+        ];
+        m
+    }
+
+    #[test]
+    fn round_trips_every_field_and_special_characters() {
+        let m = sample();
+        let bag = encode(&m, Direction::ToHub);
+        assert!(bag.starts_with("$.mid=m-1&$.cid=c%2F1%20%26%3D%3F&"), "{bag}");
+        assert!(bag.contains("$.ct=application%2Fjson"));
+        let back = decode(&bag);
+        assert_eq!(back, Message { body: back.body.clone(), ..m });
+    }
+
+    #[test]
+    fn hub_stamps_only_travel_from_the_hub() {
+        let mut m = sample();
+        m.connection_device_id = Some("edge".into());
+        m.connection_module_id = Some("router".into());
+        m.enqueued_time = Some("2026-11-21T05:00:00Z".into());
+        let to_hub = decode(&encode(&m, Direction::ToHub));
+        assert_eq!(to_hub.connection_device_id, None);
+        assert_eq!(to_hub.enqueued_time, None);
+        let from_hub = decode(&encode(&m, Direction::FromHub));
+        assert_eq!(from_hub.connection_device_id.as_deref(), Some("edge"));
+        assert_eq!(from_hub.connection_module_id.as_deref(), Some("router"));
+        assert_eq!(
+            from_hub.enqueued_time.as_deref(),
+            Some("2026-11-21T05:00:00Z")
+        );
+        assert_eq!(from_hub.properties, m.properties);
+    }
+
+    #[test]
+    fn tolerates_odd_bags() {
+        let m = decode("&&a=1&b&$.ifid=x&c=%zz");
+        assert_eq!(
+            m.properties,
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "".into()),
+                ("c".into(), "%zz".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn encode_into_appends_after_existing_text() {
+        let mut s = String::from("devices/d/messages/events/");
+        let mut m = Message::new("x");
+        m.properties.push(("k".into(), "v".into()));
+        encode_into(&mut s, &m, Direction::ToHub);
+        assert_eq!(s, "devices/d/messages/events/k=v");
+    }
+}

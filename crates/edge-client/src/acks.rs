@@ -1,0 +1,227 @@
+//! Acknowledgement bookkeeping, both ways.
+//!
+//! - [`SendTracker`]: which of our QoS 1 publishes edgeHub has accepted. rumqttc picks packet
+//!   ids itself and reports them as `Outgoing::Publish(pkid)` in request order, so a FIFO of
+//!   waiters is matched to packet ids as they appear; a packet id already waiting is a
+//!   retransmission after a reconnect, not a new publish.
+//! - [`AckSequencer`]: PUBACKs for messages we received, released in arrival order (MQTT
+//!   3.1.1 §4.6) once each message is handled, and only on the connection it arrived on: a
+//!   message from an earlier connection is redelivered by edgeHub instead.
+
+use rumqttc::{AsyncClient, Publish, QoS};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// Waiters for PUBACKs of our own publishes.
+#[derive(Default)]
+pub(crate) struct SendTracker {
+    queued: VecDeque<oneshot::Sender<()>>,
+    in_flight: HashMap<u16, oneshot::Sender<()>>,
+}
+
+impl SendTracker {
+    /// A publish was queued; `tx` fires when it is acknowledged.
+    pub(crate) fn register(&mut self, tx: oneshot::Sender<()>) {
+        self.queued.push_back(tx);
+    }
+
+    /// The last registered publish could not be queued after all.
+    pub(crate) fn unregister_last(&mut self) {
+        self.queued.pop_back();
+    }
+
+    /// The event loop wrote a publish with packet id `pkid`.
+    pub(crate) fn sent(&mut self, pkid: u16) {
+        if pkid == 0 || self.in_flight.contains_key(&pkid) {
+            return; // QoS 0, or a retransmission of a publish we already track
+        }
+        if let Some(tx) = self.queued.pop_front() {
+            self.in_flight.insert(pkid, tx);
+        }
+    }
+
+    /// edgeHub acknowledged `pkid`.
+    pub(crate) fn acked(&mut self, pkid: u16) {
+        if let Some(tx) = self.in_flight.remove(&pkid) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Publishes not yet acknowledged.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.queued.len() + self.in_flight.len()
+    }
+
+    /// The connection is gone for good: every waiter gets an error.
+    pub(crate) fn fail_all(&mut self) {
+        self.queued.clear();
+        self.in_flight.clear();
+    }
+}
+
+/// A PUBACK to send.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Release {
+    epoch: u64,
+    pkid: u16,
+    qos: QoS,
+}
+
+#[derive(Default)]
+struct SeqState {
+    next_seq: u64,
+    next_release: u64,
+    done: BTreeMap<u64, Option<Release>>,
+}
+
+/// Releases PUBACKs in arrival order.
+pub(crate) struct AckSequencer {
+    state: Mutex<SeqState>,
+    tx: mpsc::UnboundedSender<Release>,
+    epoch: AtomicU64,
+}
+
+impl AckSequencer {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<Release>) -> Self {
+        AckSequencer {
+            state: Mutex::new(SeqState::default()),
+            tx,
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The connection number now current.
+    pub(crate) fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::SeqCst);
+    }
+
+    /// A token for a message that just arrived.
+    pub(crate) fn token(self: &Arc<Self>, epoch: u64, pkid: u16, qos: QoS) -> AckToken {
+        let mut st = lock(&self.state);
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        AckToken {
+            seq,
+            release: (qos != QoS::AtMostOnce).then_some(Release { epoch, pkid, qos }),
+            sequencer: Some(self.clone()),
+        }
+    }
+
+    /// Messages received but not yet released (acknowledged or abandoned).
+    pub(crate) fn pending(&self) -> u64 {
+        let st = lock(&self.state);
+        st.next_seq - st.next_release
+    }
+
+    fn finish(&self, seq: u64, release: Option<Release>) {
+        let mut st = lock(&self.state);
+        st.done.insert(seq, release);
+        loop {
+            let next = st.next_release;
+            let Some(r) = st.done.remove(&next) else { break };
+            st.next_release += 1;
+            if let Some(r) = r {
+                let _ = self.tx.send(r);
+            }
+        }
+    }
+}
+
+/// The right to acknowledge one received message. Dropping it without [`AckToken::ack`]
+/// abandons the message: edgeHub keeps it and delivers it again on the next connection.
+pub struct AckToken {
+    seq: u64,
+    release: Option<Release>,
+    sequencer: Option<Arc<AckSequencer>>,
+}
+
+impl std::fmt::Debug for AckToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AckToken").field("seq", &self.seq).finish()
+    }
+}
+
+impl AckToken {
+    /// Acknowledges the message.
+    pub fn ack(mut self) {
+        if let Some(s) = self.sequencer.take() {
+            s.finish(self.seq, self.release);
+        }
+    }
+}
+
+impl Drop for AckToken {
+    fn drop(&mut self) {
+        if let Some(s) = self.sequencer.take() {
+            s.finish(self.seq, None);
+        }
+    }
+}
+
+/// Sends released PUBACKs, skipping those of an earlier connection.
+pub(crate) async fn release_acks(
+    mqtt: AsyncClient,
+    mut rx: mpsc::UnboundedReceiver<Release>,
+    sequencer: Arc<AckSequencer>,
+) {
+    while let Some(r) = rx.recv().await {
+        if r.epoch != sequencer.epoch.load(Ordering::SeqCst) {
+            continue;
+        }
+        let mut p = Publish::new("", r.qos, Vec::<u8>::new());
+        p.pkid = r.pkid;
+        if mqtt.ack(&p).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_waiters_follow_packet_ids_and_skip_retransmissions() {
+        let mut t = SendTracker::default();
+        let (a_tx, mut a) = oneshot::channel();
+        let (b_tx, mut b) = oneshot::channel();
+        t.register(a_tx);
+        t.register(b_tx);
+        t.sent(7);
+        t.sent(7); // retransmission of 7 after a reconnect
+        t.sent(8);
+        assert_eq!(t.outstanding(), 2);
+        t.acked(8);
+        assert!(b.try_recv().is_ok());
+        assert!(a.try_recv().is_err());
+        t.acked(7);
+        assert!(a.try_recv().is_ok());
+        assert_eq!(t.outstanding(), 0);
+    }
+
+    #[test]
+    fn acks_are_released_in_arrival_order_and_abandoned_ones_skipped() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = Arc::new(AckSequencer::new(tx));
+        s.set_epoch(1);
+        let t1 = s.token(1, 10, QoS::AtLeastOnce);
+        let t2 = s.token(1, 11, QoS::AtLeastOnce);
+        let t3 = s.token(1, 12, QoS::AtLeastOnce);
+        t3.ack();
+        assert!(rx.try_recv().is_err(), "12 must wait for 10 and 11");
+        drop(t1); // abandoned: not acknowledged, but does not block the others
+        assert!(rx.try_recv().is_err());
+        assert_eq!(s.pending(), 2);
+        t2.ack();
+        assert_eq!(rx.try_recv().unwrap().pkid, 11);
+        assert_eq!(rx.try_recv().unwrap().pkid, 12);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(s.pending(), 0);
+    }
+}

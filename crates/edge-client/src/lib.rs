@@ -1,0 +1,26 @@
+//! The edge module client: how every module of this project talks to edgeHub.
+//!
+//! A module starts the way modules start on a real IoT Edge device: from the `IOTEDGE_*`
+//! environment (SAS tokens signed by the workload API, TLS verified against its trust bundle,
+//! MQTT 3.1.1 to the gateway), or from a module connection string. Then it
+//! - sends messages to named outputs ([`ModuleClient::send_output`], returns once accepted),
+//! - handles messages per named input ([`ModuleClient::inputs`] or [`run_inputs`]),
+//!   acknowledging each only after it was handled,
+//! - reads its twin, receives desired-property patches and reports properties.
+//!
+//! The connection reconnects with capped exponential backoff and renews its SAS token
+//! before expiry; [`shutdown_signal`] and [`ModuleClient::close`] stop it cleanly.
+
+mod acks;
+mod client;
+mod error;
+mod run;
+pub mod settings;
+pub mod workload;
+
+pub use acks::AckToken;
+pub use client::{InputMessage, ModuleClient};
+pub use edge_protocol::Message;
+pub use error::Error;
+pub use run::{run_inputs, shutdown_signal};
+pub use settings::Settings;

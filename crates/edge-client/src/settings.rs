@@ -1,0 +1,245 @@
+//! Where a module's identity comes from: the `IOTEDGE_*` environment a runtime gives a
+//! module, or a module connection string (`EdgeHubConnectionString`) as dev tools give.
+
+use crate::error::Error;
+use edge_protocol::ConnectionString;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// How the module proves who it is.
+#[derive(Clone)]
+pub enum Credentials {
+    /// Tokens are signed by the workload API (the key never leaves the runtime).
+    Workload {
+        /// `IOTEDGE_WORKLOADURI`: `unix:///path/to.sock` or `http://host:port`.
+        uri: String,
+        /// `IOTEDGE_MODULEGENERATIONID`.
+        generation_id: String,
+        /// `IOTEDGE_APIVERSION`.
+        api_version: String,
+    },
+    /// Tokens are signed locally with this base64 key (connection-string mode).
+    SharedKey(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Workload { uri, .. } => write!(f, "Workload({uri})"),
+            Credentials::SharedKey(_) => f.write_str("SharedKey(..)"),
+        }
+    }
+}
+
+/// How to verify the gateway's TLS certificate.
+#[derive(Debug, Clone)]
+pub enum TrustSource {
+    /// Fetch the trust bundle from the workload API.
+    Workload,
+    /// A PEM file (`EdgeModuleCACertificateFile`).
+    File(PathBuf),
+    /// PEM text.
+    Pem(String),
+}
+
+/// Everything a module client needs to connect.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// IoT Hub host name: the SAS audience and the MQTT user name's first part.
+    pub hub_hostname: String,
+    /// Host to connect to (edgeHub).
+    pub gateway_hostname: String,
+    /// MQTT/TLS port of the gateway (8883 on a device).
+    pub port: u16,
+    /// Edge device id.
+    pub device_id: String,
+    /// This module's id.
+    pub module_id: String,
+    /// How tokens are signed.
+    pub credentials: Credentials,
+    /// How the gateway certificate is verified.
+    pub trust: TrustSource,
+    /// Lifetime of each SAS token, seconds.
+    pub token_ttl_secs: u64,
+    /// Host directories standing in for container paths (see [`Settings::container_path`]).
+    pub binds: Vec<(PathBuf, PathBuf)>,
+}
+
+/// Non-standard variable a local runtime sets when edgeHub is not on 8883.
+pub const PORT_VAR: &str = "IOTEDGE_GATEWAYPORT";
+/// Non-standard variable a local runtime sets to map container paths of the manifest's binds
+/// to host directories: `container=host` pairs separated by `;`.
+pub const BINDS_VAR: &str = "IOTEDGE_LOCAL_BINDS";
+
+impl Settings {
+    /// Reads the process environment (see [`Settings::from_vars`]).
+    pub fn from_env() -> Result<Settings, Error> {
+        Settings::from_vars(&std::env::vars().collect())
+    }
+
+    /// Builds settings from environment variables: the `IOTEDGE_*` set a runtime gives a
+    /// module, else `EdgeHubConnectionString` (with `EdgeModuleCACertificateFile`).
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Settings, Error> {
+        let get = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
+        let port = match get(PORT_VAR) {
+            Some(p) => p.parse().map_err(|_| {
+                Error::Config(format!("{PORT_VAR}='{p}' is not a port number"))
+            })?,
+            None => 8883,
+        };
+        let binds = get(BINDS_VAR).map(|b| parse_binds(&b)).unwrap_or_default();
+        if let Some(uri) = get("IOTEDGE_WORKLOADURI") {
+            let need = |k: &str| {
+                get(k).ok_or_else(|| {
+                    Error::Config(format!(
+                        "IOTEDGE_WORKLOADURI is set but {k} is missing: a module must be started by an IoT Edge runtime, which sets all IOTEDGE_* variables"
+                    ))
+                })
+            };
+            let hub = need("IOTEDGE_IOTHUBHOSTNAME")?;
+            return Ok(Settings {
+                gateway_hostname: get("IOTEDGE_GATEWAYHOSTNAME").unwrap_or_else(|| hub.clone()),
+                hub_hostname: hub,
+                port,
+                device_id: need("IOTEDGE_DEVICEID")?,
+                module_id: need("IOTEDGE_MODULEID")?,
+                credentials: Credentials::Workload {
+                    uri,
+                    generation_id: need("IOTEDGE_MODULEGENERATIONID")?,
+                    api_version: get("IOTEDGE_APIVERSION").unwrap_or_else(|| "2019-01-30".into()),
+                },
+                trust: TrustSource::Workload,
+                token_ttl_secs: 3600,
+                binds,
+            });
+        }
+        if let Some(cs) = get("EdgeHubConnectionString") {
+            let mut s = Settings::from_connection_string(&cs)?;
+            s.port = port;
+            s.binds = binds;
+            if let Some(ca) = get("EdgeModuleCACertificateFile") {
+                s.trust = TrustSource::File(ca.into());
+            }
+            return Ok(s);
+        }
+        Err(Error::Config(
+            "no module identity: set the IOTEDGE_* variables (an IoT Edge runtime does) or EdgeHubConnectionString (with EdgeModuleCACertificateFile)".into(),
+        ))
+    }
+
+    /// Settings from a module connection string
+    /// (`HostName=…;GatewayHostName=…;DeviceId=…;ModuleId=…;SharedAccessKey=…`).
+    /// The gateway certificate must then be given by [`Settings::trust`].
+    pub fn from_connection_string(text: &str) -> Result<Settings, Error> {
+        let cs = ConnectionString::parse(text).map_err(|e| Error::Config(e.to_string()))?;
+        let module_id = cs.module_id.clone().ok_or_else(|| {
+            Error::Config("the connection string has no ModuleId: it is a device's, not a module's".into())
+        })?;
+        Ok(Settings {
+            gateway_hostname: cs.gateway_host_name.clone().unwrap_or_else(|| cs.host_name.clone()),
+            hub_hostname: cs.host_name,
+            port: 8883,
+            device_id: cs.device_id,
+            module_id,
+            credentials: Credentials::SharedKey(cs.shared_access_key),
+            trust: TrustSource::Workload,
+            token_ttl_secs: 3600,
+            binds: Vec::new(),
+        })
+    }
+
+    /// The MQTT client id: `{device}/{module}`.
+    pub fn client_id(&self) -> String {
+        format!("{}/{}", self.device_id, self.module_id)
+    }
+
+    /// The MQTT user name: `{hub}/{device}/{module}/?api-version=…`.
+    pub fn username(&self) -> String {
+        format!(
+            "{}/{}/{}/?api-version=2019-10-01&DeviceClientType=edge-client%2F{}",
+            self.hub_hostname,
+            self.device_id,
+            self.module_id,
+            env!("CARGO_PKG_VERSION")
+        )
+    }
+
+    /// Where a container path (e.g. `/avrofiles`) is on this machine: the runtime's bind
+    /// directory when the module runs as a local process, else the path itself.
+    pub fn container_path(&self, path: &Path) -> PathBuf {
+        resolve_bind(&self.binds, path)
+    }
+}
+
+fn parse_binds(text: &str) -> Vec<(PathBuf, PathBuf)> {
+    text.split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(c, h)| (PathBuf::from(c), PathBuf::from(h)))
+        .collect()
+}
+
+fn resolve_bind(binds: &[(PathBuf, PathBuf)], path: &Path) -> PathBuf {
+    binds
+        .iter()
+        .filter_map(|(container, host)| path.strip_prefix(container).ok().map(|rest| (container, host, rest)))
+        .max_by_key(|(container, _, _)| container.components().count())
+        .map(|(_, host, rest)| host.join(rest))
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn reads_the_edge_environment() {
+        let s = Settings::from_vars(&vars(&[
+            ("IOTEDGE_IOTHUBHOSTNAME", "hub.local"),
+            ("IOTEDGE_GATEWAYHOSTNAME", "localhost"),
+            ("IOTEDGE_DEVICEID", "edge"),
+            ("IOTEDGE_MODULEID", "router"),
+            ("IOTEDGE_MODULEGENERATIONID", "g1"),
+            ("IOTEDGE_WORKLOADURI", "unix:///tmp/w.sock"),
+            ("IOTEDGE_APIVERSION", "2019-01-30"),
+            (PORT_VAR, "18883"),
+            (BINDS_VAR, "/avrofiles=/state/binds/data/avrofiles;/etc/aziot=/state/aziot"),
+        ]))
+        .unwrap();
+        assert_eq!(s.client_id(), "edge/router");
+        assert!(s.username().starts_with("hub.local/edge/router/?api-version="));
+        assert_eq!(s.port, 18883);
+        assert!(matches!(s.credentials, Credentials::Workload { ref generation_id, .. } if generation_id == "g1"));
+        assert_eq!(
+            s.container_path(Path::new("/avrofiles/2026/11/21/5/15.avro")),
+            PathBuf::from("/state/binds/data/avrofiles/2026/11/21/5/15.avro")
+        );
+        assert_eq!(s.container_path(Path::new("/other")), PathBuf::from("/other"));
+    }
+
+    #[test]
+    fn says_which_variable_is_missing() {
+        let e = Settings::from_vars(&vars(&[("IOTEDGE_WORKLOADURI", "unix:///w.sock")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("IOTEDGE_IOTHUBHOSTNAME"), "{e}");
+        let e = Settings::from_vars(&vars(&[])).unwrap_err().to_string();
+        assert!(e.contains("EdgeHubConnectionString"), "{e}");
+    }
+
+    #[test]
+    fn reads_a_module_connection_string() {
+        let s = Settings::from_vars(&vars(&[
+            ("EdgeHubConnectionString", "HostName=hub;GatewayHostName=gw;DeviceId=d;ModuleId=m;SharedAccessKey=a2V5"),
+            ("EdgeModuleCACertificateFile", "/ca.pem"),
+        ]))
+        .unwrap();
+        assert_eq!(s.gateway_hostname, "gw");
+        assert!(matches!(s.trust, TrustSource::File(ref p) if p == Path::new("/ca.pem")));
+        let e = Settings::from_connection_string("HostName=h;DeviceId=d;SharedAccessKey=k").unwrap_err();
+        assert!(e.to_string().contains("ModuleId"));
+    }
+}

@@ -120,7 +120,9 @@ impl AckSequencer {
         st.done.insert(seq, release);
         loop {
             let next = st.next_release;
-            let Some(r) = st.done.remove(&next) else { break };
+            let Some(r) = st.done.remove(&next) else {
+                break;
+            };
             st.next_release += 1;
             if let Some(r) = r {
                 let _ = self.tx.send(r);

@@ -85,9 +85,9 @@ struct TokenSource {
 impl TokenSource {
     fn new(settings: &Settings) -> Self {
         let workload = match &settings.credentials {
-            Credentials::Workload { uri, api_version, .. } => {
-                Some(WorkloadClient::new(uri.clone(), api_version.clone()))
-            }
+            Credentials::Workload {
+                uri, api_version, ..
+            } => Some(WorkloadClient::new(uri.clone(), api_version.clone())),
             Credentials::SharedKey(_) => None,
         };
         TokenSource {
@@ -104,10 +104,12 @@ impl TokenSource {
         let to_sign = sas::string_to_sign(&resource, expiry);
         let sig = match (&s.credentials, &self.workload) {
             (Credentials::Workload { generation_id, .. }, Some(w)) => {
-                w.sign(&s.module_id, generation_id, to_sign.as_bytes()).await?
+                w.sign(&s.module_id, generation_id, to_sign.as_bytes())
+                    .await?
             }
-            (Credentials::SharedKey(key), _) => sas::sign(key, to_sign.as_bytes())
-                .map_err(|e| Error::Config(e.to_string()))?,
+            (Credentials::SharedKey(key), _) => {
+                sas::sign(key, to_sign.as_bytes()).map_err(|e| Error::Config(e.to_string()))?
+            }
             (Credentials::Workload { .. }, None) => unreachable!("workload client made in new()"),
         };
         Ok((sas::token_from_signature(&resource, &sig, expiry), expiry))
@@ -117,7 +119,10 @@ impl TokenSource {
         match (&self.settings.trust, &self.workload) {
             (TrustSource::Pem(p), _) => Ok(p.clone()),
             (TrustSource::File(path), _) => std::fs::read_to_string(path).map_err(|e| {
-                Error::Tls(format!("cannot read CA certificate file {}: {e}", path.display()))
+                Error::Tls(format!(
+                    "cannot read CA certificate file {}: {e}",
+                    path.display()
+                ))
             }),
             (TrustSource::Workload, Some(w)) => w.trust_bundle().await,
             (TrustSource::Workload, None) => Err(Error::Config(
@@ -182,7 +187,11 @@ impl ModuleClient {
         let tls = tls_config(&pem)?;
         let (token, expiry) = tokens.token().await?;
 
-        let mut opts = MqttOptions::new(settings.client_id(), settings.gateway_hostname.clone(), settings.port);
+        let mut opts = MqttOptions::new(
+            settings.client_id(),
+            settings.gateway_hostname.clone(),
+            settings.port,
+        );
         opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)))
             .set_credentials(settings.username(), token)
             .set_keep_alive(Duration::from_secs(60))
@@ -232,7 +241,9 @@ impl ModuleClient {
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => {
                 client.abort();
-                Err(Error::Timeout("the first connection to edgeHub (is the runtime running?)"))
+                Err(Error::Timeout(
+                    "the first connection to edgeHub (is the runtime running?)",
+                ))
             }
         }
     }
@@ -292,7 +303,12 @@ impl ModuleClient {
         rx.await.map_err(|_| Error::Closed)
     }
 
-    async fn twin_request(&self, topic: String, rid: String, body: Bytes) -> Result<(u16, Bytes), Error> {
+    async fn twin_request(
+        &self,
+        topic: String,
+        rid: String,
+        body: Bytes,
+    ) -> Result<(u16, Bytes), Error> {
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.twin_waiters).insert(rid.clone(), tx);
         let result = async {
@@ -355,7 +371,10 @@ impl ModuleClient {
         let _ = self.inner.mqtt.disconnect().await;
         let handle = lock(&self.inner.driver).take();
         if let Some(h) = handle {
-            if tokio::time::timeout(Duration::from_secs(2), h).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), h)
+                .await
+                .is_err()
+            {
                 self.inner.stop.notify_one();
             }
         }
@@ -393,7 +412,9 @@ impl Driver {
                     .mqtt_options
                     .set_credentials(self.tokens.settings.username(), token);
             }
-            Err(e) => warn!(error = %e, "could not renew the SAS token; retrying on the next attempt"),
+            Err(e) => {
+                warn!(error = %e, "could not renew the SAS token; retrying on the next attempt")
+            }
         }
     }
 
@@ -436,7 +457,8 @@ impl Driver {
                     if let ConnectionError::ConnectionRefused(code) = &e {
                         let refused = matches!(
                             code,
-                            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
+                            ConnectReturnCode::BadUserNamePassword
+                                | ConnectReturnCode::NotAuthorized
                         );
                         if refused {
                             if let Some(first) = self.first.take() {
@@ -485,7 +507,10 @@ impl Driver {
             let before = client.inner.desired_version.load(Ordering::SeqCst);
             match client.twin().await {
                 Ok(twin) => {
-                    let now = twin.pointer("/desired/$version").and_then(Value::as_u64).unwrap_or(0);
+                    let now = twin
+                        .pointer("/desired/$version")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
                     if now != before {
                         if let Some(desired) = twin.get("desired") {
                             let _ = tx.send(desired.clone());

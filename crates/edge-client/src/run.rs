@@ -14,7 +14,10 @@ use tracing::{info, warn, Instrument};
 /// Resolves on SIGTERM (how a runtime stops a module) or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => info!("SIGTERM: stopping"),

@@ -82,9 +82,9 @@ impl Settings {
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Settings, Error> {
         let get = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
         let port = match get(PORT_VAR) {
-            Some(p) => p.parse().map_err(|_| {
-                Error::Config(format!("{PORT_VAR}='{p}' is not a port number"))
-            })?,
+            Some(p) => p
+                .parse()
+                .map_err(|_| Error::Config(format!("{PORT_VAR}='{p}' is not a port number")))?,
             None => 8883,
         };
         let binds = get(BINDS_VAR).map(|b| parse_binds(&b)).unwrap_or_default();
@@ -133,10 +133,15 @@ impl Settings {
     pub fn from_connection_string(text: &str) -> Result<Settings, Error> {
         let cs = ConnectionString::parse(text).map_err(|e| Error::Config(e.to_string()))?;
         let module_id = cs.module_id.clone().ok_or_else(|| {
-            Error::Config("the connection string has no ModuleId: it is a device's, not a module's".into())
+            Error::Config(
+                "the connection string has no ModuleId: it is a device's, not a module's".into(),
+            )
         })?;
         Ok(Settings {
-            gateway_hostname: cs.gateway_host_name.clone().unwrap_or_else(|| cs.host_name.clone()),
+            gateway_hostname: cs
+                .gateway_host_name
+                .clone()
+                .unwrap_or_else(|| cs.host_name.clone()),
             hub_hostname: cs.host_name,
             port: 8883,
             device_id: cs.device_id,
@@ -181,7 +186,11 @@ fn parse_binds(text: &str) -> Vec<(PathBuf, PathBuf)> {
 fn resolve_bind(binds: &[(PathBuf, PathBuf)], path: &Path) -> PathBuf {
     binds
         .iter()
-        .filter_map(|(container, host)| path.strip_prefix(container).ok().map(|rest| (container, host, rest)))
+        .filter_map(|(container, host)| {
+            path.strip_prefix(container)
+                .ok()
+                .map(|rest| (container, host, rest))
+        })
         .max_by_key(|(container, _, _)| container.components().count())
         .map(|(_, host, rest)| host.join(rest))
         .unwrap_or_else(|| path.to_path_buf())
@@ -192,7 +201,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -206,18 +218,28 @@ mod tests {
             ("IOTEDGE_WORKLOADURI", "unix:///tmp/w.sock"),
             ("IOTEDGE_APIVERSION", "2019-01-30"),
             (PORT_VAR, "18883"),
-            (BINDS_VAR, "/avrofiles=/state/binds/data/avrofiles;/etc/aziot=/state/aziot"),
+            (
+                BINDS_VAR,
+                "/avrofiles=/state/binds/data/avrofiles;/etc/aziot=/state/aziot",
+            ),
         ]))
         .unwrap();
         assert_eq!(s.client_id(), "edge/router");
-        assert!(s.username().starts_with("hub.local/edge/router/?api-version="));
+        assert!(s
+            .username()
+            .starts_with("hub.local/edge/router/?api-version="));
         assert_eq!(s.port, 18883);
-        assert!(matches!(s.credentials, Credentials::Workload { ref generation_id, .. } if generation_id == "g1"));
+        assert!(
+            matches!(s.credentials, Credentials::Workload { ref generation_id, .. } if generation_id == "g1")
+        );
         assert_eq!(
             s.container_path(Path::new("/avrofiles/2026/11/21/5/15.avro")),
             PathBuf::from("/state/binds/data/avrofiles/2026/11/21/5/15.avro")
         );
-        assert_eq!(s.container_path(Path::new("/other")), PathBuf::from("/other"));
+        assert_eq!(
+            s.container_path(Path::new("/other")),
+            PathBuf::from("/other")
+        );
     }
 
     #[test]
@@ -233,13 +255,17 @@ mod tests {
     #[test]
     fn reads_a_module_connection_string() {
         let s = Settings::from_vars(&vars(&[
-            ("EdgeHubConnectionString", "HostName=hub;GatewayHostName=gw;DeviceId=d;ModuleId=m;SharedAccessKey=a2V5"),
+            (
+                "EdgeHubConnectionString",
+                "HostName=hub;GatewayHostName=gw;DeviceId=d;ModuleId=m;SharedAccessKey=a2V5",
+            ),
             ("EdgeModuleCACertificateFile", "/ca.pem"),
         ]))
         .unwrap();
         assert_eq!(s.gateway_hostname, "gw");
         assert!(matches!(s.trust, TrustSource::File(ref p) if p == Path::new("/ca.pem")));
-        let e = Settings::from_connection_string("HostName=h;DeviceId=d;SharedAccessKey=k").unwrap_err();
+        let e = Settings::from_connection_string("HostName=h;DeviceId=d;SharedAccessKey=k")
+            .unwrap_err();
         assert!(e.to_string().contains("ModuleId"));
     }
 }

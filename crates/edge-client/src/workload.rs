@@ -60,8 +60,14 @@ impl WorkloadClient {
 
     /// Asks the runtime to sign `data` with the module's primary key (HMAC-SHA256); returns
     /// the base64 digest.
-    pub async fn sign(&self, module_id: &str, generation_id: &str, data: &[u8]) -> Result<String, Error> {
-        let body = serde_json::json!({"keyId": "primary", "algo": "HMACSHA256", "data": B64.encode(data)});
+    pub async fn sign(
+        &self,
+        module_id: &str,
+        generation_id: &str,
+        data: &[u8],
+    ) -> Result<String, Error> {
+        let body =
+            serde_json::json!({"keyId": "primary", "algo": "HMACSHA256", "data": B64.encode(data)});
         let path = format!(
             "/modules/{module_id}/genid/{generation_id}/sign?api-version={}",
             self.api_version
@@ -99,15 +105,19 @@ impl WorkloadClient {
             .map_err(|e| self.fail(e.to_string()))?;
         let (status, bytes) = match self.endpoint()? {
             Endpoint::Unix(p) => {
-                let stream = tokio::net::UnixStream::connect(p)
-                    .await
-                    .map_err(|e| self.fail(format!("cannot connect to the socket ({e}); is the IoT Edge runtime running?")))?;
+                let stream = tokio::net::UnixStream::connect(p).await.map_err(|e| {
+                    self.fail(format!(
+                        "cannot connect to the socket ({e}); is the IoT Edge runtime running?"
+                    ))
+                })?;
                 self.exchange(TokioIo::new(stream), req).await?
             }
             Endpoint::Tcp(a) => {
-                let stream = tokio::net::TcpStream::connect(a)
-                    .await
-                    .map_err(|e| self.fail(format!("cannot connect ({e}); is the IoT Edge runtime running?")))?;
+                let stream = tokio::net::TcpStream::connect(a).await.map_err(|e| {
+                    self.fail(format!(
+                        "cannot connect ({e}); is the IoT Edge runtime running?"
+                    ))
+                })?;
                 self.exchange(TokioIo::new(stream), req).await?
             }
         };
@@ -121,7 +131,11 @@ impl WorkloadClient {
             .map_err(|e| self.fail(format!("{method} {path}: unexpected response ({e})")))
     }
 
-    async fn exchange<I>(&self, io: I, req: Request<Full<Bytes>>) -> Result<(hyper::StatusCode, Bytes), Error>
+    async fn exchange<I>(
+        &self,
+        io: I,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(hyper::StatusCode, Bytes), Error>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -129,7 +143,10 @@ impl WorkloadClient {
             .await
             .map_err(|e| self.fail(e.to_string()))?;
         let conn = tokio::spawn(conn);
-        let resp = sender.send_request(req).await.map_err(|e| self.fail(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.fail(e.to_string()))?;
         let status = resp.status();
         let bytes = resp
             .into_body()

@@ -153,10 +153,19 @@ mod tests {
     fn round_trips_every_field_and_special_characters() {
         let m = sample();
         let bag = encode(&m, Direction::ToHub);
-        assert!(bag.starts_with("$.mid=m-1&$.cid=c%2F1%20%26%3D%3F&"), "{bag}");
+        assert!(
+            bag.starts_with("$.mid=m-1&$.cid=c%2F1%20%26%3D%3F&"),
+            "{bag}"
+        );
         assert!(bag.contains("$.ct=application%2Fjson"));
         let back = decode(&bag);
-        assert_eq!(back, Message { body: back.body.clone(), ..m });
+        assert_eq!(
+            back,
+            Message {
+                body: back.body.clone(),
+                ..m
+            }
+        );
     }
 
     #[test]

@@ -68,7 +68,10 @@ pub fn resource_uri(hub: &str, device: &str, module: Option<&str>) -> String {
 
 /// The text to sign for `resource` and `expiry`.
 pub fn string_to_sign(resource: &str, expiry: u64) -> String {
-    format!("{}\n{expiry}", utf8_percent_encode(resource, NON_ALPHANUMERIC))
+    format!(
+        "{}\n{expiry}",
+        utf8_percent_encode(resource, NON_ALPHANUMERIC)
+    )
 }
 
 /// HMAC-SHA256 of `data` with a base64 `key`, as base64.
@@ -98,10 +101,9 @@ pub fn make_token(resource: &str, key_b64: &str, expiry: u64) -> Result<String, 
 impl SasToken {
     /// Parses a token.
     pub fn parse(text: &str) -> Result<SasToken, SasError> {
-        let body = text
-            .trim()
-            .strip_prefix(PREFIX)
-            .ok_or(SasError::Malformed("missing 'SharedAccessSignature ' prefix"))?;
+        let body = text.trim().strip_prefix(PREFIX).ok_or(SasError::Malformed(
+            "missing 'SharedAccessSignature ' prefix",
+        ))?;
         let (mut sr, mut sig, mut se, mut skn) = (None, None, None, None);
         for part in body.split('&') {
             let (k, v) = part
@@ -164,7 +166,9 @@ mod tests {
     fn made_tokens_verify() {
         let r = resource_uri("hub.example", "edge", Some("router"));
         let t = make_token(&r, KEY, 2_000).unwrap();
-        assert!(t.starts_with("SharedAccessSignature sr=hub%2Eexample%2Fdevices%2Fedge%2Fmodules%2Frouter&sig="));
+        assert!(t.starts_with(
+            "SharedAccessSignature sr=hub%2Eexample%2Fdevices%2Fedge%2Fmodules%2Frouter&sig="
+        ));
         let p = SasToken::parse(&t).unwrap();
         assert_eq!(p.resource, r);
         assert_eq!(p.verify(&r, KEY, 1_000), Ok(()));
@@ -206,7 +210,10 @@ mod tests {
 
     #[test]
     fn malformed_tokens_say_why() {
-        assert!(matches!(SasToken::parse("Bearer x"), Err(SasError::Malformed(_))));
+        assert!(matches!(
+            SasToken::parse("Bearer x"),
+            Err(SasError::Malformed(_))
+        ));
         assert!(matches!(
             SasToken::parse("SharedAccessSignature sr=a&sig=b"),
             Err(SasError::Malformed("missing se"))

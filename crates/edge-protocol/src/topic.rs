@@ -341,7 +341,10 @@ mod tests {
             "devices/d/modules/m/inputs/#",
             "devices/d/modules/m/inputs/in1/a=b"
         ));
-        assert!(filter_matches("$iothub/twin/res/#", "$iothub/twin/res/200/?$rid=1"));
+        assert!(filter_matches(
+            "$iothub/twin/res/#",
+            "$iothub/twin/res/200/?$rid=1"
+        ));
         assert!(filter_matches("a/+/c", "a/b/c"));
         assert!(!filter_matches("a/+/c", "a/b/d"));
         assert!(!filter_matches(

@@ -1,0 +1,313 @@
+//! edgeAgent: starts each module of the manifest as a local process with the environment a
+//! real runtime gives it, restarts it per its `restartPolicy` with exponential backoff, and
+//! stops it with SIGTERM (then SIGKILL after a grace period).
+
+use crate::manifest::RestartPolicy;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+/// What to run for a module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// A workspace binary.
+    Binary(PathBuf),
+    /// A shell command (`--exec`), run as `sh -c 'exec …'`.
+    Shell(String),
+}
+
+/// Everything needed to start one module.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// Module name.
+    pub name: String,
+    /// Program to run.
+    pub program: Program,
+    /// Complete environment of the process.
+    pub env: Vec<(String, String)>,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// File receiving stdout and stderr.
+    pub log: PathBuf,
+    /// Working directory.
+    pub workdir: PathBuf,
+}
+
+/// What `status` shows of a module process.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcessStatus {
+    /// Current pid, when running.
+    pub pid: Option<u32>,
+    /// Times it was restarted.
+    pub restarts: u32,
+    /// Last exit, as text.
+    pub last_exit: Option<String>,
+}
+
+/// The running supervisor.
+pub struct Agent {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Status per module.
+    pub status: Arc<Mutex<HashMap<String, ProcessStatus>>>,
+}
+
+/// How long a module gets to stop after SIGTERM.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The binary name an image stands for: `${MODULES.x}` / `${MODULES.x.debug}` → `x`;
+/// otherwise the image's last path segment without tag or digest.
+pub fn image_binary_name(image: &str) -> String {
+    if let Some(rest) = image.trim().strip_prefix("${MODULES.") {
+        let inner = rest.trim_end_matches('}');
+        return inner.strip_suffix(".debug").unwrap_or(inner).to_owned();
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    let last = last.split('@').next().unwrap_or(last);
+    last.split(':').next().unwrap_or(last).to_owned()
+}
+
+fn spawn(l: &Launch) -> std::io::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&l.log)?;
+    let mut cmd = match &l.program {
+        Program::Binary(p) => Command::new(p),
+        Program::Shell(s) => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(format!("exec {s}"));
+            c
+        }
+    };
+    cmd.env_clear()
+        .envs(l.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&l.workdir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    cmd.spawn()
+}
+
+async fn stop_child(name: &str, child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+            Ok(status) => info!(module = name, ?status, "module stopped"),
+            Err(_) => {
+                warn!(
+                    module = name,
+                    "module did not stop within the grace period; killing it"
+                );
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+async fn supervise(
+    l: Launch,
+    mut stop: watch::Receiver<bool>,
+    status: Arc<Mutex<HashMap<String, ProcessStatus>>>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    let set = |f: &dyn Fn(&mut ProcessStatus)| {
+        let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+        f(s.entry(l.name.clone()).or_default());
+    };
+    loop {
+        let mut child = match spawn(&l) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(module = %l.name, error = %e, program = ?l.program, "cannot start module");
+                set(&|s| s.last_exit = Some(format!("failed to start: {e}")));
+                return;
+            }
+        };
+        let pid = child.id();
+        info!(module = %l.name, pid, "module started");
+        set(&|s| s.pid = pid);
+        let started = Instant::now();
+        let exit = tokio::select! {
+            r = child.wait() => r,
+            _ = stop.changed() => {
+                stop_child(&l.name, &mut child).await;
+                set(&|s| s.pid = None);
+                return;
+            }
+        };
+        let (text, failed) = match &exit {
+            Ok(s) => (s.to_string(), !s.success()),
+            Err(e) => (e.to_string(), true),
+        };
+        set(&|s| {
+            s.pid = None;
+            s.last_exit = Some(text.clone());
+        });
+        let restart = match l.restart {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure | RestartPolicy::OnUnhealthy => failed,
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            info!(module = %l.name, exit = %text, "module exited; not restarted (restartPolicy)");
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        warn!(module = %l.name, exit = %text, retry_in_s = backoff.as_secs(), "module exited; restarting");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+        set(&|s| s.restarts += 1);
+    }
+}
+
+impl Agent {
+    /// Starts every module.
+    pub fn start(launches: Vec<Launch>) -> Agent {
+        let (stop, rx) = watch::channel(false);
+        let status = Arc::new(Mutex::new(HashMap::new()));
+        let tasks = launches
+            .into_iter()
+            .map(|l| tokio::spawn(supervise(l, rx.clone(), status.clone())))
+            .collect();
+        Agent {
+            stop,
+            tasks,
+            status,
+        }
+    }
+
+    /// Stops every module (SIGTERM, then SIGKILL after [`STOP_GRACE`]).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Finds the program for a module: an `--exec` override, else the workspace binary named
+/// after its image in `bin_dir`.
+pub fn resolve_program(
+    name: &str,
+    image: &str,
+    exec: Option<&String>,
+    bin_dir: &Path,
+) -> Result<Program, String> {
+    if let Some(cmd) = exec {
+        return Ok(Program::Shell(cmd.clone()));
+    }
+    let bin = image_binary_name(image);
+    let path = bin_dir.join(&bin);
+    if path.is_file() {
+        Ok(Program::Binary(path))
+    } else {
+        Err(format!(
+            "module '{name}': image '{image}' maps to program {}, which does not exist; build it (cargo build -p {bin}), or run the module some other way with --exec {name}=COMMAND, or leave it out with --skip {name}",
+            path.display()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_map_to_binary_names() {
+        assert_eq!(
+            image_binary_name("${MODULES.turbofanRouter}"),
+            "turbofanRouter"
+        );
+        assert_eq!(
+            image_binary_name("${MODULES.avroFileWriter.debug}"),
+            "avroFileWriter"
+        );
+        assert_eq!(
+            image_binary_name("myreg.azurecr.io/turbofanrouter:0.0.1-amd64"),
+            "turbofanrouter"
+        );
+        assert_eq!(image_binary_name("x/y@sha256:abc"), "y");
+    }
+
+    #[test]
+    fn missing_programs_say_what_to_do() {
+        let e = resolve_program(
+            "router",
+            "${MODULES.turbofanRouter}",
+            None,
+            Path::new("/nonexistent"),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("cargo build -p turbofanRouter") && e.contains("--exec router="),
+            "{e}"
+        );
+        let p = resolve_program(
+            "router",
+            "img",
+            Some(&"python3 m.py".to_owned()),
+            Path::new("/x"),
+        )
+        .unwrap();
+        assert_eq!(p, Program::Shell("python3 m.py".into()));
+    }
+
+    #[tokio::test]
+    async fn restarts_on_failure_and_stops_with_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = dir.path().join("starts");
+        let script = format!(
+            "sh -c 'echo x >> {c}; n=$(wc -l < {c}); if [ $n -lt 2 ]; then exit 3; fi; trap \"exit 0\" TERM; while :; do sleep 0.1; done'",
+            c = counter.display()
+        );
+        let agent = Agent::start(vec![Launch {
+            name: "m".into(),
+            program: Program::Shell(script),
+            env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+            restart: RestartPolicy::OnFailure,
+            log: dir.path().join("m.log"),
+            workdir: dir.path().to_path_buf(),
+        }]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = agent
+                .status
+                .lock()
+                .unwrap()
+                .get("m")
+                .cloned()
+                .unwrap_or_default();
+            if st.restarts == 1 && st.pid.is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "module was not restarted: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let t = Instant::now();
+        agent.stop().await;
+        assert!(t.elapsed() < STOP_GRACE, "SIGTERM should stop it at once");
+        assert_eq!(
+            std::fs::read_to_string(&counter).unwrap().lines().count(),
+            2
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! edgeHub's MQTT 3.1.1 server over TLS: authenticates each client, enforces what it may
+//! publish and subscribe to, and hands messages to the [`Hub`].
+//!
+//! A QoS 1 message is acknowledged (PUBACK) only once every sink has taken it: module queues
+//! at once, `$upstream` after its durable write. PUBACKs leave in the order the messages
+//! arrived.
+
+use crate::endpoint::Conn;
+use crate::hub::{Hub, Identity};
+use crate::upstream::Appended;
+use bytes::BytesMut;
+use edge_protocol::properties;
+use edge_protocol::topic::{self, Topic};
+use rumqttc::{
+    ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck,
+};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn, Instrument};
+
+/// Largest packet accepted (IoT Hub's message limit is 256 KiB; room for the topic).
+pub const MAX_PACKET: usize = 512 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until the listener fails.
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, hub: Arc<Hub>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                let span = tracing::info_span!("mqtt", %peer);
+                tokio::spawn(handle(tcp, acceptor.clone(), hub.clone()).instrument(span));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed (plain TCP or untrusted client)");
+            return;
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let (mut rd, wr) = tokio::io::split(tls);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let connect =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_packet(&mut rd, &mut buf)).await {
+            Ok(Ok(Some(Packet::Connect(c)))) => c,
+            Ok(Ok(Some(other))) => {
+                debug!(packet = ?other, "first packet is not CONNECT");
+                return;
+            }
+            _ => return,
+        };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_loop(wr, rx));
+    let login = connect
+        .login
+        .clone()
+        .unwrap_or_else(|| rumqttc::Login::new("", ""));
+    let identity = match hub.authenticate(&connect.client_id, &login.username, &login.password) {
+        Ok(id) => id,
+        Err(code) => {
+            let _ = tx.send(Packet::ConnAck(ConnAck::new(code, false)));
+            drop(tx);
+            let _ = writer.await;
+            return;
+        }
+    };
+    let conn = Conn {
+        id: hub.next_conn_id(),
+        tx: tx.clone(),
+        close: Arc::new(Notify::new()),
+    };
+    let clean = connect.clean_session;
+    // CONNACK goes first: queue it before the session can deliver anything.
+    let _ = tx.send(Packet::ConnAck(ConnAck::new(
+        ConnectReturnCode::Success,
+        false,
+    )));
+    let present = hub.connect(&identity, clean, conn.clone());
+    info!(client = %connect.client_id, conn = conn.id, clean, session_present = present, "client connected");
+
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let acker = tokio::spawn(ack_loop(ack_rx, tx.clone(), conn.close.clone()));
+    let keep_alive = match connect.keep_alive {
+        0 => Duration::from_secs(24 * 3600),
+        k => Duration::from_millis(u64::from(k) * 1500),
+    };
+    let session = Session {
+        hub: hub.clone(),
+        identity: identity.clone(),
+        conn: conn.clone(),
+        acks: ack_tx,
+    };
+    let reason = loop {
+        let packet = tokio::select! {
+            _ = conn.close.notified() => break "closed by the hub (session taken over or protocol error)",
+            r = tokio::time::timeout(keep_alive, read_packet(&mut rd, &mut buf)) => match r {
+                Err(_) => break "keep-alive expired",
+                Ok(Err(e)) => { debug!(error = %e, "read failed"); break "connection error" }
+                Ok(Ok(None)) => break "connection closed by the client",
+                Ok(Ok(Some(p))) => p,
+            },
+        };
+        match packet {
+            Packet::Publish(p) => {
+                if let Err(why) = session.publish(p) {
+                    warn!(client = %connect.client_id, reason = why, "closing connection");
+                    break why;
+                }
+            }
+            Packet::PubAck(a) => hub.delivered(&identity, conn.id, a.pkid),
+            Packet::Subscribe(s) => {
+                let codes = s
+                    .filters
+                    .iter()
+                    .map(|f| {
+                        if hub.may_subscribe(&identity, &f.path) {
+                            let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                            hub.subscribe(&identity, &conn, &f.path, qos);
+                            SubscribeReasonCode::Success(qos)
+                        } else {
+                            warn!(client = %connect.client_id, filter = %f.path, "subscription refused");
+                            SubscribeReasonCode::Failure
+                        }
+                    })
+                    .collect();
+                let _ = tx.send(Packet::SubAck(SubAck::new(s.pkid, codes)));
+            }
+            Packet::Unsubscribe(u) => {
+                for f in &u.topics {
+                    hub.unsubscribe(&identity, &conn, f);
+                }
+                let _ = tx.send(Packet::UnsubAck(UnsubAck::new(u.pkid)));
+            }
+            Packet::PingReq => {
+                let _ = tx.send(Packet::PingResp);
+            }
+            Packet::Disconnect => break "client disconnected",
+            Packet::Connect(_) => break "second CONNECT (protocol violation)",
+            other => debug!(packet = ?other, "ignored packet"),
+        }
+    };
+    info!(client = %connect.client_id, conn = conn.id, reason, "client gone");
+    hub.disconnect(&identity, conn.id, clean);
+    drop(session);
+    let _ = acker.await;
+    drop(conn);
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// What one connection needs to handle publishes.
+struct Session {
+    hub: Arc<Hub>,
+    identity: Identity,
+    conn: Conn,
+    acks: mpsc::UnboundedSender<(u16, Option<Appended>)>,
+}
+
+impl Session {
+    /// Handles a PUBLISH from the client; `Err` closes the connection.
+    fn publish(&self, p: Publish) -> Result<(), &'static str> {
+        if p.qos == QoS::ExactlyOnce {
+            return Err("QoS 2 is not supported by IoT Hub");
+        }
+        let parsed =
+            Topic::parse(&p.topic).map_err(|_| "publish to a topic outside the IoT Hub scheme")?;
+        let wait = match (&self.identity, parsed) {
+            (
+                Identity::Module { device, module },
+                Topic::ModuleEvents {
+                    device: d,
+                    module: m,
+                    bag,
+                },
+            ) if d == device && m == module => self.ingest(bag, &p),
+            (Identity::Device { device }, Topic::DeviceEvents { device: d, bag })
+                if d == device =>
+            {
+                self.ingest(bag, &p)
+            }
+            (_, Topic::TwinGet { rid }) => {
+                let twin = self.hub.twins.get(&self.identity.client_id());
+                self.reply(topic::twin_response(200, &rid, None), twin.to_string());
+                None
+            }
+            (_, Topic::TwinPatchReported { rid }) => {
+                match serde_json::from_slice::<Value>(&p.payload) {
+                    Ok(Value::Object(patch)) => {
+                        let v = self
+                            .hub
+                            .twins
+                            .patch_reported(&self.identity.client_id(), &patch);
+                        self.reply(topic::twin_response(204, &rid, Some(v)), String::new());
+                    }
+                    _ => self.reply(
+                        topic::twin_response(400, &rid, None),
+                        r#"{"message":"reported properties must be a JSON object"}"#.into(),
+                    ),
+                }
+                None
+            }
+            _ => return Err("publish not allowed for this identity"),
+        };
+        if p.qos == QoS::AtLeastOnce {
+            let _ = self.acks.send((p.pkid, wait));
+        }
+        Ok(())
+    }
+
+    fn ingest(&self, bag: &str, p: &Publish) -> Option<Appended> {
+        let mut m = properties::decode(bag);
+        m.body = p.payload.clone();
+        let span = tracing::debug_span!(
+            "ingest",
+            correlation_id = m.correlation_id.as_deref().unwrap_or("")
+        );
+        span.in_scope(|| self.hub.ingest(&self.identity, m))
+    }
+
+    fn reply(&self, topic: String, body: String) {
+        let _ = self
+            .conn
+            .tx
+            .send(Packet::Publish(Publish::new(topic, QoS::AtMostOnce, body)));
+    }
+}
+
+/// Sends PUBACKs in arrival order, each once its message is stored.
+async fn ack_loop(
+    mut rx: mpsc::UnboundedReceiver<(u16, Option<Appended>)>,
+    tx: mpsc::UnboundedSender<Packet>,
+    close: Arc<Notify>,
+) {
+    while let Some((pkid, wait)) = rx.recv().await {
+        if let Some(w) = wait {
+            match w.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "message not stored; closing so the client sends it again");
+                    close.notify_one();
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        if tx.send(Packet::PubAck(PubAck::new(pkid))).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one packet; `Ok(None)` at end of stream.
+async fn read_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<Option<Packet>> {
+    loop {
+        match Packet::read(buf, MAX_PACKET) {
+            Ok(p) => return Ok(Some(p)),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => {
+                buf.reserve(n.max(4096));
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e.to_string(),
+                ));
+            }
+        }
+        if rd.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Writes queued packets, coalescing whatever is queued into one TLS write.
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::UnboundedReceiver<Packet>) {
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    while let Some(p) = rx.recv().await {
+        let mut next = Some(p);
+        while let Some(p) = next.take() {
+            if let Err(e) = p.write(&mut out, MAX_PACKET) {
+                warn!(error = %e, "packet not written");
+            }
+            if out.len() < 256 * 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if wr.write_all(&out).await.is_err() || wr.flush().await.is_err() {
+            return;
+        }
+        out.clear();
+    }
+    let _ = wr.shutdown().await;
+}

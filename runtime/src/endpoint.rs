@@ -1,0 +1,299 @@
+//! Store-and-forward for one module: messages routed to any of its inputs wait here, in
+//! order, until the module is connected and subscribed; at most `window` are in flight
+//! (unacknowledged) at once; messages older than the time-to-live are dropped and counted.
+
+use bytes::Bytes;
+use edge_protocol::{topic, Message};
+use rumqttc::{Packet, Publish, QoS};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+/// The sending side of one client connection.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    /// Unique id of the connection.
+    pub id: u64,
+    /// Packets to write to the client.
+    pub tx: mpsc::UnboundedSender<Packet>,
+    /// Notified to close the connection (session takeover).
+    pub close: Arc<Notify>,
+}
+
+#[derive(Debug)]
+struct Queued {
+    seq: u64,
+    input: Arc<str>,
+    message: Arc<Message>,
+    at: Instant,
+}
+
+/// Counters of an endpoint.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct EndpointStats {
+    /// Waiting to be sent.
+    pub queued: usize,
+    /// Sent, not yet acknowledged.
+    pub in_flight: usize,
+    /// Acknowledged by the module.
+    pub delivered: u64,
+    /// Dropped because older than the time-to-live.
+    pub expired: u64,
+    /// Whether the module is connected and subscribed to its inputs.
+    pub connected: bool,
+}
+
+/// One module's queue.
+#[derive(Debug)]
+pub struct Endpoint {
+    device: String,
+    module: String,
+    queue: VecDeque<Queued>,
+    in_flight: BTreeMap<u16, Queued>,
+    conn: Option<(Conn, QoS)>,
+    next_pkid: u16,
+    next_seq: u64,
+    window: usize,
+    ttl: Duration,
+    delivered: u64,
+    expired: u64,
+}
+
+impl Endpoint {
+    /// An empty endpoint for `device/module`.
+    pub fn new(device: &str, module: &str, window: usize, ttl: Duration) -> Self {
+        Endpoint {
+            device: device.to_owned(),
+            module: module.to_owned(),
+            queue: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            conn: None,
+            next_pkid: 0,
+            next_seq: 0,
+            window: window.max(1),
+            ttl,
+            delivered: 0,
+            expired: 0,
+        }
+    }
+
+    /// Queues a message for `input` and sends what the window allows.
+    pub fn enqueue(&mut self, input: Arc<str>, message: Arc<Message>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push_back(Queued {
+            seq,
+            input,
+            message,
+            at: Instant::now(),
+        });
+        self.pump();
+    }
+
+    fn alloc_pkid(&mut self) -> u16 {
+        // Packet ids keep increasing across connections, so a late PUBACK from an earlier
+        // connection cannot acknowledge a different message.
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            if !self.in_flight.contains_key(&self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    /// Drops expired messages from the head of the queue; returns how many.
+    pub fn expire(&mut self) -> u64 {
+        let mut n = 0;
+        while self
+            .queue
+            .front()
+            .is_some_and(|q| q.at.elapsed() > self.ttl)
+        {
+            self.queue.pop_front();
+            n += 1;
+        }
+        if n > 0 {
+            self.expired += n;
+            tracing::warn!(module = %self.module, dropped = n, ttl_secs = self.ttl.as_secs(),
+                "store-and-forward: messages older than the time-to-live dropped");
+        }
+        n
+    }
+
+    fn pump(&mut self) {
+        if self.conn.is_none() {
+            return;
+        }
+        self.expire();
+        while self.in_flight.len() < self.window {
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
+            let Some((conn, qos)) = self.conn.clone() else {
+                break;
+            };
+            let pkid = if qos == QoS::AtMostOnce {
+                0
+            } else {
+                self.alloc_pkid()
+            };
+            let publish = Publish {
+                dup: false,
+                qos,
+                retain: false,
+                topic: topic::module_input(&self.device, &self.module, &q.input, &q.message),
+                pkid,
+                payload: Bytes::clone(&q.message.body),
+            };
+            if conn.tx.send(Packet::Publish(publish)).is_err() {
+                self.queue.push_front(q);
+                self.conn = None;
+                break;
+            }
+            if qos == QoS::AtMostOnce {
+                self.delivered += 1;
+            } else {
+                self.in_flight.insert(pkid, q);
+            }
+        }
+    }
+
+    /// The module acknowledged `pkid` on connection `conn_id`.
+    pub fn acked(&mut self, conn_id: u64, pkid: u16) {
+        if self.conn.as_ref().is_some_and(|(c, _)| c.id == conn_id)
+            && self.in_flight.remove(&pkid).is_some()
+        {
+            self.delivered += 1;
+            self.pump();
+        }
+    }
+
+    /// The module subscribed to its inputs on `conn`.
+    pub fn attach(&mut self, conn: Conn, qos: QoS) {
+        self.requeue_in_flight();
+        self.conn = Some((conn, qos));
+        self.pump();
+    }
+
+    /// Connection `conn_id` is gone: what it had in flight is sent again on the next one.
+    pub fn detach(&mut self, conn_id: u64) {
+        if self.conn.as_ref().is_some_and(|(c, _)| c.id == conn_id) {
+            self.conn = None;
+            self.requeue_in_flight();
+        }
+    }
+
+    fn requeue_in_flight(&mut self) {
+        let in_flight = std::mem::take(&mut self.in_flight);
+        let mut items: Vec<Queued> = in_flight.into_values().collect();
+        items.sort_by_key(|q| q.seq);
+        for q in items.into_iter().rev() {
+            self.queue.push_front(q);
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> EndpointStats {
+        EndpointStats {
+            queued: self.queue.len(),
+            in_flight: self.in_flight.len(),
+            delivered: self.delivered,
+            expired: self.expired,
+            connected: self.conn.is_some(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(id: u64) -> (Conn, mpsc::UnboundedReceiver<Packet>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Conn {
+                id,
+                tx,
+                close: Arc::new(Notify::new()),
+            },
+            rx,
+        )
+    }
+
+    fn msg(n: u32) -> Arc<Message> {
+        Arc::new(Message::json(format!("{{\"n\":{n}}}")))
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Packet>) -> Vec<Publish> {
+        let mut v = Vec::new();
+        while let Ok(Packet::Publish(p)) = rx.try_recv() {
+            v.push(p);
+        }
+        v
+    }
+
+    #[test]
+    fn keeps_messages_until_the_module_connects_then_delivers_in_order_within_the_window() {
+        let mut e = Endpoint::new("edge", "router", 2, Duration::from_secs(60));
+        for n in 0..3 {
+            e.enqueue("in".into(), msg(n));
+        }
+        assert_eq!(e.stats().queued, 3);
+        let (c, mut rx) = conn(1);
+        e.attach(c, QoS::AtLeastOnce);
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 2, "window of 2");
+        assert_eq!(sent[0].payload, Bytes::from("{\"n\":0}"));
+        assert!(sent[0]
+            .topic
+            .starts_with("devices/edge/modules/router/inputs/in/"));
+        e.acked(1, sent[0].pkid);
+        let more = drain(&mut rx);
+        assert_eq!(more.len(), 1);
+        assert_eq!(more[0].payload, Bytes::from("{\"n\":2}"));
+        assert_eq!(e.stats().delivered, 1);
+    }
+
+    #[test]
+    fn unacknowledged_messages_are_redelivered_first_on_the_next_connection() {
+        let mut e = Endpoint::new("edge", "m", 10, Duration::from_secs(60));
+        let (c1, mut rx1) = conn(1);
+        e.attach(c1, QoS::AtLeastOnce);
+        for n in 0..3 {
+            e.enqueue("in".into(), msg(n));
+        }
+        let first = drain(&mut rx1);
+        e.acked(1, first[1].pkid); // only the middle one is acknowledged
+        e.detach(1);
+        e.enqueue("in".into(), msg(3));
+        let (c2, mut rx2) = conn(2);
+        e.attach(c2, QoS::AtLeastOnce);
+        let bodies: Vec<Bytes> = drain(&mut rx2).into_iter().map(|p| p.payload).collect();
+        assert_eq!(
+            bodies,
+            vec![
+                Bytes::from("{\"n\":0}"),
+                Bytes::from("{\"n\":2}"),
+                Bytes::from("{\"n\":3}")
+            ]
+        );
+        // A late ack from connection 1 changes nothing.
+        e.acked(1, first[0].pkid);
+        assert_eq!(e.stats().in_flight, 3);
+    }
+
+    #[test]
+    fn messages_older_than_the_ttl_are_dropped_and_counted() {
+        let mut e = Endpoint::new("edge", "m", 10, Duration::from_millis(20));
+        e.enqueue("in".into(), msg(0));
+        std::thread::sleep(Duration::from_millis(40));
+        e.enqueue("in".into(), msg(1));
+        let (c, mut rx) = conn(1);
+        e.attach(c, QoS::AtLeastOnce);
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].payload, Bytes::from("{\"n\":1}"));
+        assert_eq!(e.stats().expired, 1);
+    }
+}

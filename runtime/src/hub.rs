@@ -1,0 +1,485 @@
+//! edgeHub's core, independent of the network: who may connect, where each message goes
+//! (routes), the module queues, client sessions and twin delivery.
+
+use crate::endpoint::{Conn, Endpoint, EndpointStats};
+use crate::identity::KeyStore;
+use crate::manifest::Manifest;
+use crate::twin::Twins;
+use crate::upstream::{Appended, Upstream};
+use edge_protocol::{sas, topic, Message, SasToken};
+use edge_routes::{MessageView, Route, Sink};
+use rumqttc::{ConnectReturnCode, Packet, Publish, QoS};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::{debug, info, warn};
+
+/// Who is connected.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// A module of the edge device.
+    Module {
+        /// Edge device id.
+        device: String,
+        /// Module id.
+        module: String,
+    },
+    /// A (leaf) device.
+    Device {
+        /// Device id.
+        device: String,
+    },
+}
+
+impl Identity {
+    /// The MQTT client id of this identity.
+    pub fn client_id(&self) -> String {
+        match self {
+            Identity::Module { device, module } => format!("{device}/{module}"),
+            Identity::Device { device } => device.clone(),
+        }
+    }
+}
+
+/// A route of the manifest that could not be parsed.
+#[derive(Debug, Clone)]
+pub struct RouteError {
+    /// Route name.
+    pub name: String,
+    /// Route text.
+    pub text: String,
+    /// Parser message with line and column.
+    pub error: String,
+}
+
+impl std::fmt::Display for RouteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "route '{}' does not parse: {} (route: {})",
+            self.name, self.error, self.text
+        )
+    }
+}
+
+/// Counters of the hub.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Messages received from clients.
+    pub received: AtomicU64,
+    /// Messages that matched no route (dropped, as edgeHub does).
+    pub unrouted: AtomicU64,
+    /// Copies routed to module inputs.
+    pub to_modules: AtomicU64,
+    /// Copies routed to `$upstream`.
+    pub to_upstream: AtomicU64,
+    /// Refused connection attempts.
+    pub auth_failures: AtomicU64,
+}
+
+/// Settings of the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// IoT Hub host name (SAS audience).
+    pub hub_hostname: String,
+    /// The edge device id.
+    pub device_id: String,
+    /// Store-and-forward time-to-live.
+    pub ttl: Duration,
+    /// Messages in flight per module.
+    pub window: usize,
+}
+
+#[derive(Default)]
+struct Session {
+    subscriptions: Vec<(String, QoS)>,
+    conn: Option<Conn>,
+}
+
+/// edgeHub's state.
+pub struct Hub {
+    cfg: HubConfig,
+    routes: Vec<(String, Route)>,
+    endpoints: Mutex<HashMap<String, Arc<Mutex<Endpoint>>>>,
+    sessions: Mutex<HashMap<String, Session>>,
+    /// Module and device twins.
+    pub twins: Twins,
+    /// The `$upstream` store.
+    pub upstream: Upstream,
+    module_keys: KeyStore,
+    device_keys: KeyStore,
+    /// Counters.
+    pub metrics: Metrics,
+    next_conn: AtomicU64,
+}
+
+/// A message as route conditions see it; the body is parsed at most once, on demand.
+struct View<'a> {
+    m: &'a Message,
+    body: OnceLock<Option<Value>>,
+}
+
+impl MessageView for View<'_> {
+    fn system_property(&self, name: &str) -> Option<String> {
+        self.m.system_property(name).map(str::to_owned)
+    }
+    fn application_property(&self, name: &str) -> Option<String> {
+        self.m.property(name).map(str::to_owned)
+    }
+    fn body(&self) -> Option<&Value> {
+        self.body
+            .get_or_init(|| {
+                if self.m.is_json_utf8() {
+                    serde_json::from_slice(&self.m.body).ok()
+                } else {
+                    None
+                }
+            })
+            .as_ref()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Hub {
+    /// A hub for the manifest's routes. Routes that do not parse are returned (and left
+    /// out); the others work.
+    pub fn new(
+        cfg: HubConfig,
+        manifest: &Manifest,
+        twins: Twins,
+        upstream: Upstream,
+        module_keys: KeyStore,
+        device_keys: KeyStore,
+    ) -> (Hub, Vec<RouteError>) {
+        let mut routes = Vec::new();
+        let mut errors = Vec::new();
+        for r in &manifest.routes {
+            match edge_routes::parse_route(&r.text) {
+                Ok(route) => routes.push((r.name.clone(), route)),
+                Err(e) => errors.push(RouteError {
+                    name: r.name.clone(),
+                    text: r.text.clone(),
+                    error: e.to_string(),
+                }),
+            }
+        }
+        let hub = Hub {
+            cfg,
+            routes,
+            endpoints: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            twins,
+            upstream,
+            module_keys,
+            device_keys,
+            metrics: Metrics::default(),
+            next_conn: AtomicU64::new(1),
+        };
+        for m in &manifest.modules {
+            hub.endpoint(&m.name);
+        }
+        (hub, errors)
+    }
+
+    /// The hub's settings.
+    pub fn config(&self) -> &HubConfig {
+        &self.cfg
+    }
+
+    /// A new connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn endpoint(&self, module: &str) -> Arc<Mutex<Endpoint>> {
+        lock(&self.endpoints)
+            .entry(module.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Endpoint::new(
+                    &self.cfg.device_id,
+                    module,
+                    self.cfg.window,
+                    self.cfg.ttl,
+                )))
+            })
+            .clone()
+    }
+
+    /// Checks a CONNECT: client id, user name and SAS token against the identity's key.
+    pub fn authenticate(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<Identity, ConnectReturnCode> {
+        let refuse = |code, why: String| {
+            self.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            warn!(client_id, reason = %why, "connection refused");
+            Err(code)
+        };
+        let identity = match client_id.split_once('/') {
+            Some((d, m)) if !d.is_empty() && !m.is_empty() => Identity::Module {
+                device: d.to_owned(),
+                module: m.to_owned(),
+            },
+            None if !client_id.is_empty() => Identity::Device {
+                device: client_id.to_owned(),
+            },
+            _ => return refuse(ConnectReturnCode::BadClientId, "malformed client id".into()),
+        };
+        let expected_user = format!("{}/{}/", self.cfg.hub_hostname, client_id);
+        if !username
+            .to_ascii_lowercase()
+            .starts_with(&expected_user.to_ascii_lowercase())
+        {
+            return refuse(
+                ConnectReturnCode::BadUserNamePassword,
+                format!("user name must start with '{expected_user}'"),
+            );
+        }
+        let (key, resource) = match &identity {
+            Identity::Module { device, module } => {
+                if *device != self.cfg.device_id {
+                    return refuse(
+                        ConnectReturnCode::NotAuthorized,
+                        format!("device '{device}' is not this edge device"),
+                    );
+                }
+                (
+                    self.module_keys.key(module),
+                    sas::resource_uri(&self.cfg.hub_hostname, device, Some(module)),
+                )
+            }
+            Identity::Device { device } => (
+                self.device_keys.key(device),
+                sas::resource_uri(&self.cfg.hub_hostname, device, None),
+            ),
+        };
+        let Some(key) = key else {
+            return refuse(ConnectReturnCode::NotAuthorized, "unknown identity".into());
+        };
+        let token = match SasToken::parse(password) {
+            Ok(t) => t,
+            Err(e) => return refuse(ConnectReturnCode::BadUserNamePassword, e.to_string()),
+        };
+        if let Err(e) = token.verify(&resource, &key, now_secs()) {
+            return refuse(ConnectReturnCode::NotAuthorized, e.to_string());
+        }
+        Ok(identity)
+    }
+
+    /// May `identity` subscribe to `filter`?
+    pub fn may_subscribe(&self, identity: &Identity, filter: &str) -> bool {
+        let twin = filter == topic::TWIN_RESPONSES_FILTER
+            || filter == topic::TWIN_DESIRED_FILTER
+            || filter == topic::METHODS_FILTER;
+        twin || match identity {
+            Identity::Module { device, module } => {
+                filter == topic::module_inputs_filter(device, module)
+            }
+            Identity::Device { device } => {
+                filter == format!("devices/{device}/messages/devicebound/#")
+            }
+        }
+    }
+
+    /// Registers a connection for `identity`; an earlier connection of the same client is
+    /// closed (session takeover). Returns whether a session was present.
+    pub fn connect(&self, identity: &Identity, clean: bool, conn: Conn) -> bool {
+        let client_id = identity.client_id();
+        let (present, restore) = {
+            let mut sessions = lock(&self.sessions);
+            let present = sessions.contains_key(&client_id) && !clean;
+            let s = sessions.entry(client_id).or_default();
+            if let Some(old) = s.conn.take() {
+                old.close.notify_one();
+            }
+            if clean {
+                s.subscriptions.clear();
+            }
+            s.conn = Some(conn.clone());
+            (present, s.subscriptions.clone())
+        };
+        for (filter, qos) in restore {
+            self.on_subscribed(identity, &conn, &filter, qos);
+        }
+        present
+    }
+
+    /// Records a granted subscription.
+    pub fn subscribe(&self, identity: &Identity, conn: &Conn, filter: &str, qos: QoS) {
+        {
+            let mut sessions = lock(&self.sessions);
+            let s = sessions.entry(identity.client_id()).or_default();
+            s.subscriptions.retain(|(f, _)| f != filter);
+            s.subscriptions.push((filter.to_owned(), qos));
+        }
+        self.on_subscribed(identity, conn, filter, qos);
+    }
+
+    fn on_subscribed(&self, identity: &Identity, conn: &Conn, filter: &str, qos: QoS) {
+        if let Identity::Module { device, module } = identity {
+            if filter == topic::module_inputs_filter(device, module) {
+                lock(&self.endpoint(module)).attach(conn.clone(), qos);
+            }
+        }
+    }
+
+    /// Removes a subscription.
+    pub fn unsubscribe(&self, identity: &Identity, conn: &Conn, filter: &str) {
+        if let Some(s) = lock(&self.sessions).get_mut(&identity.client_id()) {
+            s.subscriptions.retain(|(f, _)| f != filter);
+        }
+        if let Identity::Module { device, module } = identity {
+            if filter == topic::module_inputs_filter(device, module) {
+                lock(&self.endpoint(module)).detach(conn.id);
+            }
+        }
+    }
+
+    /// Connection `conn_id` of `identity` has ended.
+    pub fn disconnect(&self, identity: &Identity, conn_id: u64, clean: bool) {
+        {
+            let mut sessions = lock(&self.sessions);
+            let client_id = identity.client_id();
+            if let Some(s) = sessions.get_mut(&client_id) {
+                if s.conn.as_ref().is_some_and(|c| c.id == conn_id) {
+                    s.conn = None;
+                    if clean {
+                        sessions.remove(&client_id);
+                    }
+                }
+            }
+        }
+        if let Identity::Module { module, .. } = identity {
+            lock(&self.endpoint(module)).detach(conn_id);
+        }
+    }
+
+    /// A module acknowledged a delivered message.
+    pub fn delivered(&self, identity: &Identity, conn_id: u64, pkid: u16) {
+        if let Identity::Module { module, .. } = identity {
+            lock(&self.endpoint(module)).acked(conn_id, pkid);
+        }
+    }
+
+    /// Routes a message from `identity` (stamping the connection ids and enqueued time).
+    /// Module sinks take it at once; the returned receiver, if any, resolves when
+    /// `$upstream` has stored it durably.
+    pub fn ingest(&self, identity: &Identity, mut m: Message) -> Option<Appended> {
+        self.metrics.received.fetch_add(1, Ordering::Relaxed);
+        let source = match identity {
+            Identity::Module { device, module } => {
+                m.connection_device_id = Some(device.clone());
+                m.connection_module_id = Some(module.clone());
+                match &m.output_name {
+                    Some(o) => format!("/messages/modules/{module}/outputs/{o}"),
+                    None => format!("/messages/modules/{module}"),
+                }
+            }
+            Identity::Device { device } => {
+                m.connection_device_id = Some(device.clone());
+                m.connection_module_id = None;
+                "/messages/events".to_owned()
+            }
+        };
+        m.enqueued_time =
+            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        self.route(&source, m)
+    }
+
+    fn route(&self, source: &str, m: Message) -> Option<Appended> {
+        let mut sinks: Vec<&Sink> = Vec::with_capacity(2);
+        {
+            let view = View {
+                m: &m,
+                body: OnceLock::new(),
+            };
+            for (_, r) in &self.routes {
+                if !sinks.contains(&&r.sink) && r.matches(source, &view) {
+                    sinks.push(&r.sink);
+                }
+            }
+        }
+        if sinks.is_empty() {
+            self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+            debug!(source, "message matches no route");
+            return None;
+        }
+        let m = Arc::new(m);
+        let mut appended = None;
+        for sink in sinks {
+            match sink {
+                Sink::Upstream => {
+                    self.metrics.to_upstream.fetch_add(1, Ordering::Relaxed);
+                    appended = Some(self.upstream.append(Message::clone(&m)));
+                }
+                Sink::Module { module, input } => {
+                    self.metrics.to_modules.fetch_add(1, Ordering::Relaxed);
+                    lock(&self.endpoint(module)).enqueue(Arc::from(input.as_str()), m.clone());
+                }
+            }
+        }
+        appended
+    }
+
+    /// Applies a desired-properties patch to a module's twin and pushes it to the module if
+    /// it listens for patches. Returns the new desired version.
+    pub fn patch_desired(&self, module: &str, patch: &serde_json::Map<String, Value>) -> u64 {
+        let identity = Identity::Module {
+            device: self.cfg.device_id.clone(),
+            module: module.to_owned(),
+        };
+        let client_id = identity.client_id();
+        let (version, body) = self.twins.patch_desired(&client_id, patch);
+        let sessions = lock(&self.sessions);
+        if let Some(s) = sessions.get(&client_id) {
+            let listening = s
+                .subscriptions
+                .iter()
+                .any(|(f, _)| f == topic::TWIN_DESIRED_FILTER);
+            if let (true, Some(conn)) = (listening, &s.conn) {
+                let p = Publish::new(
+                    topic::twin_desired_patch(version),
+                    QoS::AtMostOnce,
+                    body.to_string(),
+                );
+                let _ = conn.tx.send(Packet::Publish(p));
+            }
+        }
+        info!(module, version, "desired properties patched");
+        version
+    }
+
+    /// Expires old messages in every module queue.
+    pub fn expire(&self) {
+        let endpoints: Vec<_> = lock(&self.endpoints).values().cloned().collect();
+        for e in endpoints {
+            lock(&e).expire();
+        }
+    }
+
+    /// Counters per module queue.
+    pub fn endpoint_stats(&self) -> HashMap<String, EndpointStats> {
+        let endpoints: Vec<_> = lock(&self.endpoints)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        endpoints
+            .into_iter()
+            .map(|(k, e)| (k, lock(&e).stats()))
+            .collect()
+    }
+}

@@ -1,0 +1,26 @@
+//! `iotedge-local`: a local IoT Edge runtime that runs a deployment manifest on one machine,
+//! without Docker or an Azure account. It plays the parts a device and the cloud play:
+//!
+//! | part | module |
+//! |---|---|
+//! | edgeHub: MQTT/TLS server, SAS auth, routes, store-and-forward, twins | [`broker`], [`hub`], [`endpoint`], [`twin`] |
+//! | workload API: signing with module keys, trust bundle | [`workload`], [`certs`], [`identity`] |
+//! | edgeAgent: module processes | [`agent`] |
+//! | IoT Hub: device registry, `$upstream` store | [`identity`], [`upstream`] |
+//!
+//! [`runtime::Runtime`] assembles them from a [`manifest::Manifest`].
+
+pub mod agent;
+pub mod broker;
+pub mod certs;
+pub mod endpoint;
+pub mod hub;
+pub mod identity;
+pub mod manifest;
+pub mod mgmt;
+pub mod runtime;
+pub mod twin;
+pub mod upstream;
+pub mod workload;
+
+pub use runtime::{Options, Runtime};

@@ -1,0 +1,357 @@
+//! `iotedge-local`: run a deployment manifest locally, manage leaf devices and twins, and
+//! watch what reaches IoT Hub.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use edge_protocol::ConnectionString;
+use edge_runtime::identity::KeyStore;
+use edge_runtime::runtime::layout;
+use edge_runtime::{mgmt, upstream, Options, Runtime};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{BufRead, Seek, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "iotedge-local",
+    version,
+    about = "A local IoT Edge runtime: edgeHub, workload API, edgeAgent and the IoT Hub side, for one deployment manifest, without Docker or Azure."
+)]
+struct Cli {
+    /// Folder holding all runtime state.
+    #[arg(
+        long,
+        global = true,
+        default_value = ".edge-state",
+        env = "IOTEDGE_LOCAL_STATE"
+    )]
+    state: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the manifest: edgeHub, workload API, and every module as a local process.
+    Run {
+        /// Deployment manifest (placeholders are tolerated).
+        #[arg(long, default_value = "deployment.template.json")]
+        manifest: PathBuf,
+        /// edgeHub's MQTT/TLS port (the Azure IoT SDKs only use 8883).
+        #[arg(long, default_value_t = 8883)]
+        mqtt_port: u16,
+        /// IoT Hub host name of the identities.
+        #[arg(long, default_value = "local-hub.azure-devices.net")]
+        hub_hostname: String,
+        /// Edge device id.
+        #[arg(long, default_value = "edge-device")]
+        device_id: String,
+        /// Gateway host name given to modules and leaf devices.
+        #[arg(long, default_value = "localhost")]
+        gateway_hostname: String,
+        /// Folder with the module binaries (default: next to this program).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Run MODULE with a shell command instead of its binary: MODULE=COMMAND.
+        #[arg(long, value_name = "MODULE=COMMAND")]
+        exec: Vec<String>,
+        /// Do not start MODULE (its identity, queue and workload socket still exist).
+        #[arg(long, value_name = "MODULE")]
+        skip: Vec<String>,
+    },
+    /// Leaf devices in the registry.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Module twins on the running runtime.
+    Twin {
+        #[command(subcommand)]
+        command: TwinCommand,
+    },
+    /// Stream messages arriving in IoT Hub ($upstream), as JSON lines.
+    Monitor {
+        /// Only messages from this device (connection device id).
+        #[arg(long)]
+        device: Option<String>,
+        /// Only messages from this module.
+        #[arg(long)]
+        module: Option<String>,
+        /// Only messages whose body has PredictedRul below this value.
+        #[arg(long)]
+        rul_below: Option<f64>,
+        /// Start with the messages already stored.
+        #[arg(long)]
+        from_start: bool,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Counters and queues of the running runtime.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Register a leaf device (if new) and print its connection string.
+    Add {
+        /// Device id.
+        id: String,
+        /// IoT Hub host name.
+        #[arg(long, default_value = "local-hub.azure-devices.net")]
+        hub_hostname: String,
+        /// Gateway host name for the connection string.
+        #[arg(long, default_value = "localhost")]
+        gateway_hostname: String,
+    },
+    /// List registered leaf devices.
+    List,
+}
+
+#[derive(Subcommand)]
+enum TwinCommand {
+    /// Merge a JSON patch into a module's desired properties; the module receives it.
+    Set {
+        /// Module name.
+        module: String,
+        /// JSON object (null removes a property).
+        patch: String,
+    },
+    /// Print a module's twin.
+    Get {
+        /// Module name.
+        module: String,
+    },
+}
+
+fn parse_exec(items: &[String]) -> Result<HashMap<String, String>> {
+    items
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(m, c)| (m.to_owned(), c.to_owned()))
+                .with_context(|| format!("--exec '{s}' must be MODULE=COMMAND"))
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let state = cli.state;
+    match cli.command {
+        Command::Run {
+            manifest,
+            mqtt_port,
+            hub_hostname,
+            device_id,
+            gateway_hostname,
+            bin_dir,
+            exec,
+            skip,
+        } => {
+            let mut opts = Options::new(manifest, &state);
+            opts.mqtt_port = mqtt_port;
+            opts.hub_hostname = hub_hostname;
+            opts.device_id = device_id;
+            opts.gateway_hostname = gateway_hostname;
+            opts.bin_dir = bin_dir;
+            opts.exec = parse_exec(&exec)?;
+            opts.skip = skip;
+            let rt = Runtime::start(opts).await?;
+            eprintln!(
+                "iotedge-local: edgeHub on mqtts://localhost:{}, state in {}; Ctrl-C to stop",
+                rt.mqtt_port,
+                rt.state_dir().display()
+            );
+            shutdown_signal().await;
+            rt.shutdown().await;
+        }
+        Command::Device {
+            command:
+                DeviceCommand::Add {
+                    id,
+                    hub_hostname,
+                    gateway_hostname,
+                },
+        } => {
+            if id.is_empty() || id.contains('/') {
+                anyhow::bail!("device id '{id}' must be non-empty and contain no '/'");
+            }
+            let key = KeyStore::new(layout::registry(&state)).ensure(&id)?;
+            let cs = ConnectionString {
+                host_name: hub_hostname,
+                device_id: id,
+                module_id: None,
+                shared_access_key: key,
+                gateway_host_name: Some(gateway_hostname),
+            };
+            println!("{cs}");
+        }
+        Command::Device {
+            command: DeviceCommand::List,
+        } => {
+            for id in KeyStore::new(layout::registry(&state)).ids() {
+                println!("{id}");
+            }
+        }
+        Command::Twin {
+            command: TwinCommand::Set { module, patch },
+        } => {
+            let patch: Value = serde_json::from_str(&patch).context("the patch is not JSON")?;
+            let r = mgmt::call(
+                &layout::control_socket(&state),
+                "PATCH",
+                &format!("/twins/{module}/desired"),
+                Some(patch.to_string()),
+            )
+            .await?;
+            println!("{r}");
+        }
+        Command::Twin {
+            command: TwinCommand::Get { module },
+        } => {
+            let r = mgmt::call(
+                &layout::control_socket(&state),
+                "GET",
+                &format!("/twins/{module}"),
+                None,
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Command::Status => {
+            let r = mgmt::call(&layout::control_socket(&state), "GET", "/status", None).await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Command::Monitor {
+            device,
+            module,
+            rul_below,
+            from_start,
+            count,
+            timeout,
+        } => {
+            let filter = MonitorFilter {
+                device,
+                module,
+                rul_below,
+            };
+            monitor(
+                &upstream::store_path(&state),
+                &filter,
+                from_start,
+                count,
+                timeout,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+struct MonitorFilter {
+    device: Option<String>,
+    module: Option<String>,
+    rul_below: Option<f64>,
+}
+
+impl MonitorFilter {
+    fn accepts(&self, r: &Value) -> bool {
+        let is = |field: &str, want: &Option<String>| {
+            want.as_ref()
+                .is_none_or(|w| r.get(field).and_then(Value::as_str) == Some(w.as_str()))
+        };
+        let rul_ok = self.rul_below.is_none_or(|limit| {
+            r.pointer("/payload/PredictedRul")
+                .and_then(Value::as_f64)
+                .is_some_and(|v| v < limit)
+        });
+        is("origin", &self.device) && is("module", &self.module) && rul_ok
+    }
+}
+
+/// Follows the upstream store like `tail -f`, printing matching records.
+async fn monitor(
+    path: &std::path::Path,
+    filter: &MonitorFilter,
+    from_start: bool,
+    count: Option<u64>,
+    timeout: Option<f64>,
+) -> Result<()> {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t));
+    let mut printed = 0u64;
+    let mut pos = 0u64;
+    let mut first = true;
+    let mut partial = String::new();
+    let stdout = std::io::stdout();
+    loop {
+        if let Ok(mut f) = std::fs::File::open(path) {
+            let len = f.metadata()?.len();
+            if first && !from_start {
+                pos = len;
+            }
+            if len < pos {
+                pos = 0; // store was recreated
+            }
+            f.seek(std::io::SeekFrom::Start(pos))?;
+            let mut reader = std::io::BufReader::new(f);
+            let mut line = String::new();
+            while reader.read_line(&mut line)? > 0 {
+                pos += line.len() as u64;
+                if !line.ends_with('\n') {
+                    partial.push_str(&line);
+                    line.clear();
+                    continue;
+                }
+                let full = std::mem::take(&mut partial) + line.trim_end();
+                line.clear();
+                let Ok(record) = serde_json::from_str::<Value>(&full) else {
+                    continue;
+                };
+                if filter.accepts(&record) {
+                    let mut out = stdout.lock();
+                    writeln!(out, "{record}")?;
+                    out.flush()?;
+                    printed += 1;
+                    if count.is_some_and(|c| printed >= c) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        first = false;
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

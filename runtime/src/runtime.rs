@@ -1,0 +1,375 @@
+//! Assembles the runtime from a manifest: state folder, identities, TLS, edgeHub, workload
+//! sockets, edgeAgent, management API.
+
+use crate::agent::{self, Agent, Launch};
+use crate::hub::{Hub, HubConfig, RouteError};
+use crate::identity::KeyStore;
+use crate::manifest::Manifest;
+use crate::twin::Twins;
+use crate::upstream::Upstream;
+use crate::{broker, certs, mgmt, workload};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Deployment manifest.
+    pub manifest: PathBuf,
+    /// Folder for all state.
+    pub state_dir: PathBuf,
+    /// edgeHub's MQTT/TLS port (0: any free port).
+    pub mqtt_port: u16,
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// IoT Hub host name the identities belong to.
+    pub hub_hostname: String,
+    /// The edge device id.
+    pub device_id: String,
+    /// Host name modules and leaf devices connect to.
+    pub gateway_hostname: String,
+    /// Where module binaries are (default: next to this program).
+    pub bin_dir: Option<PathBuf>,
+    /// Module → shell command replacing its program.
+    pub exec: HashMap<String, String>,
+    /// Modules not to start.
+    pub skip: Vec<String>,
+    /// Start module processes at all.
+    pub start_modules: bool,
+    /// Messages in flight per module.
+    pub window: usize,
+}
+
+impl Options {
+    /// Defaults for a manifest and a state folder.
+    pub fn new(manifest: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            manifest: manifest.into(),
+            state_dir: state_dir.into(),
+            mqtt_port: 8883,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            hub_hostname: "local-hub.azure-devices.net".into(),
+            device_id: "edge-device".into(),
+            gateway_hostname: "localhost".into(),
+            bin_dir: None,
+            exec: HashMap::new(),
+            skip: Vec::new(),
+            start_modules: true,
+            window: 256,
+        }
+    }
+}
+
+/// The files of a state folder.
+pub mod layout {
+    use std::path::{Path, PathBuf};
+    /// Leaf-device registry.
+    pub fn registry(state: &Path) -> PathBuf {
+        state.join("registry.json")
+    }
+    /// Module keys.
+    pub fn module_keys(state: &Path) -> PathBuf {
+        state.join("identities").join("modules.json")
+    }
+    /// Management socket.
+    pub fn control_socket(state: &Path) -> PathBuf {
+        state.join("runtime.sock")
+    }
+    /// Written when the runtime is ready.
+    pub fn ready_file(state: &Path) -> PathBuf {
+        state.join("runtime.json")
+    }
+    /// A module's workload socket.
+    pub fn workload_socket(state: &Path, module: &str) -> PathBuf {
+        state.join("workload").join(format!("{module}.sock"))
+    }
+    /// A module's log file.
+    pub fn module_log(state: &Path, module: &str) -> PathBuf {
+        state.join("logs").join(format!("{module}.log"))
+    }
+    /// TLS material.
+    pub fn certs(state: &Path) -> PathBuf {
+        state.join("certs")
+    }
+}
+
+/// A running runtime.
+pub struct Runtime {
+    /// edgeHub's state.
+    pub hub: Arc<Hub>,
+    /// The MQTT/TLS port edgeHub listens on.
+    pub mqtt_port: u16,
+    /// Routes of the manifest that did not parse.
+    pub route_errors: Vec<RouteError>,
+    /// PEM of the CA that edgeHub's certificate chains to.
+    pub ca_pem: String,
+    envs: HashMap<String, Vec<(String, String)>>,
+    agent: Option<Agent>,
+    tasks: Vec<JoinHandle<()>>,
+    state_dir: PathBuf,
+}
+
+/// Environment variables a module process inherits from the runtime's own environment
+/// (a container would have its image's; these keep local tools working).
+const PASS_THROUGH: [&str; 9] = [
+    "PATH",
+    "HOME",
+    "LANG",
+    "TMPDIR",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "LD_LIBRARY_PATH",
+    "ORT_DYLIB_PATH",
+    "PYTHONPATH",
+];
+
+fn bind_dir(state: &Path, host: &str, container: &str) -> Result<PathBuf> {
+    let local = state.join("binds").join(host.trim_start_matches('/'));
+    // A bind of a file (e.g. a config file) gets its folder; a directory is created.
+    let is_file = Path::new(container).extension().is_some();
+    let dir = if is_file {
+        local.parent().unwrap_or(&local).to_path_buf()
+    } else {
+        local.clone()
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating bind folder {}", dir.display()))?;
+    Ok(local)
+}
+
+impl Runtime {
+    /// Starts everything; fails with a clear message on a bad manifest, a port in use or a
+    /// missing module program.
+    pub async fn start(opts: Options) -> Result<Runtime> {
+        let manifest = Manifest::load(&opts.manifest)?;
+        let state = opts.state_dir.clone();
+        std::fs::create_dir_all(state.join("logs"))
+            .with_context(|| format!("creating the state folder {}", state.display()))?;
+        let _ = std::fs::remove_file(layout::ready_file(&state));
+        let state = std::fs::canonicalize(&state)?;
+
+        let module_keys = Arc::new(KeyStore::new(layout::module_keys(&state)));
+        for m in &manifest.modules {
+            module_keys
+                .ensure(&m.name)
+                .context("creating module keys")?;
+        }
+        let mut names = vec![opts.gateway_hostname.clone()];
+        if opts.gateway_hostname != "localhost" {
+            names.push("localhost".into());
+        }
+        let tls = certs::load_or_create(&layout::certs(&state), &names)?;
+        let server_config = certs::server_config(&tls)?;
+
+        let desired = manifest
+            .desired
+            .iter()
+            .map(|(m, d)| (format!("{}/{}", opts.device_id, m), d.clone()))
+            .collect();
+        let twins = Twins::new(desired, Some(state.join("twins")));
+        let upstream = Upstream::open(&state).context("opening the upstream store")?;
+        let cfg = HubConfig {
+            hub_hostname: opts.hub_hostname.clone(),
+            device_id: opts.device_id.clone(),
+            ttl: Duration::from_secs(manifest.ttl_secs),
+            window: opts.window,
+        };
+        let (hub, route_errors) = Hub::new(
+            cfg,
+            &manifest,
+            twins,
+            upstream,
+            KeyStore::new(layout::module_keys(&state)),
+            KeyStore::new(layout::registry(&state)),
+        );
+        for e in &route_errors {
+            error!("{e}");
+        }
+        let hub = Arc::new(hub);
+
+        // Check every program before starting anything.
+        let bin_dir = match &opts.bin_dir {
+            Some(d) => d.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+        };
+        let mut programs = HashMap::new();
+        let mut problems = Vec::new();
+        for m in &manifest.modules {
+            if opts.skip.contains(&m.name) || m.status != "running" || !opts.start_modules {
+                continue;
+            }
+            match agent::resolve_program(&m.name, &m.image, opts.exec.get(&m.name), &bin_dir) {
+                Ok(p) => {
+                    programs.insert(m.name.clone(), p);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        if !problems.is_empty() {
+            bail!("{}", problems.join("\n"));
+        }
+
+        let addr = SocketAddr::new(opts.bind, opts.mqtt_port);
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "edgeHub cannot listen on {addr}: {e}{}",
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    " (another runtime or MQTT broker is using the port: stop it or pass --mqtt-port)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+        let mqtt_port = listener.local_addr()?.port();
+        let mut tasks = vec![tokio::spawn(broker::serve(
+            listener,
+            tokio_rustls::TlsAcceptor::from(server_config),
+            hub.clone(),
+        ))];
+        let sweeper = hub.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                sweeper.expire();
+            }
+        }));
+        tasks.push(mgmt::serve(layout::control_socket(&state), hub.clone()).await?);
+
+        let mut envs = HashMap::new();
+        let mut launches = Vec::new();
+        for m in &manifest.modules {
+            let generation_id = uuid::Uuid::new_v4().simple().to_string();
+            let socket = layout::workload_socket(&state, &m.name);
+            tasks.push(
+                workload::serve(
+                    socket.clone(),
+                    workload::ModuleWorkload {
+                        module: m.name.clone(),
+                        generation_id: generation_id.clone(),
+                        keys: module_keys.clone(),
+                        trust_bundle: tls.ca_pem.clone(),
+                    },
+                )
+                .await
+                .with_context(|| format!("workload socket {}", socket.display()))?,
+            );
+            let mut env: Vec<(String, String)> = PASS_THROUGH
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+                .collect();
+            env.extend(m.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let mut binds = Vec::new();
+            for (host, container) in &m.binds {
+                binds.push(format!(
+                    "{container}={}",
+                    bind_dir(&state, host, container)?.display()
+                ));
+            }
+            env.extend([
+                (
+                    "IOTEDGE_IOTHUBHOSTNAME".to_owned(),
+                    opts.hub_hostname.clone(),
+                ),
+                (
+                    "IOTEDGE_GATEWAYHOSTNAME".to_owned(),
+                    opts.gateway_hostname.clone(),
+                ),
+                ("IOTEDGE_DEVICEID".to_owned(), opts.device_id.clone()),
+                ("IOTEDGE_MODULEID".to_owned(), m.name.clone()),
+                ("IOTEDGE_MODULEGENERATIONID".to_owned(), generation_id),
+                (
+                    "IOTEDGE_WORKLOADURI".to_owned(),
+                    format!("unix://{}", socket.display()),
+                ),
+                ("IOTEDGE_APIVERSION".to_owned(), "2019-01-30".to_owned()),
+                ("IOTEDGE_AUTHSCHEME".to_owned(), "sasToken".to_owned()),
+            ]);
+            if mqtt_port != 8883 {
+                env.push(("IOTEDGE_GATEWAYPORT".into(), mqtt_port.to_string()));
+            }
+            if !binds.is_empty() {
+                env.push(("IOTEDGE_LOCAL_BINDS".into(), binds.join(";")));
+            }
+            if let Some(program) = programs.remove(&m.name) {
+                let workdir = state.join("modules").join(&m.name);
+                std::fs::create_dir_all(&workdir)?;
+                launches.push(Launch {
+                    name: m.name.clone(),
+                    program,
+                    env: env.clone(),
+                    restart: m.restart_policy,
+                    log: layout::module_log(&state, &m.name),
+                    workdir,
+                });
+            }
+            envs.insert(m.name.clone(), env);
+        }
+        let agent = (!launches.is_empty()).then(|| Agent::start(launches));
+
+        let ready = serde_json::json!({
+            "pid": std::process::id(),
+            "mqttPort": mqtt_port,
+            "hubHostname": opts.hub_hostname,
+            "deviceId": opts.device_id,
+            "gatewayHostname": opts.gateway_hostname,
+            "caCert": layout::certs(&state).join("ca.pem"),
+            "upstream": crate::upstream::store_path(&state),
+            "routeErrors": route_errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        });
+        std::fs::write(
+            layout::ready_file(&state),
+            serde_json::to_vec_pretty(&ready)?,
+        )?;
+        info!(port = mqtt_port, state = %state.display(), routes = manifest.routes.len() - route_errors.len(), "runtime ready");
+        Ok(Runtime {
+            hub,
+            mqtt_port,
+            route_errors,
+            ca_pem: tls.ca_pem,
+            envs,
+            agent,
+            tasks,
+            state_dir: state,
+        })
+    }
+
+    /// The environment the runtime gives `module` (what its process sees).
+    pub fn module_env(&self, module: &str) -> Option<HashMap<String, String>> {
+        self.envs.get(module).map(|e| e.iter().cloned().collect())
+    }
+
+    /// Status of module processes.
+    pub fn process_status(&self) -> HashMap<String, agent::ProcessStatus> {
+        self.agent
+            .as_ref()
+            .map(|a| a.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    /// The state folder.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Stops the modules (SIGTERM), then the servers.
+    pub async fn shutdown(self) {
+        if let Some(a) = self.agent {
+            a.stop().await;
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(layout::ready_file(&self.state_dir));
+        info!("runtime stopped");
+    }
+}

@@ -171,7 +171,11 @@ impl Endpoint {
 
     /// The module subscribed to its inputs on `conn`.
     pub fn attach(&mut self, conn: Conn, qos: QoS) {
-        self.requeue_in_flight();
+        // A repeated SUBSCRIBE on the same connection keeps what is in flight; a new
+        // connection gets it again.
+        if self.conn.as_ref().is_none_or(|(c, _)| c.id != conn.id) {
+            self.requeue_in_flight();
+        }
         self.conn = Some((conn, qos));
         self.pump();
     }
@@ -280,6 +284,11 @@ mod tests {
         );
         // A late ack from connection 1 changes nothing.
         e.acked(1, first[0].pkid);
+        assert_eq!(e.stats().in_flight, 3);
+        // Subscribing again on the same connection does not send anything twice.
+        let (same_id, _rx) = conn(2);
+        e.attach(same_id, QoS::AtLeastOnce);
+        assert!(drain(&mut rx2).is_empty());
         assert_eq!(e.stats().in_flight, 3);
     }
 

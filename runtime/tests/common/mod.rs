@@ -1,0 +1,91 @@
+//! Shared set-up: an in-process runtime on a free port with a test manifest, and module
+//! clients made from exactly the environment the runtime gives each module.
+#![allow(dead_code)]
+
+use edge_client::{ModuleClient, Settings};
+use edge_runtime::{Options, Runtime};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub struct TestRuntime {
+    pub rt: Runtime,
+    pub dir: tempfile::TempDir,
+}
+
+/// A manifest with the given modules (no processes are started) and routes.
+pub fn manifest(modules: &[&str], routes: &[(&str, &str)], ttl_secs: u64, desired: Value) -> Value {
+    let mods: serde_json::Map<String, Value> = modules
+        .iter()
+        .map(|m| {
+            (
+                m.to_string(),
+                json!({"type": "docker", "status": "running", "restartPolicy": "always",
+                       "settings": {"image": format!("local/{m}:1"), "createOptions": {}}}),
+            )
+        })
+        .collect();
+    let routes: serde_json::Map<String, Value> = routes.iter().map(|(n, r)| (n.to_string(), json!(r))).collect();
+    let mut content = json!({
+        "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": mods}},
+        "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": routes,
+            "storeAndForwardConfiguration": {"timeToLiveSecs": ttl_secs}}},
+    });
+    if let Value::Object(d) = desired {
+        for (m, props) in d {
+            content[m] = json!({"properties.desired": props});
+        }
+    }
+    json!({"modulesContent": content})
+}
+
+pub async fn start(manifest: Value) -> TestRuntime {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("deployment.json");
+    std::fs::write(&path, manifest.to_string()).expect("write manifest");
+    let mut opts = Options::new(&path, dir.path().join("state"));
+    opts.mqtt_port = 0;
+    opts.start_modules = false;
+    let rt = Runtime::start(opts).await.expect("runtime starts");
+    TestRuntime { rt, dir }
+}
+
+impl TestRuntime {
+    pub fn settings(&self, module: &str) -> Settings {
+        let env = self.rt.module_env(module).expect("module in manifest");
+        Settings::from_vars(&env).expect("settings from the runtime's environment")
+    }
+
+    pub async fn client(&self, module: &str) -> ModuleClient {
+        ModuleClient::connect(self.settings(module)).await.expect("module connects")
+    }
+
+    /// Upstream records stored so far.
+    pub fn upstream(&self) -> Vec<Value> {
+        let path = edge_runtime::upstream::store_path(self.rt.state_dir());
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("upstream line is JSON"))
+            .collect()
+    }
+
+    /// Waits until at least `n` upstream records are stored.
+    pub async fn wait_upstream(&self, n: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let u = self.upstream();
+            if u.len() >= n || tokio::time::Instant::now() > deadline {
+                return u;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Receives the next input message within 10 s.
+pub async fn next_input(rx: &mut tokio::sync::mpsc::UnboundedReceiver<edge_client::InputMessage>) -> edge_client::InputMessage {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an input message within 10 s")
+        .expect("input stream open")
+}

@@ -1,0 +1,162 @@
+//! The project's own module client against the runtime: outputs, inputs, routes, twins,
+//! at-least-once redelivery.
+
+mod common;
+
+use bytes::Bytes;
+use common::{manifest, next_input, start};
+use edge_client::Message;
+use serde_json::json;
+use std::time::Duration;
+
+const ROUTES: &[(&str, &str)] = &[
+    ("toReceiver", "FROM /messages/modules/sender/outputs/out INTO BrokeredEndpoint(\"/modules/receiver/inputs/in\")"),
+    ("leafToReceiver", "FROM /messages/* WHERE NOT IS_DEFINED($connectionModuleId) INTO BrokeredEndpoint(\"/modules/receiver/inputs/leaf\")"),
+    ("receiverUp", "FROM /messages/modules/Receiver/outputs/* WHERE $body.keep = true INTO $upstream"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_to_input_round_trips_body_and_every_property() {
+    let t = start(manifest(&["sender", "receiver"], ROUTES, 7200, json!({}))).await;
+    let sender = t.client("sender").await;
+    let receiver = t.client("receiver").await;
+    let mut inputs = receiver.inputs().unwrap();
+
+    let mut m = Message::json(r#"{"Sensor1": 518.67, "keep": true}"#);
+    m.message_id = Some("mid-1".into());
+    m.correlation_id = Some("corr/1 & more".into());
+    m.properties = vec![
+        ("CorrelationId".into(), "corr/1 & more".into()),
+        ("weird key=&".into(), "välue%20/x".into()),
+        ("empty".into(), String::new()),
+    ];
+    sender.send_output("out", m.clone()).await.unwrap();
+
+    let got = next_input(&mut inputs).await;
+    assert_eq!(got.input, "in");
+    let r = &got.message;
+    assert_eq!(r.body, m.body);
+    assert_eq!(r.message_id, m.message_id);
+    assert_eq!(r.correlation_id, m.correlation_id);
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    assert_eq!(r.content_encoding.as_deref(), Some("utf-8"));
+    assert_eq!(r.properties, m.properties, "application properties round-trip exactly, in order");
+    assert_eq!(r.connection_device_id.as_deref(), Some("edge-device"));
+    assert_eq!(r.connection_module_id.as_deref(), Some("sender"));
+    assert!(r.enqueued_time.is_some());
+    let forwarded = got.message.clone();
+    got.ack();
+
+    // The receiver forwards it; the route's source is matched case-insensitively and its
+    // WHERE clause reads the body.
+    receiver.send_output("result", forwarded.clone()).await.unwrap();
+    let mut dropped = forwarded;
+    dropped.body = Bytes::from_static(br#"{"keep": false}"#);
+    receiver.send_output("result", dropped).await.unwrap();
+    let up = t.wait_upstream(1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let up_after = t.upstream();
+    assert_eq!(up.len(), 1);
+    assert_eq!(up_after.len(), 1, "the message with keep=false matches no route");
+    assert_eq!(up[0]["module"], json!("receiver"));
+    assert_eq!(up[0]["payload"]["Sensor1"], json!(518.67));
+    assert_eq!(up[0]["properties"]["system"]["correlationId"], json!("corr/1 & more"));
+    assert_eq!(up[0]["properties"]["system"]["outputName"], json!("result"));
+    assert_eq!(up[0]["properties"]["application"]["weird key=&"], json!("välue%20/x"));
+    sender.close(Duration::from_secs(2)).await;
+    receiver.close(Duration::from_secs(2)).await;
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_inputs_are_redelivered_to_the_next_connection() {
+    let t = start(manifest(&["sender", "receiver"], ROUTES, 7200, json!({}))).await;
+    let sender = t.client("sender").await;
+    for i in 0..3 {
+        sender.send_output("out", Message::json(format!("{{\"i\":{i}}}"))).await.unwrap();
+    }
+    let first = t.client("receiver").await;
+    let mut inputs = first.inputs().unwrap();
+    let a = next_input(&mut inputs).await;
+    let b = next_input(&mut inputs).await;
+    let c = next_input(&mut inputs).await;
+    a.ack();
+    drop(b); // abandoned: never acknowledged
+    c.ack();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.close(Duration::from_secs(2)).await;
+
+    let second = t.client("receiver").await;
+    let mut inputs = second.inputs().unwrap();
+    let again = next_input(&mut inputs).await;
+    assert_eq!(again.message.body, Bytes::from_static(br#"{"i":1}"#));
+    again.ack();
+    let extra = tokio::time::timeout(Duration::from_millis(500), inputs.recv()).await;
+    assert!(
+        extra.is_err(),
+        "acknowledged messages are not delivered again: {:?}",
+        extra.ok().flatten().map(|m| m.message.body)
+    );
+    second.close(Duration::from_secs(2)).await;
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twin_reads_reports_and_receives_desired_patches() {
+    let desired = json!({"receiver": {"RulThreshold": 80, "LoggingLevel": "info"}});
+    let t = start(manifest(&["sender", "receiver"], ROUTES, 7200, desired)).await;
+    let c = t.client("receiver").await;
+    let mut patches = c.desired_updates().unwrap();
+    let twin = c.twin().await.unwrap();
+    assert_eq!(twin["desired"]["RulThreshold"], json!(80));
+    assert_eq!(twin["desired"]["$version"], json!(1));
+    c.update_reported(&json!({"model": {"name": "rul", "version": "1"}})).await.unwrap();
+    let twin = c.twin().await.unwrap();
+    assert_eq!(twin["reported"]["model"]["name"], json!("rul"));
+
+    let patch = json!({"RulThreshold": 50, "LoggingLevel": null});
+    let v = t.rt.hub.patch_desired("receiver", patch.as_object().unwrap());
+    assert_eq!(v, 2);
+    let got = tokio::time::timeout(Duration::from_secs(10), patches.recv()).await.unwrap().unwrap();
+    assert_eq!(got, json!({"RulThreshold": 50, "LoggingLevel": null, "$version": 2}));
+    let twin = c.twin().await.unwrap();
+    assert_eq!(twin["desired"], json!({"RulThreshold": 50, "$version": 2}));
+    c.close(Duration::from_secs(2)).await;
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_wait_for_a_module_that_connects_late_and_expire_after_the_ttl() {
+    // Store-and-forward: the receiver is not connected while the sender sends.
+    let t = start(manifest(&["sender", "receiver"], ROUTES, 7200, json!({}))).await;
+    let sender = t.client("sender").await;
+    for i in 0..50 {
+        sender.send_output("out", Message::json(format!("{{\"i\":{i}}}"))).await.unwrap();
+    }
+    let late = t.client("receiver").await;
+    let mut inputs = late.inputs().unwrap();
+    for i in 0..50 {
+        let m = next_input(&mut inputs).await;
+        assert_eq!(m.message.body, Bytes::from(format!("{{\"i\":{i}}}")), "in order");
+        m.ack();
+    }
+    late.close(Duration::from_secs(2)).await;
+    t.rt.shutdown().await;
+
+    // Time-to-live of 1 s: older messages are dropped and counted.
+    let t = start(manifest(&["sender", "receiver"], ROUTES, 1, json!({}))).await;
+    let sender = t.client("sender").await;
+    for i in 0..5 {
+        sender.send_output("out", Message::json(format!("{{\"old\":{i}}}"))).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sender.send_output("out", Message::json(r#"{"fresh":true}"#)).await.unwrap();
+    let late = t.client("receiver").await;
+    let mut inputs = late.inputs().unwrap();
+    let m = next_input(&mut inputs).await;
+    assert_eq!(m.message.body, Bytes::from_static(br#"{"fresh":true}"#));
+    m.ack();
+    assert_eq!(t.rt.hub.endpoint_stats()["receiver"].expired, 5);
+    late.close(Duration::from_secs(2)).await;
+    t.rt.shutdown().await;
+}

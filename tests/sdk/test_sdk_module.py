@@ -104,11 +104,21 @@ def leaf_body(i):
 
 
 @pytest.fixture(scope="module")
-def leaf_sent(edge):
+def module_ready(edge):
+    """The module has read its twin and patched its reported properties (so
+    its input and desired-patch subscriptions are in place). Waited for once:
+    if it never happens, every test that needs it errors at once."""
+    recs = twin_records(edge, "reported")
+    if not recs:
+        pytest.fail("sdkModule never sent its 'reported' message upstream within %.0f s"
+                    % FIRST_TIMEOUT, pytrace=False)
+    return recs[0]
+
+
+@pytest.fixture(scope="module")
+def leaf_sent(edge, module_ready):
     """Register a leaf device and send LEAF_COUNT messages through the SDK
-    once the module is up (subscribed to its input)."""
-    reported = twin_records(edge, "reported")
-    assert reported, "module never reported readiness (no 'reported' message upstream)"
+    once the module is up."""
     cs = edge.add_device(LEAF_ID)
     res = edge.run_leaf(cs, LEAF_COUNT)
     assert res.returncode == 0, "sdk_leaf.py failed (%d):\n%s%s" % (
@@ -145,8 +155,8 @@ def test_module_reads_its_twin(edge):
     assert sysp.get("contentEncoding") == "utf-8"
 
 
-def test_module_patches_reported_properties(edge):
-    recs = twin_records(edge, "reported")
+def test_module_patches_reported_properties(edge, module_ready):
+    recs = twin_records(edge, "reported", timeout=0)
     assert len(recs) == 1, recs
     assert recs[0]["payload"] == {"kind": "reported", "reported": {"started": True}}
 
@@ -175,8 +185,8 @@ def test_leaf_messages_are_echoed_upstream(edge, leaf_sent):
     assert not [r for r in edge.upstream() if r.get("origin") == LEAF_ID]
 
 
-def test_desired_patch_reaches_module(edge):
-    twin = twin_records(edge, "twin")
+def test_desired_patch_reaches_module(edge, module_ready):
+    twin = twin_records(edge, "twin", timeout=0)
     assert twin, "module never reported its twin"
     edge.twin_set(MODULE, {"greeting": "bye"})
     recs = edge.wait_records(
@@ -232,8 +242,7 @@ def test_monitor_streams_module_messages(edge, leaf_sent):
         sorted(seen), proc.returncode, "".join(got), proc.stderr.read())
 
 
-def test_runtime_stops_cleanly_on_sigterm(edge):
-    twin_records(edge, "reported")  # make sure the module is up before stopping
+def test_runtime_stops_cleanly_on_sigterm(edge, module_ready):
     code = edge.stop()
     assert code == 0, "iotedge-local did not exit 0 within 10 s of SIGTERM (got %r)" % code
     log = edge.module_log(MODULE)

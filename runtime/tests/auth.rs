@@ -8,8 +8,8 @@ use edge_protocol::sas;
 use edge_runtime::identity::KeyStore;
 use edge_runtime::runtime::layout;
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode,
-    TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
+    SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
@@ -23,7 +23,10 @@ const ROUTES: &[(&str, &str)] = &[(
 )];
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn tls(ca_pem: &str) -> Transport {
@@ -31,23 +34,36 @@ fn tls(ca_pem: &str) -> Transport {
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Transport::Tls(TlsConfiguration::Rustls(Arc::new(cfg)))
 }
 
 /// Connects a raw MQTT client; returns it once CONNACK arrived, or the refusal.
-async fn raw(t: &TestRuntime, client_id: &str, password: String, transport: Transport) -> Result<(AsyncClient, EventLoop), ConnectionError> {
+async fn raw(
+    t: &TestRuntime,
+    client_id: &str,
+    password: String,
+    transport: Transport,
+) -> Result<(AsyncClient, EventLoop), ConnectionError> {
     let mut o = MqttOptions::new(client_id, "localhost", t.rt.mqtt_port);
     o.set_transport(transport)
-        .set_credentials(format!("{HUB}/{client_id}/?api-version=2019-10-01"), password)
+        .set_credentials(
+            format!("{HUB}/{client_id}/?api-version=2019-10-01"),
+            password,
+        )
         .set_keep_alive(Duration::from_secs(30));
     let (c, mut ev) = AsyncClient::new(o, 16);
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await.expect("an answer within 10 s") {
+        match tokio::time::timeout(Duration::from_secs(10), ev.poll())
+            .await
+            .expect("an answer within 10 s")
+        {
             Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok((c, ev)),
             Ok(_) => {}
             Err(e) => return Err(e),
@@ -56,11 +72,18 @@ async fn raw(t: &TestRuntime, client_id: &str, password: String, transport: Tran
 }
 
 fn module_key(t: &TestRuntime, module: &str) -> String {
-    KeyStore::new(layout::module_keys(t.rt.state_dir())).key(module).expect("module key")
+    KeyStore::new(layout::module_keys(t.rt.state_dir()))
+        .key(module)
+        .expect("module key")
 }
 
 fn module_token(module: &str, key: &str, expiry: u64) -> String {
-    sas::make_token(&sas::resource_uri(HUB, "edge-device", Some(module)), key, expiry).unwrap()
+    sas::make_token(
+        &sas::resource_uri(HUB, "edge-device", Some(module)),
+        key,
+        expiry,
+    )
+    .unwrap()
 }
 
 fn refused(r: Result<(AsyncClient, EventLoop), ConnectionError>) -> ConnectReturnCode {
@@ -78,20 +101,50 @@ async fn refuses_wrong_keys_expired_tokens_and_borrowed_identities() {
     let transport = || tls(&t.rt.ca_pem);
 
     // The right key works.
-    let ok = raw(&t, "edge-device/sender", module_token("sender", &key, now() + 600), transport()).await;
+    let ok = raw(
+        &t,
+        "edge-device/sender",
+        module_token("sender", &key, now() + 600),
+        transport(),
+    )
+    .await;
     assert!(ok.is_ok(), "valid token accepted");
 
     // Wrong key.
     let wrong = edge_runtime::identity::new_key();
-    let code = refused(raw(&t, "edge-device/sender", module_token("sender", &wrong, now() + 600), transport()).await);
+    let code = refused(
+        raw(
+            &t,
+            "edge-device/sender",
+            module_token("sender", &wrong, now() + 600),
+            transport(),
+        )
+        .await,
+    );
     assert_eq!(code, ConnectReturnCode::NotAuthorized);
 
     // Expired token, right key.
-    let code = refused(raw(&t, "edge-device/sender", module_token("sender", &key, now() - 1), transport()).await);
+    let code = refused(
+        raw(
+            &t,
+            "edge-device/sender",
+            module_token("sender", &key, now() - 1),
+            transport(),
+        )
+        .await,
+    );
     assert_eq!(code, ConnectReturnCode::NotAuthorized);
 
     // A valid token of 'sender' presented as 'receiver'.
-    let code = refused(raw(&t, "edge-device/receiver", module_token("sender", &key, now() + 600), transport()).await);
+    let code = refused(
+        raw(
+            &t,
+            "edge-device/receiver",
+            module_token("sender", &key, now() + 600),
+            transport(),
+        )
+        .await,
+    );
     assert_eq!(code, ConnectReturnCode::NotAuthorized);
 
     // Not a SAS token at all.
@@ -99,10 +152,17 @@ async fn refuses_wrong_keys_expired_tokens_and_borrowed_identities() {
     assert_eq!(code, ConnectReturnCode::BadUserNamePassword);
 
     // An unregistered leaf device.
-    let leaf_token = sas::make_token(&sas::resource_uri(HUB, "ghost", None), &key, now() + 600).unwrap();
+    let leaf_token =
+        sas::make_token(&sas::resource_uri(HUB, "ghost", None), &key, now() + 600).unwrap();
     let code = refused(raw(&t, "ghost", leaf_token, transport()).await);
     assert_eq!(code, ConnectReturnCode::NotAuthorized);
-    assert!(t.rt.hub.metrics.auth_failures.load(std::sync::atomic::Ordering::Relaxed) >= 5);
+    assert!(
+        t.rt.hub
+            .metrics
+            .auth_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 5
+    );
     t.rt.shutdown().await;
 }
 
@@ -110,10 +170,18 @@ async fn refuses_wrong_keys_expired_tokens_and_borrowed_identities() {
 async fn plain_tcp_gets_no_mqtt_session() {
     let t = start(manifest(&["sender"], ROUTES, 7200, json!({}))).await;
     let key = module_key(&t, "sender");
-    let r = raw(&t, "edge-device/sender", module_token("sender", &key, now() + 600), Transport::Tcp).await;
+    let r = raw(
+        &t,
+        "edge-device/sender",
+        module_token("sender", &key, now() + 600),
+        Transport::Tcp,
+    )
+    .await;
     match r {
         Ok(_) => panic!("plain TCP must not get a CONNACK"),
-        Err(ConnectionError::ConnectionRefused(c)) => panic!("plain TCP must not get a CONNACK at all (got {c:?})"),
+        Err(ConnectionError::ConnectionRefused(c)) => {
+            panic!("plain TCP must not get a CONNACK at all (got {c:?})")
+        }
         Err(_) => {}
     }
     t.rt.shutdown().await;
@@ -123,11 +191,26 @@ async fn plain_tcp_gets_no_mqtt_session() {
 async fn a_module_cannot_subscribe_to_or_publish_as_another_module() {
     let t = start(manifest(&["sender", "receiver"], ROUTES, 7200, json!({}))).await;
     let key = module_key(&t, "sender");
-    let (c, mut ev) = raw(&t, "edge-device/sender", module_token("sender", &key, now() + 600), tls(&t.rt.ca_pem))
-        .await
-        .unwrap();
-    c.subscribe("devices/edge-device/modules/receiver/inputs/#", QoS::AtLeastOnce).await.unwrap();
-    c.subscribe("devices/edge-device/modules/sender/inputs/#", QoS::AtLeastOnce).await.unwrap();
+    let (c, mut ev) = raw(
+        &t,
+        "edge-device/sender",
+        module_token("sender", &key, now() + 600),
+        tls(&t.rt.ca_pem),
+    )
+    .await
+    .unwrap();
+    c.subscribe(
+        "devices/edge-device/modules/receiver/inputs/#",
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    c.subscribe(
+        "devices/edge-device/modules/sender/inputs/#",
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
     c.subscribe("#", QoS::AtLeastOnce).await.unwrap();
     let mut codes = Vec::new();
     while codes.len() < 3 {
@@ -145,9 +228,14 @@ async fn a_module_cannot_subscribe_to_or_publish_as_another_module() {
     );
 
     // Publishing as 'receiver' closes the connection, and nothing is routed.
-    c.publish("devices/edge-device/modules/receiver/messages/events/$.on=out", QoS::AtLeastOnce, false, "x")
-        .await
-        .unwrap();
+    c.publish(
+        "devices/edge-device/modules/receiver/messages/events/$.on=out",
+        QoS::AtLeastOnce,
+        false,
+        "x",
+    )
+    .await
+    .unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match ev.poll().await {
@@ -160,16 +248,31 @@ async fn a_module_cannot_subscribe_to_or_publish_as_another_module() {
     .await
     .unwrap();
     assert!(closed, "the forged publish was acknowledged");
-    assert_eq!(t.rt.hub.metrics.received.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        t.rt.hub
+            .metrics
+            .received
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     t.rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_leaf_device_sends_telemetry_through_the_routes() {
     let t = start(manifest(&["receiver"], ROUTES, 7200, json!({}))).await;
-    let key = KeyStore::new(layout::registry(t.rt.state_dir())).ensure("Client_001").unwrap();
-    let token = sas::make_token(&sas::resource_uri(HUB, "Client_001", None), &key, now() + 600).unwrap();
-    let (c, mut ev) = raw(&t, "Client_001", token, tls(&t.rt.ca_pem)).await.unwrap();
+    let key = KeyStore::new(layout::registry(t.rt.state_dir()))
+        .ensure("Client_001")
+        .unwrap();
+    let token = sas::make_token(
+        &sas::resource_uri(HUB, "Client_001", None),
+        &key,
+        now() + 600,
+    )
+    .unwrap();
+    let (c, mut ev) = raw(&t, "Client_001", token, tls(&t.rt.ca_pem))
+        .await
+        .unwrap();
     tokio::spawn(async move { while ev.poll().await.is_ok() {} });
     c.publish(
         "devices/Client_001/messages/events/%24.ct=application%2Fjson&%24.ce=utf-8&%24.cid=c1",
@@ -183,7 +286,10 @@ async fn a_registered_leaf_device_sends_telemetry_through_the_routes() {
     let mut inputs = receiver.inputs().unwrap();
     let m = common::next_input(&mut inputs).await;
     assert_eq!(m.input, "leaf");
-    assert_eq!(m.message.connection_device_id.as_deref(), Some("Client_001"));
+    assert_eq!(
+        m.message.connection_device_id.as_deref(),
+        Some("Client_001")
+    );
     assert_eq!(m.message.connection_module_id, None);
     assert_eq!(m.message.correlation_id.as_deref(), Some("c1"));
     m.ack();

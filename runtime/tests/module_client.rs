@@ -40,7 +40,10 @@ async fn output_to_input_round_trips_body_and_every_property() {
     assert_eq!(r.correlation_id, m.correlation_id);
     assert_eq!(r.content_type.as_deref(), Some("application/json"));
     assert_eq!(r.content_encoding.as_deref(), Some("utf-8"));
-    assert_eq!(r.properties, m.properties, "application properties round-trip exactly, in order");
+    assert_eq!(
+        r.properties, m.properties,
+        "application properties round-trip exactly, in order"
+    );
     assert_eq!(r.connection_device_id.as_deref(), Some("edge-device"));
     assert_eq!(r.connection_module_id.as_deref(), Some("sender"));
     assert!(r.enqueued_time.is_some());
@@ -49,7 +52,10 @@ async fn output_to_input_round_trips_body_and_every_property() {
 
     // The receiver forwards it; the route's source is matched case-insensitively and its
     // WHERE clause reads the body.
-    receiver.send_output("result", forwarded.clone()).await.unwrap();
+    receiver
+        .send_output("result", forwarded.clone())
+        .await
+        .unwrap();
     let mut dropped = forwarded;
     dropped.body = Bytes::from_static(br#"{"keep": false}"#);
     receiver.send_output("result", dropped).await.unwrap();
@@ -57,12 +63,22 @@ async fn output_to_input_round_trips_body_and_every_property() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let up_after = t.upstream();
     assert_eq!(up.len(), 1);
-    assert_eq!(up_after.len(), 1, "the message with keep=false matches no route");
+    assert_eq!(
+        up_after.len(),
+        1,
+        "the message with keep=false matches no route"
+    );
     assert_eq!(up[0]["module"], json!("receiver"));
     assert_eq!(up[0]["payload"]["Sensor1"], json!(518.67));
-    assert_eq!(up[0]["properties"]["system"]["correlationId"], json!("corr/1 & more"));
+    assert_eq!(
+        up[0]["properties"]["system"]["correlationId"],
+        json!("corr/1 & more")
+    );
     assert_eq!(up[0]["properties"]["system"]["outputName"], json!("result"));
-    assert_eq!(up[0]["properties"]["application"]["weird key=&"], json!("välue%20/x"));
+    assert_eq!(
+        up[0]["properties"]["application"]["weird key=&"],
+        json!("välue%20/x")
+    );
     sender.close(Duration::from_secs(2)).await;
     receiver.close(Duration::from_secs(2)).await;
     t.rt.shutdown().await;
@@ -73,7 +89,10 @@ async fn unacknowledged_inputs_are_redelivered_to_the_next_connection() {
     let t = start(manifest(&["sender", "receiver"], ROUTES, 7200, json!({}))).await;
     let sender = t.client("sender").await;
     for i in 0..3 {
-        sender.send_output("out", Message::json(format!("{{\"i\":{i}}}"))).await.unwrap();
+        sender
+            .send_output("out", Message::json(format!("{{\"i\":{i}}}")))
+            .await
+            .unwrap();
     }
     let first = t.client("receiver").await;
     let mut inputs = first.inputs().unwrap();
@@ -110,15 +129,25 @@ async fn twin_reads_reports_and_receives_desired_patches() {
     let twin = c.twin().await.unwrap();
     assert_eq!(twin["desired"]["RulThreshold"], json!(80));
     assert_eq!(twin["desired"]["$version"], json!(1));
-    c.update_reported(&json!({"model": {"name": "rul", "version": "1"}})).await.unwrap();
+    c.update_reported(&json!({"model": {"name": "rul", "version": "1"}}))
+        .await
+        .unwrap();
     let twin = c.twin().await.unwrap();
     assert_eq!(twin["reported"]["model"]["name"], json!("rul"));
 
     let patch = json!({"RulThreshold": 50, "LoggingLevel": null});
-    let v = t.rt.hub.patch_desired("receiver", patch.as_object().unwrap());
+    let v =
+        t.rt.hub
+            .patch_desired("receiver", patch.as_object().unwrap());
     assert_eq!(v, 2);
-    let got = tokio::time::timeout(Duration::from_secs(10), patches.recv()).await.unwrap().unwrap();
-    assert_eq!(got, json!({"RulThreshold": 50, "LoggingLevel": null, "$version": 2}));
+    let got = tokio::time::timeout(Duration::from_secs(10), patches.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        json!({"RulThreshold": 50, "LoggingLevel": null, "$version": 2})
+    );
     let twin = c.twin().await.unwrap();
     assert_eq!(twin["desired"], json!({"RulThreshold": 50, "$version": 2}));
     c.close(Duration::from_secs(2)).await;
@@ -131,13 +160,20 @@ async fn messages_wait_for_a_module_that_connects_late_and_expire_after_the_ttl(
     let t = start(manifest(&["sender", "receiver"], ROUTES, 7200, json!({}))).await;
     let sender = t.client("sender").await;
     for i in 0..50 {
-        sender.send_output("out", Message::json(format!("{{\"i\":{i}}}"))).await.unwrap();
+        sender
+            .send_output("out", Message::json(format!("{{\"i\":{i}}}")))
+            .await
+            .unwrap();
     }
     let late = t.client("receiver").await;
     let mut inputs = late.inputs().unwrap();
     for i in 0..50 {
         let m = next_input(&mut inputs).await;
-        assert_eq!(m.message.body, Bytes::from(format!("{{\"i\":{i}}}")), "in order");
+        assert_eq!(
+            m.message.body,
+            Bytes::from(format!("{{\"i\":{i}}}")),
+            "in order"
+        );
         m.ack();
     }
     late.close(Duration::from_secs(2)).await;
@@ -147,10 +183,16 @@ async fn messages_wait_for_a_module_that_connects_late_and_expire_after_the_ttl(
     let t = start(manifest(&["sender", "receiver"], ROUTES, 1, json!({}))).await;
     let sender = t.client("sender").await;
     for i in 0..5 {
-        sender.send_output("out", Message::json(format!("{{\"old\":{i}}}"))).await.unwrap();
+        sender
+            .send_output("out", Message::json(format!("{{\"old\":{i}}}")))
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    sender.send_output("out", Message::json(r#"{"fresh":true}"#)).await.unwrap();
+    sender
+        .send_output("out", Message::json(r#"{"fresh":true}"#))
+        .await
+        .unwrap();
     let late = t.client("receiver").await;
     let mut inputs = late.inputs().unwrap();
     let m = next_input(&mut inputs).await;

@@ -24,7 +24,10 @@ pub fn manifest(modules: &[&str], routes: &[(&str, &str)], ttl_secs: u64, desire
             )
         })
         .collect();
-    let routes: serde_json::Map<String, Value> = routes.iter().map(|(n, r)| (n.to_string(), json!(r))).collect();
+    let routes: serde_json::Map<String, Value> = routes
+        .iter()
+        .map(|(n, r)| (n.to_string(), json!(r)))
+        .collect();
     let mut content = json!({
         "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": mods}},
         "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": routes,
@@ -56,7 +59,9 @@ impl TestRuntime {
     }
 
     pub async fn client(&self, module: &str) -> ModuleClient {
-        ModuleClient::connect(self.settings(module)).await.expect("module connects")
+        ModuleClient::connect(self.settings(module))
+            .await
+            .expect("module connects")
     }
 
     /// Upstream records stored so far.
@@ -83,7 +88,9 @@ impl TestRuntime {
 }
 
 /// Receives the next input message within 10 s.
-pub async fn next_input(rx: &mut tokio::sync::mpsc::UnboundedReceiver<edge_client::InputMessage>) -> edge_client::InputMessage {
+pub async fn next_input(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<edge_client::InputMessage>,
+) -> edge_client::InputMessage {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("an input message within 10 s")

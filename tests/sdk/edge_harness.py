@@ -37,6 +37,22 @@ def sdk_python():
     return os.environ.get("IOTEDGE_SDK_PYTHON", sys.executable)
 
 
+_SDK_CHECKED = []
+
+
+def check_sdk_python():
+    """Fail early, with a hint, if the module/leaf interpreter lacks the SDK."""
+    if _SDK_CHECKED:
+        return
+    res = subprocess.run([sdk_python(), "-c", "import azure.iot.device"],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.fail("%s cannot import azure.iot.device (run scripts/setup-python.sh and use "
+                    ".venv/bin/python -m pytest, or set IOTEDGE_SDK_PYTHON):\n%s"
+                    % (sdk_python(), res.stderr), pytrace=False)
+    _SDK_CHECKED.append(True)
+
+
 def iotedge_bin():
     path = Path(os.environ.get("IOTEDGE_LOCAL_BIN", REPO_ROOT / "target" / "debug" / "iotedge-local"))
     if not path.is_absolute():
@@ -49,10 +65,11 @@ def iotedge_bin():
 
 def python_command(script, *args):
     """A shell command (for `--exec MODULE=COMMAND`, run via sh -c) that
-    runs one of the SDK programs of this directory; `exec` so that the
-    runtime's SIGTERM reaches Python itself."""
+    runs one of the SDK programs of this directory. A single simple command,
+    so the shell replaces itself with Python (the runtime itself also runs it
+    as `sh -c "exec COMMAND"`) and the runtime's SIGTERM reaches Python."""
     argv = [sdk_python(), "-u", str(SDK_DIR / script)] + [str(a) for a in args]
-    return "exec " + " ".join(shlex.quote(a) for a in argv)
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def wait_until(predicate, timeout=WAIT_TIMEOUT, interval=0.25):
@@ -95,6 +112,7 @@ class EdgeRuntime:
         self.skips = list(skips)
         self.extra_args = list(extra_args)
         self.bin = iotedge_bin()
+        check_sdk_python()
         self.proc = None
         self.info = None
         self.exit_code = None

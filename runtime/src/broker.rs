@@ -73,15 +73,16 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
         .login
         .clone()
         .unwrap_or_else(|| rumqttc::Login::new("", ""));
-    let identity = match hub.authenticate(&connect.client_id, &login.username, &login.password) {
-        Ok(id) => id,
-        Err(code) => {
-            let _ = tx.send(Packet::ConnAck(ConnAck::new(code, false)));
-            drop(tx);
-            let _ = writer.await;
-            return;
-        }
-    };
+    let (identity, expiry) =
+        match hub.authenticate(&connect.client_id, &login.username, &login.password) {
+            Ok(ok) => ok,
+            Err(code) => {
+                let _ = tx.send(Packet::ConnAck(ConnAck::new(code, false)));
+                drop(tx);
+                let _ = writer.await;
+                return;
+            }
+        };
     let conn = Conn {
         id: hub.next_conn_id(),
         tx: tx.clone(),
@@ -108,9 +109,20 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
         conn: conn.clone(),
         acks: ack_tx,
     };
+    // Like IoT Hub, close the connection when its SAS token expires: clients renew by
+    // reconnecting with a fresh token.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let token_expires =
+        tokio::time::Instant::now() + Duration::from_secs(expiry.saturating_sub(now));
+    let mut stopping = hub.stopping();
     let reason = loop {
         let packet = tokio::select! {
             _ = conn.close.notified() => break "closed by the hub (session taken over or protocol error)",
+            _ = tokio::time::sleep_until(token_expires) => break "SAS token expired",
+            _ = stopping.changed() => break "runtime stopping",
             r = tokio::time::timeout(keep_alive, read_packet(&mut rd, &mut buf)) => match r {
                 Err(_) => break "keep-alive expired",
                 Ok(Err(e)) => { debug!(error = %e, "read failed"); break "connection error" }

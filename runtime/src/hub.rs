@@ -77,6 +77,8 @@ pub struct Metrics {
     pub to_upstream: AtomicU64,
     /// Refused connection attempts.
     pub auth_failures: AtomicU64,
+    /// Accepted connections.
+    pub connections: AtomicU64,
 }
 
 /// Settings of the hub.
@@ -113,6 +115,7 @@ pub struct Hub {
     /// Counters.
     pub metrics: Metrics,
     next_conn: AtomicU64,
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// A message as route conditions see it; the body is parsed at most once, on demand.
@@ -186,6 +189,7 @@ impl Hub {
             device_keys,
             metrics: Metrics::default(),
             next_conn: AtomicU64::new(1),
+            stopping: tokio::sync::watch::channel(false).0,
         };
         for m in &manifest.modules {
             hub.endpoint(&m.name);
@@ -196,6 +200,16 @@ impl Hub {
     /// The hub's settings.
     pub fn config(&self) -> &HubConfig {
         &self.cfg
+    }
+
+    /// Resolves (changes) when the runtime stops; connections close then.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// Closes every client connection.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// A new connection id.
@@ -218,12 +232,13 @@ impl Hub {
     }
 
     /// Checks a CONNECT: client id, user name and SAS token against the identity's key.
+    /// Returns the identity and when its token expires (seconds since the epoch).
     pub fn authenticate(
         &self,
         client_id: &str,
         username: &str,
         password: &str,
-    ) -> Result<Identity, ConnectReturnCode> {
+    ) -> Result<(Identity, u64), ConnectReturnCode> {
         let refuse = |code, why: String| {
             self.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
             warn!(client_id, reason = %why, "connection refused");
@@ -277,7 +292,8 @@ impl Hub {
         if let Err(e) = token.verify(&resource, &key, now_secs()) {
             return refuse(ConnectReturnCode::NotAuthorized, e.to_string());
         }
-        Ok(identity)
+        self.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        Ok((identity, token.expiry))
     }
 
     /// May `identity` subscribe to `filter`?

@@ -366,6 +366,7 @@ impl Runtime {
         if let Some(a) = self.agent {
             a.stop().await;
         }
+        self.hub.stop();
         for t in self.tasks {
             t.abort();
         }

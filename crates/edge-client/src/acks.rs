@@ -81,6 +81,8 @@ pub(crate) struct AckSequencer {
     state: Mutex<SeqState>,
     tx: mpsc::UnboundedSender<Release>,
     epoch: AtomicU64,
+    /// Released PUBACKs not yet handed to the MQTT client.
+    in_transit: AtomicU64,
 }
 
 impl AckSequencer {
@@ -89,6 +91,7 @@ impl AckSequencer {
             state: Mutex::new(SeqState::default()),
             tx,
             epoch: AtomicU64::new(0),
+            in_transit: AtomicU64::new(0),
         }
     }
 
@@ -109,10 +112,10 @@ impl AckSequencer {
         }
     }
 
-    /// Messages received but not yet released (acknowledged or abandoned).
+    /// Messages received whose PUBACK (or abandonment) has not yet reached the MQTT client.
     pub(crate) fn pending(&self) -> u64 {
         let st = lock(&self.state);
-        st.next_seq - st.next_release
+        st.next_seq - st.next_release + self.in_transit.load(Ordering::SeqCst)
     }
 
     fn finish(&self, seq: u64, release: Option<Release>) {
@@ -125,7 +128,10 @@ impl AckSequencer {
             };
             st.next_release += 1;
             if let Some(r) = r {
-                let _ = self.tx.send(r);
+                self.in_transit.fetch_add(1, Ordering::SeqCst);
+                if self.tx.send(r).is_err() {
+                    self.in_transit.fetch_sub(1, Ordering::SeqCst);
+                }
             }
         }
     }
@@ -169,12 +175,15 @@ pub(crate) async fn release_acks(
     sequencer: Arc<AckSequencer>,
 ) {
     while let Some(r) = rx.recv().await {
-        if r.epoch != sequencer.epoch.load(Ordering::SeqCst) {
-            continue;
-        }
-        let mut p = Publish::new("", r.qos, Vec::<u8>::new());
-        p.pkid = r.pkid;
-        if mqtt.ack(&p).await.is_err() {
+        let sent = if r.epoch == sequencer.epoch.load(Ordering::SeqCst) {
+            let mut p = Publish::new("", r.qos, Vec::<u8>::new());
+            p.pkid = r.pkid;
+            mqtt.ack(&p).await.is_ok()
+        } else {
+            true // from an earlier connection: edgeHub redelivers it instead
+        };
+        sequencer.in_transit.fetch_sub(1, Ordering::SeqCst);
+        if !sent {
             break;
         }
     }
@@ -224,6 +233,10 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().pkid, 11);
         assert_eq!(rx.try_recv().unwrap().pkid, 12);
         assert!(rx.try_recv().is_err());
-        assert_eq!(s.pending(), 0);
+        assert_eq!(
+            s.pending(),
+            2,
+            "released but not yet handed to the MQTT client"
+        );
     }
 }

@@ -81,6 +81,8 @@ where
             .instrument(span),
         );
     }
+    // Messages received but not started are left unacknowledged: edgeHub keeps them.
+    drop(inputs);
     while tasks.join_next().await.is_some() {}
     client.close(Duration::from_secs(10)).await;
     Ok(())

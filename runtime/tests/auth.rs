@@ -110,52 +110,44 @@ async fn refuses_wrong_keys_expired_tokens_and_borrowed_identities() {
     .await;
     assert!(ok.is_ok(), "valid token accepted");
 
-    // Wrong key.
     let wrong = edge_runtime::identity::new_key();
-    let code = refused(
-        raw(
-            &t,
+    let ghost = sas::make_token(&sas::resource_uri(HUB, "ghost", None), &key, now() + 600).unwrap();
+    let cases = [
+        (
+            "wrong key",
             "edge-device/sender",
             module_token("sender", &wrong, now() + 600),
-            transport(),
-        )
-        .await,
-    );
-    assert_eq!(code, ConnectReturnCode::NotAuthorized);
-
-    // Expired token, right key.
-    let code = refused(
-        raw(
-            &t,
+            ConnectReturnCode::NotAuthorized,
+        ),
+        (
+            "expired token",
             "edge-device/sender",
             module_token("sender", &key, now() - 1),
-            transport(),
-        )
-        .await,
-    );
-    assert_eq!(code, ConnectReturnCode::NotAuthorized);
-
-    // A valid token of 'sender' presented as 'receiver'.
-    let code = refused(
-        raw(
-            &t,
+            ConnectReturnCode::NotAuthorized,
+        ),
+        (
+            "another module's token",
             "edge-device/receiver",
             module_token("sender", &key, now() + 600),
-            transport(),
-        )
-        .await,
-    );
-    assert_eq!(code, ConnectReturnCode::NotAuthorized);
-
-    // Not a SAS token at all.
-    let code = refused(raw(&t, "edge-device/sender", "hunter2".into(), transport()).await);
-    assert_eq!(code, ConnectReturnCode::BadUserNamePassword);
-
-    // An unregistered leaf device.
-    let leaf_token =
-        sas::make_token(&sas::resource_uri(HUB, "ghost", None), &key, now() + 600).unwrap();
-    let code = refused(raw(&t, "ghost", leaf_token, transport()).await);
-    assert_eq!(code, ConnectReturnCode::NotAuthorized);
+            ConnectReturnCode::NotAuthorized,
+        ),
+        (
+            "not a SAS token",
+            "edge-device/sender",
+            "hunter2".to_owned(),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        (
+            "unregistered leaf device",
+            "ghost",
+            ghost,
+            ConnectReturnCode::NotAuthorized,
+        ),
+    ];
+    for (what, client_id, password, expected) in cases {
+        let code = refused(raw(&t, client_id, password, transport()).await);
+        assert_eq!(code, expected, "{what}");
+    }
     assert!(
         t.rt.hub
             .metrics

@@ -1,0 +1,423 @@
+//! What `turbofanRouter` does, as pure functions from an input message to output messages.
+//!
+//! - `deviceInput`: telemetry from a leaf device goes to `classOutput` unchanged, with the
+//!   tutorial's properties (`CorrelationId`, `ConnectionDeviceId`, `CreationTimeUtc`,
+//!   `EnqueuedTimeUtc`) added when absent.
+//! - `rulInput`: a classified message goes to `hubOutput` (the short RUL message operators
+//!   read; only below `RulThreshold` when set) and to `avroOutput` (the full record).
+//! - Anything else goes to `deadMessages`, body unchanged, with `DeadLetter=true` and
+//!   `DeadLetterReason`.
+
+use crate::numeric;
+use crate::PREDICTED_RUL;
+use bytes::Bytes;
+use edge_protocol::Message;
+
+/// Output to the classifier.
+pub const CLASS_OUTPUT: &str = "classOutput";
+/// Output to IoT Hub (RUL messages).
+pub const HUB_OUTPUT: &str = "hubOutput";
+/// Output to the Avro writer.
+pub const AVRO_OUTPUT: &str = "avroOutput";
+/// Output for bad messages.
+pub const DEAD_OUTPUT: &str = "deadMessages";
+/// Input from leaf devices.
+pub const DEVICE_INPUT: &str = "deviceInput";
+/// Input from the classifier.
+pub const RUL_INPUT: &str = "rulInput";
+
+/// Property marking a dead letter.
+pub const DEAD_LETTER: &str = "DeadLetter";
+/// Property saying why a message is a dead letter.
+pub const DEAD_LETTER_REASON: &str = "DeadLetterReason";
+/// Property the classifier sets on messages it could not score.
+pub const CLASSIFIER_ERROR: &str = "ClassifierError";
+
+const CORRELATION_ID: &str = "CorrelationId";
+const CONNECTION_DEVICE_ID: &str = "ConnectionDeviceId";
+const CREATION_TIME: &str = "CreationTimeUtc";
+const ENQUEUED_TIME: &str = "EnqueuedTimeUtc";
+
+/// Messages to send for one input, each with its output name.
+pub type Outgoing = Vec<(&'static str, Message)>;
+
+/// The dead letter of `m`: body and properties unchanged, plus `DeadLetter=true` and the
+/// reason.
+pub fn dead_letter(mut m: Message, reason: impl Into<String>) -> Message {
+    m.set_property(DEAD_LETTER, "true");
+    m.set_property(DEAD_LETTER_REASON, reason);
+    clear_hub_stamps(&mut m);
+    m
+}
+
+fn clear_hub_stamps(m: &mut Message) {
+    m.connection_device_id = None;
+    m.connection_module_id = None;
+    m.enqueued_time = None;
+    m.input_name = None;
+    m.output_name = None;
+}
+
+fn json_headers(m: &mut Message) {
+    m.content_type = Some("application/json".into());
+    m.content_encoding = Some("utf-8".into());
+}
+
+/// Checks content type and encoding when the sender set them (JSON, utf-8).
+fn content_problem(m: &Message) -> Option<String> {
+    if let Some(ct) = &m.content_type {
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            return Some(format!("content type '{ct}' is not application/json"));
+        }
+    }
+    if let Some(ce) = &m.content_encoding {
+        if !ce.trim().eq_ignore_ascii_case("utf-8") {
+            return Some(format!("content encoding '{ce}' is not utf-8"));
+        }
+    }
+    None
+}
+
+/// `deviceInput`: validates leaf telemetry and forwards it to the classifier.
+/// `now_utc` stands in for missing times; `new_id` makes a correlation id when the
+/// message has none.
+pub fn device_input(mut m: Message, now_utc: &str, new_id: impl FnOnce() -> String) -> Outgoing {
+    let problem = content_problem(&m).or_else(|| match numeric::parse_objects(&m.body) {
+        Err(e) => Some(e.to_string()),
+        Ok(objects) if objects.len() != 1 => Some(format!(
+            "body must be one object (or a one-element array), found {} objects",
+            objects.len()
+        )),
+        Ok(objects) if objects[0].has(PREDICTED_RUL) => {
+            Some("already classified: the body has PredictedRul".into())
+        }
+        Ok(_) => None,
+    });
+    if let Some(reason) = problem {
+        return vec![(DEAD_OUTPUT, dead_letter(m, reason))];
+    }
+    if m.property(CORRELATION_ID).is_none() {
+        let cid = m.correlation_id.clone().unwrap_or_else(new_id);
+        m.set_property(CORRELATION_ID, cid);
+    }
+    if m.property(CONNECTION_DEVICE_ID).is_none() {
+        if let Some(d) = m.connection_device_id.clone() {
+            m.set_property(CONNECTION_DEVICE_ID, d);
+        }
+    }
+    if m.property(CREATION_TIME).is_none() {
+        let t = m.creation_time.clone().or_else(|| m.enqueued_time.clone());
+        m.set_property(CREATION_TIME, t.unwrap_or_else(|| now_utc.to_owned()));
+    }
+    if m.property(ENQUEUED_TIME).is_none() {
+        let t = m
+            .enqueued_time
+            .clone()
+            .unwrap_or_else(|| now_utc.to_owned());
+        m.set_property(ENQUEUED_TIME, t);
+    }
+    m.correlation_id = m.property(CORRELATION_ID).map(str::to_owned);
+    json_headers(&mut m);
+    clear_hub_stamps(&mut m);
+    vec![(CLASS_OUTPUT, m)]
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn push_num(out: &mut Vec<u8>, v: f64) {
+    // Values come from parsed JSON, so they are finite; ryu prints the shortest text that
+    // reads back as the same f64.
+    out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+}
+
+/// The short RUL message operators read in IoT Hub.
+fn hub_body(device: &str, cid: &str, rul: f64, cycle: f64) -> Bytes {
+    let mut b = Vec::with_capacity(128);
+    b.extend_from_slice(b"{\"ConnectionDeviceId\":");
+    push_str(&mut b, device);
+    b.extend_from_slice(b",\"CorrelationId\":");
+    push_str(&mut b, cid);
+    b.extend_from_slice(b",\"PredictedRul\":");
+    push_num(&mut b, rul);
+    b.extend_from_slice(b",\"CycleTime\":");
+    push_num(&mut b, cycle);
+    b.push(b'}');
+    b.into()
+}
+
+/// The full record for the Avro writer; `Body` is the classified row's own text (an object of
+/// numbers with `PredictedRul`), copied verbatim.
+fn avro_body(cid: &str, device: &str, created: &str, enqueued: &str, row: &str) -> Bytes {
+    let mut b = Vec::with_capacity(160 + row.len());
+    b.extend_from_slice(b"{\"CorrelationId\":");
+    push_str(&mut b, cid);
+    b.extend_from_slice(b",\"ConnectionDeviceId\":");
+    push_str(&mut b, device);
+    b.extend_from_slice(b",\"CreationTimeUtc\":");
+    push_str(&mut b, created);
+    b.extend_from_slice(b",\"EnqueuedTimeUtc\":");
+    push_str(&mut b, enqueued);
+    b.extend_from_slice(b",\"Body\":");
+    b.extend_from_slice(row.as_bytes());
+    b.push(b'}');
+    b.into()
+}
+
+/// `rulInput`: a classified message becomes a RUL message for IoT Hub (when its prediction
+/// is below `threshold`, if set) and an Avro record, per object of the classifier's array.
+pub fn rul_input(m: Message, threshold: Option<f64>) -> Outgoing {
+    if let Some(err) = m.property(CLASSIFIER_ERROR) {
+        let reason = format!("the classifier could not score it: {err}");
+        return vec![(DEAD_OUTPUT, dead_letter(m, reason))];
+    }
+    let props = [
+        CORRELATION_ID,
+        CONNECTION_DEVICE_ID,
+        CREATION_TIME,
+        ENQUEUED_TIME,
+    ];
+    if let Some(missing) = props.iter().find(|p| m.property(p).is_none()) {
+        let reason =
+            format!("property {missing} is missing: the message did not come through deviceInput");
+        return vec![(DEAD_OUTPUT, dead_letter(m, reason))];
+    }
+    let objects = match numeric::parse_rows(&m.body) {
+        Ok(o) => o,
+        Err(e) => {
+            let reason = e.to_string();
+            return vec![(DEAD_OUTPUT, dead_letter(m, reason))];
+        }
+    };
+    let mut scored = Vec::with_capacity(objects.len());
+    for (i, (row, o)) in objects.iter().enumerate() {
+        let (Some(rul), Some(cycle)) = (o.get(PREDICTED_RUL), o.get("CycleTime")) else {
+            let what = if o.has(PREDICTED_RUL) {
+                "CycleTime"
+            } else {
+                PREDICTED_RUL
+            };
+            let reason = format!("object {i} has no {what}: not a classified telemetry message");
+            drop(objects);
+            return vec![(DEAD_OUTPUT, dead_letter(m, reason))];
+        };
+        scored.push((*row, rul, cycle));
+    }
+    let p = |k| m.property(k).unwrap_or_default();
+    let (cid, device, created, enqueued) = (
+        p(CORRELATION_ID),
+        p(CONNECTION_DEVICE_ID),
+        p(CREATION_TIME),
+        p(ENQUEUED_TIME),
+    );
+    let mut out = Vec::with_capacity(scored.len() * 2);
+    for (row, rul, cycle) in scored {
+        if threshold.is_none_or(|t| rul < t) {
+            out.push((HUB_OUTPUT, hub_body(device, cid, rul, cycle)));
+        }
+        out.push((AVRO_OUTPUT, avro_body(cid, device, created, enqueued, row)));
+    }
+    let cid = cid.to_owned();
+    drop(objects);
+    // Every output carries the input's properties; the last one takes them without a copy.
+    let mut properties = Some(m.properties);
+    let n = out.len();
+    out.into_iter()
+        .enumerate()
+        .map(|(i, (name, body))| {
+            let props = if i + 1 == n {
+                properties.take().unwrap_or_default()
+            } else {
+                properties.clone().unwrap_or_default()
+            };
+            let mut msg = Message {
+                body,
+                correlation_id: Some(cid.clone()),
+                properties: props,
+                ..Message::default()
+            };
+            json_headers(&mut msg);
+            (name, msg)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::EngineRecord;
+    use serde_json::{json, Value};
+
+    const NOW: &str = "2026-11-21T05:00:00.000Z";
+
+    fn leaf(body: &str) -> Message {
+        let mut m = Message::json(body.to_owned());
+        m.connection_device_id = Some("Client_001".into());
+        m.enqueued_time = Some("2026-11-21T04:59:59.500Z".into());
+        m.correlation_id = Some("corr-1".into());
+        m.set_property("Origin", "test");
+        m
+    }
+
+    fn telemetry() -> String {
+        json!({"CycleTime": 42, "OperationalSetting1": -0.0007, "Sensor1": 518.67, "Sensor21": 23.3188}).to_string()
+    }
+
+    fn body(m: &Message) -> Value {
+        serde_json::from_slice(&m.body).unwrap()
+    }
+
+    #[test]
+    fn device_input_forwards_the_body_unchanged_with_the_tutorial_properties() {
+        let out = device_input(leaf(&telemetry()), NOW, || {
+            unreachable!("has a correlation id")
+        });
+        assert_eq!(out.len(), 1);
+        let (name, m) = &out[0];
+        assert_eq!(*name, CLASS_OUTPUT);
+        assert_eq!(m.body, Bytes::from(telemetry()));
+        assert_eq!(
+            m.property("Origin"),
+            Some("test"),
+            "properties carried forward"
+        );
+        assert_eq!(m.property("CorrelationId"), Some("corr-1"));
+        assert_eq!(m.property("ConnectionDeviceId"), Some("Client_001"));
+        assert_eq!(
+            m.property("CreationTimeUtc"),
+            Some("2026-11-21T04:59:59.500Z")
+        );
+        assert_eq!(
+            m.property("EnqueuedTimeUtc"),
+            Some("2026-11-21T04:59:59.500Z")
+        );
+        assert_eq!(m.correlation_id.as_deref(), Some("corr-1"));
+        assert!(m.is_json_utf8());
+    }
+
+    #[test]
+    fn device_input_makes_a_correlation_id_and_keeps_existing_properties() {
+        let mut m = leaf(&format!("[{}]", telemetry()));
+        m.correlation_id = None;
+        m.enqueued_time = None;
+        m.set_property("CreationTimeUtc", "earlier");
+        let out = device_input(m, NOW, || "new-id".into());
+        let (name, m) = &out[0];
+        assert_eq!(*name, CLASS_OUTPUT, "a one-element array is accepted");
+        assert_eq!(m.property("CorrelationId"), Some("new-id"));
+        assert_eq!(m.correlation_id.as_deref(), Some("new-id"));
+        assert_eq!(m.property("CreationTimeUtc"), Some("earlier"));
+        assert_eq!(m.property("EnqueuedTimeUtc"), Some(NOW));
+    }
+
+    #[test]
+    fn bad_device_messages_become_dead_letters_with_their_reason() {
+        let mut wrong_type = leaf(&telemetry());
+        wrong_type.content_type = Some("text/plain".into());
+        let cases = vec![
+            (leaf("not json"), "not valid JSON"),
+            (
+                leaf(r#"{"Sensor1": "518.67"}"#),
+                "field 'Sensor1' is a string",
+            ),
+            (
+                leaf(r#"{"Sensor1": 1, "PredictedRul": 5}"#),
+                "already classified",
+            ),
+            (leaf(&format!("[{0},{0}]", telemetry())), "found 2 objects"),
+            (leaf("[]"), "empty array"),
+            (leaf("7"), "found a number"),
+            (wrong_type, "content type 'text/plain'"),
+        ];
+        for (m, want) in cases {
+            let original = m.body.clone();
+            let out = device_input(m, NOW, || "x".into());
+            let (name, d) = &out[0];
+            assert_eq!(*name, DEAD_OUTPUT);
+            assert_eq!(d.body, original, "body unchanged");
+            assert_eq!(d.property(DEAD_LETTER), Some("true"));
+            let reason = d.property(DEAD_LETTER_REASON).unwrap();
+            assert!(reason.contains(want), "{reason:?} should contain {want:?}");
+            assert_eq!(d.property("Origin"), Some("test"));
+        }
+    }
+
+    fn classified(rul: f64) -> Message {
+        let forwarded = device_input(leaf(&telemetry()), NOW, || unreachable!())
+            .remove(0)
+            .1;
+        let mut m = forwarded;
+        let mut v = body(&m);
+        v["PredictedRul"] = json!(rul);
+        m.body = Bytes::from(json!([v]).to_string());
+        m
+    }
+
+    #[test]
+    fn rul_input_sends_the_rul_message_and_the_avro_record() {
+        let out = rul_input(classified(87.25), None);
+        let names: Vec<&str> = out.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, vec![HUB_OUTPUT, AVRO_OUTPUT]);
+        let hub = body(&out[0].1);
+        assert_eq!(
+            hub,
+            json!({"ConnectionDeviceId": "Client_001", "CorrelationId": "corr-1", "PredictedRul": 87.25, "CycleTime": 42.0})
+        );
+        assert_eq!(out[0].1.correlation_id.as_deref(), Some("corr-1"));
+        assert!(out[0].1.is_json_utf8());
+        let record: EngineRecord = serde_json::from_slice(&out[1].1.body).unwrap();
+        assert_eq!(record.correlation_id, "corr-1");
+        assert_eq!(record.connection_device_id, "Client_001");
+        assert_eq!(record.enqueued_time_utc, "2026-11-21T04:59:59.500Z");
+        assert_eq!(record.body["PredictedRul"], 87.25);
+        assert_eq!(record.body["Sensor1"], 518.67);
+        assert_eq!(record.body["OperationalSetting1"], -0.0007);
+        assert_eq!(out[1].1.property("Origin"), Some("test"));
+    }
+
+    #[test]
+    fn the_threshold_only_limits_what_goes_to_iot_hub() {
+        let out = rul_input(classified(120.0), Some(100.0));
+        let names: Vec<&str> = out.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, vec![AVRO_OUTPUT]);
+        let out = rul_input(classified(99.5), Some(100.0));
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn bad_rul_messages_become_dead_letters_with_their_reason() {
+        let mut errored = classified(1.0);
+        errored.set_property(CLASSIFIER_ERROR, "row 0: feature 'Sensor2' is missing");
+        let unclassified = device_input(leaf(&telemetry()), NOW, || unreachable!())
+            .remove(0)
+            .1;
+        let mut foreign = classified(1.0);
+        foreign.properties.clear();
+        let cases = vec![
+            (
+                errored,
+                "could not score it: row 0: feature 'Sensor2' is missing",
+            ),
+            (unclassified, "has no PredictedRul"),
+            (foreign, "property CorrelationId is missing"),
+        ];
+        for (m, want) in cases {
+            let out = rul_input(m, None);
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].0, DEAD_OUTPUT);
+            let reason = out[0].1.property(DEAD_LETTER_REASON).unwrap();
+            assert!(reason.contains(want), "{reason:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn strings_in_properties_are_escaped_in_bodies() {
+        let mut m = classified(5.0);
+        m.set_property("ConnectionDeviceId", "dev\"ice\\1");
+        let out = rul_input(m, None);
+        assert_eq!(body(&out[0].1)["ConnectionDeviceId"], json!("dev\"ice\\1"));
+    }
+}

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod manifest;
 pub mod mgmt;
 pub mod runtime;
+pub mod testing;
 pub mod twin;
 pub mod upstream;
 pub mod workload;

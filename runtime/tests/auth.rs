@@ -1,12 +1,10 @@
 //! edgeHub refuses what a real one refuses: bad keys, expired tokens, a module reaching for
 //! another module's input or identity, and anything that is not TLS.
 
-mod common;
-
-use common::{manifest, start, TestRuntime};
 use edge_protocol::sas;
 use edge_runtime::identity::KeyStore;
 use edge_runtime::runtime::layout;
+use edge_runtime::testing::{manifest, start, TestRuntime};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
     SubscribeReasonCode, TlsConfiguration, Transport,
@@ -276,7 +274,7 @@ async fn a_registered_leaf_device_sends_telemetry_through_the_routes() {
     .unwrap();
     let receiver = t.client("receiver").await;
     let mut inputs = receiver.inputs().unwrap();
-    let m = common::next_input(&mut inputs).await;
+    let m = edge_runtime::testing::next_input(&mut inputs).await;
     assert_eq!(m.input, "leaf");
     assert_eq!(
         m.message.connection_device_id.as_deref(),

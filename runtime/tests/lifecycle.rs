@@ -1,10 +1,8 @@
 //! Runtime and client over time: bad routes, token renewal, runtime restarts, graceful stop.
 
-mod common;
-
 use bytes::Bytes;
-use common::{manifest, next_input, start, TestRuntime};
 use edge_client::{Message, ModuleClient};
+use edge_runtime::testing::{manifest, next_input, start, TestRuntime};
 use edge_runtime::{Options, Runtime};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};

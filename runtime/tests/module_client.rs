@@ -1,11 +1,9 @@
 //! The project's own module client against the runtime: outputs, inputs, routes, twins,
 //! at-least-once redelivery.
 
-mod common;
-
 use bytes::Bytes;
-use common::{manifest, next_input, start};
 use edge_client::Message;
+use edge_runtime::testing::{manifest, next_input, start};
 use serde_json::json;
 use std::time::Duration;
 

@@ -14,6 +14,7 @@
 mod acks;
 mod client;
 mod error;
+pub mod logging;
 mod run;
 pub mod settings;
 pub mod workload;

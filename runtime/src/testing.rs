@@ -1,14 +1,17 @@
-//! Shared set-up: an in-process runtime on a free port with a test manifest, and module
-//! clients made from exactly the environment the runtime gives each module.
-#![allow(dead_code)]
+//! Test support for this workspace's integration tests: an in-process runtime on a free port
+//! with a test manifest, and module clients made from exactly the environment the runtime
+//! gives each module.
 
+use crate::{Options, Runtime};
 use edge_client::{ModuleClient, Settings};
-use edge_runtime::{Options, Runtime};
 use serde_json::{json, Value};
 use std::time::Duration;
 
+/// A runtime in a temporary folder.
 pub struct TestRuntime {
+    /// The runtime.
     pub rt: Runtime,
+    /// Its folder (manifest and state); removed when dropped.
     pub dir: tempfile::TempDir,
 }
 
@@ -41,23 +44,32 @@ pub fn manifest(modules: &[&str], routes: &[(&str, &str)], ttl_secs: u64, desire
     json!({"modulesContent": content})
 }
 
+/// Starts a runtime for `manifest` on a free port; no module processes are started.
 pub async fn start(manifest: Value) -> TestRuntime {
+    start_with(manifest, |_| {}).await
+}
+
+/// Like [`start`], with the options adjusted by `adjust` (e.g. to start module processes).
+pub async fn start_with(manifest: Value, adjust: impl FnOnce(&mut Options)) -> TestRuntime {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("deployment.json");
     std::fs::write(&path, manifest.to_string()).expect("write manifest");
     let mut opts = Options::new(&path, dir.path().join("state"));
     opts.mqtt_port = 0;
     opts.start_modules = false;
+    adjust(&mut opts);
     let rt = Runtime::start(opts).await.expect("runtime starts");
     TestRuntime { rt, dir }
 }
 
 impl TestRuntime {
+    /// Client settings from the module's environment.
     pub fn settings(&self, module: &str) -> Settings {
         let env = self.rt.module_env(module).expect("module in manifest");
         Settings::from_vars(&env).expect("settings from the runtime's environment")
     }
 
+    /// A connected client for `module`.
     pub async fn client(&self, module: &str) -> ModuleClient {
         ModuleClient::connect(self.settings(module))
             .await
@@ -66,7 +78,7 @@ impl TestRuntime {
 
     /// Upstream records stored so far.
     pub fn upstream(&self) -> Vec<Value> {
-        let path = edge_runtime::upstream::store_path(self.rt.state_dir());
+        let path = crate::upstream::store_path(self.rt.state_dir());
         std::fs::read_to_string(path)
             .unwrap_or_default()
             .lines()

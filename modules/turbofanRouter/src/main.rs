@@ -1,0 +1,143 @@
+//! `turbofanRouter`, the IoT Edge module that routes the tutorial's messages:
+//!
+//! | input | outputs |
+//! |---|---|
+//! | `deviceInput` (leaf telemetry) | `classOutput` (to the classifier) |
+//! | `rulInput` (classifier answers) | `hubOutput` (RUL messages for IoT Hub), `avroOutput` (records for the Avro writer) |
+//! | anything bad | `deadMessages` (`DeadLetter=true`, `DeadLetterReason`) |
+//!
+//! Desired properties: `LoggingLevel`; `RulThreshold` (only predictions below it go to
+//! `hubOutput`; the Avro record is always written).
+#![allow(non_snake_case)] // the binary is named after the module, as the manifest names it
+
+use edge_client::{logging, Message, ModuleClient};
+use serde_json::{json, Value};
+use std::sync::{Arc, RwLock};
+use tracing::{error, info, warn};
+use turbofan_domain::router;
+
+/// Settings from desired properties.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Settings {
+    rul_threshold: Option<f64>,
+}
+
+/// Applies a desired document or patch; returns what to report.
+fn apply_desired(desired: &Value, settings: &RwLock<Settings>, log: &logging::LogLevel) -> Value {
+    let mut reported = serde_json::Map::new();
+    if let Some(level) = desired.get("LoggingLevel") {
+        match level.as_str().map(|l| log.set(l)) {
+            Some(Ok(())) => {
+                reported.insert("LoggingLevel".into(), level.clone());
+            }
+            Some(Err(e)) => warn!("{e}"),
+            None => warn!(value = %level, "LoggingLevel must be a string"),
+        }
+    }
+    if let Some(t) = desired.get("RulThreshold") {
+        let mut s = settings.write().unwrap_or_else(|p| p.into_inner());
+        match t {
+            Value::Null => s.rul_threshold = None,
+            Value::Number(n) => s.rul_threshold = n.as_f64(),
+            other => {
+                warn!(value = %other, "RulThreshold must be a number or null; keeping {:?}", s.rul_threshold)
+            }
+        }
+        info!(threshold = ?s.rul_threshold, "RulThreshold");
+        reported.insert("RulThreshold".into(), json!(s.rul_threshold));
+    }
+    Value::Object(reported)
+}
+
+async fn handle(
+    client: &ModuleClient,
+    settings: &RwLock<Settings>,
+    input: &str,
+    m: Message,
+) -> Result<(), edge_client::Error> {
+    let outgoing = match input {
+        router::DEVICE_INPUT => {
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            router::device_input(m, &now, || uuid::Uuid::new_v4().to_string())
+        }
+        router::RUL_INPUT => {
+            let threshold = settings
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .rul_threshold;
+            router::rul_input(m, threshold)
+        }
+        other => vec![(
+            router::DEAD_OUTPUT,
+            router::dead_letter(m, format!("unknown input '{other}'")),
+        )],
+    };
+    for (output, m) in &outgoing {
+        if *output == router::DEAD_OUTPUT {
+            warn!(
+                reason = m.property(router::DEAD_LETTER_REASON).unwrap_or(""),
+                "dead letter"
+            );
+        }
+    }
+    // Send every output concurrently; the input is acknowledged only when all were accepted.
+    let sends = outgoing
+        .into_iter()
+        .map(|(output, m)| client.send_output(output, m));
+    for r in futures_util::future::join_all(sends).await {
+        r?;
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let log = logging::init();
+    let client = match ModuleClient::from_env().await {
+        Ok(c) => c,
+        Err(e) => {
+            error!("cannot connect to edgeHub: {e}");
+            std::process::exit(1);
+        }
+    };
+    let settings = Arc::new(RwLock::new(Settings::default()));
+    match client.twin().await {
+        Ok(twin) => {
+            let reported = apply_desired(&twin["desired"], &settings, &log);
+            if let Err(e) = client.update_reported(&reported).await {
+                warn!("could not report properties: {e}");
+            }
+        }
+        Err(e) => warn!("could not read the module twin; using defaults: {e}"),
+    }
+    if let Ok(mut patches) = client.desired_updates() {
+        let (c, s, l) = (client.clone(), settings.clone(), log.clone());
+        tokio::spawn(async move {
+            while let Some(patch) = patches.recv().await {
+                let reported = apply_desired(&patch, &s, &l);
+                if let Err(e) = c.update_reported(&reported).await {
+                    warn!("could not report properties: {e}");
+                }
+            }
+        });
+    }
+    info!("turbofanRouter running");
+    let (c, s) = (client.clone(), settings.clone());
+    let result = edge_client::run_inputs(
+        &client,
+        256,
+        edge_client::shutdown_signal(),
+        move |input, m| {
+            let (c, s) = (c.clone(), s.clone());
+            async move { handle(&c, &s, &input, m).await }
+        },
+    )
+    .await;
+    match result {
+        Ok(()) => info!("turbofanRouter stopped cleanly"),
+        Err(e) => {
+            error!("{e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The RUL model in ONNX Runtime.
+//!
+//! ONNX Runtime is loaded at run time from `libonnxruntime.so` of the pinned `onnxruntime`
+//! wheel ([`ONNXRUNTIME_VERSION`]); [`init`] finds it. [`RulModel::load`] checks the model's
+//! signature — one float32 input `[batch, 21]`, one float32 output `[batch, 1]` (or `[batch]`)
+//! — and fails with an error that says what was expected and what was found, so a wrong or
+//! missing model stops the module at start-up instead of crash-looping on the first message.
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The ONNX Runtime release `ort` 2.0.0-rc.15 is built for; the wheel is pinned to it.
+pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
+/// Features per row.
+pub const N_FEATURES: usize = 21;
+
+/// What can go wrong, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// ONNX Runtime's shared library was not found or did not load.
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+    /// The model file is missing or unreadable.
+    #[error("model file {path}: {reason}")]
+    File {
+        /// Path tried.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The model does not have the expected signature.
+    #[error("model {path} has the wrong signature: {problem}")]
+    Signature {
+        /// Model path.
+        path: PathBuf,
+        /// Expected vs found.
+        problem: String,
+    },
+    /// Running the model failed.
+    #[error("model run failed: {0}")]
+    Run(String),
+    /// The feature buffer is not a whole number of rows.
+    #[error("{0} values are not a whole number of rows of {N_FEATURES} features")]
+    Shape(usize),
+}
+
+static INIT: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+
+/// Where to look for `libonnxruntime.so`: `ORT_DYLIB_PATH`, then next to the executable
+/// (the container image), then the repo's `.venv` wheel (a development checkout).
+pub fn dylib_candidates() -> Vec<PathBuf> {
+    let mut c = Vec::new();
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        c.push(PathBuf::from(p));
+    }
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        c.push(dir.join("libonnxruntime.so"));
+        c.push(dir.join(format!("libonnxruntime.so.{ONNXRUNTIME_VERSION}")));
+        for up in [dir.join("../.."), dir.join("../../..")] {
+            c.push(up.join(format!(
+                ".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.{ONNXRUNTIME_VERSION}"
+            )));
+        }
+    }
+    c
+}
+
+/// Loads ONNX Runtime once per process; returns the library's path and the environment.
+pub fn init() -> Result<(PathBuf, ort::environment::Environment), ModelError> {
+    INIT.get_or_init(|| {
+        let candidates = dylib_candidates();
+        let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+            return Err(format!(
+                "libonnxruntime.so not found (tried {}); set ORT_DYLIB_PATH to the library from the onnxruntime=={ONNXRUNTIME_VERSION} wheel (scripts/setup-python.sh installs it into .venv)",
+                candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        };
+        let builder = ort::init_from(path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        let env = builder
+            .with_name("rul-model")
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))?;
+        tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+        Ok((path.clone(), env))
+    })
+    .clone()
+    .map_err(ModelError::Runtime)
+}
+
+/// What the model is, for reported properties and the health endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// File it was loaded from.
+    pub path: PathBuf,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// Producer recorded in the model (e.g. `skl2onnx`).
+    pub producer: String,
+    /// Model version recorded in the model.
+    pub version: i64,
+    /// Input name and signature, e.g. `input: float32[?,21]`.
+    pub input: String,
+    /// Output name and signature.
+    pub output: String,
+}
+
+/// A loaded model. `predict` takes `&mut self` (ONNX Runtime sessions run one call at a time
+/// here; share it behind a mutex or give each thread its own).
+pub struct RulModel {
+    session: ort::session::Session,
+    input: String,
+    output: String,
+    info: ModelInfo,
+}
+
+fn dims(shape: Option<&ort::value::Shape>) -> Vec<i64> {
+    shape.map(|s| s.iter().copied().collect()).unwrap_or_default()
+}
+
+fn describe(name: &str, ty: &ort::value::ValueType) -> String {
+    match (ty.tensor_type(), ty.tensor_shape()) {
+        (Some(t), Some(s)) => {
+            let d: Vec<String> = s.iter().map(|d| if *d < 0 { "?".into() } else { d.to_string() }).collect();
+            format!("{name}: {t:?}[{}]", d.join(","))
+        }
+        _ => format!("{name}: {ty:?}"),
+    }
+}
+
+impl RulModel {
+    /// Loads and checks the model at `path`, with `threads` intra-op threads (1 for a module
+    /// on a small device).
+    pub fn load(path: &Path, threads: usize) -> Result<RulModel, ModelError> {
+        let (_, env) = init()?;
+        let file_err = |reason: String| ModelError::File { path: path.to_path_buf(), reason };
+        let bytes = std::fs::read(path).map_err(|e| {
+            file_err(format!("{e}; set MODEL_PATH to the rul.onnx produced by models/train.py"))
+        })?;
+        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let build = || -> Result<ort::session::Session, ort::Error> {
+            let mut b = ort::session::Session::builder(&env)?
+                .with_intra_threads(threads.max(1))?
+                .with_inter_threads(1)?;
+            b.commit_from_memory(&bytes)
+        };
+        let session = build().map_err(|e| file_err(format!("not a loadable ONNX model: {e}")))?;
+        let sig = |problem: String| ModelError::Signature { path: path.to_path_buf(), problem };
+        let (inputs, outputs) = (session.inputs(), session.outputs());
+        if inputs.len() != 1 || outputs.len() != 1 {
+            return Err(sig(format!(
+                "expected 1 input and 1 output, found {} inputs and {} outputs",
+                inputs.len(),
+                outputs.len()
+            )));
+        }
+        let (i, o) = (&inputs[0], &outputs[0]);
+        let f32t = Some(ort::value::TensorElementType::Float32);
+        let in_dims = dims(i.dtype().tensor_shape());
+        let in_ok = i.dtype().tensor_type() == f32t && in_dims.len() == 2 && (in_dims[1] == N_FEATURES as i64);
+        if !in_ok {
+            return Err(sig(format!(
+                "expected input float32[batch,{N_FEATURES}] (Sensor1..Sensor21), found {}",
+                describe(i.name(), i.dtype())
+            )));
+        }
+        let out_dims = dims(o.dtype().tensor_shape());
+        let out_ok = o.dtype().tensor_type() == f32t
+            && (out_dims.len() == 1 || (out_dims.len() == 2 && out_dims[1] == 1));
+        if !out_ok {
+            return Err(sig(format!(
+                "expected output float32[batch,1] (the RUL), found {}",
+                describe(o.name(), o.dtype())
+            )));
+        }
+        let (producer, version) = match session.metadata() {
+            Ok(m) => (m.producer().unwrap_or_default(), m.version().unwrap_or(0)),
+            Err(_) => (String::new(), 0),
+        };
+        let info = ModelInfo {
+            path: path.to_path_buf(),
+            sha256,
+            producer,
+            version,
+            input: describe(i.name(), i.dtype()),
+            output: describe(o.name(), o.dtype()),
+        };
+        Ok(RulModel {
+            input: i.name().to_owned(),
+            output: o.name().to_owned(),
+            session,
+            info,
+        })
+    }
+
+    /// What was loaded.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Predicts the RUL of each row of `features` (row-major, 21 per row).
+    pub fn predict(&mut self, features: &[f32]) -> Result<Vec<f32>, ModelError> {
+        if features.len() % N_FEATURES != 0 {
+            return Err(ModelError::Shape(features.len()));
+        }
+        let rows = features.len() / N_FEATURES;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let tensor = ort::value::TensorRef::from_array_view(([rows, N_FEATURES], features))
+            .map_err(|e| ModelError::Run(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => tensor])
+            .map_err(|e| ModelError::Run(e.to_string()))?;
+        let (_, values) = outputs[self.output.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| ModelError::Run(e.to_string()))?;
+        if values.len() != rows {
+            return Err(ModelError::Run(format!("model returned {} values for {rows} rows", values.len())));
+        }
+        Ok(values.to_vec())
+    }
+}

@@ -6,7 +6,7 @@
 //! | edgeHub: MQTT/TLS server, SAS auth, routes, store-and-forward, twins | [`broker`], [`hub`], [`endpoint`], [`twin`] |
 //! | workload API: signing with module keys, trust bundle | [`workload`], [`certs`], [`identity`] |
 //! | edgeAgent: module processes | [`agent`] |
-//! | IoT Hub: device registry, `$upstream` store | [`identity`], [`upstream`] |
+//! | IoT Hub: device registry, `$upstream` store, file upload and blob storage | [`identity`], [`upstream`], [`files`] |
 //!
 //! [`runtime::Runtime`] assembles them from a [`manifest::Manifest`].
 
@@ -14,6 +14,7 @@ pub mod agent;
 pub mod broker;
 pub mod certs;
 pub mod endpoint;
+pub mod files;
 pub mod hub;
 pub mod identity;
 pub mod manifest;

@@ -44,6 +44,12 @@ pub struct Options {
     pub start_modules: bool,
     /// Messages in flight per module.
     pub window: usize,
+    /// IoT Hub's HTTPS port for file upload (0: any free port).
+    pub hub_https_port: u16,
+    /// Azurite's `azurite-blob` launcher; without it blobs go to a folder of the state.
+    pub azurite: Option<PathBuf>,
+    /// Blob container of file uploads.
+    pub upload_container: String,
 }
 
 impl Options {
@@ -62,6 +68,9 @@ impl Options {
             skip: Vec::new(),
             start_modules: true,
             window: 256,
+            hub_https_port: 0,
+            azurite: None,
+            upload_container: "avrofiles".into(),
         }
     }
 }
@@ -97,6 +106,10 @@ pub mod layout {
     pub fn certs(state: &Path) -> PathBuf {
         state.join("certs")
     }
+    /// File-upload notifications received by IoT Hub.
+    pub fn file_notifications(state: &Path) -> PathBuf {
+        state.join("files").join("notifications.jsonl")
+    }
 }
 
 /// A running runtime.
@@ -109,6 +122,11 @@ pub struct Runtime {
     pub route_errors: Vec<RouteError>,
     /// PEM of the CA that edgeHub's certificate chains to.
     pub ca_pem: String,
+    /// IoT Hub's file-upload service.
+    pub files: Arc<crate::files::FileService>,
+    /// Where uploaded files are stored.
+    pub blob_store: crate::files::BlobStore,
+    azurite: Option<crate::files::Azurite>,
     envs: HashMap<String, Vec<(String, String)>>,
     agent: Option<Agent>,
     tasks: Vec<JoinHandle<()>>,
@@ -128,6 +146,28 @@ const PASS_THROUGH: [&str; 9] = [
     "ORT_DYLIB_PATH",
     "PYTHONPATH",
 ];
+
+/// Writes the edge device's identity where IoT Edge keeps it (1.2+ `config.toml`, 1.1
+/// `config.yaml`), under the bind folders, so a module that bind-mounts the file finds it.
+fn write_device_config(state: &Path, hub: &str, device: &str, key: &str) -> Result<()> {
+    let cs = format!("HostName={hub};DeviceId={device};SharedAccessKey={key}");
+    let toml_path = state.join("binds/etc/aziot/config.toml");
+    let yaml_path = state.join("binds/etc/iotedge/config.yaml");
+    for p in [&toml_path, &yaml_path] {
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+    }
+    std::fs::write(
+        &toml_path,
+        format!("# Written by iotedge-local: this edge device's identity.\nhostname = \"{device}\"\n\n[provisioning]\nsource = \"manual\"\nconnection_string = \"{cs}\"\n"),
+    )?;
+    std::fs::write(
+        &yaml_path,
+        format!("# Written by iotedge-local: this edge device's identity.\nprovisioning:\n  source: \"manual\"\n  device_connection_string: \"{cs}\"\nhostname: \"{device}\"\n"),
+    )?;
+    Ok(())
+}
 
 fn bind_dir(state: &Path, host: &str, container: &str) -> Result<PathBuf> {
     let local = state.join("binds").join(host.trim_start_matches('/'));
@@ -245,6 +285,58 @@ impl Runtime {
         }));
         tasks.push(mgmt::serve(layout::control_socket(&state), hub.clone()).await?);
 
+        // IoT Hub's HTTPS side (file upload), reached with the edge device's own identity,
+        // whose connection string the IoT Edge config files hold, as on a device.
+        let https = tokio::net::TcpListener::bind(SocketAddr::new(opts.bind, opts.hub_https_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "IoT Hub's HTTPS endpoint cannot listen on port {}",
+                    opts.hub_https_port
+                )
+            })?;
+        let authority = format!("localhost:{}", https.local_addr()?.port());
+        let registry = KeyStore::new(layout::registry(&state));
+        let edge_key = registry.ensure(&opts.device_id)?;
+        write_device_config(&state, &authority, &opts.device_id, &edge_key)?;
+        let certs_dir = layout::certs(&state);
+        let (blob_store, azurite) = match &opts.azurite {
+            Some(bin) => {
+                let az = crate::files::Azurite::start(
+                    bin,
+                    &state.join("azurite"),
+                    &certs_dir.join("server.pem"),
+                    &certs_dir.join("server.key"),
+                    &state.join("logs").join("azurite.log"),
+                    &opts.upload_container,
+                    &tls.ca_pem,
+                )
+                .await?;
+                (
+                    crate::files::BlobStore::Azurite {
+                        host: az.host.clone(),
+                    },
+                    Some(az),
+                )
+            }
+            None => (
+                crate::files::BlobStore::Directory(state.join("blobs")),
+                None,
+            ),
+        };
+        let files = Arc::new(crate::files::FileService::new(
+            authority.clone(),
+            registry,
+            &opts.upload_container,
+            blob_store.clone(),
+            layout::file_notifications(&state),
+        )?);
+        tasks.push(tokio::spawn(crate::files::serve_https(
+            https,
+            certs::server_config(&tls)?,
+            crate::files::router(files.clone()),
+        )));
+
         let mut envs = HashMap::new();
         let mut launches = Vec::new();
         for m in &manifest.modules {
@@ -324,6 +416,9 @@ impl Runtime {
             "gatewayHostname": opts.gateway_hostname,
             "caCert": layout::certs(&state).join("ca.pem"),
             "upstream": crate::upstream::store_path(&state),
+            "hubHttps": authority,
+            "blobStore": match &blob_store { crate::files::BlobStore::Azurite { host } => format!("https://{host}"), crate::files::BlobStore::Directory(d) => d.display().to_string() },
+            "fileNotifications": layout::file_notifications(&state),
             "routeErrors": route_errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
         });
         std::fs::write(
@@ -336,11 +431,19 @@ impl Runtime {
             mqtt_port,
             route_errors,
             ca_pem: tls.ca_pem,
+            files,
+            blob_store,
+            azurite,
             envs,
             agent,
             tasks,
             state_dir: state,
         })
+    }
+
+    /// Azurite's process id, when it runs.
+    pub fn azurite_pid(&self) -> Option<u32> {
+        self.azurite.as_ref().and_then(|a| a.pid())
     }
 
     /// The environment the runtime gives `module` (what its process sees).

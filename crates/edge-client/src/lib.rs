@@ -17,6 +17,7 @@ mod error;
 pub mod logging;
 mod run;
 pub mod settings;
+pub mod upload;
 pub mod workload;
 
 pub use acks::AckToken;

@@ -192,7 +192,13 @@ fn resolve_bind(binds: &[(PathBuf, PathBuf)], path: &Path) -> PathBuf {
                 .map(|rest| (container, host, rest))
         })
         .max_by_key(|(container, _, _)| container.components().count())
-        .map(|(_, host, rest)| host.join(rest))
+        .map(|(_, host, rest)| {
+            if rest.as_os_str().is_empty() {
+                host.clone()
+            } else {
+                host.join(rest)
+            }
+        })
         .unwrap_or_else(|| path.to_path_buf())
 }
 

@@ -54,7 +54,10 @@ pub fn dylib_candidates() -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         c.push(PathBuf::from(p));
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         c.push(dir.join("libonnxruntime.so"));
         c.push(dir.join(format!("libonnxruntime.so.{ONNXRUNTIME_VERSION}")));
         for up in [dir.join("../.."), dir.join("../../..")] {
@@ -115,13 +118,18 @@ pub struct RulModel {
 }
 
 fn dims(shape: Option<&ort::value::Shape>) -> Vec<i64> {
-    shape.map(|s| s.iter().copied().collect()).unwrap_or_default()
+    shape
+        .map(|s| s.iter().copied().collect())
+        .unwrap_or_default()
 }
 
 fn describe(name: &str, ty: &ort::value::ValueType) -> String {
     match (ty.tensor_type(), ty.tensor_shape()) {
         (Some(t), Some(s)) => {
-            let d: Vec<String> = s.iter().map(|d| if *d < 0 { "?".into() } else { d.to_string() }).collect();
+            let d: Vec<String> = s
+                .iter()
+                .map(|d| if *d < 0 { "?".into() } else { d.to_string() })
+                .collect();
             format!("{name}: {t:?}[{}]", d.join(","))
         }
         _ => format!("{name}: {ty:?}"),
@@ -133,11 +141,19 @@ impl RulModel {
     /// on a small device).
     pub fn load(path: &Path, threads: usize) -> Result<RulModel, ModelError> {
         let (_, env) = init()?;
-        let file_err = |reason: String| ModelError::File { path: path.to_path_buf(), reason };
+        let file_err = |reason: String| ModelError::File {
+            path: path.to_path_buf(),
+            reason,
+        };
         let bytes = std::fs::read(path).map_err(|e| {
-            file_err(format!("{e}; set MODEL_PATH to the rul.onnx produced by models/train.py"))
+            file_err(format!(
+                "{e}; set MODEL_PATH to the rul.onnx produced by models/train.py"
+            ))
         })?;
-        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let sha256 = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
         let build = || -> Result<ort::session::Session, ort::Error> {
             let mut b = ort::session::Session::builder(&env)?
                 .with_intra_threads(threads.max(1))?
@@ -145,7 +161,10 @@ impl RulModel {
             b.commit_from_memory(&bytes)
         };
         let session = build().map_err(|e| file_err(format!("not a loadable ONNX model: {e}")))?;
-        let sig = |problem: String| ModelError::Signature { path: path.to_path_buf(), problem };
+        let sig = |problem: String| ModelError::Signature {
+            path: path.to_path_buf(),
+            problem,
+        };
         let (inputs, outputs) = (session.inputs(), session.outputs());
         if inputs.len() != 1 || outputs.len() != 1 {
             return Err(sig(format!(
@@ -157,7 +176,9 @@ impl RulModel {
         let (i, o) = (&inputs[0], &outputs[0]);
         let f32t = Some(ort::value::TensorElementType::Float32);
         let in_dims = dims(i.dtype().tensor_shape());
-        let in_ok = i.dtype().tensor_type() == f32t && in_dims.len() == 2 && (in_dims[1] == N_FEATURES as i64);
+        let in_ok = i.dtype().tensor_type() == f32t
+            && in_dims.len() == 2
+            && (in_dims[1] == N_FEATURES as i64);
         if !in_ok {
             return Err(sig(format!(
                 "expected input float32[batch,{N_FEATURES}] (Sensor1..Sensor21), found {}",
@@ -217,7 +238,10 @@ impl RulModel {
             .try_extract_tensor::<f32>()
             .map_err(|e| ModelError::Run(e.to_string()))?;
         if values.len() != rows {
-            return Err(ModelError::Run(format!("model returned {} values for {rows} rows", values.len())));
+            return Err(ModelError::Run(format!(
+                "model returned {} values for {rows} rows",
+                values.len()
+            )));
         }
         Ok(values.to_vec())
     }

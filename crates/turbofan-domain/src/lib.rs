@@ -6,6 +6,7 @@
 //! - [`router`]: what `turbofanRouter` does with `deviceInput` and `rulInput`;
 //! - [`record`]: the Avro record (`turbofan.EngineData`) and its JSON input.
 
+pub mod cmapss;
 pub mod numeric;
 pub mod record;
 pub mod router;

@@ -42,14 +42,21 @@ async fn score(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         }
         Err(e) => {
             tracing::error!(error = %e, "scoring over HTTP failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "scoring failed"}))).into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "scoring failed"})),
+            )
+                .into_response()
         }
     }
 }
 
 /// The endpoint's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new().route("/", get(health)).route("/score", post(score)).with_state(shared)
+    Router::new()
+        .route("/", get(health))
+        .route("/score", post(score))
+        .with_state(shared)
 }
 
 /// Serves the endpoint on `addr` until the process ends.

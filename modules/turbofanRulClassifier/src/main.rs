@@ -52,7 +52,10 @@ fn model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("MODEL_PATH") {
         return PathBuf::from(p);
     }
-    let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)).unwrap_or_default();
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(PathBuf::from))
+        .unwrap_or_default();
     let beside = exe_dir.join("rul.onnx");
     let workspace = exe_dir.join("../../models/rul.onnx");
     if beside.is_file() || !workspace.is_file() {
@@ -79,13 +82,21 @@ fn apply_desired(desired: &Value, s: &Shared, log: &logging::LogLevel) -> Value 
                     apply(n);
                     reported.insert(key.into(), json!(n));
                 }
-                None => warn!(value = %v, "{key} must be a whole number from {min} to {max}; ignored"),
+                None => {
+                    warn!(value = %v, "{key} must be a whole number from {min} to {max}; ignored")
+                }
             }
         }
     };
-    number("MaxBatchSize", 1, 4096, &|n| s.max_batch.store(n as usize, Ordering::Relaxed));
-    number("MaxBatchWaitMs", 0, 1000, &|n| s.max_wait_ms.store(n, Ordering::Relaxed));
-    number("MaxBodyBytes", 1024, 16 << 20, &|n| s.max_body.store(n as usize, Ordering::Relaxed));
+    number("MaxBatchSize", 1, 4096, &|n| {
+        s.max_batch.store(n as usize, Ordering::Relaxed)
+    });
+    number("MaxBatchWaitMs", 0, 1000, &|n| {
+        s.max_wait_ms.store(n, Ordering::Relaxed)
+    });
+    number("MaxBodyBytes", 1024, 16 << 20, &|n| {
+        s.max_body.store(n as usize, Ordering::Relaxed)
+    });
     Value::Object(reported)
 }
 
@@ -104,22 +115,32 @@ async fn next_batch(
             Ok(m) => batch.push(m),
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) if wait.is_zero() => break,
-            Err(TryRecvError::Empty) => match tokio::time::timeout_at(deadline, inputs.recv()).await {
-                Ok(Some(m)) => batch.push(m),
-                _ => break,
-            },
+            Err(TryRecvError::Empty) => {
+                match tokio::time::timeout_at(deadline, inputs.recv()).await {
+                    Ok(Some(m)) => batch.push(m),
+                    _ => break,
+                }
+            }
         }
     }
     batch
 }
 
-fn score_and_send(batch: Vec<InputMessage>, s: &Arc<Shared>, client: &ModuleClient, tasks: &mut JoinSet<()>) {
+fn score_and_send(
+    batch: Vec<InputMessage>,
+    s: &Arc<Shared>,
+    client: &ModuleClient,
+    tasks: &mut JoinSet<()>,
+) {
     let mut tokens: Vec<AckToken> = Vec::with_capacity(batch.len());
     let mut messages: Vec<Message> = Vec::with_capacity(batch.len());
     for m in batch {
         let (input, mut message, token) = m.into_parts();
         if input != AML_INPUT {
-            message.set_property(turbofan_domain::router::CLASSIFIER_ERROR, format!("unknown input '{input}'"));
+            message.set_property(
+                turbofan_domain::router::CLASSIFIER_ERROR,
+                format!("unknown input '{input}'"),
+            );
         }
         messages.push(message);
         tokens.push(token);
@@ -131,7 +152,10 @@ fn score_and_send(batch: Vec<InputMessage>, s: &Arc<Shared>, client: &ModuleClie
     tracing::debug!(batch = messages.len(), scored, "batch scored");
     for (m, token) in messages.into_iter().zip(tokens) {
         let client = client.clone();
-        let span = tracing::info_span!("message", correlation_id = m.correlation_id.as_deref().unwrap_or(""));
+        let span = tracing::info_span!(
+            "message",
+            correlation_id = m.correlation_id.as_deref().unwrap_or("")
+        );
         tasks.spawn(
             async move {
                 if let Some(e) = m.property(turbofan_domain::router::CLASSIFIER_ERROR) {
@@ -164,7 +188,9 @@ async fn main() {
             // Say it where operators look (logs and the twin), then stop: a module without
             // its model must not take messages.
             error!("{e}");
-            let _ = client.update_reported(&json!({"ModelStatus": "error", "ModelError": e.to_string()})).await;
+            let _ = client
+                .update_reported(&json!({"ModelStatus": "error", "ModelError": e.to_string()}))
+                .await;
             client.close(Duration::from_secs(2)).await;
             std::process::exit(2);
         }
@@ -186,7 +212,10 @@ async fn main() {
     let mut reported = json!({"ModelStatus": "loaded", "Model": model_info});
     match client.twin().await {
         Ok(twin) => {
-            if let (Value::Object(r), Value::Object(applied)) = (&mut reported, apply_desired(&twin["desired"], &shared, &log)) {
+            if let (Value::Object(r), Value::Object(applied)) = (
+                &mut reported,
+                apply_desired(&twin["desired"], &shared, &log),
+            ) {
                 r.extend(applied);
             }
         }

@@ -25,7 +25,11 @@ pub fn score_batch(
         for r in requests.iter().flatten() {
             features.extend_from_slice(&r.features);
         }
-        let predictions = if features.is_empty() { Ok(Vec::new()) } else { predict(&features) };
+        let predictions = if features.is_empty() {
+            Ok(Vec::new())
+        } else {
+            predict(&features)
+        };
         let mut offset = 0;
         for r in &requests {
             answers.push(match (r, &predictions) {
@@ -96,8 +100,15 @@ mod tests {
         assert_eq!(v0[0]["PredictedRul"], json!(1.0));
         assert_eq!(msgs[0].property("CorrelationId"), Some("c0"));
         assert_eq!(msgs[0].correlation_id.as_deref(), Some("c0"));
-        assert_eq!(msgs[1].body, Bytes::from_static(b"not json"), "bad body kept unchanged");
-        assert!(msgs[1].property(CLASSIFIER_ERROR).unwrap().contains("not valid JSON"));
+        assert_eq!(
+            msgs[1].body,
+            Bytes::from_static(b"not json"),
+            "bad body kept unchanged"
+        );
+        assert!(msgs[1]
+            .property(CLASSIFIER_ERROR)
+            .unwrap()
+            .contains("not valid JSON"));
         let v2: Value = serde_json::from_slice(&msgs[2].body).unwrap();
         assert_eq!(v2[0]["PredictedRul"], json!(2.0));
         assert_eq!(v2[1]["PredictedRul"], json!(3.0));
@@ -112,13 +123,19 @@ mod tests {
         let mut msgs = vec![Message::json(telemetry(1.0))];
         let scored = score_batch(&mut msgs, 1 << 20, |_| Err(ModelError::Run("boom".into())));
         assert_eq!(scored, 0);
-        assert_eq!(msgs[0].property(CLASSIFIER_ERROR), Some("model run failed: boom"));
+        assert_eq!(
+            msgs[0].property(CLASSIFIER_ERROR),
+            Some("model run failed: boom")
+        );
     }
 
     #[test]
     fn oversized_bodies_are_refused_without_parsing() {
         let mut msgs = vec![Message::json(telemetry(1.0))];
         score_batch(&mut msgs, 10, first_feature);
-        assert!(msgs[0].property(CLASSIFIER_ERROR).unwrap().contains("exceeds the limit of 10 bytes"));
+        assert!(msgs[0]
+            .property(CLASSIFIER_ERROR)
+            .unwrap()
+            .contains("exceeds the limit of 10 bytes"));
     }
 }

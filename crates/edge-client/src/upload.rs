@@ -1,0 +1,278 @@
+//! IoT Hub file upload with a device identity, as the tutorial's Avro writer does:
+//! 1. `POST https://{hub}/devices/{id}/files` `{"blobName"}` → a SAS URI for a blob;
+//! 2. `PUT https://{hostName}/{containerName}/{blobName}{sasToken}` (`x-ms-blob-type: BlockBlob`);
+//! 3. `POST https://{hub}/devices/{id}/files/notifications` with the outcome.
+//!
+//! The device connection string comes from the environment or from the IoT Edge
+//! configuration file bind-mounted into the module (`/etc/aziot/config.toml` on 1.2+,
+//! `/etc/iotedge/config.yaml` on 1.1), as in the tutorial.
+
+use crate::settings::Settings;
+use bytes::Bytes;
+use edge_protocol::{sas, ConnectionString};
+use rustls_pki_types::pem::PemObject;
+use serde::Deserialize;
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The IoT Hub REST API version used.
+pub const API_VERSION: &str = "2021-04-12";
+/// Variables holding a device connection string, checked in order before the config files.
+pub const CONNECTION_STRING_VARS: [&str; 2] =
+    ["DeviceConnectionString", "IOTHUB_DEVICE_CONNECTION_STRING"];
+/// Where IoT Edge 1.2+ keeps the device identity.
+pub const CONFIG_TOML: &str = "/etc/aziot/config.toml";
+/// Where IoT Edge 1.1 kept it.
+pub const CONFIG_YAML: &str = "/etc/iotedge/config.yaml";
+
+/// Why an upload failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// No usable device identity.
+    #[error("file upload configuration: {0}")]
+    Config(String),
+    /// A step of the protocol failed.
+    #[error("file upload, {step}: {reason}")]
+    Step {
+        /// Which step.
+        step: &'static str,
+        /// What happened (status and body, or the transport error).
+        reason: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SasUri {
+    correlation_id: String,
+    host_name: String,
+    container_name: String,
+    blob_name: String,
+    sas_token: String,
+}
+
+/// Where an uploaded file went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    /// Blob URL without the SAS token.
+    pub url: String,
+}
+
+/// Reads the device connection string from a 1.2+ `config.toml` (`[provisioning]`
+/// `source = "manual"`, `connection_string = "…"`).
+pub fn connection_string_from_toml(text: &str) -> Result<ConnectionString, UploadError> {
+    let v: toml::Value = toml::from_str(text)
+        .map_err(|e| UploadError::Config(format!("config.toml is not TOML: {e}")))?;
+    let cs = v
+        .get("provisioning")
+        .and_then(|p| p.get("connection_string"))
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| {
+            UploadError::Config(
+                "config.toml has no [provisioning] connection_string (manual provisioning)".into(),
+            )
+        })?;
+    ConnectionString::parse(cs).map_err(|e| UploadError::Config(e.to_string()))
+}
+
+/// Reads the device connection string from a 1.1 `config.yaml` (`provisioning:`
+/// `device_connection_string: "…"`).
+pub fn connection_string_from_yaml(text: &str) -> Result<ConnectionString, UploadError> {
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| UploadError::Config(format!("config.yaml is not YAML: {e}")))?;
+    let cs = v
+        .get("provisioning")
+        .and_then(|p| p.get("device_connection_string"))
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| {
+            UploadError::Config(
+                "config.yaml has no provisioning.device_connection_string (manual provisioning)"
+                    .into(),
+            )
+        })?;
+    ConnectionString::parse(cs).map_err(|e| UploadError::Config(e.to_string()))
+}
+
+/// Finds the device connection string: an environment variable of [`CONNECTION_STRING_VARS`],
+/// else the IoT Edge config file (container paths resolved through `settings`' binds).
+pub fn find_connection_string(settings: &Settings) -> Result<ConnectionString, UploadError> {
+    for var in CONNECTION_STRING_VARS {
+        if let Ok(cs) = std::env::var(var) {
+            return ConnectionString::parse(&cs)
+                .map_err(|e| UploadError::Config(format!("{var}: {e}")));
+        }
+    }
+    let toml_path = settings.container_path(Path::new(CONFIG_TOML));
+    if let Ok(text) = std::fs::read_to_string(&toml_path) {
+        return connection_string_from_toml(&text);
+    }
+    let yaml_path = settings.container_path(Path::new(CONFIG_YAML));
+    if let Ok(text) = std::fs::read_to_string(&yaml_path) {
+        return connection_string_from_yaml(&text);
+    }
+    Err(UploadError::Config(format!(
+        "no device connection string: set {} or bind-mount the IoT Edge config ({CONFIG_TOML} or {CONFIG_YAML}) into the module",
+        CONNECTION_STRING_VARS.join(" or ")
+    )))
+}
+
+/// Uploads files to IoT Hub's storage with a device identity.
+#[derive(Clone)]
+pub struct FileUploader {
+    device: ConnectionString,
+    http: reqwest::Client,
+}
+
+impl FileUploader {
+    /// An uploader for the device `cs`, trusting the system's roots plus `extra_roots_pem`
+    /// (the edge trust bundle, when the hub or storage is local).
+    pub fn new(cs: ConnectionString, extra_roots_pem: Option<&str>) -> Result<Self, UploadError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for c in native.certs {
+            let _ = roots.add(c);
+        }
+        if let Some(pem) = extra_roots_pem {
+            for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let c = c.map_err(|e| UploadError::Config(format!("trust bundle: {e}")))?;
+                roots
+                    .add(c)
+                    .map_err(|e| UploadError::Config(format!("trust bundle: {e}")))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UploadError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| UploadError::Config(e.to_string()))?;
+        Ok(FileUploader { device: cs, http })
+    }
+
+    fn token(&self) -> Result<String, UploadError> {
+        let expiry = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            + 3600;
+        let resource = sas::resource_uri(&self.device.host_name, &self.device.device_id, None);
+        sas::make_token(&resource, &self.device.shared_access_key, expiry)
+            .map_err(|e| UploadError::Config(e.to_string()))
+    }
+
+    async fn post_json(
+        &self,
+        step: &'static str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<Bytes, UploadError> {
+        let url = format!(
+            "https://{}/devices/{}{path}?api-version={API_VERSION}",
+            self.device.host_name, self.device.device_id
+        );
+        let fail = |reason: String| UploadError::Step { step, reason };
+        let resp = self
+            .http
+            .post(&url)
+            .header("authorization", self.token()?)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| fail(format!("{url}: {e}")))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
+        if !status.is_success() {
+            return Err(fail(format!(
+                "{url} answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Uploads `data` as `blob_name` (IoT Hub stores it under the device's folder).
+    pub async fn upload(&self, blob_name: &str, data: Bytes) -> Result<Uploaded, UploadError> {
+        let answer = self
+            .post_json(
+                "getting a SAS URI",
+                "/files",
+                json!({"blobName": blob_name}),
+            )
+            .await?;
+        let sas: SasUri = serde_json::from_slice(&answer).map_err(|e| UploadError::Step {
+            step: "getting a SAS URI",
+            reason: format!("unexpected answer: {e}"),
+        })?;
+        let url = format!(
+            "https://{}/{}/{}",
+            sas.host_name, sas.container_name, sas.blob_name
+        );
+        let put = self
+            .http
+            .put(format!("{url}{}", sas.sas_token))
+            .header("x-ms-blob-type", "BlockBlob")
+            .header("content-type", "application/octet-stream")
+            .body(data)
+            .send()
+            .await;
+        let (ok, code, description) = match put {
+            Ok(r) => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                (
+                    status.is_success(),
+                    status.as_u16(),
+                    if status.is_success() {
+                        "uploaded".to_owned()
+                    } else {
+                        text
+                    },
+                )
+            }
+            Err(e) => (false, 500, e.to_string()),
+        };
+        let note = json!({"correlationId": sas.correlation_id, "isSuccess": ok, "statusCode": code, "statusDescription": description});
+        let notified = self
+            .post_json("notifying the hub", "/files/notifications", note)
+            .await;
+        if !ok {
+            return Err(UploadError::Step {
+                step: "writing the blob",
+                reason: format!("{url}: {code} {description}"),
+            });
+        }
+        notified?;
+        Ok(Uploaded { url })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_config_file_generations() {
+        let toml = "hostname = \"edge\"\n[provisioning]\nsource = \"manual\"\nconnection_string = \"HostName=hub.azure-devices.net;DeviceId=edge;SharedAccessKey=a2V5\"\n";
+        let cs = connection_string_from_toml(toml).unwrap();
+        assert_eq!(
+            (cs.host_name.as_str(), cs.device_id.as_str()),
+            ("hub.azure-devices.net", "edge")
+        );
+        let yaml = "provisioning:\n  source: \"manual\"\n  device_connection_string: \"HostName=h;DeviceId=d;SharedAccessKey=a2V5\"\nagent:\n  name: edgeAgent\n";
+        assert_eq!(connection_string_from_yaml(yaml).unwrap().device_id, "d");
+        let e = connection_string_from_toml("[provisioning]\nsource = \"dps\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("connection_string"), "{e}");
+        assert!(connection_string_from_yaml("provisioning: [").is_err());
+    }
+}

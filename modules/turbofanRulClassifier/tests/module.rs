@@ -1,0 +1,256 @@
+//! The `turbofanRulClassifier` binary, started by the local runtime's edgeAgent, scoring real
+//! C-MAPSS rows in ONNX Runtime through edgeHub, with a probe module on the other side.
+
+use edge_client::Message;
+use edge_runtime::testing::{next_input, start_with, TestRuntime};
+use serde_json::{json, Value};
+use sha2::Digest;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use turbofan_domain::cmapss;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn manifest(model: &Path, http: Option<&str>, restart: &str) -> Value {
+    let mut env = json!({"MODEL_PATH": {"value": model.display().to_string()}});
+    if let Some(addr) = http {
+        env["SCORING_HTTP_ADDR"] = json!({"value": addr});
+    }
+    json!({"modulesContent": {
+        "$edgeAgent": {"properties.desired": {"modules": {
+            "turbofanRulClassifier": {"status": "running", "restartPolicy": restart, "env": env,
+                "settings": {"image": "${MODULES.turbofanRulClassifier}"}},
+            "probe": {"settings": {"image": "local/probe"}}}}},
+        "$edgeHub": {"properties.desired": {"routes": {
+            "ask": "FROM /messages/modules/probe/outputs/aml INTO BrokeredEndpoint(\"/modules/turbofanRulClassifier/inputs/amlInput\")",
+            "answer": "FROM /messages/modules/turbofanRulClassifier/outputs/amlOutput INTO BrokeredEndpoint(\"/modules/probe/inputs/answers\")"}}},
+        "turbofanRulClassifier": {"properties.desired": {"MaxBatchSize": 16, "MaxBatchWaitMs": 2}}
+    }})
+}
+
+async fn start(model: &Path, http: Option<&str>, restart: &str) -> TestRuntime {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_turbofanRulClassifier"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    start_with(manifest(model, http, restart), |o| {
+        o.start_modules = true;
+        o.bin_dir = Some(bin_dir);
+        o.skip = vec!["probe".into()];
+    })
+    .await
+}
+
+async fn reported(t: &TestRuntime, key: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let twin = t.rt.hub.twins.get("edge-device/turbofanRulClassifier");
+        if !twin["reported"][key].is_null() {
+            return twin["reported"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never reported: {twin}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn reference_fd003() -> Vec<f32> {
+    std::fs::read_to_string(repo().join("models/reference/test_FD003.pred"))
+        .expect("reference predictions")
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect()
+}
+
+fn http(addr: &str, request: &str) -> (u16, Value) {
+    let mut s = std::net::TcpStream::connect(addr).expect("HTTP endpoint up");
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn post(addr: &str, body: &str) -> (u16, Value) {
+    http(
+        addr,
+        &format!("POST /score HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_real_rows_like_the_reference_and_returns_bad_input_marked() {
+    let model = repo().join("models/rul.onnx");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let t = start(&model, Some(&addr), "always").await;
+    let probe = t.client("probe").await;
+    let mut answers = probe.inputs().unwrap();
+
+    // The model's identity is reported.
+    let r = reported(&t, "Model").await;
+    let sha = sha2::Sha256::digest(std::fs::read(&model).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    assert_eq!(r["Model"]["Sha256"], json!(sha));
+    assert_eq!(r["ModelStatus"], json!("loaded"));
+    assert!(r["Model"]["Input"].as_str().unwrap().contains("21]"), "{r}");
+    assert_eq!(r["MaxBatchSize"], json!(16));
+
+    // Real rows, one per message, and one message holding three rows.
+    let rows = cmapss::read_rows(&cmapss::data_dir().join("test_FD003.txt")).unwrap();
+    let reference = reference_fd003();
+    for (i, row) in rows.iter().take(20).enumerate() {
+        let mut m = Message::json(row.to_json());
+        m.correlation_id = Some(format!("row-{i}"));
+        m.set_property("CorrelationId", format!("row-{i}"));
+        probe.send_output("aml", m).await.unwrap();
+    }
+    let three = format!(
+        "[{},{},{}]",
+        rows[20].to_json(),
+        rows[21].to_json(),
+        rows[22].to_json()
+    );
+    let mut m = Message::json(three);
+    m.correlation_id = Some("rows-20-22".into());
+    probe.send_output("aml", m).await.unwrap();
+
+    // Bad input: each comes back unchanged with the reason.
+    let bad: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("not-json", b"not json".to_vec(), "not valid JSON"),
+        ("empty", b"[]".to_vec(), "empty array"),
+        (
+            "missing",
+            br#"{"Sensor1": 518.67}"#.to_vec(),
+            "feature 'Sensor2' is missing",
+        ),
+        (
+            "string",
+            rows[0]
+                .to_json()
+                .replace("\"Sensor3\":", "\"Sensor3\":\"x\",\"y\":")
+                .into_bytes(),
+            "'Sensor3' is a string",
+        ),
+        (
+            "nan",
+            rows[0]
+                .to_json()
+                .replace("\"Sensor4\":", "\"Sensor4\":NaN,\"z\":")
+                .into_bytes(),
+            "not valid JSON",
+        ),
+        ("huge", vec![b' '; 300 * 1024], "exceeds the limit"),
+    ];
+    for (cid, body, _) in &bad {
+        let mut m = Message::json(body.clone());
+        m.correlation_id = Some((*cid).to_owned());
+        probe.send_output("aml", m).await.unwrap();
+    }
+
+    let mut got = std::collections::HashMap::new();
+    for _ in 0..(21 + bad.len()) {
+        let a = next_input(&mut answers).await;
+        got.insert(a.message.correlation_id.clone().unwrap(), a.message.clone());
+        a.ack();
+    }
+    for i in 0..20 {
+        let m = &got[&format!("row-{i}")];
+        assert_eq!(
+            m.property("CorrelationId"),
+            Some(format!("row-{i}").as_str()),
+            "properties preserved"
+        );
+        let v: Value = serde_json::from_slice(&m.body).unwrap();
+        let p = v[0]["PredictedRul"].as_f64().unwrap() as f32;
+        assert!(
+            (p - reference[i]).abs() <= 1e-4,
+            "row {i}: {p} vs reference {}",
+            reference[i]
+        );
+        assert_eq!(
+            v[0]["Sensor21"].as_f64(),
+            Some(rows[i].sensors[20]),
+            "input echoed"
+        );
+    }
+    let v: Value = serde_json::from_slice(&got["rows-20-22"].body).unwrap();
+    for k in 0..3 {
+        let p = v[k]["PredictedRul"].as_f64().unwrap() as f32;
+        assert!((p - reference[20 + k]).abs() <= 1e-4);
+    }
+    for (cid, body, reason) in &bad {
+        let m = &got[*cid];
+        assert_eq!(m.body.as_ref(), body.as_slice(), "{cid}: body unchanged");
+        let e = m
+            .property("ClassifierError")
+            .unwrap_or_else(|| panic!("{cid}: no ClassifierError"));
+        assert!(e.contains(reason), "{cid}: {e:?} should contain {reason:?}");
+    }
+
+    // The debug endpoint answers like the module does.
+    let (status, health) = http(
+        &addr,
+        "GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert_eq!((status, health["status"].clone()), (200, json!("healthy")));
+    let (status, body) = post(&addr, &rows[0].to_json());
+    assert_eq!(status, 200);
+    assert!((body[0]["PredictedRul"].as_f64().unwrap() as f32 - reference[0]).abs() <= 1e-4);
+    let (status, body) = post(&addr, r#"{"Sensor1": 1}"#);
+    assert_eq!(
+        (status, body),
+        (400, json!({"error": "row 0: feature 'Sensor2' is missing"}))
+    );
+    let (status, _) = post(&addr, &" ".repeat(300 * 1024));
+    assert_eq!(status, 413);
+
+    probe.close(Duration::from_secs(2)).await;
+    let log = t.rt.state_dir().join("logs/turbofanRulClassifier.log");
+    t.rt.shutdown().await;
+    assert!(std::fs::read_to_string(log)
+        .unwrap()
+        .contains("stopped cleanly"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_model_stops_the_module_with_the_reason_in_its_twin() {
+    let t = start(Path::new("/nonexistent/rul.onnx"), None, "never").await;
+    let r = reported(&t, "ModelError").await;
+    assert_eq!(r["ModelStatus"], json!("error"));
+    let e = r["ModelError"].as_str().unwrap();
+    assert!(
+        e.contains("/nonexistent/rul.onnx") && e.contains("MODEL_PATH"),
+        "{e}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st =
+            t.rt.process_status()
+                .get("turbofanRulClassifier")
+                .cloned()
+                .unwrap_or_default();
+        if let (None, Some(exit)) = (st.pid, &st.last_exit) {
+            assert!(exit.contains("exit status: 2"), "exit code 2, got {exit}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "module did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t.rt.shutdown().await;
+}

@@ -1,0 +1,548 @@
+//! IoT Hub's cloud side for file upload: the REST endpoints a device calls (over HTTPS, with
+//! its SAS token), and the blob store the SAS URIs point at — Azurite, the Azure Storage
+//! emulator, or a folder of the state directory served by this runtime.
+//!
+//! - `POST /devices/{id}/files` `{"blobName"}` → `{correlationId, hostName, containerName, blobName, sasToken}`
+//! - `POST /devices/{id}/files/notifications` `{correlationId, isSuccess, statusCode, statusDescription}` → 204
+//! - `PUT /localblob/{container}/{blob…}{sas}` (folder store only)
+//!
+//! As IoT Hub does, blobs are named `{deviceId}/{blobName}`.
+
+use crate::identity::KeyStore;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use edge_protocol::{sas, SasToken};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The account name and key every Azurite instance has (public, documented by Microsoft).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+/// Azurite's well-known account key.
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+/// Storage service version the SAS tokens are made for.
+pub const SAS_VERSION: &str = "2020-08-04";
+
+/// Where uploaded blobs go.
+#[derive(Debug, Clone)]
+pub enum BlobStore {
+    /// A folder, served by this runtime at `https://{authority}/localblob/…`.
+    Directory(PathBuf),
+    /// Azurite at `https://{host}` (host includes the account path, e.g. `127.0.0.1:10000/devstoreaccount1`).
+    Azurite {
+        /// Host and account path.
+        host: String,
+    },
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn enc(s: &str) -> String {
+    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+}
+
+/// An account SAS query string (without `?`) for the blob service.
+pub fn account_sas(
+    account: &str,
+    key_b64: &str,
+    permissions: &str,
+    resource_types: &str,
+    valid_for: Duration,
+) -> Result<String, String> {
+    let expiry =
+        chrono::Utc::now() + chrono::Duration::from_std(valid_for).map_err(|e| e.to_string())?;
+    let se = expiry.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let to_sign =
+        format!("{account}\n{permissions}\nb\n{resource_types}\n\n{se}\n\nhttps\n{SAS_VERSION}\n");
+    let sig = sas::sign(key_b64, to_sign.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "sv={SAS_VERSION}&ss=b&srt={resource_types}&sp={permissions}&se={}&spr=https&sig={}",
+        enc(&se),
+        enc(&sig)
+    ))
+}
+
+/// The file-upload service.
+pub struct FileService {
+    /// `host:port` devices use as their IoT Hub host name for HTTPS.
+    pub authority: String,
+    devices: KeyStore,
+    container: String,
+    store: BlobStore,
+    local_key: String,
+    pending: Mutex<HashMap<String, String>>,
+    log: Mutex<std::fs::File>,
+    /// Successful uploads notified by devices.
+    pub uploaded: AtomicU64,
+    /// Failed uploads notified by devices.
+    pub failed: AtomicU64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SasRequest {
+    blob_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Notification {
+    correlation_id: String,
+    is_success: bool,
+    status_code: Option<i64>,
+    status_description: Option<String>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"Message": message.into()}))).into_response()
+}
+
+impl FileService {
+    /// A service for devices of `devices`, storing into `store`; notifications are appended to
+    /// `notifications` (JSON lines).
+    pub fn new(
+        authority: String,
+        devices: KeyStore,
+        container: &str,
+        store: BlobStore,
+        notifications: PathBuf,
+    ) -> std::io::Result<Self> {
+        if let Some(dir) = notifications.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(notifications)?;
+        Ok(FileService {
+            authority,
+            devices,
+            container: container.to_owned(),
+            store,
+            local_key: crate::identity::new_key(),
+            pending: Mutex::new(HashMap::new()),
+            log: Mutex::new(log),
+            uploaded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        })
+    }
+
+    /// Checks the device's SAS token; the error is the reason, answered as 401.
+    fn authorize(&self, headers: &HeaderMap, device: &str) -> Result<(), String> {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or("missing Authorization header")?;
+        let key = self.devices.key(device).ok_or("unknown device")?;
+        let resource = sas::resource_uri(&self.authority, device, None);
+        SasToken::parse(token)
+            .and_then(|t| t.verify(&resource, &key, now_secs()))
+            .map_err(|e| e.to_string())
+    }
+
+    fn sas_for(&self, blob: &str) -> Result<(String, String), String> {
+        match &self.store {
+            BlobStore::Azurite { host } => {
+                let token = account_sas(
+                    AZURITE_ACCOUNT,
+                    AZURITE_KEY,
+                    "cw",
+                    "o",
+                    Duration::from_secs(3600),
+                )?;
+                Ok((host.clone(), format!("?{token}")))
+            }
+            BlobStore::Directory(_) => {
+                let se = now_secs() + 3600;
+                let sig = sas::sign(
+                    &self.local_key,
+                    format!("{}/{blob}\n{se}", self.container).as_bytes(),
+                )
+                .map_err(|e| e.to_string())?;
+                Ok((
+                    format!("{}/localblob", self.authority),
+                    format!("?se={se}&sig={}", enc(&sig)),
+                ))
+            }
+        }
+    }
+
+    fn record(&self, entry: Value) {
+        let mut f = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = writeln!(f, "{entry}").and_then(|_| f.sync_data()) {
+            tracing::warn!(error = %e, "could not record a file-upload notification");
+        }
+    }
+}
+
+async fn create_sas_uri(
+    State(s): State<Arc<FileService>>,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = s.authorize(&headers, &device) {
+        return error(StatusCode::UNAUTHORIZED, e);
+    }
+    let req: SasRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body must be {{\"blobName\": …}}: {e}"),
+            )
+        }
+    };
+    let name = req.blob_name.trim_start_matches('/');
+    if name.is_empty()
+        || name
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("blob name '{}' is not valid", req.blob_name),
+        );
+    }
+    let blob = format!("{device}/{name}");
+    let (host, token) = match s.sas_for(&blob) {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let cid = uuid::Uuid::new_v4().to_string();
+    s.pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(cid.clone(), blob.clone());
+    Json(json!({"correlationId": cid, "hostName": host, "containerName": s.container, "blobName": blob, "sasToken": token}))
+        .into_response()
+}
+
+async fn notify(
+    State(s): State<Arc<FileService>>,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = s.authorize(&headers, &device) {
+        return error(StatusCode::UNAUTHORIZED, e);
+    }
+    let n: Notification = match serde_json::from_slice(&body) {
+        Ok(n) => n,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("not a file-upload notification: {e}"),
+            )
+        }
+    };
+    let Some(blob) = s
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&n.correlation_id)
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no upload with correlation id {}", n.correlation_id),
+        );
+    };
+    let counter = if n.is_success { &s.uploaded } else { &s.failed };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let url = match &s.store {
+        BlobStore::Azurite { host } => format!("https://{host}/{}/{blob}", s.container),
+        BlobStore::Directory(root) => root.join(&s.container).join(&blob).display().to_string(),
+    };
+    tracing::info!(device, blob, success = n.is_success, "file upload notified");
+    s.record(json!({
+        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "deviceId": device, "blobName": blob, "container": s.container, "url": url,
+        "isSuccess": n.is_success, "statusCode": n.status_code, "statusDescription": n.status_description,
+    }));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn put_local_blob(
+    State(s): State<Arc<FileService>>,
+    Path((container, blob)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let BlobStore::Directory(root) = &s.store else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this runtime stores blobs in Azurite",
+        );
+    };
+    let (Some(se), Some(sig)) = (
+        q.get("se").and_then(|v| v.parse::<u64>().ok()),
+        q.get("sig"),
+    ) else {
+        return error(StatusCode::FORBIDDEN, "missing se or sig");
+    };
+    let expected =
+        sas::sign(&s.local_key, format!("{container}/{blob}\n{se}").as_bytes()).unwrap_or_default();
+    if se <= now_secs() || *sig != expected || container != s.container {
+        return error(StatusCode::FORBIDDEN, "signature not valid for this blob");
+    }
+    let path = root.join(&container).join(&blob);
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("partial");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)
+    };
+    match write() {
+        Ok(()) => StatusCode::CREATED.into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The service's routes.
+pub fn router(service: Arc<FileService>) -> Router {
+    Router::new()
+        .route("/devices/{id}/files", post(create_sas_uri))
+        .route("/devices/{id}/files/notifications", post(notify))
+        .route("/localblob/{container}/{*blob}", put(put_local_blob))
+        .with_state(service)
+}
+
+/// Serves `app` over TLS on `listener`.
+pub async fn serve_https(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A running Azurite (blob service only), stopped when dropped.
+pub struct Azurite {
+    child: tokio::process::Child,
+    /// `127.0.0.1:{port}/devstoreaccount1`.
+    pub host: String,
+}
+
+impl Azurite {
+    /// Starts Azurite from `bin` with its data in `location`, serving HTTPS with the
+    /// runtime's certificate, and creates `container`.
+    pub async fn start(
+        bin: &std::path::Path,
+        location: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        log: &std::path::Path,
+        container: &str,
+        ca_pem: &str,
+    ) -> anyhow::Result<Azurite> {
+        use anyhow::Context;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        std::fs::create_dir_all(location)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = tokio::process::Command::new(bin)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--skipApiVersionCheck",
+                "--loose",
+            ])
+            .arg("--location")
+            .arg(location)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting Azurite ({}); install it with scripts/setup-node.sh",
+                    bin.display()
+                )
+            })?;
+        let host = format!("127.0.0.1:{port}/{AZURITE_ACCOUNT}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "Azurite did not start listening within 30 s (see {})",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let az = Azurite { child, host };
+        az.create_container(container, ca_pem).await?;
+        tracing::info!(host = %az.host, container, "Azurite blob service ready");
+        Ok(az)
+    }
+
+    async fn create_container(&self, container: &str, ca_pem: &str) -> anyhow::Result<()> {
+        let http = https_client(ca_pem)?;
+        let token = account_sas(
+            AZURITE_ACCOUNT,
+            AZURITE_KEY,
+            "rwdlac",
+            "sco",
+            Duration::from_secs(600),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let url = format!(
+            "https://{}/{container}?restype=container&{token}",
+            self.host
+        );
+        let r = http.put(&url).header("content-length", "0").send().await?;
+        anyhow::ensure!(
+            r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT,
+            "creating container {container} in Azurite answered {}: {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// The process id (for fault tests that stop it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// An HTTPS client trusting the runtime's CA.
+pub fn https_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()?)
+}
+
+/// Reads a blob back (tests and reports): from Azurite with an account SAS, or from the folder.
+pub async fn read_blob(
+    store: &BlobStore,
+    container: &str,
+    blob: &str,
+    ca_pem: &str,
+) -> anyhow::Result<Vec<u8>> {
+    match store {
+        BlobStore::Directory(root) => Ok(std::fs::read(root.join(container).join(blob))?),
+        BlobStore::Azurite { host } => {
+            let token = account_sas(
+                AZURITE_ACCOUNT,
+                AZURITE_KEY,
+                "r",
+                "o",
+                Duration::from_secs(600),
+            )
+            .map_err(anyhow::Error::msg)?;
+            let r = https_client(ca_pem)?
+                .get(format!("https://{host}/{container}/{blob}?{token}"))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "reading blob {blob} answered {}",
+                r.status()
+            );
+            Ok(r.bytes().await?.to_vec())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine as _;
+
+    #[test]
+    fn account_sas_signs_the_documented_fields() {
+        let q = account_sas(
+            "devstoreaccount1",
+            AZURITE_KEY,
+            "cw",
+            "o",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let fields: HashMap<&str, &str> =
+            q.split('&').filter_map(|kv| kv.split_once('=')).collect();
+        assert_eq!(
+            (
+                fields["sv"],
+                fields["ss"],
+                fields["srt"],
+                fields["sp"],
+                fields["spr"]
+            ),
+            (SAS_VERSION, "b", "o", "cw", "https")
+        );
+        let se = percent_encoding::percent_decode_str(fields["se"])
+            .decode_utf8()
+            .unwrap();
+        let to_sign = format!("devstoreaccount1\ncw\nb\no\n\n{se}\n\nhttps\n{SAS_VERSION}\n");
+        let sig = percent_encoding::percent_decode_str(fields["sig"])
+            .decode_utf8()
+            .unwrap();
+        assert_eq!(sig, sas::sign(AZURITE_KEY, to_sign.as_bytes()).unwrap());
+        assert_eq!(B64.decode(sig.as_bytes()).unwrap().len(), 32);
+    }
+}

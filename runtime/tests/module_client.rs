@@ -200,3 +200,35 @@ async fn messages_wait_for_a_module_that_connects_late_and_expire_after_the_ttl(
     late.close(Duration::from_secs(2)).await;
     t.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_device_connects_through_the_gateway_with_its_connection_string() {
+    let t = start(manifest(&["sender", "receiver"], ROUTES, 7200, json!({}))).await;
+    let key = edge_runtime::identity::KeyStore::new(edge_runtime::runtime::layout::registry(
+        t.rt.state_dir(),
+    ))
+    .ensure("Client_007")
+    .unwrap();
+    let cs = format!("HostName=local-hub.azure-devices.net;DeviceId=Client_007;SharedAccessKey={key};GatewayHostName=localhost");
+    let mut settings = edge_client::Settings::from_device_connection_string(&cs).unwrap();
+    settings.port = t.rt.mqtt_port;
+    settings.trust = edge_client::settings::TrustSource::Pem(t.rt.ca_pem.clone());
+    let leaf = edge_client::ModuleClient::connect(settings).await.unwrap();
+    let receiver = t.client("receiver").await;
+    let mut inputs = receiver.inputs().unwrap();
+    let mut m = Message::json(r#"{"CycleTime": 1, "Sensor1": 518.67}"#);
+    m.correlation_id = Some("leaf-1".into());
+    leaf.send_event(m).await.unwrap();
+    let got = next_input(&mut inputs).await;
+    assert_eq!(got.input, "leaf");
+    assert_eq!(
+        got.message.connection_device_id.as_deref(),
+        Some("Client_007")
+    );
+    assert_eq!(got.message.connection_module_id, None);
+    assert_eq!(got.message.correlation_id.as_deref(), Some("leaf-1"));
+    got.ack();
+    leaf.close(Duration::from_secs(2)).await;
+    receiver.close(Duration::from_secs(2)).await;
+    t.rt.shutdown().await;
+}

@@ -100,7 +100,7 @@ impl TokenSource {
     async fn token(&self) -> Result<(String, u64), Error> {
         let s = &self.settings;
         let expiry = now_secs() + s.token_ttl_secs;
-        let resource = sas::resource_uri(&s.hub_hostname, &s.device_id, Some(&s.module_id));
+        let resource = s.resource_uri();
         let to_sign = sas::string_to_sign(&resource, expiry);
         let sig = match (&s.credentials, &self.workload) {
             (Credentials::Workload { generation_id, .. }, Some(w)) => {
@@ -278,6 +278,12 @@ impl ModuleClient {
         message.output_name = Some(output.to_owned());
         let s = &self.inner.settings;
         let topic = topic::module_output(&s.device_id, &s.module_id, &message);
+        self.publish_tracked(topic, message.body).await
+    }
+
+    /// Sends device telemetry (`devices/{d}/messages/events`); for a device identity.
+    pub async fn send_event(&self, message: Message) -> Result<(), Error> {
+        let topic = topic::device_events(&self.inner.settings.device_id, &message);
         self.publish_tracked(topic, message.body).await
     }
 
@@ -484,11 +490,13 @@ impl Driver {
 
     fn subscribe(&self) {
         let s = &self.tokens.settings;
-        let filters = [
-            topic::module_inputs_filter(&s.device_id, &s.module_id),
+        let mut filters = vec![
             topic::TWIN_RESPONSES_FILTER.to_owned(),
             topic::TWIN_DESIRED_FILTER.to_owned(),
         ];
+        if !s.is_device() {
+            filters.push(topic::module_inputs_filter(&s.device_id, &s.module_id));
+        }
         for f in filters {
             if let Err(e) = self.inner.mqtt.try_subscribe(f.clone(), QoS::AtLeastOnce) {
                 warn!(filter = %f, error = %e, "could not queue a subscription");

@@ -10,6 +10,9 @@
 //!
 //! The connection reconnects with capped exponential backoff and renews its SAS token
 //! before expiry; [`shutdown_signal`] and [`ModuleClient::close`] stop it cleanly.
+//!
+//! The same client serves a leaf device ([`Settings::from_device_connection_string`],
+//! [`ModuleClient::send_event`]), as a device connects through the gateway.
 
 mod acks;
 mod client;

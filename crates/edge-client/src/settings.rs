@@ -53,7 +53,7 @@ pub struct Settings {
     pub port: u16,
     /// Edge device id.
     pub device_id: String,
-    /// This module's id.
+    /// This module's id; empty for a device identity (see [`Settings::is_device`]).
     pub module_id: String,
     /// How tokens are signed.
     pub credentials: Credentials,
@@ -153,18 +153,58 @@ impl Settings {
         })
     }
 
-    /// The MQTT client id: `{device}/{module}`.
-    pub fn client_id(&self) -> String {
-        format!("{}/{}", self.device_id, self.module_id)
+    /// Settings of a (leaf) device from its connection string
+    /// (`HostName=…;DeviceId=…;SharedAccessKey=…[;GatewayHostName=…]`). The gateway
+    /// certificate must then be given by [`Settings::trust`].
+    pub fn from_device_connection_string(text: &str) -> Result<Settings, Error> {
+        let cs = ConnectionString::parse(text).map_err(|e| Error::Config(e.to_string()))?;
+        if cs.module_id.is_some() {
+            return Err(Error::Config(
+                "the connection string has a ModuleId: it is a module's, not a device's".into(),
+            ));
+        }
+        Ok(Settings {
+            gateway_hostname: cs
+                .gateway_host_name
+                .clone()
+                .unwrap_or_else(|| cs.host_name.clone()),
+            hub_hostname: cs.host_name,
+            port: 8883,
+            device_id: cs.device_id,
+            module_id: String::new(),
+            credentials: Credentials::SharedKey(cs.shared_access_key),
+            trust: TrustSource::Workload,
+            token_ttl_secs: 3600,
+            binds: Vec::new(),
+        })
     }
 
-    /// The MQTT user name: `{hub}/{device}/{module}/?api-version=…`.
+    /// Whether this is a device identity rather than a module's.
+    pub fn is_device(&self) -> bool {
+        self.module_id.is_empty()
+    }
+
+    /// The module's (or device's) identity resource, the SAS audience.
+    pub fn resource_uri(&self) -> String {
+        let module = (!self.is_device()).then_some(self.module_id.as_str());
+        edge_protocol::sas::resource_uri(&self.hub_hostname, &self.device_id, module)
+    }
+
+    /// The MQTT client id: `{device}/{module}`, or `{device}` for a device.
+    pub fn client_id(&self) -> String {
+        if self.is_device() {
+            self.device_id.clone()
+        } else {
+            format!("{}/{}", self.device_id, self.module_id)
+        }
+    }
+
+    /// The MQTT user name: `{hub}/{client id}/?api-version=…`.
     pub fn username(&self) -> String {
         format!(
-            "{}/{}/{}/?api-version=2019-10-01&DeviceClientType=edge-client%2F{}",
+            "{}/{}/?api-version=2019-10-01&DeviceClientType=edge-client%2F{}",
             self.hub_hostname,
-            self.device_id,
-            self.module_id,
+            self.client_id(),
             env!("CARGO_PKG_VERSION")
         )
     }
@@ -246,6 +286,25 @@ mod tests {
             s.container_path(Path::new("/other")),
             PathBuf::from("/other")
         );
+    }
+
+    #[test]
+    fn reads_a_device_connection_string_with_a_gateway() {
+        let s = Settings::from_device_connection_string(
+            "HostName=hub;DeviceId=Client_001;SharedAccessKey=a2V5;GatewayHostName=localhost",
+        )
+        .unwrap();
+        assert!(s.is_device());
+        assert_eq!(
+            (s.client_id(), s.gateway_hostname.as_str()),
+            ("Client_001".to_owned(), "localhost")
+        );
+        assert!(s.username().starts_with("hub/Client_001/?api-version="));
+        assert_eq!(s.resource_uri(), "hub/devices/Client_001");
+        assert!(Settings::from_device_connection_string(
+            "HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=k"
+        )
+        .is_err());
     }
 
     #[test]

@@ -25,5 +25,5 @@ cargo build --workspace --locked
 step "rust tests"
 cargo test --workspace --locked
 
-step "Azure IoT Python SDK conformance (tests/sdk; uses port 8883)"
-"$PY" -m pytest tests/sdk -q -p no:cacheprovider
+step "Azure IoT Python SDK conformance (tests/sdk; uses port 8883), reference Avro readers (tests/avro)"
+"$PY" -m pytest tests/sdk tests/avro -q -p no:cacheprovider

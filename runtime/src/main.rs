@@ -60,6 +60,10 @@ enum Command {
         /// Do not start MODULE (its identity, queue and workload socket still exist).
         #[arg(long, value_name = "MODULE")]
         skip: Vec<String>,
+        /// Store uploaded files in Azurite, started from this `azurite-blob` launcher
+        /// (scripts/setup-node.sh prints it); default: a folder of the state.
+        #[arg(long, value_name = "PATH")]
+        azurite: Option<PathBuf>,
     },
     /// Leaf devices in the registry.
     Device {
@@ -168,6 +172,7 @@ async fn run(cli: Cli) -> Result<()> {
             bin_dir,
             exec,
             skip,
+            azurite,
         } => {
             let mut opts = Options::new(manifest, &state);
             opts.mqtt_port = mqtt_port;
@@ -177,6 +182,7 @@ async fn run(cli: Cli) -> Result<()> {
             opts.bin_dir = bin_dir;
             opts.exec = parse_exec(&exec)?;
             opts.skip = skip;
+            opts.azurite = azurite;
             let rt = Runtime::start(opts).await?;
             eprintln!(
                 "iotedge-local: edgeHub on mqtts://localhost:{}, state in {}; Ctrl-C to stop",

@@ -1,0 +1,276 @@
+//! `avroFileWriter`, the IoT Edge module that archives the router's records:
+//!
+//! | input | what happens |
+//! |---|---|
+//! | `avroModuleInput` (`EngineRecord` JSON) | appended to `/avrofiles/Y/M/D/H/mm.avro`, acknowledged once synced |
+//! | a bad record | appended to `/avrofiles/quarantine/Y-M-D.jsonl` with the reason, then acknowledged |
+//!
+//! Quiet files are uploaded (`AVRO_UPLOAD_DIR`) and removed. Settings: see
+//! [`avro_file_writer::config`]; also `LoggingLevel`. Reported: the settings, counters,
+//! `DiskFull`, `AvroTreeMB`, `UploadTarget`.
+#![allow(non_snake_case)] // the binary is named after the module, as the manifest names it
+
+use avro_file_writer::archive::{self, Archive};
+use avro_file_writer::bucket::Clock;
+use avro_file_writer::budget::{DiskBudget, MIB};
+use avro_file_writer::config::Config;
+use avro_file_writer::record::RecordSchema;
+use avro_file_writer::scanner::Scanner;
+use avro_file_writer::stats::Stats;
+use avro_file_writer::tree::{self, TreeLock};
+use avro_file_writer::upload::{UploadTarget, Uploader};
+use avro_file_writer::writer::{self, WriterConfig};
+use edge_client::{logging, ModuleClient};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tracing::{error, info, warn};
+
+/// The archive's path in the container (the manifest binds it).
+const ROOT: &str = "/avrofiles";
+/// Shifts the writer's clock (tests only).
+const CLOCK_OFFSET_VAR: &str = "AVRO_CLOCK_OFFSET_SECS";
+/// Messages taken but not yet acknowledged, at most: a whole group waits on one sync.
+const MAX_IN_FLIGHT: usize = 2048;
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    error!("{msg}");
+    std::process::exit(1)
+}
+
+/// Everything desired properties can change.
+struct Live {
+    config: Mutex<Config>,
+    base: Config,
+    writer: writer::Writer,
+    budget: Arc<DiskBudget>,
+    scan: Arc<Mutex<avro_file_writer::scanner::ScanPolicy>>,
+    log: logging::LogLevel,
+    logging_level: Mutex<Option<String>>,
+    changed: Notify,
+}
+
+impl Live {
+    fn apply_desired(&self, desired: &Value) {
+        if let Some(level) = desired.get("LoggingLevel") {
+            match level.as_str().map(|l| (l, self.log.set(l))) {
+                Some((l, Ok(()))) => {
+                    *self.logging_level.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(l.to_owned())
+                }
+                Some((_, Err(e))) => warn!("{e}"),
+                None => warn!(value = %level, "LoggingLevel must be a string"),
+            }
+        }
+        let mut c = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        for problem in c.apply_desired(desired, &self.base) {
+            warn!("{problem}");
+        }
+        self.writer.set_policy(c.sync);
+        self.budget.set_max(c.max_disk_bytes());
+        *self.scan.lock().unwrap_or_else(|p| p.into_inner()) = c.scan;
+        info!(settings = %c.reported(), "settings");
+        drop(c);
+        self.changed.notify_one();
+    }
+
+    fn reported(&self, stats: &Stats, upload: &Option<UploadTarget>) -> Value {
+        let mut r = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reported();
+        if let Value::Object(counters) = stats.reported() {
+            for (k, v) in counters {
+                r[k] = v;
+            }
+        }
+        r["DiskFull"] = json!(self.budget.is_full());
+        r["AvroTreeMB"] = json!((self.budget.used() as f64 / MIB * 1000.0).round() / 1000.0);
+        r["UploadTarget"] = json!(upload.as_ref().map(|u| u.describe()));
+        if let Some(l) = self
+            .logging_level
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            r["LoggingLevel"] = json!(l);
+        }
+        r
+    }
+}
+
+/// Reports properties when they changed: every 2 s at most, at once when `DiskFull` flips or
+/// settings change.
+async fn report_loop(
+    client: ModuleClient,
+    live: Arc<Live>,
+    stats: Arc<Stats>,
+    upload: Option<UploadTarget>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut full = live.budget.subscribe();
+    let mut last = Value::Null;
+    loop {
+        let now = live.reported(&stats, &upload);
+        if now != last {
+            match client.update_reported(&now).await {
+                Ok(()) => last = now,
+                Err(e) => warn!("could not report properties: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = full.changed() => {}
+            _ = live.changed.notified() => {}
+            _ = stopping.changed() => return,
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let log = logging::init();
+    let client = match ModuleClient::from_env().await {
+        Ok(c) => c,
+        Err(e) => fail(format!("cannot connect to edgeHub: {e}")),
+    };
+    let root = client.settings().container_path(Path::new(ROOT));
+    let (base, problems) = Config::from_vars(env);
+    for p in problems {
+        warn!("{p}");
+    }
+    let clock = match env(CLOCK_OFFSET_VAR).map(|v| v.trim().parse::<i64>()) {
+        None => Clock::default(),
+        Some(Ok(s)) => {
+            warn!(
+                offset_secs = s,
+                "{CLOCK_OFFSET_VAR} shifts the bucket clock (tests only)"
+            );
+            Clock::with_offset_secs(s)
+        }
+        Some(Err(_)) => fail(format!(
+            "{CLOCK_OFFSET_VAR} must be a whole number of seconds"
+        )),
+    };
+    let upload = UploadTarget::from_vars(env, |p| client.settings().container_path(p));
+
+    // Repair what a crash may have left before writing or uploading anything.
+    if let Err(e) = std::fs::create_dir_all(&root) {
+        fail(format!(
+            "cannot create the archive folder {}: {e}; check the module's bind of {ROOT}",
+            root.display()
+        ));
+    }
+    let stats = Arc::new(Stats::default());
+    let used = match tree::repair_tree(&root, &stats) {
+        Ok(u) => u,
+        Err(e) => fail(format!(
+            "cannot check the archive {}: {e}; check the disk and the folder's permissions",
+            root.display()
+        )),
+    };
+
+    let schema = Arc::new(RecordSchema::tutorial());
+    let budget = Arc::new(DiskBudget::new(base.max_disk_bytes(), used));
+    let tree_lock = Arc::new(TreeLock::default());
+    let (writer, threads) = match writer::start(
+        WriterConfig {
+            root: root.clone(),
+            clock,
+            schema: schema.clone(),
+            policy: base.sync,
+        },
+        budget.clone(),
+        stats.clone(),
+        tree_lock.clone(),
+    ) {
+        Ok(w) => w,
+        Err(e) => fail(format!("cannot start the writer: {e}")),
+    };
+    let live = Arc::new(Live {
+        config: Mutex::new(base),
+        base,
+        writer: writer.clone(),
+        budget: budget.clone(),
+        scan: Arc::new(Mutex::new(base.scan)),
+        log,
+        logging_level: Mutex::new(None),
+        changed: Notify::new(),
+    });
+    match client.twin().await {
+        Ok(twin) => live.apply_desired(&twin["desired"]),
+        Err(e) => warn!("could not read the module twin; using the environment's settings: {e}"),
+    }
+    if let Ok(mut patches) = client.desired_updates() {
+        let live = live.clone();
+        tokio::spawn(async move {
+            while let Some(patch) = patches.recv().await {
+                live.apply_desired(&patch);
+            }
+        });
+    }
+
+    let (stop_tx, stopping) = watch::channel(false);
+    let scanner = tokio::spawn(
+        Scanner::new(
+            root.clone(),
+            clock,
+            upload.clone(),
+            tree_lock,
+            budget.clone(),
+            stats.clone(),
+            live.scan.clone(),
+        )
+        .run(stopping.clone()),
+    );
+    let reporter = tokio::spawn(report_loop(
+        client.clone(),
+        live.clone(),
+        stats.clone(),
+        upload,
+        stopping.clone(),
+    ));
+
+    info!(root = %root.display(), "avroFileWriter running");
+    let archive = Archive::new(writer, schema, budget, stopping);
+    let threads_ref = &threads;
+    let stop = async move {
+        let writer_died = async {
+            while !threads_ref.is_finished() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        let died = tokio::select! {
+            _ = edge_client::shutdown_signal() => false,
+            _ = writer_died => true,
+        };
+        let _ = stop_tx.send(true);
+        if died {
+            error!(
+                "the writer thread ended unexpectedly; exiting so the runtime restarts the module"
+            );
+            std::process::exit(1);
+        }
+    };
+    let result = archive::serve(&client, archive, MAX_IN_FLIGHT, stop).await;
+    // Every handler has returned: sync and close the open files.
+    if tokio::task::spawn_blocking(move || threads.close())
+        .await
+        .is_err()
+    {
+        error!("the writer did not close cleanly");
+    }
+    let _ = scanner.await;
+    let _ = reporter.await;
+    match result {
+        Ok(()) => info!("avroFileWriter stopped cleanly"),
+        Err(e) => fail(e),
+    }
+}

@@ -1,0 +1,567 @@
+//! From the router's JSON to the Avro datum: the tutorial's schema, parsed once, and the
+//! checks that send a record to quarantine instead of the archive.
+
+use apache_avro::Schema;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::fmt;
+use turbofan_domain::record::{EngineRecord, BODY_FIELDS, SCHEMA};
+
+/// The record schema (`turbofan.EngineData`), parsed once and shared.
+#[derive(Debug)]
+pub struct RecordSchema {
+    schema: Schema,
+    json: String,
+    canonical: String,
+}
+
+impl RecordSchema {
+    /// Parses the tutorial's schema ([`turbofan_domain::record::SCHEMA`]).
+    pub fn tutorial() -> RecordSchema {
+        RecordSchema::parse(SCHEMA).unwrap_or_else(|e| {
+            // A compile-time constant covered by tests; failing here is a build defect.
+            panic!("the built-in Avro schema does not parse: {e}")
+        })
+    }
+
+    /// Parses a schema given as JSON text.
+    pub fn parse(text: &str) -> Result<RecordSchema, apache_avro::Error> {
+        let schema = Schema::parse_str(text)?;
+        let json = serde_json::from_str::<Value>(text)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| text.to_owned());
+        let canonical = schema.canonical_form();
+        Ok(RecordSchema {
+            schema,
+            json,
+            canonical,
+        })
+    }
+
+    /// The parsed schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The schema as compact JSON, as written into file headers.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// Whether a file header's schema text describes the same schema (Avro's parsing
+    /// canonical form: field order, names and types, ignoring whitespace and docs).
+    pub fn same_as(&self, header_schema: &str) -> bool {
+        Schema::parse_str(header_schema).is_ok_and(|s| s.canonical_form() == self.canonical)
+    }
+}
+
+/// A record checked against the schema, ready to encode; its strings borrow from the
+/// message body where they have no escapes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoodRecord<'a> {
+    /// `CorrelationId`.
+    pub correlation_id: Cow<'a, str>,
+    /// `ConnectionDeviceId`.
+    pub connection_device_id: Cow<'a, str>,
+    /// `CreationTimeUtc`.
+    pub creation_time_utc: Cow<'a, str>,
+    /// `EnqueuedTimeUtc`.
+    pub enqueued_time_utc: Cow<'a, str>,
+    /// The `Body` values in schema order, as `float`.
+    pub body: [f32; 26],
+}
+
+impl GoodRecord<'_> {
+    /// Appends the record's Avro binary encoding to `out`.
+    pub fn encode(&self, schema: &RecordSchema, out: &mut Vec<u8>) -> Result<(), String> {
+        apache_avro::write_avro_datum_ref(schema.schema(), &AvroView(self), out)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Checks a message body: a JSON object with the four strings and a `Body` object of
+/// numbers holding every float field of the schema — the router's `EngineRecord`
+/// (`turbofan_domain::record`). Returns why not, in words for the quarantine file.
+///
+/// Good records take a single pass without copying; a bad one is parsed again as an
+/// `EngineRecord` (and `EngineRecord::body_in_schema_order`) to name what is wrong.
+pub fn parse(body: &[u8]) -> Result<GoodRecord<'_>, String> {
+    if let Ok(wire) = serde_json::from_slice::<Wire<'_>>(body) {
+        if let Some(good) = wire.complete() {
+            return Ok(good);
+        }
+    }
+    Err(reason(body))
+}
+
+/// Why `body` is not a good record, by the router's contract.
+fn reason(body: &[u8]) -> String {
+    match serde_json::from_slice::<EngineRecord>(body) {
+        Ok(record) => match record.body_in_schema_order() {
+            Err(missing) => format!("Body has no field '{missing}'"),
+            Ok(_) => "body does not match the record schema".to_owned(),
+        },
+        Err(_) => diagnose(body),
+    }
+}
+
+/// The router's record as it comes off the wire: every field optional, so that what is
+/// missing can be told apart from what is malformed.
+struct Wire<'a> {
+    strings: [Option<Cow<'a, str>>; 4],
+    body: Option<[Option<f32>; 26]>,
+}
+
+const STRING_FIELDS: [&str; 4] = [
+    "CorrelationId",
+    "ConnectionDeviceId",
+    "CreationTimeUtc",
+    "EnqueuedTimeUtc",
+];
+
+impl<'a> Wire<'a> {
+    fn complete(self) -> Option<GoodRecord<'a>> {
+        let [a, b, c, d] = self.strings;
+        let fields = self.body?;
+        let mut body = [0f32; 26];
+        for (slot, v) in body.iter_mut().zip(fields) {
+            *slot = v?;
+        }
+        Some(GoodRecord {
+            correlation_id: a?,
+            connection_device_id: b?,
+            creation_time_utc: c?,
+            enqueued_time_utc: d?,
+            body,
+        })
+    }
+}
+
+/// A string, borrowed from the input when it has no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `Body`: every value a number (as `EngineRecord` requires), the schema's fields kept.
+struct BodyFields([Option<f32>; 26]);
+
+impl<'de> Deserialize<'de> for BodyFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BodyFields;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of numbers")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = [None; 26];
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    let v: f64 = map.next_value()?;
+                    if let Some(i) = BODY_FIELDS.iter().position(|f| *f == key.0) {
+                        out[i] = Some(v as f32);
+                    }
+                }
+                Ok(BodyFields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Wire<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Wire<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a record object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut w = Wire {
+                    strings: [None, None, None, None],
+                    body: None,
+                };
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    if key.0 == "Body" {
+                        if w.body.is_some() {
+                            return Err(de::Error::duplicate_field("Body"));
+                        }
+                        w.body = Some(map.next_value::<BodyFields>()?.0);
+                    } else if let Some(i) = STRING_FIELDS.iter().position(|f| *f == key.0) {
+                        if w.strings[i].is_some() {
+                            return Err(de::Error::duplicate_field(STRING_FIELDS[i]));
+                        }
+                        w.strings[i] = Some(map.next_value::<Text<'de>>()?.0);
+                    } else {
+                        map.next_value::<de::IgnoredAny>()?;
+                    }
+                }
+                Ok(w)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Why a body that failed the typed parse is bad, naming the field.
+fn diagnose(body: &[u8]) -> String {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return match std::str::from_utf8(body) {
+                Ok(_) => format!("body is not JSON: {e}"),
+                Err(_) => "body is not UTF-8 JSON".to_owned(),
+            }
+        }
+    };
+    let Some(obj) = v.as_object() else {
+        return format!("body must be a JSON object, found {}", kind(&v));
+    };
+    for name in [
+        "CorrelationId",
+        "ConnectionDeviceId",
+        "CreationTimeUtc",
+        "EnqueuedTimeUtc",
+    ] {
+        match obj.get(name) {
+            None => return format!("field '{name}' is missing"),
+            Some(Value::String(_)) => {}
+            Some(other) => return format!("field '{name}' is {}, not a string", kind(other)),
+        }
+    }
+    let Some(b) = obj.get("Body") else {
+        return "field 'Body' is missing".to_owned();
+    };
+    let Some(b) = b.as_object() else {
+        return format!("field 'Body' is {}, not an object", kind(b));
+    };
+    for (k, v) in b {
+        if !v.is_number() {
+            return format!("Body field '{k}' is {}, not a number", kind(v));
+        }
+    }
+    // Numbers beyond f64 and the like: whatever serde says.
+    match serde_json::from_value::<EngineRecord>(v.clone()) {
+        Ok(_) => "body does not match the record schema".to_owned(),
+        Err(e) => format!("body does not match the record schema: {e}"),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A record read back from an archive file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchivedRecord {
+    /// `CorrelationId`.
+    pub correlation_id: String,
+    /// `ConnectionDeviceId`.
+    pub connection_device_id: String,
+    /// `CreationTimeUtc`.
+    pub creation_time_utc: String,
+    /// `EnqueuedTimeUtc`.
+    pub enqueued_time_utc: String,
+    /// `Body`, in schema order.
+    pub body: [f32; 26],
+}
+
+impl ArchivedRecord {
+    /// What a good record becomes once archived.
+    pub fn from_good(g: &GoodRecord<'_>) -> ArchivedRecord {
+        ArchivedRecord {
+            correlation_id: g.correlation_id.clone().into_owned(),
+            connection_device_id: g.connection_device_id.clone().into_owned(),
+            creation_time_utc: g.creation_time_utc.clone().into_owned(),
+            enqueued_time_utc: g.enqueued_time_utc.clone().into_owned(),
+            body: g.body,
+        }
+    }
+}
+
+/// Reads every record of a container file with `apache-avro`'s own reader (an
+/// implementation independent of this crate's writer), checking the schema is ours.
+pub fn read_file(path: &std::path::Path) -> Result<Vec<ArchivedRecord>, String> {
+    use apache_avro::types::Value as Avro;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let reader = apache_avro::Reader::new(std::io::BufReader::new(file))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    static TUTORIAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let ours = TUTORIAL.get_or_init(|| RecordSchema::tutorial().canonical);
+    if &reader.writer_schema().canonical_form() != ours {
+        return Err(format!("{}: not the tutorial's schema", path.display()));
+    }
+    let text = |v: Option<&Avro>, name: &str| match v {
+        Some(Avro::String(s)) => Ok(s.clone()),
+        other => Err(format!("{name} is {other:?}")),
+    };
+    let mut out = Vec::new();
+    for v in reader {
+        let v = v.map_err(|e| format!("{}: record {}: {e}", path.display(), out.len()))?;
+        let Avro::Record(fields) = v else {
+            return Err(format!("{}: not a record", path.display()));
+        };
+        let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v);
+        let Some(Avro::Record(body_fields)) = get("Body") else {
+            return Err(format!("{}: no Body record", path.display()));
+        };
+        let mut body = [0f32; 26];
+        for (slot, name) in body.iter_mut().zip(BODY_FIELDS) {
+            match body_fields.iter().find(|(k, _)| k == name) {
+                Some((_, Avro::Float(f))) => *slot = *f,
+                other => return Err(format!("Body.{name} is {other:?}")),
+            }
+        }
+        out.push(ArchivedRecord {
+            correlation_id: text(get("CorrelationId"), "CorrelationId")?,
+            connection_device_id: text(get("ConnectionDeviceId"), "ConnectionDeviceId")?,
+            creation_time_utc: text(get("CreationTimeUtc"), "CreationTimeUtc")?,
+            enqueued_time_utc: text(get("EnqueuedTimeUtc"), "EnqueuedTimeUtc")?,
+            body,
+        });
+    }
+    Ok(out)
+}
+
+/// Serialises a record in schema order for `apache-avro`'s schema-aware serializer.
+struct AvroView<'a, 'b>(&'a GoodRecord<'b>);
+
+struct BodyView<'a>(&'a [f32; 26]);
+
+impl Serialize for AvroView<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut st = s.serialize_struct("EngineData", 5)?;
+        st.serialize_field("CorrelationId", r.correlation_id.as_ref())?;
+        st.serialize_field("ConnectionDeviceId", r.connection_device_id.as_ref())?;
+        st.serialize_field("CreationTimeUtc", r.creation_time_utc.as_ref())?;
+        st.serialize_field("EnqueuedTimeUtc", r.enqueued_time_utc.as_ref())?;
+        st.serialize_field("Body", &BodyView(&self.0.body))?;
+        st.end()
+    }
+}
+
+impl Serialize for BodyView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Body", BODY_FIELDS.len())?;
+        for (name, v) in BODY_FIELDS.iter().zip(self.0.iter()) {
+            st.serialize_field(name, v)?;
+        }
+        st.end()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use apache_avro::types::Value as Avro;
+    use serde_json::json;
+
+    /// A router-shaped record body; `seed` varies every value.
+    pub(crate) fn sample_json(seed: u32) -> Value {
+        let mut body = serde_json::Map::new();
+        for (i, f) in BODY_FIELDS.iter().enumerate() {
+            body.insert(
+                f.to_string(),
+                json!(seed as f64 * 0.5 + i as f64 + 0.123_456_789),
+            );
+        }
+        body.insert("DeviceId".into(), json!(7)); // extra numeric fields are ignored
+        json!({
+            "CorrelationId": format!("corr-{seed}"),
+            "ConnectionDeviceId": "Client_001",
+            "CreationTimeUtc": "2026-11-21T05:15:00.000Z",
+            "EnqueuedTimeUtc": "2026-11-21T05:15:00.010Z",
+            "Body": body,
+        })
+    }
+
+    #[test]
+    fn encodes_exactly_like_apache_avro_value_encoding() {
+        let schema = RecordSchema::tutorial();
+        let text = sample_json(3).to_string();
+        let good = parse(text.as_bytes()).unwrap();
+        let mut ours = Vec::new();
+        good.encode(&schema, &mut ours).unwrap();
+        let r = &good;
+        let body = Avro::Record(
+            BODY_FIELDS
+                .iter()
+                .zip(good.body)
+                .map(|(n, v)| (n.to_string(), Avro::Float(v)))
+                .collect(),
+        );
+        let value = Avro::Record(vec![
+            (
+                "CorrelationId".into(),
+                Avro::String(r.correlation_id.to_string()),
+            ),
+            (
+                "ConnectionDeviceId".into(),
+                Avro::String(r.connection_device_id.to_string()),
+            ),
+            (
+                "CreationTimeUtc".into(),
+                Avro::String(r.creation_time_utc.to_string()),
+            ),
+            (
+                "EnqueuedTimeUtc".into(),
+                Avro::String(r.enqueued_time_utc.to_string()),
+            ),
+            ("Body".into(), body),
+        ]);
+        let reference = apache_avro::to_avro_datum(schema.schema(), value).unwrap();
+        assert_eq!(ours, reference);
+    }
+
+    #[test]
+    fn the_fast_path_accepts_exactly_what_the_router_contract_accepts() {
+        let base = sample_json(5);
+        let with = |path: &str, v: Value| {
+            let mut j = base.clone();
+            let (parent, key) = path.rsplit_once('/').unwrap();
+            j.pointer_mut(parent)
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .insert(key.to_owned(), v);
+            j.to_string()
+        };
+        let without = |key: &str| {
+            let mut j = base.clone();
+            j.as_object_mut().unwrap().remove(key);
+            if let Some(b) = j.get_mut("Body").and_then(Value::as_object_mut) {
+                b.remove(key);
+            }
+            j.to_string()
+        };
+        let text = base.to_string();
+        let variants = vec![
+            text.clone(),
+            format!("  \n{text}\n "),
+            with("/CorrelationId", json!("quote \" backslash \\ é \u{1F600}")),
+            with("/Extra", json!({"nested": [1, 2]})),
+            with("/Body/DeviceId", json!(12345678901234567890u64)),
+            with("/Body/Sensor3", json!(1e39)),
+            with("/Body/Sensor3", json!(-0.0)),
+            with("/Body/Sensor3", json!(null)),
+            with("/Body/Sensor3", json!("518.67")),
+            with("/Body/Extra", json!(true)),
+            with("/Body", json!([1.0])),
+            with("/ConnectionDeviceId", json!(null)),
+            without("CreationTimeUtc"),
+            without("Body"),
+            without("PredictedRul"),
+            text.replacen("{", "{\"CorrelationId\":\"dup\",", 1),
+            text.replacen("\"Body\":{", "\"Body\":{\"Sensor1\":1,", 1),
+            format!("{text} trailing"),
+            format!("[{text}]"),
+            "{}".to_owned(),
+            "".to_owned(),
+            "{\"CorrelationId\": \"x\"".to_owned(),
+        ];
+        for v in variants {
+            let contract = serde_json::from_slice::<EngineRecord>(v.as_bytes())
+                .ok()
+                .and_then(|r| r.body_in_schema_order().ok().map(|b| (r, b)));
+            match (parse(v.as_bytes()), contract) {
+                (Ok(g), Some((r, b))) => {
+                    assert_eq!(g.correlation_id, r.correlation_id, "{v}");
+                    assert_eq!(g.connection_device_id, r.connection_device_id, "{v}");
+                    assert_eq!(g.creation_time_utc, r.creation_time_utc, "{v}");
+                    assert_eq!(g.enqueued_time_utc, r.enqueued_time_utc, "{v}");
+                    assert_eq!(g.body.map(f32::to_bits), b.map(f32::to_bits), "{v}");
+                }
+                (Err(_), None) => {}
+                (ours, contract) => panic!("{v}: fast path {ours:?}, contract {contract:?}"),
+            }
+        }
+        assert!(matches!(
+            parse(text.as_bytes()).unwrap().correlation_id,
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn bad_bodies_are_named_precisely() {
+        let mut missing_body_field = sample_json(1);
+        missing_body_field["Body"]
+            .as_object_mut()
+            .unwrap()
+            .remove("OperationalSetting2");
+        let mut mistyped = sample_json(1);
+        mistyped["Body"]["Sensor4"] = json!("hot");
+        let mut missing_top = sample_json(1);
+        missing_top
+            .as_object_mut()
+            .unwrap()
+            .remove("EnqueuedTimeUtc");
+        let mut wrong_string = sample_json(1);
+        wrong_string["CorrelationId"] = json!(12);
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"not json".to_vec(), "body is not JSON"),
+            (vec![0xff, 0xfe], "not UTF-8"),
+            (b"[1,2]".to_vec(), "must be a JSON object, found an array"),
+            (
+                missing_body_field.to_string().into_bytes(),
+                "Body has no field 'OperationalSetting2'",
+            ),
+            (
+                mistyped.to_string().into_bytes(),
+                "Body field 'Sensor4' is a string, not a number",
+            ),
+            (
+                missing_top.to_string().into_bytes(),
+                "field 'EnqueuedTimeUtc' is missing",
+            ),
+            (
+                wrong_string.to_string().into_bytes(),
+                "field 'CorrelationId' is a number, not a string",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = parse(&body).unwrap_err();
+            assert!(e.contains(want), "{e} should contain {want}");
+        }
+    }
+
+    #[test]
+    fn schema_identity_ignores_formatting() {
+        let s = RecordSchema::tutorial();
+        assert!(s.same_as(SCHEMA));
+        assert!(s.same_as(s.json()));
+        assert!(!s.same_as("\"string\""));
+        assert!(!s.same_as("not json"));
+        assert!(!s.json().contains('\n'));
+    }
+}

@@ -1,0 +1,199 @@
+//! The archive tree on disk: listing its Avro files, repairing them at start-up, pruning
+//! empty folders, and the lock the writer and the upload scanner share.
+
+use crate::container::{self, FileError, Repaired};
+use crate::stats::Stats;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+use tracing::{error, info, warn};
+
+/// The quarantine folder's name, directly under the root (not part of the Avro tree).
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// Serialises opening a file (writer) against checking-and-deleting one (scanner), and
+/// says which file the writer has open.
+#[derive(Debug, Default)]
+pub struct TreeLock {
+    open: Mutex<Option<PathBuf>>,
+}
+
+impl TreeLock {
+    /// Takes the lock; the value is the file the writer has open, if any.
+    pub fn lock(&self) -> MutexGuard<'_, Option<PathBuf>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An Avro file of the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvroFile {
+    /// Full path.
+    pub path: PathBuf,
+    /// Path relative to the root (`2026/11/21/5/15.avro`), the blob name.
+    pub rel: PathBuf,
+    /// Size, bytes.
+    pub len: u64,
+    /// Last modification.
+    pub modified: SystemTime,
+}
+
+/// Every `.avro` file under `root` (the quarantine folder excluded), oldest path first.
+pub fn list_avro_files(root: &Path) -> io::Result<Vec<AvroFile>> {
+    let mut out = Vec::new();
+    if root.is_dir() {
+        walk(root, root, &mut out)?;
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<AvroFile>) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            if dir == root && entry.file_name() == QUARANTINE_DIR {
+                continue;
+            }
+            walk(root, &path, out)?;
+        } else if kind.is_file() && path.extension().is_some_and(|e| e == "avro") {
+            let Ok(meta) = entry.metadata() else {
+                continue; // removed meanwhile
+            };
+            let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+            out.push(AvroFile {
+                path,
+                rel,
+                len: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Removes `dir` and its parents while they are empty, stopping at `root` (kept).
+pub fn prune_empty_dirs(root: &Path, dir: &Path) {
+    let mut d = dir.to_path_buf();
+    while d != root && d.starts_with(root) {
+        // remove_dir fails on a non-empty folder: that is where pruning stops.
+        if std::fs::remove_dir(&d).is_err() {
+            break;
+        }
+        match d.parent() {
+            Some(p) => {
+                let _ = container::sync_dir(p);
+                d = p.to_path_buf();
+            }
+            None => break,
+        }
+    }
+}
+
+/// Makes every Avro file of the tree readable to its end, after a crash: torn last blocks
+/// are cut off, files with a torn header (which hold nothing acknowledged) are removed, and
+/// files that are not Avro are renamed `*.avro.corrupt` so they are not uploaded. Returns the
+/// bytes of Avro files left.
+pub fn repair_tree(root: &Path, stats: &Stats) -> io::Result<u64> {
+    let mut bytes = 0;
+    for f in list_avro_files(root)? {
+        match container::repair(&f.path) {
+            Ok(Repaired::Intact(_)) => bytes += f.len,
+            Ok(Repaired::Truncated { from, to, .. }) => {
+                warn!(file = %f.path.display(), from, to, "cut a torn last block off (written, never acknowledged)");
+                Stats::add(&stats.files_repaired, 1);
+                bytes += to;
+            }
+            Ok(Repaired::TornHeader) => {
+                info!(file = %f.path.display(), "removed a file whose header was torn (it held no record)");
+                std::fs::remove_file(&f.path)?;
+                if let Some(p) = f.path.parent() {
+                    container::sync_dir(p)?;
+                }
+                Stats::add(&stats.files_repaired, 1);
+            }
+            Err(FileError::NotAvro { path, reason }) => {
+                let aside = set_aside(&path, "corrupt")?;
+                error!(file = %path.display(), moved_to = %aside.display(), "{reason}; moved aside and not uploaded: inspect it by hand");
+            }
+            Err(e @ FileError::Io { .. }) => return Err(io::Error::other(e.to_string())),
+        }
+    }
+    Ok(bytes)
+}
+
+/// Renames `path` to `<path>.<suffix>` (or `<path>.<suffix>-<n>` if taken); returns the name.
+pub fn set_aside(path: &Path, suffix: &str) -> io::Result<PathBuf> {
+    let mut n = 0;
+    loop {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{suffix}"));
+        if n > 0 {
+            name.push(format!("-{n}"));
+        }
+        let target = PathBuf::from(name);
+        if !target.exists() {
+            std::fs::rename(path, &target)?;
+            if let Some(p) = path.parent() {
+                container::sync_dir(p)?;
+            }
+            return Ok(target);
+        }
+        n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_avro_files_but_not_the_quarantine_and_prunes_empty_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for p in [
+            "2026/11/21/5/15.avro",
+            "2026/11/21/5/20.avro",
+            "2026/11/21/6/0.avro.corrupt",
+            "quarantine/2026-11-21.jsonl",
+            "quarantine/x.avro",
+        ] {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        let rels: Vec<PathBuf> = list_avro_files(root)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.rel)
+            .collect();
+        assert_eq!(
+            rels,
+            vec![
+                PathBuf::from("2026/11/21/5/15.avro"),
+                PathBuf::from("2026/11/21/5/20.avro")
+            ]
+        );
+        std::fs::remove_file(root.join("2026/11/21/5/15.avro")).unwrap();
+        prune_empty_dirs(root, &root.join("2026/11/21/5"));
+        assert!(root.join("2026/11/21/5").is_dir(), "not empty yet");
+        std::fs::remove_file(root.join("2026/11/21/5/20.avro")).unwrap();
+        prune_empty_dirs(root, &root.join("2026/11/21/5"));
+        assert!(!root.join("2026/11/21/5").exists());
+        assert!(root.join("2026/11/21/6").is_dir(), "a sibling stays");
+        std::fs::remove_file(root.join("2026/11/21/6/0.avro.corrupt")).unwrap();
+        prune_empty_dirs(root, &root.join("2026/11/21/6"));
+        assert!(!root.join("2026").exists());
+        assert!(root.is_dir(), "the root stays");
+    }
+}

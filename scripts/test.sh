@@ -12,8 +12,11 @@ cd "$ROOT"
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
-step "python environment (.venv)"
+step "python environment (.venv) and Azurite (.tools)"
 PY="$(scripts/setup-python.sh)"
+scripts/setup-node.sh >/dev/null
+# The classifier and its tests load ONNX Runtime from the pinned wheel in .venv.
+export ORT_DYLIB_PATH="$ROOT/.venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1"
 
 step "format and lints"
 cargo fmt --all -- --check

@@ -61,6 +61,7 @@ pub struct ModuleClient {
 
 struct Inner {
     settings: Settings,
+    trust_pem: String,
     mqtt: AsyncClient,
     /// Serialises "register a send" + "queue the publish" so registration order is publish order.
     send_order: tokio::sync::Mutex<()>,
@@ -206,6 +207,7 @@ impl ModuleClient {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             settings,
+            trust_pem: pem,
             mqtt: mqtt.clone(),
             send_order: tokio::sync::Mutex::new(()),
             sends: Mutex::new(SendTracker::default()),
@@ -251,6 +253,11 @@ impl ModuleClient {
     fn abort(&self) {
         self.inner.closing.store(true, Ordering::SeqCst);
         self.inner.stop.notify_one();
+    }
+
+    /// The PEM certificates the gateway was verified against (the edge trust bundle).
+    pub fn trust_bundle(&self) -> &str {
+        &self.inner.trust_pem
     }
 
     /// The settings this client was made with.

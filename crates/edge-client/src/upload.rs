@@ -118,6 +118,62 @@ pub fn find_connection_string(settings: &Settings) -> Result<ConnectionString, U
     )))
 }
 
+/// An HTTPS client trusting the system's roots plus `extra_roots_pem` (the edge trust
+/// bundle, when the hub or the storage is local).
+fn https_client(extra_roots_pem: Option<&str>) -> Result<reqwest::Client, UploadError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        let _ = roots.add(c);
+    }
+    if let Some(pem) = extra_roots_pem {
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let c = c.map_err(|e| UploadError::Config(format!("trust bundle: {e}")))?;
+            roots
+                .add(c)
+                .map_err(|e| UploadError::Config(format!("trust bundle: {e}")))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| UploadError::Config(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| UploadError::Config(e.to_string()))
+}
+
+async fn put_block_blob(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    data: Bytes,
+) -> Result<(u16, String), String> {
+    let r = http
+        .put(format!("{url}{token}"))
+        .header("x-ms-blob-type", "BlockBlob")
+        .header("content-type", "application/octet-stream")
+        .body(data)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    Ok((
+        status.as_u16(),
+        if status.is_success() {
+            "uploaded".to_owned()
+        } else {
+            text
+        },
+    ))
+}
+
 /// Uploads files to IoT Hub's storage with a device identity.
 #[derive(Clone)]
 pub struct FileUploader {
@@ -125,36 +181,29 @@ pub struct FileUploader {
     http: reqwest::Client,
 }
 
+impl std::fmt::Debug for FileUploader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "FileUploader({} via {})",
+            self.device.device_id, self.device.host_name
+        )
+    }
+}
+
 impl FileUploader {
     /// An uploader for the device `cs`, trusting the system's roots plus `extra_roots_pem`
     /// (the edge trust bundle, when the hub or storage is local).
     pub fn new(cs: ConnectionString, extra_roots_pem: Option<&str>) -> Result<Self, UploadError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for c in native.certs {
-            let _ = roots.add(c);
-        }
-        if let Some(pem) = extra_roots_pem {
-            for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let c = c.map_err(|e| UploadError::Config(format!("trust bundle: {e}")))?;
-                roots
-                    .add(c)
-                    .map_err(|e| UploadError::Config(format!("trust bundle: {e}")))?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| UploadError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| UploadError::Config(e.to_string()))?;
-        Ok(FileUploader { device: cs, http })
+        Ok(FileUploader {
+            device: cs,
+            http: https_client(extra_roots_pem)?,
+        })
+    }
+
+    /// The device identity used.
+    pub fn device(&self) -> &ConnectionString {
+        &self.device
     }
 
     fn token(&self) -> Result<String, UploadError> {
@@ -252,6 +301,64 @@ impl FileUploader {
         }
         notified?;
         Ok(Uploaded { url })
+    }
+}
+
+/// Uploads files straight into a blob container through a container SAS URL
+/// (`https://{account}.blob.core.windows.net/{container}?{sas}`), without IoT Hub.
+#[derive(Clone)]
+pub struct ContainerUploader {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for ContainerUploader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ContainerUploader({})", self.base)
+    }
+}
+
+impl ContainerUploader {
+    /// An uploader for a container SAS URL (the SAS must allow create and write).
+    pub fn new(
+        container_sas_url: &str,
+        extra_roots_pem: Option<&str>,
+    ) -> Result<Self, UploadError> {
+        let (base, query) = container_sas_url.split_once('?').ok_or_else(|| {
+            UploadError::Config("the container SAS URL has no ?sv=… token".into())
+        })?;
+        if !base.starts_with("https://") {
+            return Err(UploadError::Config(
+                "the container SAS URL must be https://…".into(),
+            ));
+        }
+        Ok(ContainerUploader {
+            base: base.trim_end_matches('/').to_owned(),
+            token: format!("?{query}"),
+            http: https_client(extra_roots_pem)?,
+        })
+    }
+
+    /// The container URL (without the token).
+    pub fn container_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Uploads `data` as `blob_name` in the container.
+    pub async fn upload(&self, blob_name: &str, data: Bytes) -> Result<Uploaded, UploadError> {
+        let url = format!("{}/{blob_name}", self.base);
+        match put_block_blob(&self.http, &url, &self.token, data).await {
+            Ok((code, _)) if (200..300).contains(&code) => Ok(Uploaded { url }),
+            Ok((code, text)) => Err(UploadError::Step {
+                step: "writing the blob",
+                reason: format!("{url}: {code} {text}"),
+            }),
+            Err(e) => Err(UploadError::Step {
+                step: "writing the blob",
+                reason: format!("{url}: {e}"),
+            }),
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! | `avroModuleInput` (`EngineRecord` JSON) | appended to `/avrofiles/Y/M/D/H/mm.avro`, acknowledged once synced |
 //! | a bad record | appended to `/avrofiles/quarantine/Y-M-D.jsonl` with the reason, then acknowledged |
 //!
-//! Quiet files are uploaded (`AVRO_UPLOAD_DIR`) and removed. Settings: see
+//! Quiet files are uploaded (IoT Hub file upload with the device identity from the bind-mounted
+//! IoT Edge config, or `AVRO_UPLOAD_CONTAINER_SAS_URL`, or `AVRO_UPLOAD_DIR`) and removed. Settings: see
 //! [`avro_file_writer::config`]; also `LoggingLevel`. Reported: the settings, counters,
 //! `DiskFull`, `AvroTreeMB`, `UploadTarget`.
 #![allow(non_snake_case)] // the binary is named after the module, as the manifest names it
@@ -159,7 +160,14 @@ async fn main() {
             "{CLOCK_OFFSET_VAR} must be a whole number of seconds"
         )),
     };
-    let upload = UploadTarget::from_vars(env, |p| client.settings().container_path(p));
+    let upload = match UploadTarget::from_env(env, client.settings(), client.trust_bundle()) {
+        Ok(Some(t)) => {
+            info!(target = %t.describe(), "quiet files are uploaded");
+            Some(t)
+        }
+        Ok(None) => None,
+        Err(e) => fail(format!("upload configuration: {e}")),
+    };
 
     // Repair what a crash may have left before writing or uploading anything.
     if let Err(e) = std::fs::create_dir_all(&root) {

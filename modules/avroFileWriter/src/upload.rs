@@ -6,14 +6,17 @@
 //! uploader must therefore return `Ok` only once the file is stored for good at the target;
 //! on `Err` the file stays and is offered again after a backoff.
 //!
-//! [`UploadTarget`] is the uploader the module is configured with. Its one target today is a
-//! local directory ([`UploadTarget::Directory`], env `AVRO_UPLOAD_DIR`). IoT Hub file upload
-//! (DESIGN §3: ask the hub for a blob SAS URI, `PUT` the blob, notify the hub of the outcome;
-//! `edge-client`'s `FileUploader` speaks it) plugs in at this seam as a further variant of
-//! [`UploadTarget`], chosen from the environment in [`UploadTarget::from_vars`] and
-//! dispatched in its [`Uploader::upload`], honouring the same contract: `Ok` once the hub
-//! confirmed the blob, [`UploadError::Refused`] for what the hub or the blob store answered.
-//! The scanner, its backoff and its deletes stay as they are.
+//! [`UploadTarget`] is the uploader the module is configured with ([`UploadTarget::from_env`]),
+//! in this order:
+//! 1. a local directory ([`UploadTarget::Directory`], env `AVRO_UPLOAD_DIR`);
+//! 2. a blob container SAS URL ([`UploadTarget::Container`], env `AVRO_UPLOAD_CONTAINER_SAS_URL`);
+//! 3. IoT Hub file upload with the device identity, as the tutorial does
+//!    ([`UploadTarget::IotHub`]: ask the hub for a blob SAS URI, `PUT` the blob, notify the
+//!    hub; `edge-client`'s `FileUploader`), when a device connection string is found in the
+//!    environment or in the IoT Edge config file bind-mounted into the module.
+//!
+//! Remote targets return `Ok` once the blob is stored (and, for IoT Hub, the hub notified),
+//! [`UploadError::Refused`] with what the hub or the blob store answered otherwise.
 
 use crate::container;
 use std::future::Future;
@@ -68,18 +71,24 @@ pub trait Uploader: Send + Sync + 'static {
 }
 
 /// The upload targets the module knows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum UploadTarget {
     /// Copy each file to `<dir>/<blob name>`, atomically (temporary file, `fsync`, rename).
     Directory(PathBuf),
+    /// PUT each file into a blob container through a container SAS URL.
+    Container(edge_client::upload::ContainerUploader),
+    /// IoT Hub file upload with the device identity.
+    IotHub(edge_client::upload::FileUploader),
 }
 
 /// Environment variable naming the directory target.
 pub const UPLOAD_DIR_VAR: &str = "AVRO_UPLOAD_DIR";
+/// Environment variable holding a container SAS URL.
+pub const CONTAINER_SAS_VAR: &str = "AVRO_UPLOAD_CONTAINER_SAS_URL";
 
 impl UploadTarget {
-    /// The target configured by the environment, if any. `resolve` maps a container path to
-    /// this machine (the runtime's binds).
+    /// The local-directory target configured by the environment, if any. `resolve` maps a
+    /// container path to this machine (the runtime's binds).
     pub fn from_vars(
         get: impl Fn(&str) -> Option<String>,
         resolve: impl Fn(&Path) -> PathBuf,
@@ -88,6 +97,47 @@ impl UploadTarget {
             .filter(|d| !d.trim().is_empty())
             .map(|d| UploadTarget::Directory(resolve(Path::new(d.trim()))))
     }
+
+    /// The target in the order of the module documentation: directory, container SAS URL,
+    /// IoT Hub with the device identity (from `settings`' environment or bind-mounted
+    /// config file), trusting `trust_pem` besides the system roots. `Ok(None)` when nothing
+    /// is configured; `Err` when a configuration is present but unusable.
+    pub fn from_env(
+        get: impl Fn(&str) -> Option<String>,
+        settings: &edge_client::Settings,
+        trust_pem: &str,
+    ) -> Result<Option<UploadTarget>, String> {
+        if let Some(t) = UploadTarget::from_vars(&get, |p| settings.container_path(p)) {
+            return Ok(Some(t));
+        }
+        if let Some(url) = get(CONTAINER_SAS_VAR).filter(|u| !u.trim().is_empty()) {
+            return edge_client::upload::ContainerUploader::new(url.trim(), Some(trust_pem))
+                .map(|u| Some(UploadTarget::Container(u)))
+                .map_err(|e| format!("{CONTAINER_SAS_VAR}: {e}"));
+        }
+        match edge_client::upload::find_connection_string(settings) {
+            Ok(cs) => edge_client::upload::FileUploader::new(cs, Some(trust_pem))
+                .map(|u| Some(UploadTarget::IotHub(u)))
+                .map_err(|e| e.to_string()),
+            Err(edge_client::upload::UploadError::Config(why))
+                if why.starts_with("no device connection string") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Reads a whole archived file (files are five-minute buckets: small).
+async fn read_file(path: &Path) -> Result<bytes::Bytes, UploadError> {
+    tokio::fs::read(path)
+        .await
+        .map(bytes::Bytes::from)
+        .map_err(|source| UploadError::Source {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 impl Uploader for UploadTarget {
@@ -103,12 +153,38 @@ impl Uploader for UploadTarget {
                         source: io::Error::other(e.to_string()),
                     })?
             }
+            UploadTarget::Container(u) => {
+                let data = read_file(path).await?;
+                u.upload(blob_name, data)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| UploadError::Refused {
+                        blob: blob_name.to_owned(),
+                        reason: e.to_string(),
+                    })
+            }
+            UploadTarget::IotHub(u) => {
+                let data = read_file(path).await?;
+                u.upload(blob_name, data)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| UploadError::Refused {
+                        blob: blob_name.to_owned(),
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
     fn describe(&self) -> String {
         match self {
             UploadTarget::Directory(d) => format!("directory {}", d.display()),
+            UploadTarget::Container(u) => format!("blob container {}", u.container_url()),
+            UploadTarget::IotHub(u) => format!(
+                "IoT Hub file upload as device {} via {}",
+                u.device().device_id,
+                u.device().host_name
+            ),
         }
     }
 }
@@ -211,7 +287,10 @@ mod tests {
             |k| (k == UPLOAD_DIR_VAR).then(|| "/uploads".to_owned()),
             |p| Path::new("/host").join(p.strip_prefix("/").unwrap()),
         );
-        assert_eq!(t, Some(UploadTarget::Directory("/host/uploads".into())));
-        assert_eq!(UploadTarget::from_vars(|_| None, |p| p.to_path_buf()), None);
+        assert!(
+            matches!(t, Some(UploadTarget::Directory(ref d)) if d == Path::new("/host/uploads")),
+            "{t:?}"
+        );
+        assert!(UploadTarget::from_vars(|_| None, |p| p.to_path_buf()).is_none());
     }
 }

@@ -271,3 +271,66 @@ async fn archives_quarantines_holds_input_while_full_and_uploads_quiet_files() {
     assert!(log.contains("reached MaxDiskMB"), "{log}");
     assert!(log.contains("avroFileWriter stopped cleanly"), "{log}");
 }
+
+/// With no upload setting at all, the writer finds the edge device's identity in the IoT Edge
+/// config file it bind-mounts (as the tutorial's writer does) and uploads quiet files through
+/// IoT Hub file upload: SAS URI from the hub, blob PUT, notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_through_iot_hub_with_the_device_identity_of_the_config_file() {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_avroFileWriter"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let env = |v: &str| json!({ "value": v });
+    let manifest = json!({"modulesContent": {
+        "$edgeAgent": {"properties.desired": {"modules": {
+            MODULE: {"status": "running", "restartPolicy": "always",
+                "env": {"QuietPeriodSecs": env("1"), "CheckIntervalSecs": env("0.5")},
+                "settings": {"image": "${MODULES.avroFileWriter}",
+                    "createOptions": {"HostConfig": {"Binds": [
+                        "/data/avrofiles:/avrofiles", "/etc/aziot/config.toml:/etc/aziot/config.toml:ro"]}}}}}}},
+        "$edgeHub": {"properties.desired": {"routes": {}}}
+    }});
+    let t = start_with(manifest, |o| {
+        o.start_modules = true;
+        o.bin_dir = Some(bin_dir);
+    })
+    .await;
+    let root = t.rt.state_dir().join("binds/data/avrofiles");
+    let seeded = seed_old_file(
+        &root,
+        "2020/1/2/3/5.avro",
+        &[record_json(1), record_json(2)],
+    );
+    let blob =
+        t.rt.state_dir()
+            .join("blobs/avrofiles/edge-device/2020/1/2/3/5.avro");
+    wait_for("the blob in IoT Hub's storage", 30, || {
+        blob.exists().then_some(())
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(&blob).unwrap(),
+        seeded,
+        "uploaded byte for byte"
+    );
+    wait_for("the archived file to be removed", 10, || {
+        (!root.join("2020/1/2/3/5.avro").exists()).then_some(())
+    })
+    .await;
+    let notes =
+        std::fs::read_to_string(t.rt.state_dir().join("files/notifications.jsonl")).unwrap();
+    assert!(
+        notes.contains("\"isSuccess\":true") && notes.contains("edge-device/2020/1/2/3/5.avro"),
+        "{notes}"
+    );
+    let target = wait_for("the reported upload target", 10, || {
+        reported(&t)["UploadTarget"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(
+        target.starts_with("IoT Hub file upload as device edge-device"),
+        "{target}"
+    );
+    t.rt.shutdown().await;
+}

@@ -79,7 +79,10 @@ impl Config {
             "MaxDiskMB" => self.max_disk_mb = number(name, v, 0.0, 1e9)?,
             "CheckIntervalSecs" => self.scan.check_interval = secs(number(name, v, 0.1, 86_400.0)?),
             "QuietPeriodSecs" => {
-                self.scan.quiet_period = secs(number(name, v, 0.0, 30.0 * 86_400.0)?)
+                // The writer closes its file after the same quiet time, so it can be uploaded.
+                let quiet = secs(number(name, v, 0.0, 30.0 * 86_400.0)?);
+                self.scan.quiet_period = quiet;
+                self.sync.close_idle = quiet;
             }
             other => return Err(format!("{other} is not a setting of this module")),
         }
@@ -129,7 +132,10 @@ impl Config {
             "SyncIdleMs" => self.sync.idle = base.sync.idle,
             "MaxDiskMB" => self.max_disk_mb = base.max_disk_mb,
             "CheckIntervalSecs" => self.scan.check_interval = base.scan.check_interval,
-            "QuietPeriodSecs" => self.scan.quiet_period = base.scan.quiet_period,
+            "QuietPeriodSecs" => {
+                self.scan.quiet_period = base.scan.quiet_period;
+                self.sync.close_idle = base.sync.close_idle;
+            }
             _ => {}
         }
     }

@@ -187,7 +187,7 @@ async fn main() {
 
     let schema = Arc::new(RecordSchema::tutorial());
     let budget = Arc::new(DiskBudget::new(base.max_disk_bytes(), used));
-    let tree_lock = Arc::new(TreeLock::default());
+    let tree_lock = Arc::new(TreeLock::with_ledger(&root));
     let (writer, threads) = match writer::start(
         WriterConfig {
             root: root.clone(),
@@ -229,7 +229,6 @@ async fn main() {
     let scanner = tokio::spawn(
         Scanner::new(
             root.clone(),
-            clock,
             upload.clone(),
             tree_lock,
             budget.clone(),

@@ -1,10 +1,10 @@
 //! The quiet-file scanner: every check interval it measures the Avro tree (for the disk
-//! budget), picks the files not modified for the quiet period that are neither the file the
-//! writer has open nor the current bucket's, uploads each, and deletes it — and folders left
-//! empty — only after the uploader said `Ok`. A failed upload is retried with capped
+//! budget), picks the files not modified for the quiet period that are not the file the
+//! writer has open (the writer closes its file after the same quiet time), uploads each, and
+//! deletes it — and folders left empty — only after the uploader said `Ok`; the uploaded name
+//! is recorded so that the writer never writes a file of that name again. A failed upload is retried with capped
 //! exponential backoff; its file is never deleted.
 
-use crate::bucket::Clock;
 use crate::budget::DiskBudget;
 use crate::container;
 use crate::stats::Stats;
@@ -62,20 +62,19 @@ impl Backoff {
 }
 
 /// The files of `files` that may be uploaded now: quiet for `quiet` by `now` (file times are
-/// the system's), not the writer's open file, not the current bucket's.
+/// the system's) and not the writer's open file (the writer closes a file once no record came
+/// for the quiet period; a bucket written to again after its upload gets a new file name).
 pub fn select<'a>(
     files: &'a [AvroFile],
     now: SystemTime,
     quiet: Duration,
     open: Option<&Path>,
-    current_bucket: &Path,
 ) -> Vec<&'a AvroFile> {
     files
         .iter()
         .filter(|f| {
             now.duration_since(f.modified).is_ok_and(|age| age >= quiet)
                 && open != Some(f.path.as_path())
-                && f.rel != current_bucket
         })
         .collect()
 }
@@ -97,7 +96,6 @@ struct Failure {
 /// The scanner and its retry state.
 pub struct Scanner<U: Uploader> {
     root: PathBuf,
-    clock: Clock,
     uploader: Option<U>,
     tree: Arc<TreeLock>,
     budget: Arc<DiskBudget>,
@@ -111,7 +109,6 @@ impl<U: Uploader> Scanner<U> {
     /// A scanner of `root`; without an uploader it only measures the tree.
     pub fn new(
         root: PathBuf,
-        clock: Clock,
         uploader: Option<U>,
         tree: Arc<TreeLock>,
         budget: Arc<DiskBudget>,
@@ -120,7 +117,6 @@ impl<U: Uploader> Scanner<U> {
     ) -> Self {
         Scanner {
             root,
-            clock,
             uploader,
             tree,
             budget,
@@ -183,14 +179,12 @@ impl<U: Uploader> Scanner<U> {
         };
         let policy = self.policy();
         let open = self.tree.lock().clone();
-        let current = self.clock.bucket().relative_path();
         let now = Instant::now();
         let candidates: Vec<AvroFile> = select(
             &files,
             SystemTime::now(),
             policy.quiet_period,
             open.as_deref(),
-            &current,
         )
         .into_iter()
         .filter(|f| self.failures.get(&f.path).is_none_or(|x| x.next_try <= now))
@@ -247,6 +241,7 @@ impl<U: Uploader> Scanner<U> {
             warn!(file = %f.path.display(), error = %e, "uploaded but cannot be removed; check the archive folder's permissions");
             return false;
         }
+        self.tree.mark_uploaded(&f.path, &f.rel);
         if let Some(dir) = f.path.parent() {
             let _ = container::sync_dir(dir);
             tree::prune_empty_dirs(&self.root, dir);
@@ -260,6 +255,7 @@ impl<U: Uploader> Scanner<U> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bucket::Clock;
     use crate::upload::UploadError;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -273,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn selects_quiet_files_except_the_open_one_and_the_current_bucket() {
+    fn selects_quiet_files_except_the_open_one() {
         let now = SystemTime::now();
         let files = vec![
             file("2026/1/1/0/0.avro", 700, now),
@@ -286,12 +282,11 @@ mod tests {
             now,
             Duration::from_secs(600),
             Some(Path::new("/r/2026/1/1/0/10.avro")),
-            Path::new("2026/1/1/0/15.avro"),
         )
         .iter()
         .map(|f| f.rel.to_str().unwrap())
         .collect();
-        assert_eq!(picked, vec!["2026/1/1/0/0.avro"]);
+        assert_eq!(picked, vec!["2026/1/1/0/0.avro", "2026/1/1/0/15.avro"]);
     }
 
     #[test]
@@ -357,7 +352,6 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let mut s = Scanner::new(
             root.clone(),
-            Clock::default(),
             Some(Flaky {
                 fail: 2,
                 calls: calls.clone(),
@@ -403,23 +397,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_open_file_and_the_current_bucket_stay() {
+    async fn the_open_file_stays_and_a_closed_current_bucket_goes_under_a_name_never_reused() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let clock = Clock::default();
-        let current = old_file(&root, clock.bucket().relative_path().to_str().unwrap());
+        let bucket_rel = clock.bucket().relative_path();
+        let current = old_file(&root, bucket_rel.to_str().unwrap());
         let open = old_file(&root, "2020/1/1/1/0.avro");
-        let tree = Arc::new(TreeLock::default());
+        let tree = Arc::new(TreeLock::with_ledger(&root));
         *tree.lock() = Some(open.clone());
         let mut s = Scanner::new(
             root.clone(),
-            clock,
             Some(Flaky {
                 fail: 0,
                 calls: Arc::new(AtomicU32::new(0)),
                 dir: dir.path().join("up"),
             }),
-            tree,
+            tree.clone(),
             Arc::new(DiskBudget::new(1 << 20, 0)),
             Arc::new(Stats::default()),
             Arc::new(Mutex::new(ScanPolicy {
@@ -427,7 +421,18 @@ mod tests {
                 quiet_period: Duration::ZERO,
             })),
         );
-        assert_eq!(s.scan_once().await, ScanReport::default());
-        assert!(current.exists() && open.exists());
+        let report = s.scan_once().await;
+        assert_eq!(report.uploaded.len(), 1, "{report:?}");
+        assert!(
+            !current.exists(),
+            "the closed current bucket's quiet file is uploaded"
+        );
+        assert!(open.exists(), "the writer's open file stays");
+        let _held = tree.lock();
+        assert_ne!(
+            tree.file_for(&current),
+            current,
+            "its name is not written again"
+        );
     }
 }

@@ -3,7 +3,8 @@
 
 use crate::container::{self, FileError, Repaired};
 use crate::stats::Stats;
-use std::io;
+use std::collections::HashSet;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -12,17 +13,78 @@ use tracing::{error, info, warn};
 /// The quarantine folder's name, directly under the root (not part of the Avro tree).
 pub const QUARANTINE_DIR: &str = "quarantine";
 
-/// Serialises opening a file (writer) against checking-and-deleting one (scanner), and
-/// says which file the writer has open.
+/// Serialises opening a file (writer) against checking-and-deleting one (scanner), says
+/// which file the writer has open, and remembers which file names were uploaded, so that a
+/// bucket written to again after its file was uploaded gets a new name (`15-1.avro`) rather
+/// than overwriting the uploaded blob.
 #[derive(Debug, Default)]
 pub struct TreeLock {
     open: Mutex<Option<PathBuf>>,
+    uploaded: Mutex<HashSet<PathBuf>>,
+    ledger: Option<PathBuf>,
 }
 
+/// Name of the ledger of uploaded files, in the archive root.
+pub const LEDGER: &str = ".uploaded";
+
 impl TreeLock {
+    /// A lock whose uploaded names persist in `<root>/.uploaded` (one path per line), read
+    /// back here so a restart keeps them.
+    pub fn with_ledger(root: &Path) -> TreeLock {
+        let ledger = root.join(LEDGER);
+        let uploaded = std::fs::read_to_string(&ledger)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| root.join(l.trim()))
+            .collect();
+        TreeLock {
+            open: Mutex::default(),
+            uploaded: Mutex::new(uploaded),
+            ledger: Some(ledger),
+        }
+    }
+
     /// Takes the lock; the value is the file the writer has open, if any.
     pub fn lock(&self) -> MutexGuard<'_, Option<PathBuf>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that `path` (relative name `rel`) was uploaded and removed. Call with the lock held.
+    pub fn mark_uploaded(&self, path: &Path, rel: &Path) {
+        self.uploaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_path_buf());
+        if let Some(ledger) = &self.ledger {
+            let line = format!("{}\n", rel.display());
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(ledger)
+                .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|_| f.sync_data()));
+            if let Err(e) = written {
+                warn!(ledger = %ledger.display(), error = %e, "cannot record an uploaded file name");
+            }
+        }
+    }
+
+    /// The file to write `bucket_path`'s records to: the bucket's own name, or when a file of
+    /// that name was already uploaded, the first of `15-1.avro`, `15-2.avro`, … that was not.
+    /// Call with the lock held.
+    pub fn file_for(&self, bucket_path: &Path) -> PathBuf {
+        let uploaded = self.uploaded.lock().unwrap_or_else(|p| p.into_inner());
+        if !uploaded.contains(bucket_path) {
+            return bucket_path.to_path_buf();
+        }
+        let stem = bucket_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (1..)
+            .map(|n| bucket_path.with_file_name(format!("{stem}-{n}.avro")))
+            .find(|p| !uploaded.contains(p))
+            .unwrap_or_else(|| bucket_path.to_path_buf())
     }
 }
 
@@ -150,6 +212,28 @@ pub fn set_aside(path: &Path, suffix: &str) -> io::Result<PathBuf> {
             return Ok(target);
         }
         n += 1;
+    }
+}
+
+#[cfg(test)]
+mod ledger_tests {
+    use super::*;
+
+    #[test]
+    fn an_uploaded_bucket_file_is_never_written_again_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let bucket = root.join("2026/11/21/5/15.avro");
+        let t = TreeLock::with_ledger(root);
+        assert_eq!(t.file_for(&bucket), bucket);
+        t.mark_uploaded(&bucket, Path::new("2026/11/21/5/15.avro"));
+        assert_eq!(t.file_for(&bucket), root.join("2026/11/21/5/15-1.avro"));
+        t.mark_uploaded(
+            &root.join("2026/11/21/5/15-1.avro"),
+            Path::new("2026/11/21/5/15-1.avro"),
+        );
+        let again = TreeLock::with_ledger(root);
+        assert_eq!(again.file_for(&bucket), root.join("2026/11/21/5/15-2.avro"));
     }
 }
 

@@ -44,6 +44,9 @@ pub struct SyncPolicy {
     pub records: usize,
     /// A group is also closed when no record arrived for this long (`SyncIdleMs`).
     pub idle: Duration,
+    /// The open file is closed when no record arrived for this long (the upload quiet
+    /// period), so that it can be uploaded; later records of its bucket go to a new file.
+    pub close_idle: Duration,
 }
 
 impl Default for SyncPolicy {
@@ -52,6 +55,7 @@ impl Default for SyncPolicy {
             interval: Duration::from_millis(200),
             records: 1000,
             idle: Duration::from_millis(2),
+            close_idle: Duration::from_secs(600),
         }
     }
 }
@@ -304,8 +308,8 @@ impl State {
             }
             let policy = *self.policy.lock().unwrap_or_else(|p| p.into_inner());
             if self.group.len() == 0 {
-                // Nothing pending: sleep until a job comes (or the open bucket ends).
-                match rx.recv_timeout(self.until_bucket_end()) {
+                // Nothing pending: sleep until a job comes (or the open file is due to close).
+                match rx.recv_timeout(self.until_close(&policy)) {
                     Ok(job) => {
                         self.bucket_now = self.clock.bucket();
                         self.last_job = Instant::now();
@@ -315,6 +319,7 @@ impl State {
                     }
                     Err(RecvTimeoutError::Timeout) => {
                         self.close_if_bucket_ended();
+                        self.close_if_idle(&policy);
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break 'run,
@@ -371,16 +376,28 @@ impl State {
         true
     }
 
-    /// How long to wait for a job while nothing is pending: until the open bucket ends.
-    fn until_bucket_end(&self) -> Duration {
+    /// How long to wait for a job while nothing is pending: until the open bucket ends or the
+    /// open file has been idle for `close_idle`.
+    fn until_close(&self, p: &SyncPolicy) -> Duration {
         let mut wake = Duration::from_secs(1);
         if let Some(a) = &self.avro {
             let left = (a.bucket.end() - self.clock.now())
                 .to_std()
                 .unwrap_or(Duration::ZERO);
-            wake = wake.min(left + Duration::from_millis(1));
+            let idle_left =
+                (self.last_job + p.close_idle).saturating_duration_since(Instant::now());
+            wake = wake
+                .min(left + Duration::from_millis(1))
+                .min(idle_left + Duration::from_millis(1));
         }
         wake
+    }
+
+    fn close_if_idle(&mut self, p: &SyncPolicy) {
+        if self.avro.is_some() && self.group.len() == 0 && self.last_job.elapsed() >= p.close_idle {
+            debug!("no record for the quiet period: closing the file so it can be uploaded");
+            self.close_avro();
+        }
     }
 
     /// How long to sleep before looking for jobs again while a group is open.
@@ -554,8 +571,8 @@ impl State {
     }
 
     fn open_avro(&mut self, bucket: Bucket) -> Result<OpenAvro, FileError> {
-        let path = bucket.path(&self.root);
         let mut open = self.tree.lock();
+        let path = self.tree.file_for(&bucket.path(&self.root));
         let (file, marker, len, created) = open_container(&path, &self.schema, &self.stats)?;
         *open = Some(path.clone());
         drop(open);
@@ -1023,6 +1040,47 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_file_is_closed_and_its_bucket_continues_in_a_new_file_once_uploaded() {
+        let h = Harness::new();
+        let policy = SyncPolicy {
+            close_idle: Duration::from_millis(200),
+            ..SyncPolicy::default()
+        };
+        let (w, threads) = h.start(mid_bucket_clock(), policy);
+        w.append(h.encode(&good(1))).await.unwrap();
+        let first = h.tree.lock().clone().expect("open after a record");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.tree.lock().is_some() {
+            assert!(Instant::now() < deadline, "not closed after the quiet time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Not uploaded yet: the bucket's file is simply reopened and appended to.
+        w.append(h.encode(&good(2))).await.unwrap();
+        assert_eq!(h.tree.lock().clone(), Some(first.clone()));
+        while h.tree.lock().is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(read_file(&first).unwrap().len(), 2);
+        // Uploaded and removed (as the scanner does): the bucket goes on in a new file.
+        {
+            let _held = h.tree.lock();
+            std::fs::remove_file(&first).unwrap();
+            h.tree.mark_uploaded(&first, Path::new("x"));
+        }
+        w.append(h.encode(&good(3))).await.unwrap();
+        let next = h.tree.lock().clone().expect("open again");
+        assert_eq!(
+            next,
+            first.with_file_name(format!(
+                "{}-1.avro",
+                first.file_stem().unwrap().to_string_lossy()
+            ))
+        );
+        assert_eq!(read_file(&next).unwrap().len(), 1);
+        threads.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_open_file_is_closed_when_its_bucket_ends() {
         let h = Harness::new();
         let now = Utc::now();
@@ -1081,6 +1139,7 @@ mod tests {
                 interval: Duration::from_millis(300),
                 records: 1000,
                 idle: Duration::from_secs(60),
+                ..SyncPolicy::default()
             },
         );
         let t = Instant::now();
@@ -1093,6 +1152,7 @@ mod tests {
             interval: Duration::from_millis(300),
             records: 1000,
             idle: Duration::from_millis(50),
+            ..SyncPolicy::default()
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         let t = Instant::now();

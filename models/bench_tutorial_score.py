@@ -12,8 +12,8 @@ messages/s can be put beside the Rust module's.
 
     .venv/bin/python models/bench_tutorial_score.py [-n 20000] [--data DIR]
 
-Messages are the first N rows of test_FD003, each as the single-row JSON body a leaf device
-sends ({"CycleTime":..,"OperationalSetting1":..,..,"Sensor21":..}). Output: one
+Messages are the first N rows of test_FD003 (from its start again past its 16,596 rows),
+each as the single-row JSON body a leaf device sends ({"CycleTime":..,"OperationalSetting1":..,..,"Sensor21":..}). Output: one
 machine-readable line
 
     tutorial_path messages_per_s=<x> us_per_message=<y> n=<n>
@@ -75,8 +75,10 @@ def _number(value: float) -> str:
     return np.format_float_positional(value, unique=True, trim="-")
 
 
-def leaf_messages(data_dir: Path, n: int) -> list[str]:
-    """The first n rows of test_FD003 as leaf-device JSON bodies, values as in the file."""
+def leaf_messages(data_dir: Path, n: int) -> tuple[list[str], int]:
+    """The first n rows of test_FD003 as leaf-device JSON bodies, values as in the file.
+    The file has 16,596 rows: past its end, the rows are sent again from its start.
+    Returns the bodies and how many distinct rows they hold."""
     frame = pd.read_csv(data_dir / "test_FD003.txt", sep=r"\s+", header=None,
                         names=train.COLUMNS, nrows=n)
     names = ["CycleTime", *train.SETTINGS, *train.SENSORS]
@@ -85,7 +87,7 @@ def leaf_messages(data_dir: Path, n: int) -> list[str]:
     for row in frame[columns].itertuples(index=False):
         fields = [f'"{k}":{_number(float(v))}' for k, v in zip(names, row)]
         bodies.append("{" + ",".join(fields) + "}")
-    return bodies
+    return ([bodies[i % len(bodies)] for i in range(n)] if bodies else []), len(bodies)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore")
 
     init(args.model, data_dir)
-    messages = leaf_messages(data_dir, args.messages)
+    messages, rows = leaf_messages(data_dir, args.messages)
     n = len(messages)
     if n == 0:
         print("bench_tutorial_score.py: no messages", file=sys.stderr)
@@ -123,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     for body in messages[: min(200, n)]:  # warm-up, not timed
         run(body)
     errors = 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for body in messages:
         if run(body).startswith('{"error"'):
             errors += 1
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     if errors:
         print(f"bench_tutorial_score.py: {errors} messages answered with an error", file=sys.stderr)
         return 1
@@ -135,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     rate = n / elapsed
     print(f"tutorial_path messages_per_s={rate:.1f} us_per_message={1e6 / rate:.1f} n={n}")
     print(f"tutorial scoring path (json -> pandas -> sklearn predict -> to_json), one message "
-          f"per run(), 1 thread ({where}): {rate:,.0f} messages/s, {1e6 / rate:,.0f} µs each, "
-          f"over {n:,} rows of test_FD003")
+          f"per run(), 1 thread ({where}): {rate:,.0f} messages/s, {1e6 / rate:,.0f} µs each "
+          f"({n / cpu:,.0f} per CPU second), over {n:,} rows of test_FD003"
+          f"{' (from its start again past its end)' if n > rows else ''}; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     return 0
 
 

@@ -212,18 +212,14 @@ async fn main() {
         logging_level: Mutex::new(None),
         changed: Notify::new(),
     });
-    match client.twin().await {
-        Ok(twin) => live.apply_desired(&twin["desired"]),
-        Err(e) => warn!("could not read the module twin; using the environment's settings: {e}"),
-    }
-    if let Ok(mut patches) = client.desired_updates() {
-        let live = live.clone();
-        tokio::spawn(async move {
-            while let Some(patch) = patches.recv().await {
-                live.apply_desired(&patch);
-            }
-        });
-    }
+    // The module's own reporter sends the reported properties (settings and counters).
+    let l = live.clone();
+    client
+        .follow_desired(Value::Null, move |d| {
+            l.apply_desired(d);
+            Value::Null
+        })
+        .await;
 
     let (stop_tx, stopping) = watch::channel(false);
     let scanner = tokio::spawn(

@@ -101,26 +101,10 @@ async fn main() {
         }
     };
     let settings = Arc::new(RwLock::new(Settings::default()));
-    match client.twin().await {
-        Ok(twin) => {
-            let reported = apply_desired(&twin["desired"], &settings, &log);
-            if let Err(e) = client.update_reported(&reported).await {
-                warn!("could not report properties: {e}");
-            }
-        }
-        Err(e) => warn!("could not read the module twin; using defaults: {e}"),
-    }
-    if let Ok(mut patches) = client.desired_updates() {
-        let (c, s, l) = (client.clone(), settings.clone(), log.clone());
-        tokio::spawn(async move {
-            while let Some(patch) = patches.recv().await {
-                let reported = apply_desired(&patch, &s, &l);
-                if let Err(e) = c.update_reported(&reported).await {
-                    warn!("could not report properties: {e}");
-                }
-            }
-        });
-    }
+    let s = settings.clone();
+    client
+        .follow_desired(json!({}), move |d| apply_desired(d, &s, &log))
+        .await;
     info!("turbofanRouter running");
     let (c, s) = (client.clone(), settings.clone());
     let result = edge_client::run_inputs(

@@ -209,32 +209,13 @@ async fn main() {
         max_wait_ms: AtomicU64::new(0),
         max_body: AtomicUsize::new(256 * 1024),
     });
-    let mut reported = json!({"ModelStatus": "loaded", "Model": model_info});
-    match client.twin().await {
-        Ok(twin) => {
-            if let (Value::Object(r), Value::Object(applied)) = (
-                &mut reported,
-                apply_desired(&twin["desired"], &shared, &log),
-            ) {
-                r.extend(applied);
-            }
-        }
-        Err(e) => warn!("could not read the module twin; using defaults: {e}"),
-    }
-    if let Err(e) = client.update_reported(&reported).await {
-        warn!("could not report properties: {e}");
-    }
-    if let Ok(mut patches) = client.desired_updates() {
-        let (c, s, l) = (client.clone(), shared.clone(), log.clone());
-        tokio::spawn(async move {
-            while let Some(patch) = patches.recv().await {
-                let r = apply_desired(&patch, &s, &l);
-                if let Err(e) = c.update_reported(&r).await {
-                    warn!("could not report properties: {e}");
-                }
-            }
-        });
-    }
+    let s = shared.clone();
+    client
+        .follow_desired(
+            json!({"ModelStatus": "loaded", "Model": model_info}),
+            move |d| apply_desired(d, &s, &log),
+        )
+        .await;
     if let Ok(addr) = std::env::var("SCORING_HTTP_ADDR") {
         if let Err(e) = http::serve(&addr, shared.clone()).await {
             error!("cannot serve HTTP scoring on {addr}: {e}");

@@ -359,6 +359,20 @@ pub struct Azurite {
     child: tokio::process::Child,
     /// `127.0.0.1:{port}/devstoreaccount1`.
     pub host: String,
+    launch: AzuriteLaunch,
+}
+
+/// How Azurite was started, to start it again on the same port and data.
+#[derive(Clone)]
+struct AzuriteLaunch {
+    bin: PathBuf,
+    location: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    log: PathBuf,
+    port: u16,
+    container: String,
+    ca_pem: String,
 }
 
 impl Azurite {
@@ -373,11 +387,26 @@ impl Azurite {
         container: &str,
         ca_pem: &str,
     ) -> anyhow::Result<Azurite> {
-        use anyhow::Context;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        std::fs::create_dir_all(location)?;
+        Azurite::launch(AzuriteLaunch {
+            bin: bin.to_path_buf(),
+            location: location.to_path_buf(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            log: log.to_path_buf(),
+            port,
+            container: container.to_owned(),
+            ca_pem: ca_pem.to_owned(),
+        })
+        .await
+    }
+
+    async fn launch(l: AzuriteLaunch) -> anyhow::Result<Azurite> {
+        use anyhow::Context;
+        let (bin, log, port) = (&l.bin, &l.log, l.port);
+        std::fs::create_dir_all(&l.location)?;
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -392,11 +421,11 @@ impl Azurite {
                 "--loose",
             ])
             .arg("--location")
-            .arg(location)
+            .arg(&l.location)
             .arg("--cert")
-            .arg(cert)
+            .arg(&l.cert)
             .arg("--key")
-            .arg(key)
+            .arg(&l.key)
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -421,10 +450,22 @@ impl Azurite {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let az = Azurite { child, host };
-        az.create_container(container, ca_pem).await?;
-        tracing::info!(host = %az.host, container, "Azurite blob service ready");
+        let az = Azurite {
+            child,
+            host,
+            launch: l.clone(),
+        };
+        az.create_container(&l.container, &l.ca_pem).await?;
+        tracing::info!(host = %az.host, container = %l.container, "Azurite blob service ready");
         Ok(az)
+    }
+
+    /// Stops Azurite if it still runs, and starts it again on the same port with the same
+    /// data (fault tests: blob storage down for a while, then back).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill().await;
+        *self = Azurite::launch(self.launch.clone()).await?;
+        Ok(())
     }
 
     async fn create_container(&self, container: &str, ca_pem: &str) -> anyhow::Result<()> {

@@ -311,6 +311,11 @@ impl Hub {
         }
     }
 
+    /// Whether a CONNECT of `identity` finds its session (kept for `clean_session = 0`).
+    pub fn session_present(&self, identity: &Identity, clean: bool) -> bool {
+        !clean && lock(&self.sessions).contains_key(&identity.client_id())
+    }
+
     /// Registers a connection for `identity`; an earlier connection of the same client is
     /// closed (session takeover). Returns whether a session was present.
     pub fn connect(&self, identity: &Identity, clean: bool, conn: Conn) -> bool {

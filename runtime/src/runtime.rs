@@ -446,6 +446,15 @@ impl Runtime {
         self.azurite.as_ref().and_then(|a| a.pid())
     }
 
+    /// Starts Azurite again (stopping it first if it still runs) on the same port and data;
+    /// fails when this runtime has no Azurite.
+    pub async fn restart_azurite(&mut self) -> Result<()> {
+        match &mut self.azurite {
+            Some(a) => a.restart().await,
+            None => bail!("this runtime stores blobs in a folder, not in Azurite"),
+        }
+    }
+
     /// The environment the runtime gives `module` (what its process sees).
     pub fn module_env(&self, module: &str) -> Option<HashMap<String, String>> {
         self.envs.get(module).map(|e| e.iter().cloned().collect())

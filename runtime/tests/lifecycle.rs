@@ -177,10 +177,11 @@ async fn stopping_finishes_messages_in_flight_and_leaves_the_rest_to_edge_hub() 
         rest.push(m.message.body.clone());
         m.ack();
     }
+    let extra = tokio::time::timeout(Duration::from_millis(500), inputs.recv()).await;
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), inputs.recv())
-            .await
-            .is_err()
+        extra.is_err(),
+        "delivered again: {:?} (finished: {done:?}, rest: {rest:?})",
+        extra.ok().flatten().map(|m| m.message.body)
     );
     let mut all: Vec<Bytes> = done
         .iter()

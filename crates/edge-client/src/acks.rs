@@ -8,23 +8,43 @@
 //!   3.1.1 §4.6) once each message is handled, and only on the connection it arrived on: a
 //!   message from an earlier connection is redelivered by edgeHub instead.
 
+use bytes::Bytes;
 use rumqttc::{AsyncClient, Publish, QoS};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
+/// A publish waiting for its PUBACK, kept whole so it can be sent again.
+pub(crate) struct PendingSend {
+    seq: u64,
+    /// Topic of the publish.
+    pub(crate) topic: String,
+    /// Its payload.
+    pub(crate) payload: Bytes,
+    /// Fired on PUBACK.
+    pub(crate) tx: oneshot::Sender<()>,
+}
+
 /// Waiters for PUBACKs of our own publishes.
 #[derive(Default)]
 pub(crate) struct SendTracker {
-    queued: VecDeque<oneshot::Sender<()>>,
-    in_flight: HashMap<u16, oneshot::Sender<()>>,
+    next_seq: u64,
+    queued: VecDeque<PendingSend>,
+    in_flight: HashMap<u16, PendingSend>,
 }
 
 impl SendTracker {
-    /// A publish was queued; `tx` fires when it is acknowledged.
-    pub(crate) fn register(&mut self, tx: oneshot::Sender<()>) {
-        self.queued.push_back(tx);
+    /// A publish was queued; its waiter fires when it is acknowledged.
+    pub(crate) fn register(&mut self, topic: String, payload: Bytes, tx: oneshot::Sender<()>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queued.push_back(PendingSend {
+            seq,
+            topic,
+            payload,
+            tx,
+        });
     }
 
     /// The last registered publish could not be queued after all.
@@ -37,21 +57,49 @@ impl SendTracker {
         if pkid == 0 || self.in_flight.contains_key(&pkid) {
             return; // QoS 0, or a retransmission of a publish we already track
         }
-        if let Some(tx) = self.queued.pop_front() {
-            self.in_flight.insert(pkid, tx);
+        if let Some(p) = self.queued.pop_front() {
+            self.in_flight.insert(pkid, p);
         }
     }
 
     /// edgeHub acknowledged `pkid`.
     pub(crate) fn acked(&mut self, pkid: u16) {
-        if let Some(tx) = self.in_flight.remove(&pkid) {
-            let _ = tx.send(());
+        if let Some(p) = self.in_flight.remove(&pkid) {
+            let _ = p.tx.send(());
         }
     }
 
     /// Publishes not yet acknowledged.
     pub(crate) fn outstanding(&self) -> usize {
         self.queued.len() + self.in_flight.len()
+    }
+
+    /// A mark separating the publishes registered so far from later ones.
+    pub(crate) fn mark(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Takes every unacknowledged publish registered before `mark`, in the order they were
+    /// first sent: after a reconnection without a session the MQTT client has dropped them, so
+    /// they must be sent again (edgeHub may see a duplicate: at-least-once). Later ones are
+    /// the new connection's and stay.
+    pub(crate) fn take_before(&mut self, mark: u64) -> Vec<PendingSend> {
+        let pkids: Vec<u16> = self
+            .in_flight
+            .iter()
+            .filter(|(_, p)| p.seq < mark)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut taken: Vec<PendingSend> = pkids
+            .into_iter()
+            .filter_map(|k| self.in_flight.remove(&k))
+            .collect();
+        let (old, new): (Vec<PendingSend>, Vec<PendingSend>) =
+            self.queued.drain(..).partition(|p| p.seq < mark);
+        self.queued.extend(new);
+        taken.extend(old);
+        taken.sort_by_key(|p| p.seq);
+        taken
     }
 
     /// The connection is gone for good: every waiter gets an error.
@@ -202,8 +250,8 @@ mod tests {
         let mut t = SendTracker::default();
         let (a_tx, mut a) = oneshot::channel();
         let (b_tx, mut b) = oneshot::channel();
-        t.register(a_tx);
-        t.register(b_tx);
+        t.register("a".into(), Bytes::new(), a_tx);
+        t.register("b".into(), Bytes::new(), b_tx);
         t.sent(7);
         t.sent(7); // retransmission of 7 after a reconnect
         t.sent(8);
@@ -214,6 +262,25 @@ mod tests {
         t.acked(7);
         assert!(a.try_recv().is_ok());
         assert_eq!(t.outstanding(), 0);
+    }
+
+    #[test]
+    fn unacknowledged_sends_are_taken_back_in_their_first_order() {
+        let mut t = SendTracker::default();
+        let mut rx = Vec::new();
+        for name in ["first", "second", "third"] {
+            let (tx, r) = oneshot::channel();
+            t.register(name.into(), Bytes::from(name), tx);
+            rx.push(r);
+        }
+        t.sent(9);
+        t.sent(3); // in flight under packet ids that do not follow the order
+        let mark = t.mark();
+        let (tx, _later) = oneshot::channel();
+        t.register("after the reconnection".into(), Bytes::new(), tx);
+        let back: Vec<String> = t.take_before(mark).into_iter().map(|p| p.topic).collect();
+        assert_eq!(back, vec!["first", "second", "third"]);
+        assert_eq!(t.outstanding(), 1, "the new connection's send stays");
     }
 
     #[test]

@@ -301,7 +301,7 @@ impl ModuleClient {
         let (tx, rx) = oneshot::channel();
         {
             let _order = self.inner.send_order.lock().await;
-            lock(&self.inner.sends).register(tx);
+            lock(&self.inner.sends).register(topic.clone(), payload.clone(), tx);
             if self
                 .inner
                 .mqtt
@@ -485,11 +485,21 @@ impl Driver {
                 _ = self.inner.stop.notified() => break,
             };
             match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     epoch += 1;
                     self.inner.acks.set_epoch(epoch);
                     backoff.attempt = 0;
-                    info!(epoch, "connected to edgeHub");
+                    info!(
+                        epoch,
+                        session_present = ack.session_present,
+                        "connected to edgeHub"
+                    );
+                    if !ack.session_present && epoch > 1 {
+                        // rumqttc drops its unacknowledged publishes when the session is gone
+                        // (a restarted edgeHub): send them again, in their order.
+                        let mark = lock(&self.inner.sends).mark();
+                        self.republish(mark);
+                    }
                     self.subscribe();
                     if let Some(first) = self.first.take() {
                         let _ = first.send(Ok(()));
@@ -531,6 +541,33 @@ impl Driver {
         }
         lock(&self.inner.sends).fail_all();
         debug!("edgeHub connection driver stopped");
+    }
+
+    fn republish(&self, mark: u64) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let _order = inner.send_order.lock().await;
+            let pending = lock(&inner.sends).take_before(mark);
+            if !pending.is_empty() {
+                warn!(
+                    count = pending.len(),
+                    "edgeHub had no session: sending unacknowledged messages again"
+                );
+            }
+            for p in pending {
+                let (topic, payload) = (p.topic.clone(), p.payload.clone());
+                lock(&inner.sends).register(p.topic, p.payload, p.tx);
+                if inner
+                    .mqtt
+                    .publish_bytes(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    lock(&inner.sends).unregister_last();
+                    break;
+                }
+            }
+        });
     }
 
     fn subscribe(&self) {

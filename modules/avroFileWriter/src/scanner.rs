@@ -198,7 +198,12 @@ impl<U: Uploader> Scanner<U> {
                 warn!(file = %f.path.display(), "file name is not UTF-8; not uploaded");
                 continue;
             };
-            match uploader.upload(&f.path, &blob).await {
+            if !self.tree.begin_upload(&f.path) {
+                continue; // the writer opened it meanwhile: not quiet after all
+            }
+            let uploaded = uploader.upload(&f.path, &blob).await;
+            self.tree.end_upload();
+            match uploaded {
                 Ok(()) => {
                     if self.delete_uploaded(&f) {
                         info!(blob = %blob, bytes = f.len, "uploaded; removed from the archive");

@@ -21,6 +21,7 @@ pub const QUARANTINE_DIR: &str = "quarantine";
 pub struct TreeLock {
     open: Mutex<Option<PathBuf>>,
     uploaded: Mutex<HashSet<PathBuf>>,
+    uploading: Mutex<Option<PathBuf>>,
     ledger: Option<PathBuf>,
 }
 
@@ -39,15 +40,32 @@ impl TreeLock {
             .map(|l| root.join(l.trim()))
             .collect();
         TreeLock {
-            open: Mutex::default(),
             uploaded: Mutex::new(uploaded),
             ledger: Some(ledger),
+            ..TreeLock::default()
         }
     }
 
     /// Takes the lock; the value is the file the writer has open, if any.
     pub fn lock(&self) -> MutexGuard<'_, Option<PathBuf>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks `path` as being uploaded unless the writer has it open; `false` when it is open.
+    /// While marked, the writer does not append to it (see [`TreeLock::file_for`]).
+    pub fn begin_upload(&self, path: &Path) -> bool {
+        let open = self.lock();
+        if open.as_deref() == Some(path) {
+            return false;
+        }
+        *self.uploading.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.to_path_buf());
+        true
+    }
+
+    /// The upload started by [`TreeLock::begin_upload`] is over.
+    pub fn end_upload(&self) {
+        let _open = self.lock();
+        *self.uploading.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Records that `path` (relative name `rel`) was uploaded and removed. Call with the lock held.
@@ -70,11 +88,13 @@ impl TreeLock {
     }
 
     /// The file to write `bucket_path`'s records to: the bucket's own name, or when a file of
-    /// that name was already uploaded, the first of `15-1.avro`, `15-2.avro`, … that was not.
-    /// Call with the lock held.
+    /// that name was already uploaded or is being uploaded, the first of `15-1.avro`,
+    /// `15-2.avro`, … that is neither. Call with the lock held.
     pub fn file_for(&self, bucket_path: &Path) -> PathBuf {
         let uploaded = self.uploaded.lock().unwrap_or_else(|p| p.into_inner());
-        if !uploaded.contains(bucket_path) {
+        let uploading = self.uploading.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = |p: &Path| uploaded.contains(p) || uploading.as_deref() == Some(p);
+        if !taken(bucket_path) {
             return bucket_path.to_path_buf();
         }
         let stem = bucket_path
@@ -83,7 +103,7 @@ impl TreeLock {
             .unwrap_or_default();
         (1..)
             .map(|n| bucket_path.with_file_name(format!("{stem}-{n}.avro")))
-            .find(|p| !uploaded.contains(p))
+            .find(|p| !taken(p))
             .unwrap_or_else(|| bucket_path.to_path_buf())
     }
 }
@@ -234,6 +254,22 @@ mod ledger_tests {
         );
         let again = TreeLock::with_ledger(root);
         assert_eq!(again.file_for(&bucket), root.join("2026/11/21/5/15-2.avro"));
+    }
+
+    #[test]
+    fn a_file_being_uploaded_is_not_appended_to() {
+        let root = Path::new("/r");
+        let bucket = root.join("2026/11/21/5/15.avro");
+        let t = TreeLock::default();
+        assert!(t.begin_upload(&bucket));
+        assert_eq!(t.file_for(&bucket), root.join("2026/11/21/5/15-1.avro"));
+        t.end_upload();
+        assert_eq!(t.file_for(&bucket), bucket);
+        *t.lock() = Some(bucket.clone());
+        assert!(
+            !t.begin_upload(&bucket),
+            "the writer's open file is not uploaded"
+        );
     }
 }
 

@@ -1,0 +1,529 @@
+//! Load benchmark of the whole pipeline on this machine: `deployment.template.json` on the
+//! local runtime (in this process), the three real module processes (release builds, started
+//! by edgeAgent), and leaf devices generating load in this process, each with its own identity
+//! and TLS connection through edgeHub.
+//!
+//! ```sh
+//! cargo build --release --workspace
+//! cargo bench -p e2e-tests --bench pipeline -- [--runs 3] [--devices 100] [--messages 200000]
+//!     [--window 4000] [--rate 2000] [--paced-secs 15] [--hub-window N]
+//! ```
+//!
+//! Per run (a fresh runtime each):
+//! 1. paced: `--rate` leaf messages/s for `--paced-secs`; latency leaf → RUL message
+//!    upstream, and CPU per module at that rate;
+//! 2. sustained: `--messages` as fast as the pipeline takes them, with at most `--window`
+//!    messages sent but not yet out as RUL messages (so the rate measured is what the
+//!    whole pipeline sustains, not what edgeHub's queues absorb); messages/s from the first
+//!    send to the last RUL message, CPU per process over the phase.
+//!
+//! Every message must come out as exactly one RUL message (none lost, none duplicated, no
+//! dead letter) and be archived by the Avro writer. Latency is measured two ways: to the RUL
+//! message's `enqueuedTimeUtc` (edgeHub took it for IoT Hub; millisecond resolution,
+//! truncated), and to the moment this process saw it in the durable `$upstream` store
+//! (after the store's fsync; polled every millisecond).
+
+use anyhow::{anyhow, bail, Context, Result};
+use e2e::pipeline::{self, wait_for, Pipeline};
+use e2e::procfs::{self, Sample};
+use e2e::upstream::Tail;
+use e2e::{CLASSIFIER, MODULES, ROUTER, WRITER};
+use edge_client::ModuleClient;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use turbofan_domain::cmapss::Row;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn now_us() -> u64 {
+    let t = chrono::Utc::now();
+    u64::try_from(t.timestamp_micros()).unwrap_or(0)
+}
+
+/// What is known of every message of a run, by message number.
+struct Ledger {
+    sent_us: Vec<AtomicU64>,
+    enqueued_us: Vec<AtomicU64>,
+    observed_us: Vec<AtomicU64>,
+    ruls: Vec<AtomicU32>,
+    dead: AtomicU64,
+    unknown: AtomicU64,
+}
+
+impl Ledger {
+    fn new(n: usize) -> Ledger {
+        let zeros = |n| (0..n).map(|_| AtomicU64::new(0)).collect();
+        Ledger {
+            sent_us: zeros(n),
+            enqueued_us: zeros(n),
+            observed_us: zeros(n),
+            ruls: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            dead: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+        }
+    }
+}
+
+fn find<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let at = line.windows(key.len()).position(|w| w == key)? + key.len();
+    let rest = &line[at..];
+    let end = rest.iter().position(|b| *b == b'"')?;
+    Some(&rest[..end])
+}
+
+fn contains(line: &[u8], needle: &[u8]) -> bool {
+    line.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `2026-11-21T06:57:41.017Z` → microseconds since the epoch.
+fn parse_time_us(t: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(t).ok()?;
+    let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
+    u64::try_from(t.timestamp_micros()).ok()
+}
+
+/// Sorts one upstream line into the ledger without parsing all of its JSON: RUL messages
+/// carry `"module":"turbofanRouter"`, `PredictedRul` and our correlation id `b<n>`.
+fn account(line: &[u8], ledger: &Ledger, seen_at: u64) -> bool {
+    if contains(line, br#""DeadLetter":"true""#) {
+        ledger.dead.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    let rul = contains(line, br#""module":"turbofanRouter""#) && contains(line, b"PredictedRul");
+    let n = find(line, br#""CorrelationId":"b"#)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse::<usize>().ok())
+        .filter(|n| *n < ledger.ruls.len());
+    match (rul, n) {
+        (true, Some(n)) => {
+            if ledger.ruls[n].fetch_add(1, Ordering::Relaxed) == 0 {
+                let enq = find(line, br#""enqueuedTimeUtc":""#)
+                    .and_then(parse_time_us)
+                    .unwrap_or(0);
+                ledger.enqueued_us[n].store(enq, Ordering::Relaxed);
+                ledger.observed_us[n].store(seen_at, Ordering::Relaxed);
+            }
+            true
+        }
+        _ => {
+            ledger.unknown.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// Follows the upstream store, accounting RUL messages and handing back window permits.
+fn follow(
+    mut tail: Tail,
+    ledger: Arc<Ledger>,
+    window: Arc<Semaphore>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<()>> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let seen_at = now_us();
+            let mut done = 0;
+            tail.poll_lines(|l| {
+                if account(l, &ledger, seen_at) {
+                    done += 1;
+                }
+            })?;
+            window.add_permits(done);
+            if done == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(())
+    })
+}
+
+struct Leaves {
+    clients: Vec<ModuleClient>,
+    ids: Vec<String>,
+    rows: Vec<Row>,
+}
+
+impl Leaves {
+    /// Sends message number `n` from device `n % devices`; its correlation id is `b<n>`.
+    fn send(&self, n: usize, ledger: &Arc<Ledger>, failures: &Arc<AtomicU64>) {
+        let d = n % self.clients.len();
+        let row = &self.rows[n % self.rows.len()];
+        let message = leaf_simulator::plan::telemetry(&self.ids[d], row, format!("b{n}"));
+        let client = self.clients[d].clone();
+        let (ledger, failures) = (ledger.clone(), failures.clone());
+        ledger.sent_us[n].store(now_us(), Ordering::Relaxed);
+        tokio::spawn(async move {
+            if client.send_event(message).await.is_err() {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// What happened to messages `range` of a run.
+struct Outcome {
+    messages: usize,
+    lost: usize,
+    duplicates: u64,
+    elapsed: Duration,
+    to_enqueued: Vec<u64>,
+    to_observed: Vec<u64>,
+}
+
+impl Outcome {
+    fn of(ledger: &Ledger, range: std::ops::Range<usize>) -> Outcome {
+        let mut o = Outcome {
+            messages: range.len(),
+            lost: 0,
+            duplicates: 0,
+            elapsed: Duration::ZERO,
+            to_enqueued: Vec::with_capacity(range.len()),
+            to_observed: Vec::with_capacity(range.len()),
+        };
+        let (mut first, mut last) = (u64::MAX, 0);
+        for n in range {
+            let sent = ledger.sent_us[n].load(Ordering::Relaxed);
+            first = first.min(sent);
+            match ledger.ruls[n].load(Ordering::Relaxed) {
+                0 => o.lost += 1,
+                k => {
+                    o.duplicates += u64::from(k - 1);
+                    let enq = ledger.enqueued_us[n].load(Ordering::Relaxed);
+                    let seen = ledger.observed_us[n].load(Ordering::Relaxed);
+                    last = last.max(enq.max(seen));
+                    o.to_enqueued.push(enq.saturating_sub(sent));
+                    o.to_observed.push(seen.saturating_sub(sent));
+                }
+            }
+        }
+        o.elapsed = Duration::from_micros(last.saturating_sub(first));
+        o.to_enqueued.sort_unstable();
+        o.to_observed.sort_unstable();
+        o
+    }
+
+    fn rate(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn latency(&self) -> String {
+        format!(
+            "to enqueued p50 {:.2} / p99 {:.2} / max {:.2} ms; seen in the store p50 {:.2} / p99 {:.2} ms",
+            percentile(&self.to_enqueued, 0.5),
+            percentile(&self.to_enqueued, 0.99),
+            percentile(&self.to_enqueued, 1.0),
+            percentile(&self.to_observed, 0.5),
+            percentile(&self.to_observed, 0.99),
+        )
+    }
+}
+
+async fn wait_all(ledger: &Ledger, range: std::ops::Range<usize>, timeout: Duration) {
+    let _ = wait_for("every RUL message", timeout, || {
+        Ok(range
+            .clone()
+            .all(|n| ledger.ruls[n].load(Ordering::Relaxed) > 0)
+            .then_some(()))
+    })
+    .await;
+}
+
+/// CPU and memory of the module processes, this process and its upstream-writer thread.
+#[derive(Clone)]
+struct Usage {
+    at: Instant,
+    modules: HashMap<&'static str, Sample>,
+    me: Sample,
+    upstream_thread: u64,
+}
+
+fn thread_ticks(name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|s| {
+            let after = &s[s.rfind(')')? + 1..];
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+fn usage(p: &Pipeline) -> Result<Usage> {
+    let mut modules = HashMap::new();
+    for m in MODULES {
+        let pid = p.pid(m).ok_or_else(|| anyhow!("{m} is not running"))?;
+        modules.insert(m, procfs::sample(pid)?);
+    }
+    Ok(Usage {
+        at: Instant::now(),
+        modules,
+        me: procfs::sample(std::process::id())?,
+        upstream_thread: thread_ticks("upstream-writer"),
+    })
+}
+
+/// CPU used between two readings, in cores (1.0 = one core busy).
+fn cores(before: &Usage, after: &Usage) -> Vec<(String, f64)> {
+    let secs = (after.at - before.at).as_secs_f64().max(1e-9);
+    let hz = procfs::ticks_per_second() as f64;
+    let c = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / hz / secs;
+    let mut out: Vec<(String, f64)> = MODULES
+        .iter()
+        .map(|m| {
+            (
+                (*m).to_owned(),
+                c(before.modules[m].cpu_ticks, after.modules[m].cpu_ticks),
+            )
+        })
+        .collect();
+    let up = c(before.upstream_thread, after.upstream_thread);
+    let me = c(before.me.cpu_ticks, after.me.cpu_ticks);
+    out.push((
+        "bench process: runtime + leaf devices + tail".into(),
+        me - up,
+    ));
+    out.push(("bench process: $upstream writer thread".into(), up));
+    out
+}
+
+fn print_cores(title: &str, c: &[(String, f64)]) {
+    let total: f64 = c.iter().map(|(_, v)| v).sum();
+    println!("  CPU {title} (cores; 2 available), total {total:.2}:");
+    for (name, v) in c {
+        println!("    {name:<48} {v:.2}");
+    }
+}
+
+fn print_memory(u: &Usage) {
+    for m in MODULES {
+        let s = u.modules[m];
+        println!(
+            "    {m:<24} VmRSS {:>6.1} MB  VmHWM {:>6.1} MB",
+            s.rss_kib as f64 / 1024.0,
+            s.hwm_kib as f64 / 1024.0
+        );
+    }
+}
+
+struct RunResult {
+    sustained: f64,
+    paced_p50: f64,
+    paced_p99: f64,
+    paced_seen_p99: f64,
+    hwm: HashMap<&'static str, u64>,
+    sustained_cpu: Vec<(String, f64)>,
+}
+
+async fn run(k: u64) -> Result<RunResult> {
+    let devices = arg("--devices", 100) as usize;
+    let sustained_n = arg("--messages", 200_000) as usize;
+    let window_n = arg("--window", 4000) as usize;
+    let rate = arg("--rate", 2000);
+    let paced_secs = arg("--paced-secs", 15);
+    let warmup = 2000usize;
+    let paced_n = (rate * paced_secs) as usize;
+    let total = warmup + paced_n + sustained_n;
+
+    let manifest = pipeline::deployment_manifest(&[])?;
+    // edgeHub's window (messages in flight per module): the runtime's default unless told.
+    let hub_window = arg("--hub-window", 0) as usize;
+    let p = Pipeline::start_with(&manifest, false, |o| {
+        if hub_window > 0 {
+            o.window = hub_window;
+        }
+    })
+    .await?;
+    p.wait_connected(Duration::from_secs(60)).await?;
+    wait_for(
+        "the classifier's model loaded",
+        Duration::from_secs(60),
+        || Ok((p.reported(CLASSIFIER)["ModelStatus"] == "loaded").then_some(())),
+    )
+    .await?;
+
+    let rows = turbofan_domain::cmapss::read_rows(&pipeline::data_file("test_FD003.txt"))?;
+    let mut clients = Vec::with_capacity(devices);
+    let mut ids = Vec::with_capacity(devices);
+    for d in 0..devices {
+        let id = format!("Load_{:03}", d + 1);
+        clients.push(p.leaf_device(&id).await.with_context(|| id.clone())?);
+        ids.push(id);
+    }
+    let leaves = Leaves { clients, ids, rows };
+    let ledger = Arc::new(Ledger::new(total));
+    let failures = Arc::new(AtomicU64::new(0));
+    let window = Arc::new(Semaphore::new(window_n));
+    let stop = Arc::new(AtomicBool::new(false));
+    let follower = follow(
+        Tail::new(p.state()),
+        ledger.clone(),
+        window.clone(),
+        stop.clone(),
+    );
+
+    // Warm-up, then the paced phase.
+    for n in 0..warmup {
+        window.acquire().await?.forget();
+        leaves.send(n, &ledger, &failures);
+    }
+    wait_all(&ledger, 0..warmup, Duration::from_secs(60)).await;
+    let paced = warmup..warmup + paced_n;
+    let before = usage(&p)?;
+    let t0 = tokio::time::Instant::now();
+    for (i, n) in paced.clone().enumerate() {
+        let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(due).await;
+        window.acquire().await?.forget();
+        leaves.send(n, &ledger, &failures);
+    }
+    let after = usage(&p)?;
+    wait_all(&ledger, paced.clone(), Duration::from_secs(60)).await;
+    let po = Outcome::of(&ledger, paced.clone());
+    println!("run {k}:");
+    println!(
+        "  paced at {rate}/s: {} messages, {} lost, {} duplicated; {}",
+        po.messages,
+        po.lost,
+        po.duplicates,
+        po.latency()
+    );
+    print_cores(&format!("at {rate}/s"), &cores(&before, &after));
+
+    // Sustained: as fast as the whole pipeline goes, at most `window` messages outstanding.
+    let sustained = paced.end..total;
+    let before = usage(&p)?;
+    for n in sustained.clone() {
+        window.acquire().await?.forget();
+        leaves.send(n, &ledger, &failures);
+    }
+    wait_all(&ledger, sustained.clone(), Duration::from_secs(120)).await;
+    let after = usage(&p)?;
+    let so = Outcome::of(&ledger, sustained.clone());
+    println!(
+        "  sustained: {} messages in {:.1} s = {:.0} messages/s end to end; {} lost, {} duplicated; {}",
+        so.messages,
+        so.elapsed.as_secs_f64(),
+        so.rate(),
+        so.lost,
+        so.duplicates,
+        so.latency()
+    );
+    let sustained_cpu = cores(&before, &after);
+    print_cores("sustained", &sustained_cpu);
+    println!("  memory after the sustained phase:");
+    print_memory(&after);
+
+    // Nothing else came out, and the Avro writer archived every record.
+    let archived = wait_for(
+        "the Avro writer's RecordsWritten",
+        Duration::from_secs(30),
+        || {
+            let n = p.writer_counter("RecordsWritten");
+            Ok((n >= total as u64).then_some(n))
+        },
+    )
+    .await
+    .unwrap_or_else(|_| p.writer_counter("RecordsWritten"));
+    stop.store(true, Ordering::Relaxed);
+    follower
+        .join()
+        .map_err(|_| anyhow!("the upstream follower panicked"))??;
+    let (dead, unknown) = (
+        ledger.dead.load(Ordering::Relaxed),
+        ledger.unknown.load(Ordering::Relaxed),
+    );
+    let send_failures = failures.load(Ordering::Relaxed);
+    let queues = p.rt.hub.endpoint_stats();
+    println!(
+        "  checks: {archived} of {total} records archived; {dead} dead letters; {unknown} other upstream records; {send_failures} leaf sends failed; queues left: {}",
+        [ROUTER, CLASSIFIER, WRITER]
+            .iter()
+            .map(|m| format!("{m} {}", queues.get(*m).map_or(0, |s| s.queued + s.in_flight)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let restarts: u32 = MODULES.iter().map(|m| p.restarts(m)).sum();
+    if po.lost + so.lost > 0
+        || po.duplicates + so.duplicates > 0
+        || dead + unknown + send_failures > 0
+        || archived < total as u64
+        || restarts > 0
+    {
+        bail!("run {k} lost, duplicated or dead-lettered messages, or a module restarted");
+    }
+    let hwm = MODULES
+        .iter()
+        .map(|m| (*m, after.modules[m].hwm_kib))
+        .collect();
+    for c in &leaves.clients {
+        c.close(Duration::from_secs(1)).await;
+    }
+    p.shutdown().await;
+    Ok(RunResult {
+        sustained: so.rate(),
+        paced_p50: percentile(&po.to_enqueued, 0.5),
+        paced_p99: percentile(&po.to_enqueued, 0.99),
+        paced_seen_p99: percentile(&po.to_observed, 0.99),
+        hwm,
+        sustained_cpu,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let runs = arg("--runs", 1).max(1);
+    let mut results = Vec::new();
+    for k in 1..=runs {
+        results.push(run(k).await?);
+    }
+    println!("\nmedian of {runs} run(s):");
+    println!(
+        "  sustained {:.0} messages/s; at {}/s: p50 {:.2} ms, p99 {:.2} ms to enqueued, p99 {:.2} ms seen in the store",
+        median(results.iter().map(|r| r.sustained).collect()),
+        arg("--rate", 2000),
+        median(results.iter().map(|r| r.paced_p50).collect()),
+        median(results.iter().map(|r| r.paced_p99).collect()),
+        median(results.iter().map(|r| r.paced_seen_p99).collect()),
+    );
+    for m in MODULES {
+        println!(
+            "  {m:<24} VmHWM {:.1} MB (median)",
+            median(results.iter().map(|r| r.hwm[m] as f64 / 1024.0).collect())
+        );
+    }
+    if let Some(first) = results.first() {
+        for (i, (name, _)) in first.sustained_cpu.iter().enumerate() {
+            let v = median(results.iter().map(|r| r.sustained_cpu[i].1).collect());
+            println!("  CPU sustained {name:<48} {v:.2} cores (median)");
+        }
+    }
+    Ok(())
+}

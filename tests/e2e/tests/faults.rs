@@ -1,0 +1,344 @@
+//! The whole pipeline through faults: `kill -9` of each module in turn while ten leaf devices
+//! send (edgeAgent restarts it), a restart of the whole runtime on the same state folder and
+//! port, and Azurite stopped while an Avro file becomes due for upload, then started again.
+//!
+//! Afterwards every sent message must be accounted for: at least one RUL message upstream and
+//! at least one Avro record in the blob store. Duplicates are allowed only as at-least-once
+//! redelivery after a `kill -9` (sent shortly before one), and are counted in the output.
+//!
+//! The runtime restart of the CI test comes between two runs of the devices; a restart
+//! while they send is [`a_runtime_restart_under_load_loses_no_acknowledged_message`],
+//! ignored until the local runtime keeps what it acknowledged across a restart.
+
+use e2e::pipeline::{self, wait_for};
+use e2e::{Pipeline, Tally, Uploads, CLASSIFIER, MODULES, ROUTER, WRITER};
+use leaf_simulator::{sent_log, simulate, Progress, SentRecord, SimConfig, Summary};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+const DEVICES: usize = 10;
+
+/// The writer's quiet period, shortened as an operator would, through its twin.
+fn quiet_period() -> serde_json::Value {
+    json!({"QuietPeriodSecs": 1, "CheckIntervalSecs": 1})
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Duplicates are allowed only as redelivery after a crash: each duplicated message must
+/// have been sent shortly before (or just after) one of the `kills`.
+fn assert_redeliveries(what: &str, t: &Tally, sent: &[SentRecord], kills: &[String]) {
+    let time = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap_or_else(|e| panic!("time {s}: {e}"))
+            .timestamp_millis()
+    };
+    let kills: Vec<i64> = kills.iter().map(|k| time(k)).collect();
+    for cid in &t.duplicated_ids {
+        let s = sent
+            .iter()
+            .find(|s| &s.correlation_id == cid)
+            .expect("a duplicated message was sent");
+        let at = time(&s.sent_at);
+        assert!(
+            kills.iter().any(|k| at > k - 10_000 && at < k + 3_000),
+            "{what}: {} cycle {} (sent {}) came out more than once, far from any kill -9 ({kills:?})",
+            s.device,
+            s.cycle,
+            s.sent_at
+        );
+    }
+}
+
+async fn start(azurite: bool) -> Pipeline {
+    let manifest = pipeline::deployment_manifest(&[]).expect("the deployment manifest");
+    let p = Pipeline::start(&manifest, azurite)
+        .await
+        .expect("the runtime starts the manifest's modules");
+    ready(&p).await;
+    p
+}
+
+async fn ready(p: &Pipeline) {
+    p.patch_desired(WRITER, quiet_period()).unwrap();
+    p.wait_connected(Duration::from_secs(60))
+        .await
+        .expect("modules connected");
+}
+
+/// Starts leaf devices Client_001… replaying their engines' first `rows` cycles at `rate`
+/// messages/s each, logging what edgeHub acknowledged to `log`.
+fn leaf_run(
+    p: &Pipeline,
+    log: &std::path::Path,
+    rows: u64,
+    rate: f64,
+) -> (Arc<Progress>, JoinHandle<Summary>) {
+    let mut cfg = SimConfig::new(p.state(), pipeline::data_file("test_FD003.txt"));
+    cfg.devices = Some(DEVICES);
+    cfg.max_messages = Some(rows);
+    cfg.rate = rate;
+    cfg.sent_log = Some(log.to_path_buf());
+    let progress = Progress::new();
+    let prog = Arc::clone(&progress);
+    let run = tokio::spawn(async move { simulate(&cfg, prog).await.expect("the simulator runs") });
+    (progress, run)
+}
+
+async fn sent_by(run: JoinHandle<Summary>, log: &std::path::Path) -> Vec<SentRecord> {
+    let summary = run.await.expect("the simulator task");
+    assert!(summary.is_complete(), "{summary}");
+    let (sent, torn) = sent_log::read(log).expect("the sent log");
+    assert_eq!((sent.len() as u64, torn), (summary.planned, 0), "{summary}");
+    sent
+}
+
+async fn wait_sent(progress: &Progress, fraction: f64) {
+    wait_for("messages sent", Duration::from_secs(60), || {
+        let planned = progress.planned();
+        Ok((planned > 0 && progress.sent() as f64 >= planned as f64 * fraction).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+/// Waits until every sent message has a RUL message upstream; returns the tally, with the
+/// messages that have none printed.
+async fn rul_messages(p: &Pipeline, sent: &[SentRecord], timeout: Duration) -> Tally {
+    let cids: Vec<&str> = sent.iter().map(|s| s.correlation_id.as_str()).collect();
+    let tally = || {
+        let o = p.upstream()?;
+        anyhow::ensure!(
+            o.dead.is_empty() && o.other.is_empty(),
+            "dead letters or foreign records upstream: {:?} {:?}",
+            o.dead,
+            o.other
+        );
+        Ok(Tally::count(
+            cids.iter().copied(),
+            o.ruls.iter().map(|r| r.correlation_id.as_str()),
+        ))
+    };
+    let _ = wait_for("a RUL message for every sent message", timeout, || {
+        Ok(tally()?.missing.is_empty().then_some(()))
+    })
+    .await;
+    let t = tally().unwrap();
+    for cid in &t.missing {
+        if let Some(s) = sent.iter().find(|s| &s.correlation_id == cid) {
+            println!(
+                "faults: no RUL message for {} cycle {} sent at {}",
+                s.device, s.cycle, s.sent_at
+            );
+        }
+    }
+    t
+}
+
+/// The Avro records of the sent messages, uploaded (read back into `uploads`) or still in
+/// the archive.
+async fn avro_tally(p: &Pipeline, uploads: &mut Uploads, cids: &[&str]) -> anyhow::Result<Tally> {
+    p.collect_uploads(uploads).await?;
+    let archived = p.archived_records()?;
+    Ok(Tally::count(
+        cids.iter().copied(),
+        uploads
+            .records()
+            .chain(&archived)
+            .map(|r| r.correlation_id.as_str()),
+    ))
+}
+
+/// Waits until every sent message has an Avro record (uploaded or in the archive); with
+/// `uploaded`, also until the archive is empty. Returns the tally.
+async fn avro_records(
+    p: &Pipeline,
+    uploads: &mut Uploads,
+    sent: &[SentRecord],
+    uploaded: bool,
+    timeout: Duration,
+) -> Tally {
+    let cids: Vec<&str> = sent.iter().map(|s| s.correlation_id.as_str()).collect();
+    let deadline = Instant::now() + timeout;
+    loop {
+        // The writer may be appending a block, or a file may be uploaded and removed between
+        // the two reads: a failed or incomplete look is retried.
+        let t = avro_tally(p, uploads, &cids).await;
+        let empty = !uploaded || p.archive_files().is_ok_and(|f| f.is_empty());
+        match t {
+            Ok(t) if t.missing.is_empty() && empty => return t,
+            Ok(t) if Instant::now() >= deadline => return t,
+            Err(e) if Instant::now() >= deadline => panic!("reading the Avro records: {e:#}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_accounted_for_through_module_kills_a_runtime_restart_and_an_azurite_outage(
+) {
+    let started = Instant::now();
+    let mut p = start(true).await;
+    let mut uploads = Uploads::default();
+
+    // Run 1: kill -9 of each module in turn while the devices send.
+    let mut kills = Vec::new();
+    let log1 = p.dir().join("sent-1.jsonl");
+    let (progress, run) = leaf_run(&p, &log1, 40, 8.0);
+    for (i, module) in [ROUTER, CLASSIFIER, WRITER].into_iter().enumerate() {
+        wait_sent(&progress, (i as f64 + 1.0) / 4.0).await;
+        let killed_at = now();
+        let pid = p
+            .kill_module(module, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{module} after kill -9: {e:#}"));
+        println!(
+            "faults: killed {module} at {killed_at} ({:.1} s); restarted as pid {pid}",
+            started.elapsed().as_secs_f64()
+        );
+        kills.push(killed_at);
+    }
+    let mut sent = sent_by(run, &log1).await;
+    let t = rul_messages(&p, &sent, Duration::from_secs(60)).await;
+    assert!(t.is_complete(), "RUL messages after the module kills: {t}");
+    let t = avro_records(&p, &mut uploads, &sent, true, Duration::from_secs(60)).await;
+    assert!(t.is_complete(), "Avro records after the module kills: {t}");
+
+    // The whole runtime restarts (modules stopped with SIGTERM, edgeHub and Azurite
+    // stopped) on the same state and port; run 2 goes through the restarted runtime.
+    let restart_at = now();
+    p = p.restart().await.expect("the runtime restarts");
+    ready(&p).await;
+    println!(
+        "faults: runtime restarted from {restart_at} to {} ({:.1} s)",
+        now(),
+        started.elapsed().as_secs_f64()
+    );
+    let log2 = p.dir().join("sent-2.jsonl");
+    let (_, run) = leaf_run(&p, &log2, 10, 20.0);
+    sent.extend(sent_by(run, &log2).await);
+    let t = rul_messages(&p, &sent, Duration::from_secs(60)).await;
+    assert!(
+        t.is_complete(),
+        "RUL messages after the runtime restart: {t}"
+    );
+    let t = avro_records(&p, &mut uploads, &sent, true, Duration::from_secs(60)).await;
+    assert!(
+        t.is_complete(),
+        "Avro records after the runtime restart: {t}"
+    );
+
+    // Azurite stops. Run 3's file goes quiet: its upload fails and it stays in the archive.
+    let azurite = p.rt.azurite_pid().expect("Azurite runs");
+    pipeline::kill(azurite).unwrap();
+    let uploaded_before = p.uploaded_blobs().unwrap().len();
+    let failures_before = p.writer_counter("UploadFailures");
+    println!(
+        "faults: Azurite killed at {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let log3 = p.dir().join("sent-3.jsonl");
+    let (_, run) = leaf_run(&p, &log3, 5, 20.0);
+    let run3 = sent_by(run, &log3).await;
+    sent.extend(run3.iter().cloned());
+    let t = rul_messages(&p, &sent, Duration::from_secs(60)).await;
+    assert!(t.is_complete(), "RUL messages while Azurite is down: {t}");
+    wait_for(
+        "a failed upload while Azurite is down",
+        Duration::from_secs(30),
+        || Ok((p.writer_counter("UploadFailures") > failures_before).then_some(())),
+    )
+    .await
+    .unwrap();
+    let run3_cids: Vec<&str> = run3.iter().map(|s| s.correlation_id.as_str()).collect();
+    let kept = wait_for(
+        "run 3's records in the archive",
+        Duration::from_secs(10),
+        || {
+            let records = p.archived_records()?;
+            let t = Tally::count(
+                run3_cids.iter().copied(),
+                records.iter().map(|r| r.correlation_id.as_str()),
+            );
+            Ok(t.missing.is_empty().then_some(t))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        kept.is_complete(),
+        "run 3's records stay in the archive while Azurite is down: {kept}"
+    );
+    assert_eq!(
+        p.uploaded_blobs().unwrap().len(),
+        uploaded_before,
+        "nothing uploaded while Azurite is down"
+    );
+    println!(
+        "faults: upload failed at {:.1} s; kept in the archive: {:?}",
+        started.elapsed().as_secs_f64(),
+        p.archive_files().unwrap()
+    );
+
+    // Azurite is back (same port, same data): the files are uploaded and leave the archive.
+    p.rt.restart_azurite().await.expect("Azurite starts again");
+    let avro_tally = avro_records(&p, &mut uploads, &sent, true, Duration::from_secs(60)).await;
+    assert!(
+        avro_tally.is_complete() && p.archive_files().unwrap().is_empty(),
+        "Avro records uploaded once Azurite is back: {avro_tally}"
+    );
+    let rul_tally = rul_messages(&p, &sent, Duration::from_secs(1)).await;
+    assert_redeliveries("RUL messages", &rul_tally, &sent, &kills);
+    assert_redeliveries("Avro records", &avro_tally, &sent, &kills);
+    let notes = p.notifications().unwrap();
+    let failed_uploads = notes.iter().filter(|n| n["isSuccess"] == false).count();
+    println!(
+        "faults: {} messages; RUL messages {rul_tally}; Avro records {avro_tally} in {} blobs ({} uploaded again under the same name); upload failures {} ({failed_uploads} notified); {:.1} s",
+        sent.len(),
+        uploads.blobs(),
+        uploads.reuploads(),
+        p.writer_counter("UploadFailures"),
+        started.elapsed().as_secs_f64()
+    );
+    p.shutdown().await;
+}
+
+/// The runtime restarted while leaf devices send: what edgeHub acknowledged must survive
+/// (IoT Edge's store-and-forward), and the devices' sends in flight must complete.
+///
+/// Fails today: the local runtime keeps module queues and MQTT sessions in memory only, so
+/// messages it acknowledged but had not yet delivered are lost with the restart, and a
+/// client that reconnects gets "no session present", upon which rumqttc drops its
+/// unacknowledged publishes and `edge-client`'s send never completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the local runtime loses acknowledged messages on restart (in-memory store-and-forward and sessions); see the doc comment"]
+async fn a_runtime_restart_under_load_loses_no_acknowledged_message() {
+    let started = Instant::now();
+    let mut p = start(false).await;
+    let mut uploads = Uploads::default();
+    let log = p.dir().join("sent.jsonl");
+    let (progress, run) = leaf_run(&p, &log, 60, 8.0);
+    wait_sent(&progress, 0.5).await;
+    let restart_at = now();
+    p = p.restart().await.expect("the runtime restarts");
+    ready(&p).await;
+    println!(
+        "restart under load: from {restart_at} to {} ({:.1} s)",
+        now(),
+        started.elapsed().as_secs_f64()
+    );
+    let sent = sent_by(run, &log).await;
+    let rul_tally = rul_messages(&p, &sent, Duration::from_secs(30)).await;
+    let avro_tally = avro_records(&p, &mut uploads, &sent, false, Duration::from_secs(10)).await;
+    println!(
+        "restart under load: RUL messages {rul_tally}; Avro records {avro_tally}; restarts {:?}",
+        MODULES.map(|m| p.restarts(m))
+    );
+    assert!(rul_tally.is_complete(), "RUL messages: {rul_tally}");
+    assert!(avro_tally.is_complete(), "Avro records: {avro_tally}");
+    p.shutdown().await;
+}

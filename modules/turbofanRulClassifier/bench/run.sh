@@ -17,7 +17,7 @@ CPU=0
 median_thrpt() { # criterion's "thrpt: [low median high]" for a benchmark id, as elements/s
     awk -v id="$1" '
         index($0, id) { found = 1 }
-        found && /thrpt:/ { v = $5; u = $6; gsub(/\[/, "", v);
+        found && /thrpt:/ { v = $4; u = $5; gsub(/\[/, "", v);
             m = (u ~ /^Gelem/) ? 1e9 : (u ~ /^Melem/) ? 1e6 : (u ~ /^Kelem/) ? 1e3 : 1;
             printf "%.0f\n", v * m; exit }'
 }

@@ -129,6 +129,17 @@ impl UploadTarget {
     }
 }
 
+/// A remote store's answer as the scanner's result: what it said, when it refused.
+fn refused<T>(
+    blob: &str,
+    r: Result<T, edge_client::upload::UploadError>,
+) -> Result<(), UploadError> {
+    r.map(|_| ()).map_err(|e| UploadError::Refused {
+        blob: blob.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
 /// Reads a whole archived file (files are five-minute buckets: small).
 async fn read_file(path: &Path) -> Result<bytes::Bytes, UploadError> {
     tokio::fs::read(path)
@@ -155,23 +166,11 @@ impl Uploader for UploadTarget {
             }
             UploadTarget::Container(u) => {
                 let data = read_file(path).await?;
-                u.upload(blob_name, data)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| UploadError::Refused {
-                        blob: blob_name.to_owned(),
-                        reason: e.to_string(),
-                    })
+                refused(blob_name, u.upload(blob_name, data).await)
             }
             UploadTarget::IotHub(u) => {
                 let data = read_file(path).await?;
-                u.upload(blob_name, data)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| UploadError::Refused {
-                        blob: blob_name.to_owned(),
-                        reason: e.to_string(),
-                    })
+                refused(blob_name, u.upload(blob_name, data).await)
             }
         }
     }

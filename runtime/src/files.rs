@@ -156,6 +156,20 @@ impl FileService {
             .map_err(|e| e.to_string())
     }
 
+    /// A device's request: its SAS token checked (401), then its JSON body (400, `what` says
+    /// what was expected).
+    fn device_request<T: serde::de::DeserializeOwned>(
+        &self,
+        headers: &HeaderMap,
+        device: &str,
+        body: &[u8],
+        what: &str,
+    ) -> Result<T, (StatusCode, String)> {
+        self.authorize(headers, device)
+            .map_err(|e| (StatusCode::UNAUTHORIZED, e))?;
+        serde_json::from_slice(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+    }
+
     fn sas_for(&self, blob: &str) -> Result<(String, String), String> {
         match &self.store {
             BlobStore::Azurite { host } => {
@@ -197,18 +211,11 @@ async fn create_sas_uri(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(e) = s.authorize(&headers, &device) {
-        return error(StatusCode::UNAUTHORIZED, e);
-    }
-    let req: SasRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("body must be {{\"blobName\": …}}: {e}"),
-            )
-        }
-    };
+    let req: SasRequest =
+        match s.device_request(&headers, &device, &body, "body must be {\"blobName\": …}") {
+            Ok(r) => r,
+            Err((status, message)) => return error(status, message),
+        };
     let name = req.blob_name.trim_start_matches('/');
     if name.is_empty()
         || name
@@ -240,18 +247,11 @@ async fn notify(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(e) = s.authorize(&headers, &device) {
-        return error(StatusCode::UNAUTHORIZED, e);
-    }
-    let n: Notification = match serde_json::from_slice(&body) {
-        Ok(n) => n,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("not a file-upload notification: {e}"),
-            )
-        }
-    };
+    let n: Notification =
+        match s.device_request(&headers, &device, &body, "not a file-upload notification") {
+            Ok(n) => n,
+            Err((status, message)) => return error(status, message),
+        };
     let Some(blob) = s
         .pending
         .lock()

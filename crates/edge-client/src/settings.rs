@@ -132,25 +132,12 @@ impl Settings {
     /// The gateway certificate must then be given by [`Settings::trust`].
     pub fn from_connection_string(text: &str) -> Result<Settings, Error> {
         let cs = ConnectionString::parse(text).map_err(|e| Error::Config(e.to_string()))?;
-        let module_id = cs.module_id.clone().ok_or_else(|| {
-            Error::Config(
+        if cs.module_id.is_none() {
+            return Err(Error::Config(
                 "the connection string has no ModuleId: it is a device's, not a module's".into(),
-            )
-        })?;
-        Ok(Settings {
-            gateway_hostname: cs
-                .gateway_host_name
-                .clone()
-                .unwrap_or_else(|| cs.host_name.clone()),
-            hub_hostname: cs.host_name,
-            port: 8883,
-            device_id: cs.device_id,
-            module_id,
-            credentials: Credentials::SharedKey(cs.shared_access_key),
-            trust: TrustSource::Workload,
-            token_ttl_secs: 3600,
-            binds: Vec::new(),
-        })
+            ));
+        }
+        Ok(Settings::from_parsed(cs))
     }
 
     /// Settings of a (leaf) device from its connection string
@@ -163,20 +150,23 @@ impl Settings {
                 "the connection string has a ModuleId: it is a module's, not a device's".into(),
             ));
         }
-        Ok(Settings {
-            gateway_hostname: cs
-                .gateway_host_name
-                .clone()
-                .unwrap_or_else(|| cs.host_name.clone()),
+        Ok(Settings::from_parsed(cs))
+    }
+
+    /// Settings for the identity of a parsed connection string (a module's when it has a
+    /// `ModuleId`), connecting to its gateway on 8883 with its shared key.
+    fn from_parsed(cs: ConnectionString) -> Settings {
+        Settings {
+            gateway_hostname: cs.gateway_host_name.unwrap_or_else(|| cs.host_name.clone()),
             hub_hostname: cs.host_name,
             port: 8883,
             device_id: cs.device_id,
-            module_id: String::new(),
+            module_id: cs.module_id.unwrap_or_default(),
             credentials: Credentials::SharedKey(cs.shared_access_key),
             trust: TrustSource::Workload,
             token_ttl_secs: 3600,
             binds: Vec::new(),
-        })
+        }
     }
 
     /// Whether this is a device identity rather than a module's.

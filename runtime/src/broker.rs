@@ -1,8 +1,8 @@
 //! edgeHub's MQTT 3.1.1 server over TLS: authenticates each client, enforces what it may
 //! publish and subscribe to, and hands messages to the [`Hub`].
 //!
-//! A QoS 1 message is acknowledged (PUBACK) only once every sink has taken it: module queues
-//! at once, `$upstream` after its durable write. PUBACKs leave in the order the messages
+//! A QoS 1 message is acknowledged (PUBACK) only once every sink has it on disk: the module
+//! queues' journal and the `$upstream` store. PUBACKs leave in the order the messages
 //! arrived.
 
 use crate::endpoint::Conn;
@@ -183,7 +183,7 @@ struct Session {
     hub: Arc<Hub>,
     identity: Identity,
     conn: Conn,
-    acks: mpsc::UnboundedSender<(u16, Option<Appended>)>,
+    acks: mpsc::UnboundedSender<(u16, Vec<Appended>)>,
 }
 
 impl Session {
@@ -211,7 +211,7 @@ impl Session {
             (_, Topic::TwinGet { rid }) => {
                 let twin = self.hub.twins.get(&self.identity.client_id());
                 self.reply(topic::twin_response(200, &rid, None), twin.to_string());
-                None
+                Vec::new()
             }
             (_, Topic::TwinPatchReported { rid }) => {
                 match serde_json::from_slice::<Value>(&p.payload) {
@@ -227,7 +227,7 @@ impl Session {
                         r#"{"message":"reported properties must be a JSON object"}"#.into(),
                     ),
                 }
-                None
+                Vec::new()
             }
             _ => return Err("publish not allowed for this identity"),
         };
@@ -237,7 +237,7 @@ impl Session {
         Ok(())
     }
 
-    fn ingest(&self, bag: &str, p: &Publish) -> Option<Appended> {
+    fn ingest(&self, bag: &str, p: &Publish) -> Vec<Appended> {
         let mut m = properties::decode(bag);
         m.body = p.payload.clone();
         let span = tracing::debug_span!(
@@ -257,12 +257,12 @@ impl Session {
 
 /// Sends PUBACKs in arrival order, each once its message is stored.
 async fn ack_loop(
-    mut rx: mpsc::UnboundedReceiver<(u16, Option<Appended>)>,
+    mut rx: mpsc::UnboundedReceiver<(u16, Vec<Appended>)>,
     tx: mpsc::UnboundedSender<Packet>,
     close: Arc<Notify>,
 ) {
-    while let Some((pkid, wait)) = rx.recv().await {
-        if let Some(w) = wait {
+    while let Some((pkid, waits)) = rx.recv().await {
+        for w in waits {
             match w.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {

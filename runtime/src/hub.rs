@@ -3,6 +3,7 @@
 
 use crate::endpoint::{Conn, Endpoint, EndpointStats};
 use crate::identity::KeyStore;
+use crate::journal::{Journal, Replayed};
 use crate::manifest::Manifest;
 use crate::twin::Twins;
 use crate::upstream::{Appended, Upstream};
@@ -105,6 +106,7 @@ pub struct Hub {
     cfg: HubConfig,
     routes: Vec<(String, Route)>,
     endpoints: Mutex<HashMap<String, Arc<Mutex<Endpoint>>>>,
+    journal: Journal,
     sessions: Mutex<HashMap<String, Session>>,
     /// Module and device twins.
     pub twins: Twins,
@@ -156,13 +158,15 @@ fn now_secs() -> u64 {
 }
 
 impl Hub {
-    /// A hub for the manifest's routes. Routes that do not parse are returned (and left
-    /// out); the others work.
+    /// A hub for the manifest's routes, with the module queues that `journal` held at start
+    /// (`replayed`). Routes that do not parse are returned (and left out); the others work.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: HubConfig,
         manifest: &Manifest,
         twins: Twins,
         upstream: Upstream,
+        (journal, replayed): (Journal, Replayed),
         module_keys: KeyStore,
         device_keys: KeyStore,
     ) -> (Hub, Vec<RouteError>) {
@@ -182,6 +186,7 @@ impl Hub {
             cfg,
             routes,
             endpoints: Mutex::new(HashMap::new()),
+            journal,
             sessions: Mutex::new(HashMap::new()),
             twins,
             upstream,
@@ -193,6 +198,9 @@ impl Hub {
         };
         for m in &manifest.modules {
             hub.endpoint(&m.name);
+        }
+        for (module, pending) in replayed {
+            lock(&hub.endpoint(&module)).restore(pending);
         }
         (hub, errors)
     }
@@ -226,6 +234,7 @@ impl Hub {
                     module,
                     self.cfg.window,
                     self.cfg.ttl,
+                    self.journal.clone(),
                 )))
             })
             .clone()
@@ -397,9 +406,10 @@ impl Hub {
     }
 
     /// Routes a message from `identity` (stamping the connection ids and enqueued time).
-    /// Module sinks take it at once; the returned receiver, if any, resolves when
-    /// `$upstream` has stored it durably.
-    pub fn ingest(&self, identity: &Identity, mut m: Message) -> Option<Appended> {
+    /// Module queues take it at once (and may deliver it at once); the returned receivers
+    /// resolve when every sink has it on disk (module journal, `$upstream` store), which is
+    /// when the sender may be acknowledged.
+    pub fn ingest(&self, identity: &Identity, mut m: Message) -> Vec<Appended> {
         self.metrics.received.fetch_add(1, Ordering::Relaxed);
         let source = match identity {
             Identity::Module { device, module } => {
@@ -421,7 +431,7 @@ impl Hub {
         self.route(&source, m)
     }
 
-    fn route(&self, source: &str, m: Message) -> Option<Appended> {
+    fn route(&self, source: &str, m: Message) -> Vec<Appended> {
         let mut sinks: Vec<&Sink> = Vec::with_capacity(2);
         {
             let view = View {
@@ -437,23 +447,25 @@ impl Hub {
         if sinks.is_empty() {
             self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
             debug!(source, "message matches no route");
-            return None;
+            return Vec::new();
         }
         let m = Arc::new(m);
-        let mut appended = None;
+        let mut stored = Vec::with_capacity(sinks.len());
         for sink in sinks {
             match sink {
                 Sink::Upstream => {
                     self.metrics.to_upstream.fetch_add(1, Ordering::Relaxed);
-                    appended = Some(self.upstream.append(Message::clone(&m)));
+                    stored.push(self.upstream.append(Message::clone(&m)));
                 }
                 Sink::Module { module, input } => {
                     self.metrics.to_modules.fetch_add(1, Ordering::Relaxed);
-                    lock(&self.endpoint(module)).enqueue(Arc::from(input.as_str()), m.clone());
+                    let endpoint = self.endpoint(module);
+                    let s = lock(&endpoint).enqueue(Arc::from(input.as_str()), m.clone());
+                    stored.push(s);
                 }
             }
         }
-        appended
+        stored
     }
 
     /// Applies a desired-properties patch to a module's twin and pushes it to the module if
@@ -482,6 +494,11 @@ impl Hub {
         }
         info!(module, version, "desired properties patched");
         version
+    }
+
+    /// Resolves once the message store has written and synced everything sent to it.
+    pub fn flush(&self) -> Appended {
+        self.journal.flush()
     }
 
     /// Expires old messages in every module queue.

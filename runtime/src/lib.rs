@@ -17,6 +17,7 @@ pub mod endpoint;
 pub mod files;
 pub mod hub;
 pub mod identity;
+pub mod journal;
 pub mod manifest;
 pub mod mgmt;
 pub mod runtime;

@@ -4,6 +4,7 @@
 use crate::agent::{self, Agent, Launch};
 use crate::hub::{Hub, HubConfig, RouteError};
 use crate::identity::KeyStore;
+use crate::journal::{self, Journal};
 use crate::manifest::Manifest;
 use crate::twin::Twins;
 use crate::upstream::Upstream;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -214,6 +215,8 @@ impl Runtime {
             .collect();
         let twins = Twins::new(desired, Some(state.join("twins")));
         let upstream = Upstream::open(&state).context("opening the upstream store")?;
+        let journal = Journal::open(&journal::journal_dir(&state), journal::SEGMENT_BYTES)
+            .context("opening edgeHub's message store")?;
         let cfg = HubConfig {
             hub_hostname: opts.hub_hostname.clone(),
             device_id: opts.device_id.clone(),
@@ -225,6 +228,7 @@ impl Runtime {
             &manifest,
             twins,
             upstream,
+            journal,
             KeyStore::new(layout::module_keys(&state)),
             KeyStore::new(layout::registry(&state)),
         );
@@ -481,6 +485,10 @@ impl Runtime {
         self.hub.stop();
         for t in self.tasks {
             t.abort();
+        }
+        // What the modules acknowledged last is not delivered again after a restart.
+        if let Ok(Err(e)) = self.hub.flush().await {
+            warn!(error = %e, "message store not synced at shutdown");
         }
         let _ = std::fs::remove_file(layout::ready_file(&self.state_dir));
         info!("runtime stopped");

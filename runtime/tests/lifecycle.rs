@@ -89,6 +89,8 @@ async fn clients_reconnect_when_the_runtime_comes_back() {
         .await
         .unwrap();
     next_input(&mut inputs).await.ack();
+    // Once edgeHub has the acknowledgement, the message is not delivered again.
+    wait_delivered(&t.rt, "receiver", 1).await;
 
     let TestRuntime { rt, dir } = t;
     let port = rt.mqtt_port;
@@ -112,6 +114,68 @@ async fn clients_reconnect_when_the_runtime_comes_back() {
     assert_eq!(m.message.body, Bytes::from_static(br#"{"n":2}"#));
     m.ack();
     rt.shutdown().await;
+}
+
+async fn wait_delivered(rt: &Runtime, module: &str, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rt.hub.endpoint_stats()[module].delivered < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "edgeHub never saw {module} acknowledge {n} message(s)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_edge_hub_acknowledged_are_delivered_after_a_runtime_restart() {
+    let t = start(manifest(&["sender", "receiver"], &[HOP], 7200, json!({}))).await;
+    let sender = t.client("sender").await;
+    for n in 0..5 {
+        // Returns once edgeHub acknowledged it: from then on edgeHub answers for it.
+        sender
+            .send_output("out", Message::json(format!(r#"{{"n":{n}}}"#)))
+            .await
+            .unwrap();
+    }
+    let receiver = t.client("receiver").await;
+    let mut inputs = receiver.inputs().unwrap();
+    for n in 0..2 {
+        let m = next_input(&mut inputs).await;
+        assert_eq!(m.message.body, Bytes::from(format!(r#"{{"n":{n}}}"#)));
+        m.ack();
+    }
+    wait_delivered(&t.rt, "receiver", 2).await;
+    drop(receiver);
+    drop(sender);
+
+    let TestRuntime { rt, dir } = t;
+    let port = rt.mqtt_port;
+    rt.shutdown().await;
+    let mut opts = Options::new(dir.path().join("deployment.json"), dir.path().join("state"));
+    opts.mqtt_port = port;
+    opts.start_modules = false;
+    let rt = Runtime::start(opts)
+        .await
+        .expect("runtime restarts on the same state");
+    assert_eq!(rt.hub.endpoint_stats()["receiver"].queued, 3);
+    let t = TestRuntime { rt, dir };
+    let receiver = t.client("receiver").await;
+    let mut inputs = receiver.inputs().unwrap();
+    for n in 2..5 {
+        let m = next_input(&mut inputs).await;
+        assert_eq!(m.message.body, Bytes::from(format!(r#"{{"n":{n}}}"#)));
+        assert_eq!(m.message.connection_module_id.as_deref(), Some("sender"));
+        assert_eq!(m.message.input_name.as_deref(), Some("in"));
+        m.ack();
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), inputs.recv())
+            .await
+            .is_err(),
+        "nothing else is delivered"
+    );
+    t.rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

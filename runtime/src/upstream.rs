@@ -124,7 +124,11 @@ fn writer(
 ) {
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
     let mut waiting = Vec::new();
+    let mut last_sync = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
+        if let Some(rest) = crate::journal::SYNC_INTERVAL.checked_sub(last_sync.elapsed()) {
+            std::thread::sleep(rest);
+        }
         let mut next = Some(first);
         let mut result: Result<(), String> = Ok(());
         while let Some((m, ack)) = next.take() {
@@ -143,6 +147,7 @@ fn writer(
                 .flush()
                 .and_then(|_| out.get_ref().sync_data())
                 .map_err(|e| format!("writing the upstream store: {e}"));
+            last_sync = std::time::Instant::now();
         }
         if let Err(e) = &result {
             tracing::error!(error = %e, "upstream store write failed; senders are not acknowledged");

@@ -1,111 +1,81 @@
 //! Acknowledgement bookkeeping, both ways.
 //!
-//! - [`SendTracker`]: which of our QoS 1 publishes edgeHub has accepted. rumqttc picks packet
-//!   ids itself and reports them as `Outgoing::Publish(pkid)` in request order, so a FIFO of
-//!   waiters is matched to packet ids as they appear; a packet id already waiting is a
-//!   retransmission after a reconnect, not a new publish.
+//! - [`SendTracker`]: our QoS 1 publishes until edgeHub accepts them. Each gets a packet id
+//!   when it is taken in; after a reconnection everything not yet accepted is sent again, in
+//!   the order it was first taken in (MQTT 3.1.1 §4.4), whether edgeHub kept the session or
+//!   not: at-least-once, a send never hangs.
 //! - [`AckSequencer`]: PUBACKs for messages we received, released in arrival order (MQTT
 //!   3.1.1 §4.6) once each message is handled, and only on the connection it arrived on: a
 //!   message from an earlier connection is redelivered by edgeHub instead.
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Publish, QoS};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use rumqttc::QoS;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
-/// A publish waiting for its PUBACK, kept whole so it can be sent again.
-pub(crate) struct PendingSend {
-    seq: u64,
+/// A publish handed to the connection, kept whole until edgeHub accepts it.
+pub(crate) struct Outbound {
     /// Topic of the publish.
     pub(crate) topic: String,
     /// Its payload.
     pub(crate) payload: Bytes,
     /// Fired on PUBACK.
-    pub(crate) tx: oneshot::Sender<()>,
+    pub(crate) done: oneshot::Sender<()>,
+    /// A place in the send window, given back on PUBACK.
+    pub(crate) _permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Waiters for PUBACKs of our own publishes.
+/// Publishes not yet acknowledged by edgeHub, by packet id and in first-sent order.
 #[derive(Default)]
 pub(crate) struct SendTracker {
     next_seq: u64,
-    queued: VecDeque<PendingSend>,
-    in_flight: HashMap<u16, PendingSend>,
+    next_pkid: u16,
+    unacked: BTreeMap<u64, (u16, Outbound)>,
+    by_pkid: HashMap<u16, u64>,
 }
 
 impl SendTracker {
-    /// A publish was queued; its waiter fires when it is acknowledged.
-    pub(crate) fn register(&mut self, topic: String, payload: Bytes, tx: oneshot::Sender<()>) {
+    /// A packet id not used by any unacknowledged publish (nor by `reserved`).
+    pub(crate) fn free_pkid(&mut self, reserved: Option<u16>) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            if !self.by_pkid.contains_key(&self.next_pkid) && Some(self.next_pkid) != reserved {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    /// Takes a publish in; returns the packet id it is sent under.
+    pub(crate) fn add(&mut self, o: Outbound, reserved: Option<u16>) -> u16 {
+        let pkid = self.free_pkid(reserved);
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.queued.push_back(PendingSend {
-            seq,
-            topic,
-            payload,
-            tx,
-        });
+        self.by_pkid.insert(pkid, seq);
+        self.unacked.insert(seq, (pkid, o));
+        pkid
     }
 
-    /// The last registered publish could not be queued after all.
-    pub(crate) fn unregister_last(&mut self) {
-        self.queued.pop_back();
-    }
-
-    /// The event loop wrote a publish with packet id `pkid`.
-    pub(crate) fn sent(&mut self, pkid: u16) {
-        if pkid == 0 || self.in_flight.contains_key(&pkid) {
-            return; // QoS 0, or a retransmission of a publish we already track
-        }
-        if let Some(p) = self.queued.pop_front() {
-            self.in_flight.insert(pkid, p);
-        }
-    }
-
-    /// edgeHub acknowledged `pkid`.
+    /// edgeHub acknowledged `pkid`: its sender is told.
     pub(crate) fn acked(&mut self, pkid: u16) {
-        if let Some(p) = self.in_flight.remove(&pkid) {
-            let _ = p.tx.send(());
+        if let Some((_, o)) = self
+            .by_pkid
+            .remove(&pkid)
+            .and_then(|seq| self.unacked.remove(&seq))
+        {
+            let _ = o.done.send(());
         }
+    }
+
+    /// Every unacknowledged publish with its packet id, in the order they were taken in.
+    pub(crate) fn unacked(&self) -> impl Iterator<Item = (u16, &Outbound)> {
+        self.unacked.values().map(|(pkid, o)| (*pkid, o))
     }
 
     /// Publishes not yet acknowledged.
-    pub(crate) fn outstanding(&self) -> usize {
-        self.queued.len() + self.in_flight.len()
-    }
-
-    /// A mark separating the publishes registered so far from later ones.
-    pub(crate) fn mark(&self) -> u64 {
-        self.next_seq
-    }
-
-    /// Takes every unacknowledged publish registered before `mark`, in the order they were
-    /// first sent: after a reconnection without a session the MQTT client has dropped them, so
-    /// they must be sent again (edgeHub may see a duplicate: at-least-once). Later ones are
-    /// the new connection's and stay.
-    pub(crate) fn take_before(&mut self, mark: u64) -> Vec<PendingSend> {
-        let pkids: Vec<u16> = self
-            .in_flight
-            .iter()
-            .filter(|(_, p)| p.seq < mark)
-            .map(|(k, _)| *k)
-            .collect();
-        let mut taken: Vec<PendingSend> = pkids
-            .into_iter()
-            .filter_map(|k| self.in_flight.remove(&k))
-            .collect();
-        let (old, new): (Vec<PendingSend>, Vec<PendingSend>) =
-            self.queued.drain(..).partition(|p| p.seq < mark);
-        self.queued.extend(new);
-        taken.extend(old);
-        taken.sort_by_key(|p| p.seq);
-        taken
-    }
-
-    /// The connection is gone for good: every waiter gets an error.
-    pub(crate) fn fail_all(&mut self) {
-        self.queued.clear();
-        self.in_flight.clear();
+    pub(crate) fn len(&self) -> usize {
+        self.unacked.len()
     }
 }
 
@@ -216,24 +186,18 @@ impl Drop for AckToken {
     }
 }
 
-/// Sends released PUBACKs, skipping those of an earlier connection.
-pub(crate) async fn release_acks(
-    mqtt: AsyncClient,
-    mut rx: mpsc::UnboundedReceiver<Release>,
-    sequencer: Arc<AckSequencer>,
-) {
-    while let Some(r) = rx.recv().await {
-        let sent = if r.epoch == sequencer.epoch.load(Ordering::SeqCst) {
-            let mut p = Publish::new("", r.qos, Vec::<u8>::new());
-            p.pkid = r.pkid;
-            mqtt.ack(&p).await.is_ok()
-        } else {
-            true // from an earlier connection: edgeHub redelivers it instead
-        };
-        sequencer.in_transit.fetch_sub(1, Ordering::SeqCst);
-        if !sent {
-            break;
-        }
+impl Release {
+    /// The packet id to acknowledge, if the message came on connection `epoch` (one from
+    /// an earlier connection is redelivered by edgeHub instead).
+    pub(crate) fn pkid_on(&self, epoch: u64) -> Option<u16> {
+        (self.epoch == epoch && self.qos != QoS::AtMostOnce).then_some(self.pkid)
+    }
+}
+
+impl AckSequencer {
+    /// A released PUBACK was taken by the connection (written or skipped).
+    pub(crate) fn taken(&self) {
+        self.in_transit.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -245,42 +209,56 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn send_waiters_follow_packet_ids_and_skip_retransmissions() {
-        let mut t = SendTracker::default();
-        let (a_tx, mut a) = oneshot::channel();
-        let (b_tx, mut b) = oneshot::channel();
-        t.register("a".into(), Bytes::new(), a_tx);
-        t.register("b".into(), Bytes::new(), b_tx);
-        t.sent(7);
-        t.sent(7); // retransmission of 7 after a reconnect
-        t.sent(8);
-        assert_eq!(t.outstanding(), 2);
-        t.acked(8);
-        assert!(b.try_recv().is_ok());
-        assert!(a.try_recv().is_err());
-        t.acked(7);
-        assert!(a.try_recv().is_ok());
-        assert_eq!(t.outstanding(), 0);
+    fn outbound(topic: &str) -> (Outbound, oneshot::Receiver<()>) {
+        let (done, rx) = oneshot::channel();
+        let o = Outbound {
+            topic: topic.into(),
+            payload: Bytes::from(topic.to_owned()),
+            done,
+            _permit: None,
+        };
+        (o, rx)
     }
 
     #[test]
-    fn unacknowledged_sends_are_taken_back_in_their_first_order() {
+    fn each_send_is_told_when_its_own_packet_id_is_acknowledged() {
         let mut t = SendTracker::default();
-        let mut rx = Vec::new();
+        let (a, mut a_rx) = outbound("a");
+        let (b, mut b_rx) = outbound("b");
+        let pa = t.add(a, None);
+        let pb = t.add(b, None);
+        assert_ne!(pa, pb);
+        t.acked(pb);
+        assert!(b_rx.try_recv().is_ok());
+        assert!(a_rx.try_recv().is_err());
+        t.acked(pb); // a duplicate PUBACK changes nothing
+        assert_eq!(t.len(), 1);
+        t.acked(pa);
+        assert!(a_rx.try_recv().is_ok());
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn unacknowledged_sends_are_listed_in_first_order_and_ids_are_not_reused() {
+        let mut t = SendTracker::default();
+        let mut ids = Vec::new();
         for name in ["first", "second", "third"] {
-            let (tx, r) = oneshot::channel();
-            t.register(name.into(), Bytes::from(name), tx);
-            rx.push(r);
+            ids.push(t.add(outbound(name).0, None));
         }
-        t.sent(9);
-        t.sent(3); // in flight under packet ids that do not follow the order
-        let mark = t.mark();
-        let (tx, _later) = oneshot::channel();
-        t.register("after the reconnection".into(), Bytes::new(), tx);
-        let back: Vec<String> = t.take_before(mark).into_iter().map(|p| p.topic).collect();
-        assert_eq!(back, vec!["first", "second", "third"]);
-        assert_eq!(t.outstanding(), 1, "the new connection's send stays");
+        t.acked(ids[1]);
+        let left: Vec<(u16, String)> = t.unacked().map(|(p, o)| (p, o.topic.clone())).collect();
+        assert_eq!(
+            left,
+            vec![(ids[0], "first".to_owned()), (ids[2], "third".to_owned())]
+        );
+        // Around the wrap of the 16-bit id space, ids in use and the reserved one are skipped.
+        t.next_pkid = u16::MAX - 1;
+        let reserved = Some(1);
+        let a = t.add(outbound("a").0, reserved);
+        let b = t.add(outbound("b").0, reserved);
+        assert_eq!((a, b), (u16::MAX, 2));
+        let c = t.add(outbound("c").0, reserved);
+        assert!(!ids.contains(&c) && c != 1 && c != a && c != b, "{c}");
     }
 
     #[test]
@@ -305,5 +283,8 @@ mod tests {
             2,
             "released but not yet handed to the MQTT client"
         );
+        s.taken();
+        s.taken();
+        assert_eq!(s.pending(), 0);
     }
 }

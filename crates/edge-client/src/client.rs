@@ -1,31 +1,49 @@
 //! The module client: one MQTT/TLS connection to edgeHub, shared by every task of a module.
+//!
+//! One task (the driver) owns the connection. Everything the module's tasks send (publishes,
+//! PUBACKs for handled inputs) is queued for it, and whatever is queued when it gets to
+//! write goes out as one TLS write: under load many packets share a record and a syscall.
 
-use crate::acks::{AckSequencer, AckToken, SendTracker};
+use crate::acks::{AckSequencer, AckToken, Outbound, Release, SendTracker};
 use crate::error::Error;
 use crate::settings::{Credentials, Settings, TrustSource};
 use crate::workload::WorkloadClient;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use edge_protocol::topic::{self, Topic};
 use edge_protocol::{properties, sas, Message};
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
-    Packet, Publish, QoS, TlsConfiguration, Transport,
+    ConnectReturnCode, Login, Packet, PubAck, Publish, QoS, Subscribe, SubscribeFilter,
+    SubscribeReasonCode,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
 /// Largest MQTT packet accepted or sent (IoT Hub's message limit is 256 KiB, plus topic).
 const MAX_PACKET: usize = 512 * 1024;
 /// Deadline for a twin request.
 const TWIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Publishes sent but not yet acknowledged, at most; further sends wait for room.
+const SEND_WINDOW: usize = 1000;
+/// MQTT keep-alive announced to edgeHub; a PINGREQ goes out at half of it.
+const KEEP_ALIVE: Duration = Duration::from_secs(60);
+/// Deadline for TCP connect, TLS handshake and CONNACK, each.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for sends in flight before reconnecting to renew the token.
+const DRAIN: Duration = Duration::from_secs(5);
+/// Most bytes gathered into one TLS write.
+const WRITE_BATCH: usize = 256 * 1024;
 
 /// A message that arrived on one of the module's inputs.
 ///
@@ -62,10 +80,10 @@ pub struct ModuleClient {
 struct Inner {
     settings: Settings,
     trust_pem: String,
-    mqtt: AsyncClient,
-    /// Serialises "register a send" + "queue the publish" so registration order is publish order.
-    send_order: tokio::sync::Mutex<()>,
-    sends: Mutex<SendTracker>,
+    /// Publishes for the driver, in the order they are sent.
+    out: mpsc::UnboundedSender<Outbound>,
+    /// Room for unacknowledged publishes.
+    window: Arc<Semaphore>,
     acks: Arc<AckSequencer>,
     twin_waiters: Mutex<HashMap<String, oneshot::Sender<(u16, Bytes)>>>,
     inputs: Mutex<Option<mpsc::UnboundedReceiver<InputMessage>>>,
@@ -185,32 +203,24 @@ impl ModuleClient {
     pub async fn connect(settings: Settings) -> Result<ModuleClient, Error> {
         let tokens = TokenSource::new(&settings);
         let pem = tokens.trust_pem().await?;
-        let tls = tls_config(&pem)?;
+        let tls = TlsConnector::from(tls_config(&pem)?);
+        let server_name = ServerName::try_from(settings.gateway_hostname.clone()).map_err(|e| {
+            Error::Config(format!(
+                "gateway host name '{}' is not a valid TLS server name: {e}",
+                settings.gateway_hostname
+            ))
+        })?;
         let (token, expiry) = tokens.token().await?;
 
-        let mut opts = MqttOptions::new(
-            settings.client_id(),
-            settings.gateway_hostname.clone(),
-            settings.port,
-        );
-        opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)))
-            .set_credentials(settings.username(), token)
-            .set_keep_alive(Duration::from_secs(60))
-            .set_clean_session(false)
-            .set_manual_acks(true)
-            .set_inflight(1000)
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
-        let (mqtt, eventloop) = AsyncClient::new(opts, 4096);
-
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (inputs_tx, inputs_rx) = mpsc::unbounded_channel();
         let (desired_tx, desired_rx) = mpsc::unbounded_channel();
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             settings,
             trust_pem: pem,
-            mqtt: mqtt.clone(),
-            send_order: tokio::sync::Mutex::new(()),
-            sends: Mutex::new(SendTracker::default()),
+            out: out_tx,
+            window: Arc::new(Semaphore::new(SEND_WINDOW)),
             acks: Arc::new(AckSequencer::new(ack_tx)),
             twin_waiters: Mutex::new(HashMap::new()),
             inputs: Mutex::new(Some(inputs_rx)),
@@ -220,18 +230,24 @@ impl ModuleClient {
             stop: Notify::new(),
             driver: Mutex::new(None),
         });
-        tokio::spawn(crate::acks::release_acks(mqtt, ack_rx, inner.acks.clone()));
 
         let (first_tx, first_rx) = oneshot::channel();
         let driver = Driver {
             inner: inner.clone(),
             tokens,
+            token,
             expiry,
+            tls,
+            server_name,
             inputs_tx,
             desired_tx,
             first: Some(first_tx),
+            sends: SendTracker::default(),
+            out_rx,
+            ack_rx,
+            epoch: 0,
         };
-        let handle = tokio::spawn(driver.run(eventloop));
+        let handle = tokio::spawn(driver.run());
         *lock(&inner.driver) = Some(handle);
         let client = ModuleClient { inner };
         match tokio::time::timeout(Duration::from_secs(60), first_rx).await {
@@ -298,21 +314,21 @@ impl ModuleClient {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        let (tx, rx) = oneshot::channel();
-        {
-            let _order = self.inner.send_order.lock().await;
-            lock(&self.inner.sends).register(topic.clone(), payload.clone(), tx);
-            if self
-                .inner
-                .mqtt
-                .publish_bytes(topic, QoS::AtLeastOnce, false, payload)
-                .await
-                .is_err()
-            {
-                lock(&self.inner.sends).unregister_last();
-                return Err(Error::Closed);
-            }
-        }
+        let permit = self
+            .inner
+            .window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Closed)?;
+        let (done, rx) = oneshot::channel();
+        let o = Outbound {
+            topic,
+            payload,
+            done,
+            _permit: Some(permit),
+        };
+        self.inner.out.send(o).map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)
     }
 
@@ -414,20 +430,15 @@ impl ModuleClient {
     pub async fn close(&self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         while tokio::time::Instant::now() < deadline
-            && (lock(&self.inner.sends).outstanding() > 0 || self.inner.acks.pending() > 0)
+            && (self.inner.window.available_permits() < SEND_WINDOW
+                || self.inner.acks.pending() > 0)
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.inner.closing.store(true, Ordering::SeqCst);
-        let _ = self.inner.mqtt.disconnect().await;
+        self.abort();
         let handle = lock(&self.inner.driver).take();
         if let Some(h) = handle {
-            if tokio::time::timeout(Duration::from_secs(2), h)
-                .await
-                .is_err()
-            {
-                self.inner.stop.notify_one();
-            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
         }
         debug!("module client closed");
     }
@@ -437,14 +448,68 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Owns the MQTT event loop: dispatches what arrives, tracks PUBACKs, reconnects.
+/// Owns the connection: connects, writes what is queued, dispatches what arrives,
+/// tracks PUBACKs, reconnects with backoff and renews the SAS token.
 struct Driver {
     inner: Arc<Inner>,
     tokens: TokenSource,
+    token: String,
     expiry: u64,
+    tls: TlsConnector,
+    server_name: ServerName<'static>,
     inputs_tx: mpsc::UnboundedSender<InputMessage>,
     desired_tx: mpsc::UnboundedSender<Value>,
     first: Option<oneshot::Sender<Result<(), Error>>>,
+    sends: SendTracker,
+    out_rx: mpsc::UnboundedReceiver<Outbound>,
+    ack_rx: mpsc::UnboundedReceiver<Release>,
+    epoch: u64,
+}
+
+/// Why a connection attempt failed.
+enum ConnectFailure {
+    Refused(ConnectReturnCode),
+    Other(String),
+}
+
+/// How a connection ended.
+enum Ended {
+    /// The client is closing.
+    Stop,
+    /// The SAS token is near expiry: reconnect with a fresh one.
+    Renew,
+    /// Lost; reconnect after a backoff.
+    Lost(String),
+}
+
+type Stream = TlsStream<TcpStream>;
+
+/// Reads one packet, reading more from `rd` as needed; `Ok(None)` at end of stream.
+async fn read_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<Option<Packet>> {
+    loop {
+        match Packet::read(buf, MAX_PACKET) {
+            Ok(p) => return Ok(Some(p)),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => buf.reserve(n.max(4096)),
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e.to_string(),
+                ))
+            }
+        }
+        if rd.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+fn encode(packet: Packet, out: &mut BytesMut) {
+    if let Err(e) = packet.write(out, MAX_PACKET) {
+        warn!(error = %e, "packet not sent: it cannot be encoded");
+    }
 }
 
 impl Driver {
@@ -455,13 +520,11 @@ impl Driver {
         tokio::time::Instant::now() + Duration::from_secs(left.saturating_sub(ttl / 5))
     }
 
-    async fn renew(&mut self, eventloop: &mut EventLoop) {
+    async fn renew(&mut self) {
         match self.tokens.token().await {
             Ok((token, expiry)) => {
+                self.token = token;
                 self.expiry = expiry;
-                eventloop
-                    .mqtt_options
-                    .set_credentials(self.tokens.settings.username(), token);
             }
             Err(e) => {
                 warn!(error = %e, "could not renew the SAS token; retrying on the next attempt")
@@ -469,108 +532,264 @@ impl Driver {
         }
     }
 
-    async fn run(mut self, mut eventloop: EventLoop) {
+    /// TCP, TLS, CONNECT and CONNACK; returns the stream, what was read after the CONNACK
+    /// and whether edgeHub kept the session.
+    async fn connect(&self) -> Result<(Stream, BytesMut, bool), ConnectFailure> {
+        let s = &self.tokens.settings;
+        let other =
+            |what: &str, e: &dyn std::fmt::Display| ConnectFailure::Other(format!("{what}: {e}"));
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((s.gateway_hostname.as_str(), s.port)),
+        )
+        .await
+        .map_err(|e| other("connecting", &e))?
+        .map_err(|e| {
+            other(
+                &format!("connecting to {}:{}", s.gateway_hostname, s.port),
+                &e,
+            )
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let mut tls = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.tls.connect(self.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|e| other("TLS handshake", &e))?
+        .map_err(|e| other("TLS handshake with edgeHub", &e))?;
+        let mut connect = rumqttc::Connect::new(s.client_id());
+        connect.keep_alive = KEEP_ALIVE.as_secs() as u16;
+        connect.clean_session = false;
+        connect.login = Some(Login::new(s.username(), self.token.clone()));
+        let mut out = BytesMut::new();
+        encode(Packet::Connect(connect), &mut out);
+        tls.write_all(&out)
+            .await
+            .map_err(|e| other("sending CONNECT", &e))?;
+        tls.flush()
+            .await
+            .map_err(|e| other("sending CONNECT", &e))?;
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        match tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut tls, &mut buf)).await {
+            Ok(Ok(Some(Packet::ConnAck(ack)))) => match ack.code {
+                ConnectReturnCode::Success => Ok((tls, buf, ack.session_present)),
+                code => Err(ConnectFailure::Refused(code)),
+            },
+            Ok(Ok(Some(p))) => Err(ConnectFailure::Other(format!(
+                "edgeHub answered CONNECT with {p:?}"
+            ))),
+            Ok(Ok(None)) => Err(ConnectFailure::Other(
+                "edgeHub closed the connection before CONNACK".into(),
+            )),
+            Ok(Err(e)) => Err(other("reading CONNACK", &e)),
+            Err(e) => Err(other("waiting for CONNACK", &e)),
+        }
+    }
+
+    async fn run(mut self) {
         let mut backoff = Backoff { attempt: 0 };
-        let mut epoch: u64 = 0;
         loop {
-            let renew_at = self.renew_at();
-            let event = tokio::select! {
-                ev = eventloop.poll() => ev,
-                _ = tokio::time::sleep_until(renew_at) => {
-                    info!("SAS token near expiry: reconnecting with a fresh one");
-                    self.renew(&mut eventloop).await;
-                    eventloop.clean();
-                    continue;
-                }
+            if self.inner.closing.load(Ordering::SeqCst) {
+                break;
+            }
+            let attempt = tokio::select! {
+                r = self.connect() => r,
                 _ = self.inner.stop.notified() => break,
             };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    epoch += 1;
-                    self.inner.acks.set_epoch(epoch);
+            let why = match attempt {
+                Ok((stream, buf, session_present)) => {
+                    self.epoch += 1;
+                    self.inner.acks.set_epoch(self.epoch);
                     backoff.attempt = 0;
-                    info!(
-                        epoch,
-                        session_present = ack.session_present,
-                        "connected to edgeHub"
-                    );
-                    if !ack.session_present && epoch > 1 {
-                        // rumqttc drops its unacknowledged publishes when the session is gone
-                        // (a restarted edgeHub): send them again, in their order.
-                        let mark = lock(&self.inner.sends).mark();
-                        self.republish(mark);
-                    }
-                    self.subscribe();
-                    if let Some(first) = self.first.take() {
-                        let _ = first.send(Ok(()));
-                    } else {
-                        self.resync_desired();
+                    info!(epoch = self.epoch, session_present, "connected to edgeHub");
+                    match self.session(stream, buf).await {
+                        Ended::Stop => break,
+                        Ended::Renew => {
+                            info!("SAS token near expiry: reconnecting with a fresh one");
+                            self.renew().await;
+                            continue;
+                        }
+                        Ended::Lost(why) => why,
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => self.dispatch(p, epoch),
-                Ok(Event::Incoming(Packet::PubAck(a))) => lock(&self.inner.sends).acked(a.pkid),
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => lock(&self.inner.sends).sent(pkid),
-                Ok(_) => {}
-                Err(e) => {
-                    if self.inner.closing.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if let ConnectionError::ConnectionRefused(code) = &e {
-                        let refused = matches!(
-                            code,
-                            ConnectReturnCode::BadUserNamePassword
-                                | ConnectReturnCode::NotAuthorized
-                        );
-                        if refused {
-                            if let Some(first) = self.first.take() {
-                                let _ = first.send(Err(Error::Config(format!(
-                                    "edgeHub refused the module's identity ({code:?}): check the module's key or the runtime's registry"
-                                ))));
-                                break;
-                            }
+                Err(ConnectFailure::Refused(code)) => {
+                    let refused = matches!(
+                        code,
+                        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
+                    );
+                    if refused {
+                        if let Some(first) = self.first.take() {
+                            let _ = first.send(Err(Error::Config(format!(
+                                "edgeHub refused the module's identity ({code:?}): check the module's key or the runtime's registry"
+                            ))));
+                            break;
                         }
                     }
-                    let wait = backoff.next();
-                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "connection to edgeHub lost");
-                    tokio::time::sleep(wait).await;
-                    if self.expiry <= now_secs() + self.tokens.settings.token_ttl_secs / 5 {
-                        self.renew(&mut eventloop).await;
-                    }
+                    format!("edgeHub refused the connection ({code:?})")
                 }
+                Err(ConnectFailure::Other(why)) => why,
+            };
+            if self.inner.closing.load(Ordering::SeqCst) {
+                break;
+            }
+            let wait = backoff.next();
+            warn!(error = %why, retry_in_ms = wait.as_millis() as u64, "connection to edgeHub lost");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.inner.stop.notified() => break,
+            }
+            if self.expiry <= now_secs() + self.tokens.settings.token_ttl_secs / 5 {
+                self.renew().await;
             }
         }
-        lock(&self.inner.sends).fail_all();
+        // Whatever is still unacknowledged fails: its senders get `Error::Closed`.
+        self.sends = SendTracker::default();
+        self.out_rx.close();
+        while self.out_rx.try_recv().is_ok() {}
         debug!("edgeHub connection driver stopped");
     }
 
-    fn republish(&self, mark: u64) {
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let _order = inner.send_order.lock().await;
-            let pending = lock(&inner.sends).take_before(mark);
-            if !pending.is_empty() {
-                warn!(
-                    count = pending.len(),
-                    "edgeHub had no session: sending unacknowledged messages again"
-                );
+    /// Takes a publish in and encodes it.
+    fn take_send(&mut self, o: Outbound, out: &mut BytesMut, reserved: Option<u16>) {
+        let (topic, payload) = (o.topic.clone(), o.payload.clone());
+        let pkid = self.sends.add(o, reserved);
+        let mut p = Publish::from_bytes(topic, QoS::AtLeastOnce, payload);
+        p.pkid = pkid;
+        encode(Packet::Publish(p), out);
+    }
+
+    /// Encodes a released PUBACK (if its message came on this connection).
+    fn take_ack(&self, r: Release, out: &mut BytesMut) {
+        if let Some(pkid) = r.pkid_on(self.epoch) {
+            encode(Packet::PubAck(PubAck::new(pkid)), out);
+        }
+        self.inner.acks.taken();
+    }
+
+    /// One connection, from CONNACK until it ends.
+    async fn session(&mut self, stream: Stream, mut rbuf: BytesMut) -> Ended {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        // Subscriptions first, then every publish edgeHub has not acknowledged, again.
+        let sub_pkid = self.sends.free_pkid(None);
+        let filters = self
+            .filters()
+            .into_iter()
+            .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce))
+            .collect::<Vec<_>>();
+        let mut sub = Subscribe::new_many(filters);
+        sub.pkid = sub_pkid;
+        encode(Packet::Subscribe(sub), &mut out);
+        let resend = self.sends.len();
+        for (pkid, o) in self.sends.unacked() {
+            let mut p = Publish::from_bytes(o.topic.clone(), QoS::AtLeastOnce, o.payload.clone());
+            p.pkid = pkid;
+            p.dup = true;
+            encode(Packet::Publish(p), &mut out);
+        }
+        if resend > 0 && self.epoch > 1 {
+            warn!(count = resend, "sending unacknowledged messages again");
+        }
+        if let Some(first) = self.first.take() {
+            let _ = first.send(Ok(()));
+        } else {
+            self.resync_desired();
+        }
+        let renew_at = self.renew_at();
+        let ping_every = KEEP_ALIVE / 2;
+        let mut next_ping = tokio::time::Instant::now() + ping_every;
+        let silence = KEEP_ALIVE * 3 / 2;
+        let mut heard = tokio::time::Instant::now();
+        // Before renewing, new sends wait while those in flight are acknowledged (a few
+        // seconds at most), so the new connection does not have to send them again.
+        let mut draining: Option<tokio::time::Instant> = None;
+        loop {
+            if draining.is_some_and(|since| self.sends.len() == 0 || since.elapsed() > DRAIN) {
+                encode(Packet::Disconnect, &mut out);
+                let _ = wr.write_all(&out).await;
+                let _ = wr.flush().await;
+                return Ended::Renew;
             }
-            for p in pending {
-                let (topic, payload) = (p.topic.clone(), p.payload.clone());
-                lock(&inner.sends).register(p.topic, p.payload, p.tx);
-                if inner
-                    .mqtt
-                    .publish_bytes(topic, QoS::AtLeastOnce, false, payload)
-                    .await
-                    .is_err()
+            if !out.is_empty() {
+                if let Err(e) = async {
+                    wr.write_all(&out).await?;
+                    wr.flush().await
+                }
+                .await
                 {
-                    lock(&inner.sends).unregister_last();
+                    return Ended::Lost(format!("writing to edgeHub: {e}"));
+                }
+                out.clear();
+            }
+            tokio::select! {
+                biased;
+                _ = self.inner.stop.notified() => {
+                    encode(Packet::Disconnect, &mut out);
+                    let _ = wr.write_all(&out).await;
+                    let _ = wr.flush().await;
+                    return Ended::Stop;
+                }
+                _ = tokio::time::sleep_until(renew_at), if draining.is_none() => {
+                    draining = Some(tokio::time::Instant::now());
+                    continue;
+                }
+                _ = tokio::time::sleep_until(draining.map_or(renew_at, |d| d + DRAIN)), if draining.is_some() => continue,
+                _ = tokio::time::sleep_until(next_ping) => {
+                    encode(Packet::PingReq, &mut out);
+                    next_ping = tokio::time::Instant::now() + ping_every;
+                }
+                _ = tokio::time::sleep_until(heard + silence) => {
+                    return Ended::Lost(format!("nothing from edgeHub for {} s", silence.as_secs()));
+                }
+                r = read_packet(&mut rd, &mut rbuf) => {
+                    let p = match r {
+                        Ok(Some(p)) => p,
+                        Ok(None) => return Ended::Lost("edgeHub closed the connection".into()),
+                        Err(e) => return Ended::Lost(format!("reading from edgeHub: {e}")),
+                    };
+                    heard = tokio::time::Instant::now();
+                    self.incoming(p, sub_pkid);
+                    // Everything else already read, without waiting for more.
+                    while let Ok(p) = Packet::read(&mut rbuf, MAX_PACKET) {
+                        self.incoming(p, sub_pkid);
+                    }
+                }
+                Some(o) = self.out_rx.recv(), if draining.is_none() => {
+                    self.take_send(o, &mut out, Some(sub_pkid));
+                }
+                Some(r) = self.ack_rx.recv() => self.take_ack(r, &mut out),
+            }
+            // Gather whatever else is queued into the same write.
+            while out.len() < WRITE_BATCH {
+                if let Ok(r) = self.ack_rx.try_recv() {
+                    self.take_ack(r, &mut out);
+                } else if draining.is_some() {
+                    break;
+                } else if let Ok(o) = self.out_rx.try_recv() {
+                    self.take_send(o, &mut out, Some(sub_pkid));
+                } else {
                     break;
                 }
             }
-        });
+        }
     }
 
-    fn subscribe(&self) {
+    fn incoming(&mut self, p: Packet, sub_pkid: u16) {
+        match p {
+            Packet::Publish(p) => self.dispatch(p),
+            Packet::PubAck(a) => self.sends.acked(a.pkid),
+            Packet::SubAck(a) if a.pkid == sub_pkid => {
+                if a.return_codes.contains(&SubscribeReasonCode::Failure) {
+                    warn!(codes = ?a.return_codes, "edgeHub refused a subscription");
+                }
+            }
+            Packet::PingResp => {}
+            other => debug!(packet = ?other, "ignored packet from edgeHub"),
+        }
+    }
+
+    fn filters(&self) -> Vec<String> {
         let s = &self.tokens.settings;
         let mut filters = vec![
             topic::TWIN_RESPONSES_FILTER.to_owned(),
@@ -579,11 +798,7 @@ impl Driver {
         if !s.is_device() {
             filters.push(topic::module_inputs_filter(&s.device_id, &s.module_id));
         }
-        for f in filters {
-            if let Err(e) = self.inner.mqtt.try_subscribe(f.clone(), QoS::AtLeastOnce) {
-                warn!(filter = %f, error = %e, "could not queue a subscription");
-            }
-        }
+        filters
     }
 
     /// After a reconnection, desired patches may have been missed: compare versions and
@@ -612,8 +827,8 @@ impl Driver {
         });
     }
 
-    fn dispatch(&self, p: Publish, epoch: u64) {
-        let token = self.inner.acks.token(epoch, p.pkid, p.qos);
+    fn dispatch(&self, p: Publish) {
+        let token = self.inner.acks.token(self.epoch, p.pkid, p.qos);
         match Topic::parse(&p.topic) {
             Ok(Topic::ModuleInput { input, bag, .. }) => {
                 let mut message = properties::decode(bag);

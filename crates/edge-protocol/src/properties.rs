@@ -27,22 +27,34 @@ pub enum Direction {
     FromHub,
 }
 
+/// Whether `b` is an RFC 3986 unreserved character (never encoded).
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Appends `s` percent-encoded; text that needs no encoding (the usual case: ids, numbers,
+/// times' digits) is copied as it is.
+fn push_encoded(out: &mut String, s: &str) {
+    if s.bytes().all(unreserved) {
+        out.push_str(s);
+    } else {
+        let _ = write!(out, "{}", utf8_percent_encode(s, ENCODE));
+    }
+}
+
 /// Appends `key=value` to a bag that starts at byte `start` of `out`. System keys (`$.…`)
 /// are written as they are; application keys and all values are percent-encoded.
 fn push_pair(out: &mut String, start: usize, key: &str, value: &str) {
     if out.len() > start {
         out.push('&');
     }
-    let _ = if key.starts_with("$.") || key == ENQUEUED_TIME_KEY {
-        write!(out, "{key}={}", utf8_percent_encode(value, ENCODE))
+    if key.starts_with("$.") || key == ENQUEUED_TIME_KEY {
+        out.push_str(key);
     } else {
-        write!(
-            out,
-            "{}={}",
-            utf8_percent_encode(key, ENCODE),
-            utf8_percent_encode(value, ENCODE)
-        )
-    };
+        push_encoded(out, key);
+    }
+    out.push('=');
+    push_encoded(out, value);
 }
 
 /// Encodes the message's properties as a property bag, system properties first.
@@ -89,7 +101,11 @@ pub fn encode_into(out: &mut String, message: &Message, direction: Direction) {
 }
 
 fn decode_part(s: &str) -> String {
-    percent_decode_str(s).decode_utf8_lossy().into_owned()
+    if s.contains('%') {
+        percent_decode_str(s).decode_utf8_lossy().into_owned()
+    } else {
+        s.to_owned()
+    }
 }
 
 /// Decodes a property bag into `message`, filling system fields and appending application

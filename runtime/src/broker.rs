@@ -308,12 +308,20 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::UnboundedRec
     let mut out = BytesMut::with_capacity(64 * 1024);
     while let Some(p) = rx.recv().await {
         let mut next = Some(p);
+        let mut yielded = false;
         while let Some(p) = next.take() {
             if let Err(e) = p.write(&mut out, MAX_PACKET) {
                 warn!(error = %e, "packet not written");
             }
             if out.len() < 256 * 1024 {
                 next = rx.try_recv().ok();
+                if next.is_none() && !yielded {
+                    // Once, let the hub's other tasks run: what they queue for this
+                    // client meanwhile joins this write.
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    next = rx.try_recv().ok();
+                }
             }
         }
         if wr.write_all(&out).await.is_err() || wr.flush().await.is_err() {

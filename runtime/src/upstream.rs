@@ -72,6 +72,121 @@ pub fn record(seq: u64, m: &Message) -> Value {
     r
 }
 
+/// The body as a store line carries it: JSON as it is (when it fits on one line), other
+/// UTF-8 text as a string, anything else base64-encoded.
+enum Payload<'a> {
+    Raw(&'a serde_json::value::RawValue),
+    Json(Value),
+    Text(&'a str),
+    Base64(String),
+}
+
+impl serde::Serialize for Payload<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Payload::Raw(r) => r.serialize(s),
+            Payload::Json(v) => v.serialize(s),
+            Payload::Text(t) => s.serialize_str(t),
+            Payload::Base64(b) => s.serialize_str(b),
+        }
+    }
+}
+
+/// Application properties as a JSON object.
+struct Application<'a>(&'a [(String, String)]);
+
+impl serde::Serialize for Application<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct System<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_encoding: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection_device_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection_module_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_name: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct Properties<'a> {
+    system: System<'a>,
+    application: Application<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Line<'a> {
+    seq: u64,
+    enqueued_time_utc: Option<&'a str>,
+    origin: Option<&'a str>,
+    payload: Payload<'a>,
+    payload_encoding: &'static str,
+    properties: Properties<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    module: Option<&'a str>,
+}
+
+/// Writes [`record`]'s line for `m` without building it as a `Value` first (the store
+/// writer's path).
+pub fn write_record(out: &mut impl Write, seq: u64, m: &Message) -> std::io::Result<()> {
+    fn s(o: &Option<String>) -> Option<&str> {
+        o.as_deref()
+    }
+    let (payload, encoding) = match std::str::from_utf8(&m.body) {
+        Ok(text) if m.is_json_utf8() => {
+            let one_line = !text.contains(['\n', '\r']);
+            match serde_json::from_str::<&serde_json::value::RawValue>(text) {
+                Ok(raw) if one_line => (Payload::Raw(raw), "json"),
+                Ok(_) => match serde_json::from_str::<Value>(text) {
+                    Ok(v) => (Payload::Json(v), "json"),
+                    Err(_) => (Payload::Text(text), "utf-8"),
+                },
+                Err(_) => (Payload::Text(text), "utf-8"),
+            }
+        }
+        Ok(text) => (Payload::Text(text), "utf-8"),
+        Err(_) => (Payload::Base64(B64.encode(&m.body)), "base64"),
+    };
+    let line = Line {
+        seq,
+        enqueued_time_utc: s(&m.enqueued_time),
+        origin: s(&m.connection_device_id),
+        payload,
+        payload_encoding: encoding,
+        properties: Properties {
+            system: System {
+                message_id: s(&m.message_id),
+                correlation_id: s(&m.correlation_id),
+                content_type: s(&m.content_type),
+                content_encoding: s(&m.content_encoding),
+                user_id: s(&m.user_id),
+                connection_device_id: s(&m.connection_device_id),
+                connection_module_id: s(&m.connection_module_id),
+                output_name: s(&m.output_name),
+            },
+            application: Application(&m.properties),
+        },
+        module: s(&m.connection_module_id),
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n")
+}
+
 fn existing_lines(path: &Path) -> u64 {
     std::fs::File::open(path)
         .map(|f| std::io::BufReader::new(f).lines().count() as u64)
@@ -134,8 +249,7 @@ fn writer(
         while let Some((m, ack)) = next.take() {
             let seq = count.fetch_add(1, Ordering::Relaxed);
             if result.is_ok() {
-                let line = record(seq, &m).to_string();
-                result = writeln!(out, "{line}").map_err(|e| e.to_string());
+                result = write_record(&mut out, seq, &m).map_err(|e| e.to_string());
             }
             waiting.push(ack);
             if waiting.len() < 4096 {
@@ -161,6 +275,34 @@ fn writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writer_s_lines_are_the_records() {
+        let mut json = Message::json(r#"{ "PredictedRul": 12.5, "s": "a\"b" }"#);
+        json.connection_device_id = Some("edge".into());
+        json.connection_module_id = Some("turbofanRouter".into());
+        json.output_name = Some("hubOutput".into());
+        json.correlation_id = Some("c1".into());
+        json.enqueued_time = Some("2026-11-21T08:00:00.000Z".into());
+        json.set_property("DeadLetter", "true");
+        json.set_property("Ünïcode \"key\"", "line\nbreak");
+        let mut pretty = Message::json("{\n  \"a\": [1, 2]\n}");
+        pretty.connection_device_id = Some("Client_001".into());
+        let mut not_json = Message::json("{not json");
+        not_json.message_id = Some("m".into());
+        let mut text = Message::new("plain text");
+        text.content_type = Some("text/plain".into());
+        for (n, m) in [json, pretty, not_json, text, Message::new(vec![0xff, 0x00])]
+            .iter()
+            .enumerate()
+        {
+            let mut out = Vec::new();
+            write_record(&mut out, n as u64, m).unwrap();
+            assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+            let written: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(written, record(n as u64, m), "message {n}");
+        }
+    }
 
     #[tokio::test]
     async fn appends_are_durable_json_lines_and_numbering_continues() {

@@ -760,7 +760,9 @@ impl Driver {
                 }
                 Some(r) = self.ack_rx.recv() => self.take_ack(r, &mut out),
             }
-            // Gather whatever else is queued into the same write.
+            // Gather whatever else is queued into the same write; once, let the module's
+            // other tasks run first, so what they are about to send joins this write.
+            let mut yielded = false;
             while out.len() < WRITE_BATCH {
                 if let Ok(r) = self.ack_rx.try_recv() {
                     self.take_ack(r, &mut out);
@@ -768,6 +770,9 @@ impl Driver {
                     break;
                 } else if let Ok(o) = self.out_rx.try_recv() {
                     self.take_send(o, &mut out, Some(sub_pkid));
+                } else if !yielded && !out.is_empty() {
+                    yielded = true;
+                    tokio::task::yield_now().await;
                 } else {
                     break;
                 }

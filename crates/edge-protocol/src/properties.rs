@@ -4,15 +4,7 @@
 //! Keys starting with `$.` are system properties; the rest are application properties.
 
 use crate::message::Message;
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use std::fmt::Write as _;
-
-/// Everything but RFC 3986 unreserved characters is encoded.
-const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+use percent_encoding::percent_decode_str;
 
 /// Key under which the hub carries the time it accepted a message.
 pub const ENQUEUED_TIME_KEY: &str = "iothub-enqueuedtime";
@@ -32,14 +24,23 @@ fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Appends `s` percent-encoded; text that needs no encoding (the usual case: ids, numbers,
-/// times' digits) is copied as it is.
+/// Appends `s` percent-encoded (UTF-8 bytes outside the unreserved set as `%XX`).
 fn push_encoded(out: &mut String, s: &str) {
-    if s.bytes().all(unreserved) {
-        out.push_str(s);
-    } else {
-        let _ = write!(out, "{}", utf8_percent_encode(s, ENCODE));
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut plain = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if !unreserved(b) {
+            // `plain..i` holds only ASCII, so both ends are character boundaries.
+            if i > plain {
+                out.push_str(&s[plain..i]);
+            }
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
+            plain = i + 1;
+        }
     }
+    out.push_str(&s[plain..]);
 }
 
 /// Appends `key=value` to a bag that starts at byte `start` of `out`. System keys (`$.…`)
@@ -201,6 +202,18 @@ mod tests {
             Some("2026-11-21T05:00:00Z")
         );
         assert_eq!(from_hub.properties, m.properties);
+    }
+
+    #[test]
+    fn encodes_every_byte_outside_the_unreserved_set() {
+        let mut out = String::new();
+        push_encoded(&mut out, "a-b.c_d~e f:ü€/é%");
+        assert_eq!(out, "a-b.c_d~e%20f%3A%C3%BC%E2%82%AC%2F%C3%A9%25");
+        for s in ["", "ü", "üü", "xü", "üx", "2026-11-21T08:00:00.000Z"] {
+            let mut out = String::new();
+            push_encoded(&mut out, s);
+            assert_eq!(decode_part(&out), s);
+        }
     }
 
     #[test]

@@ -25,6 +25,9 @@ use tracing::{debug, info, warn, Instrument};
 
 /// Largest packet accepted (IoT Hub's message limit is 256 KiB; room for the topic).
 pub const MAX_PACKET: usize = 512 * 1024;
+/// Read-buffer growth step: message bodies keep parts of the buffer alive, so it is
+/// reallocated rather than reused; large steps make that rare.
+const READ_CHUNK: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections until the listener fails.
@@ -288,7 +291,7 @@ async fn read_packet<R: AsyncRead + Unpin>(
         match Packet::read(buf, MAX_PACKET) {
             Ok(p) => return Ok(Some(p)),
             Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => {
-                buf.reserve(n.max(4096));
+                buf.reserve(n.max(READ_CHUNK));
             }
             Err(e) => {
                 return Err(std::io::Error::new(

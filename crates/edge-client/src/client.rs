@@ -32,6 +32,9 @@ use tracing::{debug, info, warn};
 
 /// Largest MQTT packet accepted or sent (IoT Hub's message limit is 256 KiB, plus topic).
 const MAX_PACKET: usize = 512 * 1024;
+/// Read-buffer growth step: message bodies keep parts of the buffer alive, so it is
+/// reallocated rather than reused; large steps make that rare.
+const READ_CHUNK: usize = 64 * 1024;
 /// Deadline for a twin request.
 const TWIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Publishes sent but not yet acknowledged, at most; further sends wait for room.
@@ -492,7 +495,7 @@ async fn read_packet<R: AsyncRead + Unpin>(
     loop {
         match Packet::read(buf, MAX_PACKET) {
             Ok(p) => return Ok(Some(p)),
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => buf.reserve(n.max(4096)),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => buf.reserve(n.max(READ_CHUNK)),
             Err(e) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,

@@ -135,7 +135,7 @@ async fn report_loop(
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let log = logging::init();
     let client = match ModuleClient::from_env().await {

@@ -16,6 +16,10 @@ use std::sync::{Arc, RwLock};
 use tracing::{error, info, warn};
 use turbofan_domain::router;
 
+/// Inputs handled at once. Each waits for edgeHub to store its outputs (a disk sync), so
+/// this many in flight is what keeps the router busy while syncs are under way.
+const CONCURRENCY: usize = 256;
+
 /// Settings from desired properties.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct Settings {
@@ -90,7 +94,7 @@ async fn handle(
     Ok(())
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let log = logging::init();
     let client = match ModuleClient::from_env().await {
@@ -109,7 +113,7 @@ async fn main() {
     let (c, s) = (client.clone(), settings.clone());
     let result = edge_client::run_inputs(
         &client,
-        256,
+        CONCURRENCY,
         edge_client::shutdown_signal(),
         move |input, m| {
             let (c, s) = (c.clone(), s.clone());

@@ -171,7 +171,7 @@ fn score_and_send(
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let log = logging::init();
     let client = match ModuleClient::from_env().await {

@@ -9,6 +9,8 @@ use crate::endpoint::Conn;
 use crate::hub::{Hub, Identity};
 use crate::upstream::Appended;
 use bytes::BytesMut;
+use edge_client::wire::read_packet;
+pub use edge_client::wire::MAX_PACKET;
 use edge_protocol::properties;
 use edge_protocol::topic::{self, Topic};
 use rumqttc::{
@@ -17,17 +19,12 @@ use rumqttc::{
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Instrument};
 
-/// Largest packet accepted (IoT Hub's message limit is 256 KiB; room for the topic).
-pub const MAX_PACKET: usize = 512 * 1024;
-/// Read-buffer growth step: message bodies keep parts of the buffer alive, so it is
-/// reallocated rather than reused; large steps make that rare.
-const READ_CHUNK: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections until the listener fails.
@@ -278,30 +275,6 @@ async fn ack_loop(
         }
         if tx.send(Packet::PubAck(PubAck::new(pkid))).is_err() {
             return;
-        }
-    }
-}
-
-/// Reads one packet; `Ok(None)` at end of stream.
-async fn read_packet<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    buf: &mut BytesMut,
-) -> std::io::Result<Option<Packet>> {
-    loop {
-        match Packet::read(buf, MAX_PACKET) {
-            Ok(p) => return Ok(Some(p)),
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => {
-                buf.reserve(n.max(READ_CHUNK));
-            }
-            Err(e) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    e.to_string(),
-                ));
-            }
-        }
-        if rd.read_buf(buf).await? == 0 {
-            return Ok(None);
         }
     }
 }

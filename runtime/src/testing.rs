@@ -63,6 +63,22 @@ pub async fn start_with(manifest: Value, adjust: impl FnOnce(&mut Options)) -> T
 }
 
 impl TestRuntime {
+    /// Stops the runtime, waits `pause`, and starts it again on the same manifest, state
+    /// folder and port (clients reconnect to it).
+    pub async fn restart(self, pause: Duration) -> TestRuntime {
+        let TestRuntime { rt, dir } = self;
+        let port = rt.mqtt_port;
+        rt.shutdown().await;
+        tokio::time::sleep(pause).await;
+        let mut opts = Options::new(dir.path().join("deployment.json"), dir.path().join("state"));
+        opts.mqtt_port = port;
+        opts.start_modules = false;
+        let rt = Runtime::start(opts)
+            .await
+            .expect("runtime restarts on the same port and state");
+        TestRuntime { rt, dir }
+    }
+
     /// Client settings from the module's environment.
     pub fn settings(&self, module: &str) -> Settings {
         let env = self.rt.module_env(module).expect("module in manifest");

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use edge_client::{Message, ModuleClient};
-use edge_runtime::testing::{manifest, next_input, start, TestRuntime};
+use edge_runtime::testing::{manifest, next_input, start};
 use edge_runtime::{Options, Runtime};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -92,16 +92,7 @@ async fn clients_reconnect_when_the_runtime_comes_back() {
     // Once edgeHub has the acknowledgement, the message is not delivered again.
     wait_delivered(&t.rt, "receiver", 1).await;
 
-    let TestRuntime { rt, dir } = t;
-    let port = rt.mqtt_port;
-    rt.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut opts = Options::new(dir.path().join("deployment.json"), dir.path().join("state"));
-    opts.mqtt_port = port;
-    opts.start_modules = false;
-    let rt = Runtime::start(opts)
-        .await
-        .expect("runtime restarts on the same port and state");
+    let t = t.restart(Duration::from_millis(500)).await;
 
     tokio::time::timeout(
         Duration::from_secs(30),
@@ -113,7 +104,7 @@ async fn clients_reconnect_when_the_runtime_comes_back() {
     let m = next_input(&mut inputs).await;
     assert_eq!(m.message.body, Bytes::from_static(br#"{"n":2}"#));
     m.ack();
-    rt.shutdown().await;
+    t.rt.shutdown().await;
 }
 
 async fn wait_delivered(rt: &Runtime, module: &str, n: u64) {
@@ -149,17 +140,8 @@ async fn messages_edge_hub_acknowledged_are_delivered_after_a_runtime_restart() 
     drop(receiver);
     drop(sender);
 
-    let TestRuntime { rt, dir } = t;
-    let port = rt.mqtt_port;
-    rt.shutdown().await;
-    let mut opts = Options::new(dir.path().join("deployment.json"), dir.path().join("state"));
-    opts.mqtt_port = port;
-    opts.start_modules = false;
-    let rt = Runtime::start(opts)
-        .await
-        .expect("runtime restarts on the same state");
-    assert_eq!(rt.hub.endpoint_stats()["receiver"].queued, 3);
-    let t = TestRuntime { rt, dir };
+    let t = t.restart(Duration::ZERO).await;
+    assert_eq!(t.rt.hub.endpoint_stats()["receiver"].queued, 3);
     let receiver = t.client("receiver").await;
     let mut inputs = receiver.inputs().unwrap();
     for n in 2..5 {

@@ -7,6 +7,7 @@
 use crate::acks::{AckSequencer, AckToken, Outbound, Release, SendTracker};
 use crate::error::Error;
 use crate::settings::{Credentials, Settings, TrustSource};
+use crate::wire::{read_packet, MAX_PACKET};
 use crate::workload::WorkloadClient;
 use bytes::{Bytes, BytesMut};
 use edge_protocol::topic::{self, Topic};
@@ -22,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::JoinHandle;
@@ -30,11 +31,6 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
-/// Largest MQTT packet accepted or sent (IoT Hub's message limit is 256 KiB, plus topic).
-const MAX_PACKET: usize = 512 * 1024;
-/// Read-buffer growth step: message bodies keep parts of the buffer alive, so it is
-/// reallocated rather than reused; large steps make that rare.
-const READ_CHUNK: usize = 64 * 1024;
 /// Deadline for a twin request.
 const TWIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Publishes sent but not yet acknowledged, at most; further sends wait for room.
@@ -486,28 +482,6 @@ enum Ended {
 }
 
 type Stream = TlsStream<TcpStream>;
-
-/// Reads one packet, reading more from `rd` as needed; `Ok(None)` at end of stream.
-async fn read_packet<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    buf: &mut BytesMut,
-) -> std::io::Result<Option<Packet>> {
-    loop {
-        match Packet::read(buf, MAX_PACKET) {
-            Ok(p) => return Ok(Some(p)),
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => buf.reserve(n.max(READ_CHUNK)),
-            Err(e) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    e.to_string(),
-                ))
-            }
-        }
-        if rd.read_buf(buf).await? == 0 {
-            return Ok(None);
-        }
-    }
-}
 
 fn encode(packet: Packet, out: &mut BytesMut) {
     if let Err(e) = packet.write(out, MAX_PACKET) {

@@ -21,6 +21,7 @@ pub mod logging;
 mod run;
 pub mod settings;
 pub mod upload;
+pub mod wire;
 pub mod workload;
 
 pub use acks::AckToken;

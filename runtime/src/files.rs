@@ -460,6 +460,24 @@ impl Azurite {
         Ok(az)
     }
 
+    /// Stops Azurite gracefully: SIGTERM lets it save its blob metadata (kept in memory and
+    /// saved every few seconds), so blobs uploaded just before are there after a restart.
+    /// Killed after 10 s if it has not exited.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tracing::warn!("Azurite did not stop within 10 s of SIGTERM; killing it");
+        }
+        let _ = self.child.kill().await;
+    }
+
     /// Stops Azurite if it still runs, and starts it again on the same port with the same
     /// data (fault tests: blob storage down for a while, then back).
     pub async fn restart(&mut self) -> anyhow::Result<()> {

@@ -443,7 +443,9 @@ impl WriterState {
             if let Err(e) = &result {
                 tracing::error!(error = %e, "message store write failed; senders are not acknowledged");
             }
-            if self.size >= self.segment_bytes {
+            // After a failed write the segment may end in a torn record, and replay stops at
+            // the first one: later records go to a new segment so they stay readable.
+            if result.is_err() || self.size >= self.segment_bytes {
                 self.current += 1;
                 if let Err(e) = self.open_current() {
                     tracing::error!(error = %e, "message store: cannot start a new segment; writing on in the old one");

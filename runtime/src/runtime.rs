@@ -490,6 +490,9 @@ impl Runtime {
         if let Ok(Err(e)) = self.hub.flush().await {
             warn!(error = %e, "message store not synced at shutdown");
         }
+        if let Some(az) = self.azurite {
+            az.stop().await;
+        }
         let _ = std::fs::remove_file(layout::ready_file(&self.state_dir));
         info!("runtime stopped");
     }

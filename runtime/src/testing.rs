@@ -66,6 +66,15 @@ impl TestRuntime {
     /// Stops the runtime, waits `pause`, and starts it again on the same manifest, state
     /// folder and port (clients reconnect to it).
     pub async fn restart(self, pause: Duration) -> TestRuntime {
+        self.restart_with(pause, |_| {}).await
+    }
+
+    /// Like [`TestRuntime::restart`], with the new options adjusted by `adjust`.
+    pub async fn restart_with(
+        self,
+        pause: Duration,
+        adjust: impl FnOnce(&mut Options),
+    ) -> TestRuntime {
         let TestRuntime { rt, dir } = self;
         let port = rt.mqtt_port;
         rt.shutdown().await;
@@ -73,6 +82,7 @@ impl TestRuntime {
         let mut opts = Options::new(dir.path().join("deployment.json"), dir.path().join("state"));
         opts.mqtt_port = port;
         opts.start_modules = false;
+        adjust(&mut opts);
         let rt = Runtime::start(opts)
             .await
             .expect("runtime restarts on the same port and state");

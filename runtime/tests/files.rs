@@ -84,8 +84,22 @@ async fn files_upload_into_a_folder_of_the_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_upload_into_azurite() {
     let bin = azurite_bin();
-    let t = start_with(manifest(), |o| o.azurite = Some(bin)).await;
+    let t = start_with(manifest(), |o| o.azurite = Some(bin.clone())).await;
     assert!(matches!(t.rt.blob_store, BlobStore::Azurite { .. }));
     upload_and_check(&t).await;
+
+    // Right after the upload the runtime restarts (Azurite with it): the blob is still there.
+    let t = t
+        .restart_with(std::time::Duration::ZERO, |o| o.azurite = Some(bin))
+        .await;
+    let stored = read_blob(
+        &t.rt.blob_store,
+        "avrofiles",
+        "edge-device/2026/11/21/5/15.avro",
+        &t.rt.ca_pem,
+    )
+    .await
+    .expect("a blob uploaded just before a restart is kept");
+    assert!(stored.starts_with(b"Obj\x01"));
     t.rt.shutdown().await;
 }

@@ -5,7 +5,7 @@
 //! queues' journal and the `$upstream` store. PUBACKs leave in the order the messages
 //! arrived.
 
-use crate::endpoint::Conn;
+use crate::endpoint::{Conn, Outgoing};
 use crate::hub::{Hub, Identity};
 use crate::upstream::Appended;
 use bytes::BytesMut;
@@ -77,7 +77,7 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
         match hub.authenticate(&connect.client_id, &login.username, &login.password) {
             Ok(ok) => ok,
             Err(code) => {
-                let _ = tx.send(Packet::ConnAck(ConnAck::new(code, false)));
+                let _ = tx.send(Packet::ConnAck(ConnAck::new(code, false)).into());
                 drop(tx);
                 let _ = writer.await;
                 return;
@@ -90,10 +90,7 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
     };
     let clean = connect.clean_session;
     // CONNACK goes first: queue it before the session can deliver anything.
-    let _ = tx.send(Packet::ConnAck(ConnAck::new(
-        ConnectReturnCode::Success,
-        false,
-    )));
+    let _ = tx.send(Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)).into());
     let present = hub.connect(&identity, clean, conn.clone());
     info!(client = %connect.client_id, conn = conn.id, clean, session_present = present, "client connected");
 
@@ -153,16 +150,16 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
                         }
                     })
                     .collect();
-                let _ = tx.send(Packet::SubAck(SubAck::new(s.pkid, codes)));
+                let _ = tx.send(Packet::SubAck(SubAck::new(s.pkid, codes)).into());
             }
             Packet::Unsubscribe(u) => {
                 for f in &u.topics {
                     hub.unsubscribe(&identity, &conn, f);
                 }
-                let _ = tx.send(Packet::UnsubAck(UnsubAck::new(u.pkid)));
+                let _ = tx.send(Packet::UnsubAck(UnsubAck::new(u.pkid)).into());
             }
             Packet::PingReq => {
-                let _ = tx.send(Packet::PingResp);
+                let _ = tx.send(Packet::PingResp.into());
             }
             Packet::Disconnect => break "client disconnected",
             Packet::Connect(_) => break "second CONNECT (protocol violation)",
@@ -251,14 +248,14 @@ impl Session {
         let _ = self
             .conn
             .tx
-            .send(Packet::Publish(Publish::new(topic, QoS::AtMostOnce, body)));
+            .send(Packet::Publish(Publish::new(topic, QoS::AtMostOnce, body)).into());
     }
 }
 
 /// Sends PUBACKs in arrival order, each once its message is stored.
 async fn ack_loop(
     mut rx: mpsc::UnboundedReceiver<(u16, Vec<Appended>)>,
-    tx: mpsc::UnboundedSender<Packet>,
+    tx: mpsc::UnboundedSender<Outgoing>,
     close: Arc<Notify>,
 ) {
     while let Some((pkid, waits)) = rx.recv().await {
@@ -273,20 +270,20 @@ async fn ack_loop(
                 Err(_) => return,
             }
         }
-        if tx.send(Packet::PubAck(PubAck::new(pkid))).is_err() {
+        if tx.send(Packet::PubAck(PubAck::new(pkid)).into()).is_err() {
             return;
         }
     }
 }
 
 /// Writes queued packets, coalescing whatever is queued into one TLS write.
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::UnboundedReceiver<Packet>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     let mut out = BytesMut::with_capacity(64 * 1024);
     while let Some(p) = rx.recv().await {
         let mut next = Some(p);
         let mut yielded = false;
         while let Some(p) = next.take() {
-            if let Err(e) = p.write(&mut out, MAX_PACKET) {
+            if let Err(e) = p.into_packet().write(&mut out, MAX_PACKET) {
                 warn!(error = %e, "packet not written");
             }
             if out.len() < 256 * 1024 {

@@ -22,13 +22,64 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A message for a module input, made into its PUBLISH by the connection's writer (so the
+/// topic with its property bag is built there, not by whoever released the message).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    device: Arc<str>,
+    module: Arc<str>,
+    input: Arc<str>,
+    message: Arc<Message>,
+    pkid: u16,
+    qos: QoS,
+}
+
+impl Delivery {
+    /// The PUBLISH packet.
+    pub fn to_publish(&self) -> Publish {
+        Publish {
+            dup: false,
+            qos: self.qos,
+            retain: false,
+            topic: topic::module_input(&self.device, &self.module, &self.input, &self.message),
+            pkid: self.pkid,
+            payload: Bytes::clone(&self.message.body),
+        }
+    }
+}
+
+/// What a connection's writer sends.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A packet as it is.
+    Packet(Packet),
+    /// A message for a module input.
+    Delivery(Delivery),
+}
+
+impl From<Packet> for Outgoing {
+    fn from(p: Packet) -> Self {
+        Outgoing::Packet(p)
+    }
+}
+
+impl Outgoing {
+    /// The packet to write.
+    pub fn into_packet(self) -> Packet {
+        match self {
+            Outgoing::Packet(p) => p,
+            Outgoing::Delivery(d) => Packet::Publish(d.to_publish()),
+        }
+    }
+}
+
 /// The sending side of one client connection.
 #[derive(Clone, Debug)]
 pub struct Conn {
     /// Unique id of the connection.
     pub id: u64,
     /// Packets to write to the client.
-    pub tx: mpsc::UnboundedSender<Packet>,
+    pub tx: mpsc::UnboundedSender<Outgoing>,
     /// Notified to close the connection (session takeover).
     pub close: Arc<Notify>,
 }
@@ -53,7 +104,7 @@ pub struct EndpointStats {
 /// One module's queue.
 #[derive(Debug)]
 pub struct Endpoint {
-    device: String,
+    device: Arc<str>,
     module: Arc<str>,
     journal: Journal,
     queue: VecDeque<Queued>,
@@ -70,7 +121,7 @@ impl Endpoint {
     /// An empty endpoint for `device/module`, storing its messages in `journal`.
     pub fn new(device: &str, module: &str, window: usize, ttl: Duration, journal: Journal) -> Self {
         Endpoint {
-            device: device.to_owned(),
+            device: Arc::from(device),
             module: Arc::from(module),
             journal,
             queue: VecDeque::new(),
@@ -158,15 +209,15 @@ impl Endpoint {
             } else {
                 self.alloc_pkid()
             };
-            let publish = Publish {
-                dup: false,
-                qos,
-                retain: false,
-                topic: topic::module_input(&self.device, &self.module, &q.input, &q.message),
+            let delivery = Delivery {
+                device: self.device.clone(),
+                module: self.module.clone(),
+                input: q.input.clone(),
+                message: q.message.clone(),
                 pkid,
-                payload: Bytes::clone(&q.message.body),
+                qos,
             };
-            if conn.tx.send(Packet::Publish(publish)).is_err() {
+            if conn.tx.send(Outgoing::Delivery(delivery)).is_err() {
                 self.queue.push_front(q);
                 self.conn = None;
                 break;
@@ -244,7 +295,7 @@ mod tests {
         (e, journal, dir)
     }
 
-    fn conn(id: u64) -> (Conn, mpsc::UnboundedReceiver<Packet>) {
+    fn conn(id: u64) -> (Conn, mpsc::UnboundedReceiver<Outgoing>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Conn {
@@ -260,9 +311,9 @@ mod tests {
         Arc::new(Message::json(format!("{{\"n\":{n}}}")))
     }
 
-    fn drain(rx: &mut mpsc::UnboundedReceiver<Packet>) -> Vec<Publish> {
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Vec<Publish> {
         let mut v = Vec::new();
-        while let Ok(Packet::Publish(p)) = rx.try_recv() {
+        while let Ok(Packet::Publish(p)) = rx.try_recv().map(Outgoing::into_packet) {
             v.push(p);
         }
         v

@@ -489,7 +489,7 @@ impl Hub {
                     QoS::AtMostOnce,
                     body.to_string(),
                 );
-                let _ = conn.tx.send(Packet::Publish(p));
+                let _ = conn.tx.send(Packet::Publish(p).into());
             }
         }
         info!(module, version, "desired properties patched");

@@ -34,7 +34,7 @@ pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Shortest time between two syncs. A sync costs about the same however much it carries,
 /// so under load waiting this long gathers a larger group for one `fdatasync` (less CPU),
 /// while a lone message waits at most this long.
-pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 
 const ENQUEUE: u8 = 1;
 const DONE: u8 = 2;

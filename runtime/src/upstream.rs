@@ -5,7 +5,7 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use edge_protocol::Message;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,50 +26,6 @@ pub struct Upstream {
 /// The store's file under a state folder.
 pub fn store_path(state_dir: &Path) -> PathBuf {
     state_dir.join("upstream").join("messages.jsonl")
-}
-
-/// The record of one message, as stored and as `monitor` prints it.
-pub fn record(seq: u64, m: &Message) -> Value {
-    let mut system = Map::new();
-    let fields = [
-        ("messageId", &m.message_id),
-        ("correlationId", &m.correlation_id),
-        ("contentType", &m.content_type),
-        ("contentEncoding", &m.content_encoding),
-        ("userId", &m.user_id),
-        ("connectionDeviceId", &m.connection_device_id),
-        ("connectionModuleId", &m.connection_module_id),
-        ("outputName", &m.output_name),
-    ];
-    for (k, v) in fields {
-        if let Some(v) = v {
-            system.insert(k.into(), Value::from(v.as_str()));
-        }
-    }
-    let application: Map<String, Value> = m
-        .properties
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
-        .collect();
-    let (payload, encoding) = match std::str::from_utf8(&m.body) {
-        Ok(text) => match serde_json::from_str::<Value>(text) {
-            Ok(v) if m.is_json_utf8() => (v, "json"),
-            _ => (Value::from(text), "utf-8"),
-        },
-        Err(_) => (Value::from(B64.encode(&m.body)), "base64"),
-    };
-    let mut r = json!({
-        "seq": seq,
-        "enqueuedTimeUtc": m.enqueued_time,
-        "origin": m.connection_device_id,
-        "payload": payload,
-        "payloadEncoding": encoding,
-        "properties": {"system": system, "application": application},
-    });
-    if let Some(module) = &m.connection_module_id {
-        r["module"] = Value::from(module.as_str());
-    }
-    r
 }
 
 /// The body as a store line carries it: JSON as it is (when it fits on one line), other
@@ -141,8 +97,9 @@ struct Line<'a> {
     module: Option<&'a str>,
 }
 
-/// Writes [`record`]'s line for `m` without building it as a `Value` first (the store
-/// writer's path).
+/// Writes the store's line for `m` (as `monitor` prints it): `seq`, `enqueuedTimeUtc`,
+/// `origin`, `payload` with its `payloadEncoding` (`json`, `utf-8` or `base64`),
+/// `properties.system` / `properties.application`, and `module` for a module's message.
 pub fn write_record(out: &mut impl Write, seq: u64, m: &Message) -> std::io::Result<()> {
     fn s(o: &Option<String>) -> Option<&str> {
         o.as_deref()
@@ -275,6 +232,51 @@ fn writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Map};
+
+    /// The line's shape, built the plain way as a `Value`: what `write_record` must produce.
+    fn record(seq: u64, m: &Message) -> Value {
+        let mut system = Map::new();
+        let fields = [
+            ("messageId", &m.message_id),
+            ("correlationId", &m.correlation_id),
+            ("contentType", &m.content_type),
+            ("contentEncoding", &m.content_encoding),
+            ("userId", &m.user_id),
+            ("connectionDeviceId", &m.connection_device_id),
+            ("connectionModuleId", &m.connection_module_id),
+            ("outputName", &m.output_name),
+        ];
+        for (k, v) in fields {
+            if let Some(v) = v {
+                system.insert(k.into(), Value::from(v.as_str()));
+            }
+        }
+        let application: Map<String, Value> = m
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        let (payload, encoding) = match std::str::from_utf8(&m.body) {
+            Ok(text) => match serde_json::from_str::<Value>(text) {
+                Ok(v) if m.is_json_utf8() => (v, "json"),
+                _ => (Value::from(text), "utf-8"),
+            },
+            Err(_) => (Value::from(B64.encode(&m.body)), "base64"),
+        };
+        let mut r = json!({
+            "seq": seq,
+            "enqueuedTimeUtc": m.enqueued_time,
+            "origin": m.connection_device_id,
+            "payload": payload,
+            "payloadEncoding": encoding,
+            "properties": {"system": system, "application": application},
+        });
+        if let Some(module) = &m.connection_module_id {
+            r["module"] = Value::from(module.as_str());
+        }
+        r
+    }
 
     #[test]
     fn the_writer_s_lines_are_the_records() {

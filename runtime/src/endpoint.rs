@@ -28,8 +28,7 @@ pub fn now_ms() -> u64 {
 pub struct Delivery {
     device: Arc<str>,
     module: Arc<str>,
-    input: Arc<str>,
-    message: Arc<Message>,
+    queued: Pending,
     pkid: u16,
     qos: QoS,
 }
@@ -41,9 +40,14 @@ impl Delivery {
             dup: false,
             qos: self.qos,
             retain: false,
-            topic: topic::module_input(&self.device, &self.module, &self.input, &self.message),
+            topic: topic::module_input_with_bag(
+                &self.device,
+                &self.module,
+                &self.queued.input,
+                self.queued.bag(),
+            ),
             pkid: self.pkid,
-            payload: Bytes::clone(&self.message.body),
+            payload: Bytes::clone(&self.queued.message.body),
         }
     }
 }
@@ -138,14 +142,8 @@ impl Endpoint {
     /// Queues a message for `input` and sends what the window allows. The receiver resolves
     /// once the message is in the journal on disk.
     pub fn enqueue(&mut self, input: Arc<str>, message: Arc<Message>) -> Appended {
-        let at_ms = now_ms();
-        let (seq, stored) = self.journal.enqueue(&self.module, &input, &message, at_ms);
-        self.queue.push_back(Queued {
-            seq,
-            input,
-            message,
-            at_ms,
-        });
+        let (queued, stored) = self.journal.enqueue(&self.module, input, message, now_ms());
+        self.queue.push_back(queued);
         self.pump();
         stored
     }
@@ -212,8 +210,7 @@ impl Endpoint {
             let delivery = Delivery {
                 device: self.device.clone(),
                 module: self.module.clone(),
-                input: q.input.clone(),
-                message: q.message.clone(),
+                queued: q.clone(),
                 pkid,
                 qos,
             };

@@ -24,7 +24,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -50,6 +50,27 @@ pub struct Pending {
     pub message: Arc<Message>,
     /// When edgeHub accepted it, in milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// The message's property bag as edgeHub delivers it, encoded once, by whichever needs
+    /// it first (the journal's record or the delivery's topic).
+    bag: Arc<OnceLock<String>>,
+}
+
+impl Pending {
+    fn new(seq: u64, input: Arc<str>, message: Arc<Message>, at_ms: u64) -> Pending {
+        Pending {
+            seq,
+            input,
+            message,
+            at_ms,
+            bag: Arc::default(),
+        }
+    }
+
+    /// The property bag of the delivery to the module (hub stamps included).
+    pub fn bag(&self) -> &str {
+        self.bag
+            .get_or_init(|| properties::encode(&self.message, Direction::FromHub))
+    }
 }
 
 /// What the journal held at start: pending messages per module, in sequence order.
@@ -57,11 +78,8 @@ pub type Replayed = BTreeMap<String, Vec<Pending>>;
 
 enum Op {
     Enqueue {
-        seq: u64,
         module: Arc<str>,
-        input: Arc<str>,
-        message: Arc<Message>,
-        at_ms: u64,
+        pending: Pending,
         stored: oneshot::Sender<Result<(), String>>,
     },
     Done {
@@ -188,29 +206,27 @@ impl Journal {
         Ok((journal, replayed))
     }
 
-    /// Stores a message for `module`'s `input`; returns its sequence number and a receiver
-    /// that resolves once the record is on disk.
+    /// Stores a message for `module`'s `input`; returns it as queued (with its sequence
+    /// number) and a receiver that resolves once the record is on disk.
     pub fn enqueue(
         &self,
         module: &Arc<str>,
-        input: &Arc<str>,
-        message: &Arc<Message>,
+        input: Arc<str>,
+        message: Arc<Message>,
         at_ms: u64,
-    ) -> (u64, Appended) {
+    ) -> (Pending, Appended) {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let pending = Pending::new(seq, input, message, at_ms);
         let (stored, rx) = oneshot::channel();
         let op = Op::Enqueue {
-            seq,
             module: module.clone(),
-            input: input.clone(),
-            message: message.clone(),
-            at_ms,
+            pending: pending.clone(),
             stored,
         };
         if let Err(mpsc::error::SendError(Op::Enqueue { stored, .. })) = self.tx.send(op) {
             let _ = stored.send(Err("the message store is closed".into()));
         }
-        (seq, rx)
+        (pending, rx)
     }
 
     /// Message `seq` was delivered (or dropped): it is not replayed after a restart.
@@ -276,17 +292,12 @@ fn decode(payload: &[u8]) -> Option<Record> {
             let at_ms = r.u64()?;
             let module: Arc<str> = Arc::from(r.str()?);
             let input: Arc<str> = Arc::from(r.str()?);
-            let mut message = properties::decode(r.str()?);
+            let bag = r.str()?;
+            let mut message = properties::decode(bag);
             message.body = Bytes::copy_from_slice(r.bytes()?);
-            Some(Record::Enqueue {
-                module,
-                pending: Pending {
-                    seq,
-                    input,
-                    message: Arc::new(message),
-                    at_ms,
-                },
-            })
+            let pending = Pending::new(seq, input, Arc::new(message), at_ms);
+            let _ = pending.bag.set(bag.to_owned());
+            Some(Record::Enqueue { module, pending })
         }
         DONE => Some(Record::Done { seq: r.u64()? }),
         _ => None,
@@ -385,7 +396,6 @@ impl WriterState {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
         let mut buf = Vec::with_capacity(256 * 1024);
         let mut waiting = Vec::new();
-        let mut bag = String::with_capacity(256);
         let mut last_sync = std::time::Instant::now();
         while let Some(first) = rx.blocking_recv() {
             if let Some(rest) = SYNC_INTERVAL.checked_sub(last_sync.elapsed()) {
@@ -395,23 +405,19 @@ impl WriterState {
             while let Some(op) = next.take() {
                 match op {
                     Op::Enqueue {
-                        seq,
                         module,
-                        input,
-                        message,
-                        at_ms,
+                        pending: p,
                         stored,
                     } => {
-                        bag.clear();
-                        properties::encode_into(&mut bag, &message, Direction::FromHub);
+                        let seq = p.seq;
                         frame(&mut buf, |out| {
                             out.push(ENQUEUE);
                             out.extend_from_slice(&seq.to_le_bytes());
-                            out.extend_from_slice(&at_ms.to_le_bytes());
+                            out.extend_from_slice(&p.at_ms.to_le_bytes());
                             put_str(out, module.as_bytes());
-                            put_str(out, input.as_bytes());
-                            put_str(out, bag.as_bytes());
-                            put_str(out, &message.body);
+                            put_str(out, p.input.as_bytes());
+                            put_str(out, p.bag().as_bytes());
+                            put_str(out, &p.message.body);
                         });
                         self.segment_of.insert(seq, self.current);
                         *self.live.entry(self.current).or_default() += 1;
@@ -495,14 +501,9 @@ mod tests {
     }
 
     async fn store(j: &Journal, module: &str, n: u32) -> u64 {
-        let (seq, rx) = j.enqueue(
-            &Arc::from(module),
-            &Arc::from("in"),
-            &msg(n),
-            1000 + n as u64,
-        );
+        let (queued, rx) = j.enqueue(&Arc::from(module), Arc::from("in"), msg(n), 1000 + n as u64);
         rx.await.unwrap().unwrap();
-        seq
+        queued.seq
     }
 
     #[tokio::test]
@@ -530,6 +531,8 @@ mod tests {
             w.message.enqueued_time.as_deref(),
             Some("2026-11-21T08:00:00.000Z")
         );
+        // The stored bag is the one delivered, as encoded before the restart.
+        assert_eq!(w.bag(), properties::encode(&msg(2), Direction::FromHub));
         // Numbering continues after the restart.
         let d = store(&j2, "router", 3).await;
         assert!(d > c);

@@ -185,9 +185,18 @@ pub fn device_events(device: &str, message: &Message) -> String {
 
 /// Topic for the hub delivering `message` to a module input.
 pub fn module_input(device: &str, module: &str, input: &str, message: &Message) -> String {
-    let mut t = format!("devices/{device}/modules/{module}/inputs/{input}/");
-    properties::encode_into(&mut t, message, Direction::FromHub);
-    t
+    module_input_with_bag(
+        device,
+        module,
+        input,
+        &properties::encode(message, Direction::FromHub),
+    )
+}
+
+/// Like [`module_input`], with the message's property bag (`Direction::FromHub`) already
+/// encoded.
+pub fn module_input_with_bag(device: &str, module: &str, input: &str, bag: &str) -> String {
+    format!("devices/{device}/modules/{module}/inputs/{input}/{bag}")
 }
 
 /// The filter a module subscribes to for all its inputs.

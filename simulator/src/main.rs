@@ -52,13 +52,7 @@ struct Cli {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    edge_client::logging::init_or("error");
     match run(cli).await {
         Ok(Outcome::Complete) => {}
         Ok(Outcome::Incomplete) => std::process::exit(1),

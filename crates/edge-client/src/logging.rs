@@ -13,7 +13,13 @@ pub struct LogLevel {
 
 /// Starts logging at `RUST_LOG`'s level, else `info`.
 pub fn init() -> LogLevel {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_or("info")
+}
+
+/// Starts logging at `RUST_LOG`'s level, else at `default` (e.g. `error` for a command-line
+/// tool whose own output is the point).
+pub fn init_or(default: &str) -> LogLevel {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let (layer, handle) = reload::Layer::new(filter);
     let _ = tracing_subscriber::registry()
         .with(layer)

@@ -8,20 +8,12 @@
 //! Phase 2 (paced): N/4 messages at R messages/s; reports hop latency percentiles.
 
 use edge_client::{Message, ModuleClient, Settings};
+use edge_runtime::testing::bench::{arg, percentile};
 use edge_runtime::{Options, Runtime};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A telemetry-sized JSON body (~600 bytes) carrying its send time.
 fn body(t0: Instant, i: u64) -> Vec<u8> {
@@ -44,14 +36,6 @@ fn sent_at(body: &[u8]) -> u64 {
         .and_then(|r| r.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
-}
-
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1e6
 }
 
 struct Phase {
@@ -148,14 +132,14 @@ fn main() {
             sustained.received,
             sustained.elapsed.as_secs_f64(),
             rate_sustained,
-            pct(&sustained.latencies_ns, 0.50),
-            pct(&sustained.latencies_ns, 0.99)
+            percentile(&sustained.latencies_ns, 0.50) / 1e6,
+            percentile(&sustained.latencies_ns, 0.99) / 1e6
         );
         println!(
             "paced at {rate}/s: {} messages; hop latency p50 {:.2} ms, p99 {:.2} ms",
             paced.received,
-            pct(&paced.latencies_ns, 0.50),
-            pct(&paced.latencies_ns, 0.99)
+            percentile(&paced.latencies_ns, 0.50) / 1e6,
+            percentile(&paced.latencies_ns, 0.99) / 1e6
         );
         let stats = runtime.hub.endpoint_stats();
         println!(

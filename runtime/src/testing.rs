@@ -134,3 +134,37 @@ pub async fn next_input(
         .expect("an input message within 10 s")
         .expect("input stream open")
 }
+
+/// Benchmark helpers shared by the runtime's and the pipeline's load benchmarks.
+pub mod bench {
+    /// The number after `name` on the command line, else `default`.
+    pub fn arg(name: &str, default: u64) -> u64 {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// The `p` quantile (0 to 1, nearest rank) of `sorted`, NaN when empty.
+    pub fn percentile(sorted: &[u64], p: f64) -> f64 {
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[i] as f64
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn percentiles_take_the_nearest_rank() {
+            let v: Vec<u64> = (1..=101).collect();
+            assert_eq!(super::percentile(&v, 0.5), 51.0);
+            assert_eq!(super::percentile(&v, 0.99), 100.0);
+            assert_eq!(super::percentile(&v, 1.0), 101.0);
+            assert!(super::percentile(&[], 0.5).is_nan());
+        }
+    }
+}

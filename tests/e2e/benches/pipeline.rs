@@ -29,21 +29,13 @@ use e2e::procfs::{self, Sample};
 use e2e::upstream::Tail;
 use e2e::{CLASSIFIER, MODULES, ROUTER, WRITER};
 use edge_client::ModuleClient;
+use edge_runtime::testing::bench::{arg, percentile};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use turbofan_domain::cmapss::Row;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn now_us() -> u64 {
     let t = chrono::Utc::now();
@@ -170,14 +162,6 @@ impl Leaves {
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
-
 /// What happened to messages `range` of a run.
 struct Outcome {
     messages: usize,
@@ -227,11 +211,11 @@ impl Outcome {
     fn latency(&self) -> String {
         format!(
             "to enqueued p50 {:.2} / p99 {:.2} / max {:.2} ms; seen in the store p50 {:.2} / p99 {:.2} ms",
-            percentile(&self.to_enqueued, 0.5),
-            percentile(&self.to_enqueued, 0.99),
-            percentile(&self.to_enqueued, 1.0),
-            percentile(&self.to_observed, 0.5),
-            percentile(&self.to_observed, 0.99),
+            percentile(&self.to_enqueued, 0.5) / 1000.0,
+            percentile(&self.to_enqueued, 0.99) / 1000.0,
+            percentile(&self.to_enqueued, 1.0) / 1000.0,
+            percentile(&self.to_observed, 0.5) / 1000.0,
+            percentile(&self.to_observed, 0.99) / 1000.0,
         )
     }
 }
@@ -484,9 +468,9 @@ async fn run(k: u64) -> Result<RunResult> {
     p.shutdown().await;
     Ok(RunResult {
         sustained: so.rate(),
-        paced_p50: percentile(&po.to_enqueued, 0.5),
-        paced_p99: percentile(&po.to_enqueued, 0.99),
-        paced_seen_p99: percentile(&po.to_observed, 0.99),
+        paced_p50: percentile(&po.to_enqueued, 0.5) / 1000.0,
+        paced_p99: percentile(&po.to_enqueued, 0.99) / 1000.0,
+        paced_seen_p99: percentile(&po.to_observed, 0.99) / 1000.0,
         hwm,
         sustained_cpu,
     })

@@ -1,6 +1,7 @@
 //! Logging for modules: `tracing` to stderr (the container log), with the level changeable at
 //! run time through the `LoggingLevel` desired property, as the tutorial's modules allow.
 
+use std::io::IsTerminal;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
@@ -26,6 +27,8 @@ pub fn init_or(default: &str) -> LogLevel {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                // Colours only for a person at a terminal, not in log files.
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_target(false),
         )
         .try_init();

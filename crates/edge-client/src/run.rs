@@ -4,11 +4,9 @@
 use crate::client::ModuleClient;
 use crate::error::Error;
 use edge_protocol::Message;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
 
 /// Resolves on SIGTERM (how a runtime stops a module) or SIGINT.
@@ -36,6 +34,10 @@ pub async fn shutdown_signal() {
 /// A message is acknowledged when its handler returns `Ok`. On `Err` it is logged and left
 /// unacknowledged, so edgeHub delivers it again (handlers report bad *content* as outputs,
 /// e.g. dead letters, and return `Err` only when they could not do their job).
+///
+/// The handlers run as futures of this task, not as tasks of their own: a module's client is
+/// on a current-thread runtime, so a task per message would add its allocation and
+/// scheduling and no parallelism.
 pub async fn run_inputs<H, Fut, E>(
     client: &ModuleClient,
     concurrency: usize,
@@ -43,47 +45,44 @@ pub async fn run_inputs<H, Fut, E>(
     handler: H,
 ) -> Result<(), Error>
 where
-    H: Fn(String, Message) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), E>> + Send + 'static,
-    E: std::fmt::Display + Send + 'static,
+    H: Fn(String, Message) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut inputs = client.inputs()?;
-    let handler = Arc::new(handler);
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut tasks = JoinSet::new();
+    let concurrency = concurrency.max(1);
+    let mut running = FuturesUnordered::new();
     tokio::pin!(stop);
     loop {
-        let permit = tokio::select! {
+        tokio::select! {
+            biased;
             _ = &mut stop => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let m = tokio::select! {
-            _ = &mut stop => break,
-            m = inputs.recv() => match m { Some(m) => m, None => break },
-        };
-        while tasks.try_join_next().is_some() {}
-        let handler = handler.clone();
-        let (input, message, token) = m.into_parts();
-        let span = tracing::info_span!(
-            "message",
-            input = %input,
-            correlation_id = message.correlation_id.as_deref().unwrap_or(""),
-            message_id = message.message_id.as_deref().unwrap_or(""),
-        );
-        tasks.spawn(
-            async move {
-                match handler(input, message).await {
-                    Ok(()) => token.ack(),
-                    Err(e) => warn!(error = %e, "handler failed; message left for redelivery"),
-                }
-                drop(permit);
+            Some(()) = running.next(), if !running.is_empty() => {}
+            m = inputs.recv(), if running.len() < concurrency => {
+                let Some(m) = m else { break };
+                let (input, message, token) = m.into_parts();
+                let span = tracing::info_span!(
+                    "message",
+                    input = %input,
+                    correlation_id = message.correlation_id.as_deref().unwrap_or(""),
+                    message_id = message.message_id.as_deref().unwrap_or(""),
+                );
+                let handled = handler(input, message);
+                running.push(
+                    async move {
+                        match handled.await {
+                            Ok(()) => token.ack(),
+                            Err(e) => warn!(error = %e, "handler failed; message left for redelivery"),
+                        }
+                    }
+                    .instrument(span),
+                );
             }
-            .instrument(span),
-        );
+        }
     }
     // Messages received but not started are left unacknowledged: edgeHub keeps them.
     drop(inputs);
-    while tasks.join_next().await.is_some() {}
+    while running.next().await.is_some() {}
     client.close(Duration::from_secs(10)).await;
     Ok(())
 }

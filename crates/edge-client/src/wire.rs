@@ -8,9 +8,13 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// Largest MQTT packet accepted or sent (IoT Hub's message limit is 256 KiB, plus topic).
 pub const MAX_PACKET: usize = 512 * 1024;
 
-/// Read-buffer growth step: message bodies keep parts of the buffer alive, so it is
-/// reallocated rather than reused; large steps make that rare.
+/// Read-buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Payloads up to this size are copied out of the read buffer, so that the buffer is
+/// reused in place instead of being pinned by the messages read from it (a message held in
+/// a queue would otherwise keep a whole 64 KiB chunk alive); larger ones share it.
+const COPY_PAYLOAD_UP_TO: usize = 16 * 1024;
 
 /// Reads one packet into `buf`, reading more from `rd` as needed; `Ok(None)` at end of
 /// stream. Packets already in `buf` are returned without reading. Cancel-safe.
@@ -20,6 +24,12 @@ pub async fn read_packet<R: AsyncRead + Unpin>(
 ) -> std::io::Result<Option<Packet>> {
     loop {
         match Packet::read(buf, MAX_PACKET) {
+            Ok(Packet::Publish(mut p)) => {
+                if p.payload.len() <= COPY_PAYLOAD_UP_TO {
+                    p.payload = bytes::Bytes::copy_from_slice(&p.payload);
+                }
+                return Ok(Some(Packet::Publish(p)));
+            }
             Ok(p) => return Ok(Some(p)),
             Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => buf.reserve(n.max(READ_CHUNK)),
             Err(e) => {
@@ -71,6 +81,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("malformed MQTT packet"));
+    }
+
+    #[tokio::test]
+    async fn small_payloads_do_not_pin_the_read_buffer_and_large_ones_share_it() {
+        for (size, pins) in [(1_000, false), (COPY_PAYLOAD_UP_TO + 1, true)] {
+            let mut wire = BytesMut::new();
+            let mut p = Publish::new("t", QoS::AtLeastOnce, vec![7u8; size]);
+            p.pkid = 1;
+            Packet::Publish(p).write(&mut wire, MAX_PACKET).unwrap();
+            let mut rd: &[u8] = &wire;
+            let mut buf = BytesMut::new();
+            let Some(Packet::Publish(p)) = read_packet(&mut rd, &mut buf).await.unwrap() else {
+                panic!("expected a PUBLISH");
+            };
+            assert_eq!(p.payload.len(), size);
+            // The buffer can take the next reads in place only if nothing else holds it.
+            assert_eq!(
+                !buf.try_reclaim(READ_CHUNK),
+                pins,
+                "payload of {size} bytes"
+            );
+        }
     }
 
     /// A reader that returns `a` and `b` in two separate reads.

@@ -18,6 +18,7 @@ mod http;
 mod scoring;
 
 use edge_client::{logging, AckToken, InputMessage, Message, ModuleClient};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rul_model::RulModel;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -25,7 +26,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::task::JoinSet;
 use tracing::{error, info, warn, Instrument};
 
 /// The output the classifier answers on.
@@ -126,12 +126,13 @@ async fn next_batch(
     batch
 }
 
+/// Scores a batch in one model run; returns, per message, the future that sends its answer
+/// and then acknowledges it.
 fn score_and_send(
     batch: Vec<InputMessage>,
     s: &Arc<Shared>,
     client: &ModuleClient,
-    tasks: &mut JoinSet<()>,
-) {
+) -> Vec<impl std::future::Future<Output = ()>> {
     let mut tokens: Vec<AckToken> = Vec::with_capacity(batch.len());
     let mut messages: Vec<Message> = Vec::with_capacity(batch.len());
     for m in batch {
@@ -150,13 +151,14 @@ fn score_and_send(
         scoring::score_batch(&mut messages, s.max_body(), |f| model.predict(f))
     };
     tracing::debug!(batch = messages.len(), scored, "batch scored");
+    let mut answers = Vec::with_capacity(messages.len());
     for (m, token) in messages.into_iter().zip(tokens) {
         let client = client.clone();
         let span = tracing::info_span!(
             "message",
             correlation_id = m.correlation_id.as_deref().unwrap_or("")
         );
-        tasks.spawn(
+        answers.push(
             async move {
                 if let Some(e) = m.property(turbofan_domain::router::CLASSIFIER_ERROR) {
                     warn!(error = e, "not scored");
@@ -169,6 +171,7 @@ fn score_and_send(
             .instrument(span),
         );
     }
+    answers
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -231,20 +234,23 @@ async fn main() {
         }
     };
     info!("turbofanRulClassifier running");
-    let mut tasks = JoinSet::new();
+    // Answers being sent run as futures of this task (a current-thread runtime: tasks of
+    // their own would add allocations and no parallelism).
+    let mut sending = FuturesUnordered::new();
     let stop = edge_client::shutdown_signal();
     tokio::pin!(stop);
     loop {
         let first = tokio::select! {
+            biased;
             _ = &mut stop => break,
+            Some(()) = sending.next(), if !sending.is_empty() => continue,
             m = inputs.recv() => match m { Some(m) => m, None => break },
         };
         let batch = next_batch(&mut inputs, first, &shared).await;
-        score_and_send(batch, &shared, &client, &mut tasks);
-        while tasks.try_join_next().is_some() {}
+        sending.extend(score_and_send(batch, &shared, &client));
     }
     drop(inputs);
-    while tasks.join_next().await.is_some() {}
+    while sending.next().await.is_some() {}
     client.close(Duration::from_secs(10)).await;
     info!("turbofanRulClassifier stopped cleanly");
 }

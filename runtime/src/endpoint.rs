@@ -111,6 +111,7 @@ pub struct Endpoint {
     device: Arc<str>,
     module: Arc<str>,
     journal: Journal,
+    inputs: Vec<Arc<str>>,
     queue: VecDeque<Queued>,
     in_flight: BTreeMap<u16, Queued>,
     conn: Option<(Conn, QoS)>,
@@ -128,6 +129,7 @@ impl Endpoint {
             device: Arc::from(device),
             module: Arc::from(module),
             journal,
+            inputs: Vec::new(),
             queue: VecDeque::new(),
             in_flight: BTreeMap::new(),
             conn: None,
@@ -141,7 +143,8 @@ impl Endpoint {
 
     /// Queues a message for `input` and sends what the window allows. The receiver resolves
     /// once the message is in the journal on disk.
-    pub fn enqueue(&mut self, input: Arc<str>, message: Arc<Message>) -> Appended {
+    pub fn enqueue(&mut self, input: &str, message: Arc<Message>) -> Appended {
+        let input = self.input_name(input);
         let (queued, stored) = self.journal.enqueue(&self.module, input, message, now_ms());
         self.queue.push_back(queued);
         self.pump();
@@ -154,6 +157,17 @@ impl Endpoint {
             self.queue.push_front(p);
         }
         self.pump();
+    }
+
+    /// The shared name of `input` (a module has a few inputs and each queued message names
+    /// one, so each name is allocated once).
+    fn input_name(&mut self, input: &str) -> Arc<str> {
+        if let Some(known) = self.inputs.iter().find(|i| ***i == *input) {
+            return known.clone();
+        }
+        let new: Arc<str> = Arc::from(input);
+        self.inputs.push(new.clone());
+        new
     }
 
     fn alloc_pkid(&mut self) -> u16 {
@@ -320,7 +334,7 @@ mod tests {
     fn keeps_messages_until_the_module_connects_then_delivers_in_order_within_the_window() {
         let (mut e, _j, _dir) = endpoint(2, Duration::from_secs(60));
         for n in 0..3 {
-            e.enqueue("in".into(), msg(n));
+            e.enqueue("in", msg(n));
         }
         assert_eq!(e.stats().queued, 3);
         let (c, mut rx) = conn(1);
@@ -344,12 +358,12 @@ mod tests {
         let (c1, mut rx1) = conn(1);
         e.attach(c1, QoS::AtLeastOnce);
         for n in 0..3 {
-            e.enqueue("in".into(), msg(n));
+            e.enqueue("in", msg(n));
         }
         let first = drain(&mut rx1);
         e.acked(1, first[1].pkid); // only the middle one is acknowledged
         e.detach(1);
-        e.enqueue("in".into(), msg(3));
+        e.enqueue("in", msg(3));
         let (c2, mut rx2) = conn(2);
         e.attach(c2, QoS::AtLeastOnce);
         let bodies: Vec<Bytes> = drain(&mut rx2).into_iter().map(|p| p.payload).collect();
@@ -374,9 +388,9 @@ mod tests {
     #[test]
     fn messages_older_than_the_ttl_are_dropped_and_counted() {
         let (mut e, j, dir) = endpoint(10, Duration::from_millis(20));
-        e.enqueue("in".into(), msg(0));
+        e.enqueue("in", msg(0));
         std::thread::sleep(Duration::from_millis(40));
-        e.enqueue("in".into(), msg(1));
+        e.enqueue("in", msg(1));
         let (c, mut rx) = conn(1);
         e.attach(c, QoS::AtLeastOnce);
         let sent = drain(&mut rx);
@@ -400,7 +414,7 @@ mod tests {
         let mut e = Endpoint::new("edge", "m", 10, Duration::from_secs(60), j.clone());
         let (c, mut rx) = conn(1);
         e.attach(c, QoS::AtLeastOnce);
-        let stored: Vec<Appended> = (0..4).map(|n| e.enqueue("in".into(), msg(n))).collect();
+        let stored: Vec<Appended> = (0..4).map(|n| e.enqueue("in", msg(n))).collect();
         for s in stored {
             s.blocking_recv().unwrap().unwrap();
         }
@@ -413,7 +427,7 @@ mod tests {
         let (j, replayed) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
         let mut e = Endpoint::new("edge", "m", 10, Duration::from_secs(60), j);
         e.restore(replayed.get("m").cloned().unwrap_or_default());
-        e.enqueue("in".into(), msg(4));
+        e.enqueue("in", msg(4));
         let (c, mut rx) = conn(7);
         e.attach(c, QoS::AtLeastOnce);
         let again: Vec<Publish> = drain(&mut rx);

@@ -150,6 +150,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Now as IoT Hub writes `iothub-enqueuedtime` (RFC 3339, milliseconds, `Z`). Formatted once
+/// per millisecond per thread: the hub stamps every message it takes.
+fn enqueued_time_now() -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = chrono::Utc::now();
+    let ms = now.timestamp_millis();
+    LAST.with_borrow_mut(|(at, text)| {
+        if *at != ms {
+            *at = ms;
+            *text = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        }
+        text.clone()
+    })
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -426,8 +443,7 @@ impl Hub {
                 "/messages/events".to_owned()
             }
         };
-        m.enqueued_time =
-            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        m.enqueued_time = Some(enqueued_time_now());
         self.route(&source, m)
     }
 
@@ -455,12 +471,12 @@ impl Hub {
             match sink {
                 Sink::Upstream => {
                     self.metrics.to_upstream.fetch_add(1, Ordering::Relaxed);
-                    stored.push(self.upstream.append(Message::clone(&m)));
+                    stored.push(self.upstream.append(m.clone()));
                 }
                 Sink::Module { module, input } => {
                     self.metrics.to_modules.fetch_add(1, Ordering::Relaxed);
                     let endpoint = self.endpoint(module);
-                    let s = lock(&endpoint).enqueue(Arc::from(input.as_str()), m.clone());
+                    let s = lock(&endpoint).enqueue(input, m.clone());
                     stored.push(s);
                 }
             }
@@ -519,5 +535,27 @@ impl Hub {
             .into_iter()
             .map(|(k, e)| (k, lock(&e).stats()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enqueued_time_is_now_in_iot_hub_format() {
+        for _ in 0..3 {
+            let before = chrono::Utc::now().timestamp_millis();
+            let t = enqueued_time_now();
+            let after = chrono::Utc::now().timestamp_millis();
+            // e.g. 2026-11-21T11:58:03.123Z
+            assert_eq!(t.len(), 24, "{t}");
+            assert!(t.ends_with('Z'), "{t}");
+            let ms = chrono::DateTime::parse_from_rfc3339(&t)
+                .unwrap()
+                .timestamp_millis();
+            assert!((before..=after).contains(&ms), "{before} {ms} {after}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }

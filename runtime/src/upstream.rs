@@ -18,7 +18,7 @@ pub type Appended = oneshot::Receiver<Result<(), String>>;
 /// Handle of the upstream store.
 #[derive(Clone)]
 pub struct Upstream {
-    tx: mpsc::UnboundedSender<(Message, oneshot::Sender<Result<(), String>>)>,
+    tx: mpsc::UnboundedSender<(Arc<Message>, oneshot::Sender<Result<(), String>>)>,
     count: Arc<AtomicU64>,
     path: PathBuf,
 }
@@ -169,7 +169,8 @@ impl Upstream {
     }
 
     /// Appends a message; the receiver resolves once it is synced to disk.
-    pub fn append(&self, m: Message) -> Appended {
+    pub fn append(&self, m: impl Into<Arc<Message>>) -> Appended {
+        let m = m.into();
         let (tx, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError((_, tx))) = self.tx.send((m, tx)) {
             let _ = tx.send(Err("upstream store is closed".into()));
@@ -191,7 +192,7 @@ impl Upstream {
 /// Writes batches: everything queued is written, synced once, then acknowledged.
 fn writer(
     file: std::fs::File,
-    mut rx: mpsc::UnboundedReceiver<(Message, oneshot::Sender<Result<(), String>>)>,
+    mut rx: mpsc::UnboundedReceiver<(Arc<Message>, oneshot::Sender<Result<(), String>>)>,
     count: Arc<AtomicU64>,
 ) {
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);

@@ -5,6 +5,7 @@
 
 use crate::message::Message;
 use percent_encoding::percent_decode_str;
+use std::borrow::Cow;
 
 /// Key under which the hub carries the time it accepted a message.
 pub const ENQUEUED_TIME_KEY: &str = "iothub-enqueuedtime";
@@ -101,25 +102,38 @@ pub fn encode_into(out: &mut String, message: &Message, direction: Direction) {
     }
 }
 
-fn decode_part(s: &str) -> String {
-    if s.contains('%') {
-        percent_decode_str(s).decode_utf8_lossy().into_owned()
+/// A key or value as it is, or percent-decoded if it holds a `%`.
+fn decode_part(s: &str) -> Cow<'_, str> {
+    if s.as_bytes().contains(&b'%') {
+        percent_decode_str(s).decode_utf8_lossy()
     } else {
-        s.to_owned()
+        Cow::Borrowed(s)
     }
 }
 
 /// Decodes a property bag into `message`, filling system fields and appending application
 /// properties. Empty parts are skipped; a part without `=` is a property with an empty value.
 pub fn decode_into(bag: &str, message: &mut Message) {
-    for part in bag.split('&') {
+    // `&` and `=` are ASCII, so every position found below is a character boundary. A byte
+    // scan beats `str::split` on parts this short.
+    let bytes = bag.as_bytes();
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = bytes[start..]
+            .iter()
+            .position(|b| *b == b'&')
+            .map_or(bytes.len(), |i| start + i);
+        let part = &bag[start..end];
+        start = end + 1;
         if part.is_empty() {
             continue;
         }
-        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let (k, v) = match part.bytes().position(|b| b == b'=') {
+            Some(i) => (&part[..i], &part[i + 1..]),
+            None => (part, ""),
+        };
         let key = decode_part(k);
-        let value = decode_part(v);
-        let slot = match key.as_str() {
+        let slot = match &*key {
             "$.mid" => &mut message.message_id,
             "$.cid" => &mut message.correlation_id,
             "$.uid" => &mut message.user_id,
@@ -134,11 +148,12 @@ pub fn decode_into(bag: &str, message: &mut Message) {
             ENQUEUED_TIME_KEY => &mut message.enqueued_time,
             _ if key.starts_with("$.") => continue, // other system keys ($.ifid, …) are not kept
             _ => {
-                message.properties.push((key, value));
+                let value = decode_part(v).into_owned();
+                message.properties.push((key.into_owned(), value));
                 continue;
             }
         };
-        *slot = Some(value);
+        *slot = Some(decode_part(v).into_owned());
     }
 }
 
@@ -225,6 +240,17 @@ mod tests {
                 ("a".into(), "1".into()),
                 ("b".into(), "".into()),
                 ("c".into(), "%zz".into())
+            ]
+        );
+        // `=` inside a value, unencoded multi-byte text, a trailing `&`, a lone `=`.
+        let m = decode("k=a=b&ü=ö&$.cid=x%26y&=&");
+        assert_eq!(m.correlation_id.as_deref(), Some("x&y"));
+        assert_eq!(
+            m.properties,
+            vec![
+                ("k".into(), "a=b".into()),
+                ("ü".into(), "ö".into()),
+                ("".into(), "".into())
             ]
         );
     }

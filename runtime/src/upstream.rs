@@ -12,13 +12,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
+/// A message for the store, and where to say once it is on disk.
+type Append = (Arc<Message>, oneshot::Sender<Result<(), String>>);
+
 /// Result of a durable append.
 pub type Appended = oneshot::Receiver<Result<(), String>>;
 
 /// Handle of the upstream store.
 #[derive(Clone)]
 pub struct Upstream {
-    tx: mpsc::UnboundedSender<(Arc<Message>, oneshot::Sender<Result<(), String>>)>,
+    tx: mpsc::UnboundedSender<Append>,
     count: Arc<AtomicU64>,
     path: PathBuf,
 }
@@ -190,11 +193,7 @@ impl Upstream {
 }
 
 /// Writes batches: everything queued is written, synced once, then acknowledged.
-fn writer(
-    file: std::fs::File,
-    mut rx: mpsc::UnboundedReceiver<(Arc<Message>, oneshot::Sender<Result<(), String>>)>,
-    count: Arc<AtomicU64>,
-) {
+fn writer(file: std::fs::File, mut rx: mpsc::UnboundedReceiver<Append>, count: Arc<AtomicU64>) {
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
     let mut waiting = Vec::new();
     let mut last_sync = std::time::Instant::now();

@@ -144,6 +144,9 @@ fn parse_exec(items: &[String]) -> Result<HashMap<String, String>> {
         .collect()
 }
 
+#[global_allocator]
+static ALLOC: edge_runtime::HubAllocator = edge_runtime::HubAllocator;
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();

@@ -481,6 +481,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+#[global_allocator]
+static ALLOC: edge_runtime::HubAllocator = edge_runtime::HubAllocator;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let runs = arg("--runs", 1).max(1);

@@ -115,16 +115,36 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
     let token_expires =
         tokio::time::Instant::now() + Duration::from_secs(expiry.saturating_sub(now));
     let mut stopping = hub.stopping();
+    // The futures that end the connection are made once, not for every packet (a timer
+    // made per packet costs a registration in tokio's timer wheel each time). Keep-alive
+    // is checked lazily: the timer fires at the last packet's time plus the keep-alive, as
+    // it was when the timer was set, and is moved on if a packet came since.
+    let close = conn.close.clone();
+    let closed = close.notified();
+    let token_expired = tokio::time::sleep_until(token_expires);
+    let stop = stopping.changed();
+    let mut heard = tokio::time::Instant::now();
+    let silent = tokio::time::sleep_until(heard + keep_alive);
+    tokio::pin!(closed, token_expired, stop, silent);
     let reason = loop {
         let packet = tokio::select! {
-            _ = conn.close.notified() => break "closed by the hub (session taken over or protocol error)",
-            _ = tokio::time::sleep_until(token_expires) => break "SAS token expired",
-            _ = stopping.changed() => break "runtime stopping",
-            r = tokio::time::timeout(keep_alive, read_packet(&mut rd, &mut buf)) => match r {
-                Err(_) => break "keep-alive expired",
-                Ok(Err(e)) => { debug!(error = %e, "read failed"); break "connection error" }
-                Ok(Ok(None)) => break "connection closed by the client",
-                Ok(Ok(Some(p))) => p,
+            _ = &mut closed => break "closed by the hub (session taken over or protocol error)",
+            _ = &mut token_expired => break "SAS token expired",
+            _ = &mut stop => break "runtime stopping",
+            _ = &mut silent => {
+                if heard.elapsed() >= keep_alive {
+                    break "keep-alive expired";
+                }
+                silent.as_mut().reset(heard + keep_alive);
+                continue;
+            }
+            r = read_packet(&mut rd, &mut buf) => match r {
+                Err(e) => { debug!(error = %e, "read failed"); break "connection error" }
+                Ok(None) => break "connection closed by the client",
+                Ok(Some(p)) => {
+                    heard = tokio::time::Instant::now();
+                    p
+                }
             },
         };
         match packet {

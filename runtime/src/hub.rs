@@ -11,6 +11,7 @@ use edge_protocol::{sas, topic, Message, SasToken};
 use edge_routes::{MessageView, Route, Sink};
 use rumqttc::{ConnectReturnCode, Packet, Publish, QoS};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -127,11 +128,11 @@ struct View<'a> {
 }
 
 impl MessageView for View<'_> {
-    fn system_property(&self, name: &str) -> Option<String> {
-        self.m.system_property(name).map(str::to_owned)
+    fn system_property(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.m.system_property(name).map(Cow::Borrowed)
     }
-    fn application_property(&self, name: &str) -> Option<String> {
-        self.m.property(name).map(str::to_owned)
+    fn application_property(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.m.property(name).map(Cow::Borrowed)
     }
     fn body(&self) -> Option<&Value> {
         self.body
@@ -243,7 +244,12 @@ impl Hub {
     }
 
     fn endpoint(&self, module: &str) -> Arc<Mutex<Endpoint>> {
-        lock(&self.endpoints)
+        let mut endpoints = lock(&self.endpoints);
+        // Looked up by `&str` first: routing asks for an endpoint for every message.
+        if let Some(e) = endpoints.get(module) {
+            return e.clone();
+        }
+        endpoints
             .entry(module.to_owned())
             .or_insert_with(|| {
                 Arc::new(Mutex::new(Endpoint::new(
@@ -428,23 +434,32 @@ impl Hub {
     /// when the sender may be acknowledged.
     pub fn ingest(&self, identity: &Identity, mut m: Message) -> Vec<Appended> {
         self.metrics.received.fetch_add(1, Ordering::Relaxed);
-        let source = match identity {
-            Identity::Module { device, module } => {
-                m.connection_device_id = Some(device.clone());
-                m.connection_module_id = Some(module.clone());
-                match &m.output_name {
-                    Some(o) => format!("/messages/modules/{module}/outputs/{o}"),
-                    None => format!("/messages/modules/{module}"),
+        thread_local! {
+            /// The route source of the message being ingested (reused: one per message).
+            static SOURCE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        SOURCE.with_borrow_mut(|source| {
+            source.clear();
+            match identity {
+                Identity::Module { device, module } => {
+                    m.connection_device_id = Some(device.clone());
+                    m.connection_module_id = Some(module.clone());
+                    source.push_str("/messages/modules/");
+                    source.push_str(module);
+                    if let Some(o) = &m.output_name {
+                        source.push_str("/outputs/");
+                        source.push_str(o);
+                    }
+                }
+                Identity::Device { device } => {
+                    m.connection_device_id = Some(device.clone());
+                    m.connection_module_id = None;
+                    source.push_str("/messages/events");
                 }
             }
-            Identity::Device { device } => {
-                m.connection_device_id = Some(device.clone());
-                m.connection_module_id = None;
-                "/messages/events".to_owned()
-            }
-        };
-        m.enqueued_time = Some(enqueued_time_now());
-        self.route(&source, m)
+            m.enqueued_time = Some(enqueued_time_now());
+            self.route(source, m)
+        })
     }
 
     fn route(&self, source: &str, m: Message) -> Vec<Appended> {

@@ -681,6 +681,21 @@ impl Driver {
         // Before renewing, new sends wait while those in flight are acknowledged (a few
         // seconds at most), so the new connection does not have to send them again.
         let mut draining: Option<tokio::time::Instant> = None;
+        // One timer for every deadline (renewal, end of draining, ping, silence), set to
+        // the earliest and moved on when it fires; and one stop signal. Made per loop turn,
+        // they would cost timer-wheel registrations for every wakeup.
+        let deadline = |draining: Option<tokio::time::Instant>,
+                        next_ping: tokio::time::Instant,
+                        heard: tokio::time::Instant| {
+            draining
+                .map_or(renew_at, |d| d + DRAIN)
+                .min(next_ping)
+                .min(heard + silence)
+        };
+        let tick = tokio::time::sleep_until(deadline(draining, next_ping, heard));
+        let inner = self.inner.clone();
+        let stop = inner.stop.notified();
+        tokio::pin!(tick, stop);
         loop {
             if draining.is_some_and(|since| self.sends.len() == 0 || since.elapsed() > DRAIN) {
                 encode(Packet::Disconnect, &mut out);
@@ -701,23 +716,27 @@ impl Driver {
             }
             tokio::select! {
                 biased;
-                _ = self.inner.stop.notified() => {
+                _ = &mut stop => {
                     encode(Packet::Disconnect, &mut out);
                     let _ = wr.write_all(&out).await;
                     let _ = wr.flush().await;
                     return Ended::Stop;
                 }
-                _ = tokio::time::sleep_until(renew_at), if draining.is_none() => {
-                    draining = Some(tokio::time::Instant::now());
+                _ = &mut tick => {
+                    let now = tokio::time::Instant::now();
+                    if now >= heard + silence {
+                        return Ended::Lost(format!("nothing from edgeHub for {} s", silence.as_secs()));
+                    }
+                    if draining.is_none() && now >= renew_at {
+                        draining = Some(now);
+                    }
+                    if now >= next_ping {
+                        encode(Packet::PingReq, &mut out);
+                        next_ping = now + ping_every;
+                    }
+                    tick.as_mut().reset(deadline(draining, next_ping, heard));
+                    // The loop's top ends a finished drain and writes the ping.
                     continue;
-                }
-                _ = tokio::time::sleep_until(draining.map_or(renew_at, |d| d + DRAIN)), if draining.is_some() => continue,
-                _ = tokio::time::sleep_until(next_ping) => {
-                    encode(Packet::PingReq, &mut out);
-                    next_ping = tokio::time::Instant::now() + ping_every;
-                }
-                _ = tokio::time::sleep_until(heard + silence) => {
-                    return Ended::Lost(format!("nothing from edgeHub for {} s", silence.as_secs()));
                 }
                 r = read_packet(&mut rd, &mut rbuf) => {
                     let p = match r {

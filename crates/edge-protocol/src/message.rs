@@ -106,25 +106,63 @@ impl Message {
     /// `contentType`, `contentEncoding`, `userId`, `to`, `connectionDeviceId`,
     /// `connectionModuleId`, `iothub-enqueuedtime`, `iothub-creation-time-utc`, ...
     pub fn system_property(&self, name: &str) -> Option<&str> {
-        let n = name.to_ascii_lowercase();
-        let v = match n.as_str() {
-            "messageid" => &self.message_id,
-            "correlationid" => &self.correlation_id,
-            "contenttype" => &self.content_type,
-            "contentencoding" => &self.content_encoding,
-            "userid" => &self.user_id,
-            "to" => &self.to,
-            "connectiondeviceid" | "iothub-connection-device-id" => &self.connection_device_id,
-            "connectionmoduleid" | "iothub-connection-module-id" => &self.connection_module_id,
-            "iothub-enqueuedtime" | "enqueuedtime" => &self.enqueued_time,
-            "iothub-creation-time-utc" | "creationtimeutc" => &self.creation_time,
-            "absoluteexpirytime" | "expirytimeutc" => &self.expiry,
-            "outputname" => &self.output_name,
-            "inputname" => &self.input_name,
-            _ => return None,
+        const NAMES: [(&str, Field); 18] = [
+            ("messageId", Field::MessageId),
+            ("correlationId", Field::CorrelationId),
+            ("contentType", Field::ContentType),
+            ("contentEncoding", Field::ContentEncoding),
+            ("userId", Field::UserId),
+            ("to", Field::To),
+            ("connectionDeviceId", Field::ConnectionDeviceId),
+            ("iothub-connection-device-id", Field::ConnectionDeviceId),
+            ("connectionModuleId", Field::ConnectionModuleId),
+            ("iothub-connection-module-id", Field::ConnectionModuleId),
+            ("iothub-enqueuedtime", Field::EnqueuedTime),
+            ("enqueuedTime", Field::EnqueuedTime),
+            ("iothub-creation-time-utc", Field::CreationTime),
+            ("creationTimeUtc", Field::CreationTime),
+            ("absoluteExpiryTime", Field::Expiry),
+            ("expiryTimeUtc", Field::Expiry),
+            ("outputName", Field::OutputName),
+            ("inputName", Field::InputName),
+        ];
+        // Matched without allocating: routes ask for a property of every message.
+        let (_, field) = NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name))?;
+        let v = match *field {
+            Field::MessageId => &self.message_id,
+            Field::CorrelationId => &self.correlation_id,
+            Field::ContentType => &self.content_type,
+            Field::ContentEncoding => &self.content_encoding,
+            Field::UserId => &self.user_id,
+            Field::To => &self.to,
+            Field::ConnectionDeviceId => &self.connection_device_id,
+            Field::ConnectionModuleId => &self.connection_module_id,
+            Field::EnqueuedTime => &self.enqueued_time,
+            Field::CreationTime => &self.creation_time,
+            Field::Expiry => &self.expiry,
+            Field::OutputName => &self.output_name,
+            Field::InputName => &self.input_name,
         };
         v.as_deref()
     }
+}
+
+/// The system fields [`Message::system_property`] can name.
+#[derive(Clone, Copy)]
+enum Field {
+    MessageId,
+    CorrelationId,
+    ContentType,
+    ContentEncoding,
+    UserId,
+    To,
+    ConnectionDeviceId,
+    ConnectionModuleId,
+    EnqueuedTime,
+    CreationTime,
+    Expiry,
+    OutputName,
+    InputName,
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //! Keys starting with `$.` are system properties; the rest are application properties.
 
 use crate::message::Message;
-use percent_encoding::percent_decode_str;
 use std::borrow::Cow;
 
 /// Key under which the hub carries the time it accepted a message.
@@ -102,12 +101,46 @@ pub fn encode_into(out: &mut String, message: &Message, direction: Direction) {
     }
 }
 
-/// A key or value as it is, or percent-decoded if it holds a `%`.
+/// A key or value as it is, or percent-decoded if it holds a `%`. A `%` not followed by two
+/// hex digits stays as it is; bytes that do not decode to UTF-8 become U+FFFD.
 fn decode_part(s: &str) -> Cow<'_, str> {
-    if s.as_bytes().contains(&b'%') {
-        percent_decode_str(s).decode_utf8_lossy()
-    } else {
-        Cow::Borrowed(s)
+    let bytes = s.as_bytes();
+    let Some(first) = bytes.iter().position(|b| *b == b'%') else {
+        return Cow::Borrowed(s);
+    };
+    // One allocation of the input's length (decoding only shortens), plain runs copied
+    // whole: parts are short and most hold one or two escapes (`application%2Fjson`).
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&bytes[..first]);
+    let mut i = first;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
+        }
+        let run = bytes[i + 1..]
+            .iter()
+            .position(|b| *b == b'%')
+            .map_or(bytes.len(), |n| i + 1 + n);
+        out.extend_from_slice(&bytes[i..run]);
+        i = run;
+    }
+    match String::from_utf8(out) {
+        Ok(text) => Cow::Owned(text),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
+}
+
+/// The value of an ASCII hex digit.
+fn hex(b: Option<&u8>) -> Option<u8> {
+    match b? {
+        d @ b'0'..=b'9' => Some(d - b'0'),
+        d @ b'a'..=b'f' => Some(d - b'a' + 10),
+        d @ b'A'..=b'F' => Some(d - b'A' + 10),
+        _ => None,
     }
 }
 
@@ -253,6 +286,33 @@ mod tests {
                 ("".into(), "".into())
             ]
         );
+    }
+
+    #[test]
+    fn decodes_escapes_like_percent_decoding_does() {
+        let cases = [
+            ("plain", "plain"),
+            ("a%2Fb", "a/b"),
+            ("%2f%2F", "//"),
+            ("%", "%"),
+            ("50%", "50%"),
+            ("%4", "%4"),
+            ("%zz%41", "%zzA"),
+            ("%%41", "%A"),
+            ("%C3%BC-%E2%82%AC", "ü-€"),
+            ("ü%20ö", "ü ö"),
+            ("%FF%41", "\u{FFFD}A"),
+            ("%C3", "\u{FFFD}"),
+        ];
+        for (encoded, text) in cases {
+            assert_eq!(decode_part(encoded), text, "{encoded}");
+            assert_eq!(
+                decode_part(encoded),
+                percent_encoding::percent_decode_str(encoded).decode_utf8_lossy(),
+                "{encoded}"
+            );
+        }
+        assert!(matches!(decode_part("no-escape"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -171,15 +171,32 @@ fn strip_with_bag<'a>(rest: &'a str, prefix: &str) -> Option<&'a str> {
 
 /// Topic for a module sending `message` to the output named by its `output_name` (`$.on`).
 pub fn module_output(device: &str, module: &str, message: &Message) -> String {
-    let mut t = format!("devices/{device}/modules/{module}/messages/events/");
+    let mut t = joined(
+        &["devices/", device, "/modules/", module, "/messages/events/"],
+        BAG_ROOM,
+    );
     properties::encode_into(&mut t, message, Direction::ToHub);
     t
 }
 
 /// Topic for device telemetry.
 pub fn device_events(device: &str, message: &Message) -> String {
-    let mut t = format!("devices/{device}/messages/events/");
+    let mut t = joined(&["devices/", device, "/messages/events/"], BAG_ROOM);
     properties::encode_into(&mut t, message, Direction::ToHub);
+    t
+}
+
+/// Room left after a topic prefix for a typical property bag (ids, content type, a few
+/// application properties), so that encoding it seldom reallocates.
+const BAG_ROOM: usize = 256;
+
+/// `parts` concatenated into a string with `spare` more bytes of capacity: one allocation,
+/// where `format!` would grow the string as it goes (topics are built for every message).
+fn joined(parts: &[&str], spare: usize) -> String {
+    let mut t = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + spare);
+    for p in parts {
+        t.push_str(p);
+    }
     t
 }
 
@@ -196,7 +213,19 @@ pub fn module_input(device: &str, module: &str, input: &str, message: &Message) 
 /// Like [`module_input`], with the message's property bag (`Direction::FromHub`) already
 /// encoded.
 pub fn module_input_with_bag(device: &str, module: &str, input: &str, bag: &str) -> String {
-    format!("devices/{device}/modules/{module}/inputs/{input}/{bag}")
+    joined(
+        &[
+            "devices/",
+            device,
+            "/modules/",
+            module,
+            "/inputs/",
+            input,
+            "/",
+            bag,
+        ],
+        0,
+    )
 }
 
 /// The filter a module subscribes to for all its inputs.

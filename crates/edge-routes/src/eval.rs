@@ -9,9 +9,10 @@ use crate::ast::{BinaryOp, Expr, Function, PathSegment};
 pub trait MessageView {
     /// System property by its query name without the leading `$`, e.g.
     /// "connectionDeviceId" (caller matches case-insensitively).
-    fn system_property(&self, name: &str) -> Option<String>;
+    /// Borrowed where the view holds the value, so evaluating a route allocates nothing.
+    fn system_property(&self, name: &str) -> Option<Cow<'_, str>>;
     /// Application property by exact name.
-    fn application_property(&self, name: &str) -> Option<String>;
+    fn application_property(&self, name: &str) -> Option<Cow<'_, str>>;
     /// The body parsed as JSON, only when the message is JSON + utf-8; None otherwise.
     fn body(&self) -> Option<&serde_json::Value>;
 }
@@ -86,10 +87,10 @@ pub fn evaluate<'a>(expr: &'a Expr, msg: &'a dyn MessageView) -> Value<'a> {
         Expr::String(s) => Value::String(Cow::Borrowed(s)),
         Expr::SystemProperty(name) => msg
             .system_property(name)
-            .map_or(Value::Undefined, |s| Value::String(Cow::Owned(s))),
+            .map_or(Value::Undefined, Value::String),
         Expr::AppProperty(name) => msg
             .application_property(name)
-            .map_or(Value::Undefined, |s| Value::String(Cow::Owned(s))),
+            .map_or(Value::Undefined, Value::String),
         Expr::Body(path) => msg
             .body()
             .and_then(|body| walk(body, path))

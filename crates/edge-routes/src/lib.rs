@@ -29,13 +29,14 @@
 //!
 //! ```
 //! use edge_routes::{parse_route, MessageView, Sink};
+//! use std::borrow::Cow;
 //!
 //! struct Leaf;
 //! impl MessageView for Leaf {
-//!     fn system_property(&self, name: &str) -> Option<String> {
-//!         name.eq_ignore_ascii_case("connectionDeviceId").then(|| "sensor".to_string())
+//!     fn system_property(&self, name: &str) -> Option<Cow<'_, str>> {
+//!         name.eq_ignore_ascii_case("connectionDeviceId").then_some(Cow::Borrowed("sensor"))
 //!     }
-//!     fn application_property(&self, _name: &str) -> Option<String> { None }
+//!     fn application_property(&self, _name: &str) -> Option<Cow<'_, str>> { None }
 //!     fn body(&self) -> Option<&serde_json::Value> { None }
 //! }
 //!

@@ -35,18 +35,18 @@ impl Msg {
 }
 
 impl MessageView for Msg {
-    fn system_property(&self, name: &str) -> Option<String> {
+    fn system_property(&self, name: &str) -> Option<Cow<'_, str>> {
         self.sys
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| Cow::Borrowed(v.as_str()))
     }
 
-    fn application_property(&self, name: &str) -> Option<String> {
+    fn application_property(&self, name: &str) -> Option<Cow<'_, str>> {
         self.app
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| Cow::Borrowed(v.as_str()))
     }
 
     fn body(&self) -> Option<&serde_json::Value> {

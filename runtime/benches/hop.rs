@@ -94,6 +94,9 @@ async fn phase(
     }
 }
 
+#[global_allocator]
+static ALLOC: edge_client::Allocator = edge_client::Allocator;
+
 fn main() {
     let n = arg("--messages", 200_000);
     let rate = arg("--rate", 10_000);

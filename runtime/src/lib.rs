@@ -27,12 +27,3 @@ pub mod upstream;
 pub mod workload;
 
 pub use runtime::{Options, Runtime};
-
-/// The memory allocator of a process that hosts edgeHub (`iotedge-local`, the benchmarks):
-/// declare it with `#[global_allocator] static ALLOC: HubAllocator = HubAllocator;`.
-///
-/// edgeHub allocates and frees a few dozen small buffers per message on several threads
-/// (connections, journal, upstream store); mimalloc does that with less CPU than glibc's
-/// allocator, which spends it in cross-thread frees and bin consolidation. The modules keep
-/// glibc's, whose resident memory is smaller (docs/decisions.md).
-pub use mimalloc::MiMalloc as HubAllocator;

@@ -145,7 +145,7 @@ fn parse_exec(items: &[String]) -> Result<HashMap<String, String>> {
 }
 
 #[global_allocator]
-static ALLOC: edge_runtime::HubAllocator = edge_runtime::HubAllocator;
+static ALLOC: edge_client::Allocator = edge_client::Allocator;
 
 #[tokio::main]
 async fn main() {

@@ -49,6 +49,9 @@ struct Cli {
     quiet: bool,
 }
 
+#[global_allocator]
+static ALLOC: edge_client::Allocator = edge_client::Allocator;
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();

@@ -108,13 +108,16 @@ pub fn read_rul(path: &Path) -> Result<Vec<f64>, CmapssError> {
 impl Row {
     /// The row as a leaf device's telemetry body (DESIGN §2).
     pub fn to_json(&self) -> String {
+        use std::fmt::Write;
+        // Written in place (`write!` into a `String` cannot fail): the simulator renders a
+        // row for every message it sends.
         let mut s = String::with_capacity(640);
-        s.push_str(&format!("{{\"CycleTime\":{}", self.cycle));
+        let _ = write!(s, "{{\"CycleTime\":{}", self.cycle);
         for (i, v) in self.settings.iter().enumerate() {
-            s.push_str(&format!(",\"OperationalSetting{}\":{v}", i + 1));
+            let _ = write!(s, ",\"OperationalSetting{}\":{v}", i + 1);
         }
         for (i, v) in self.sensors.iter().enumerate() {
-            s.push_str(&format!(",\"Sensor{}\":{v}", i + 1));
+            let _ = write!(s, ",\"Sensor{}\":{v}", i + 1);
         }
         s.push('}');
         s

@@ -135,6 +135,9 @@ async fn report_loop(
     }
 }
 
+#[global_allocator]
+static ALLOC: edge_client::Allocator = edge_client::Allocator;
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let log = logging::init();

@@ -94,6 +94,9 @@ async fn handle(
     Ok(())
 }
 
+#[global_allocator]
+static ALLOC: edge_client::Allocator = edge_client::Allocator;
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let log = logging::init();

@@ -174,6 +174,9 @@ fn score_and_send(
     answers
 }
 
+#[global_allocator]
+static ALLOC: edge_client::Allocator = edge_client::Allocator;
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let log = logging::init();

@@ -20,6 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -296,17 +297,23 @@ impl ModuleClient {
     }
 
     /// Sends `message` to `output`; returns once edgeHub has accepted it (PUBACK).
-    pub async fn send_output(&self, output: &str, mut message: Message) -> Result<(), Error> {
+    pub fn send_output(
+        &self,
+        output: &str,
+        mut message: Message,
+    ) -> impl Future<Output = Result<(), Error>> + '_ {
+        // The topic is made here, not in the future: waiting for edgeHub, a send holds its
+        // topic and body only, not the whole message (a module has hundreds waiting).
         message.output_name = Some(output.to_owned());
         let s = &self.inner.settings;
         let topic = topic::module_output(&s.device_id, &s.module_id, &message);
-        self.publish_tracked(topic, message.body).await
+        self.publish_tracked(topic, message.body)
     }
 
     /// Sends device telemetry (`devices/{d}/messages/events`); for a device identity.
-    pub async fn send_event(&self, message: Message) -> Result<(), Error> {
+    pub fn send_event(&self, message: Message) -> impl Future<Output = Result<(), Error>> + '_ {
         let topic = topic::device_events(&self.inner.settings.device_id, &message);
-        self.publish_tracked(topic, message.body).await
+        self.publish_tracked(topic, message.body)
     }
 
     async fn publish_tracked(&self, topic: String, payload: Bytes) -> Result<(), Error> {

@@ -17,8 +17,9 @@ use tracing::{error, info, warn};
 use turbofan_domain::router;
 
 /// Inputs handled at once. Each waits for edgeHub to store its outputs (a disk sync), so
-/// this many in flight is what keeps the router busy while syncs are under way.
-const CONCURRENCY: usize = 256;
+/// this many in flight is what keeps the router busy while syncs are under way. It matches
+/// the local edgeHub's window (messages in flight per module): more would never be used.
+const CONCURRENCY: usize = 512;
 
 /// Settings from desired properties.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]

@@ -17,7 +17,11 @@ use rumqttc::{
     ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck,
 };
 use serde_json::Value;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -68,7 +72,8 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
             _ => return,
         };
     let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(wr, rx));
+    let close = Arc::new(Notify::new());
+    let writer = tokio::spawn(write_loop(wr, rx, close.clone()));
     let login = connect
         .login
         .clone()
@@ -86,7 +91,7 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
     let conn = Conn {
         id: hub.next_conn_id(),
         tx: tx.clone(),
-        close: Arc::new(Notify::new()),
+        close: close.clone(),
     };
     let clean = connect.clean_session;
     // CONNACK goes first: queue it before the session can deliver anything.
@@ -94,8 +99,6 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
     let present = hub.connect(&identity, clean, conn.clone());
     info!(client = %connect.client_id, conn = conn.id, clean, session_present = present, "client connected");
 
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let acker = tokio::spawn(ack_loop(ack_rx, tx.clone(), conn.close.clone()));
     let keep_alive = match connect.keep_alive {
         0 => Duration::from_secs(24 * 3600),
         k => Duration::from_millis(u64::from(k) * 1500),
@@ -104,7 +107,6 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
         hub: hub.clone(),
         identity: identity.clone(),
         conn: conn.clone(),
-        acks: ack_tx,
     };
     // Like IoT Hub, close the connection when its SAS token expires: clients renew by
     // reconnecting with a fresh token.
@@ -119,7 +121,6 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
     // made per packet costs a registration in tokio's timer wheel each time). Keep-alive
     // is checked lazily: the timer fires at the last packet's time plus the keep-alive, as
     // it was when the timer was set, and is moved on if a packet came since.
-    let close = conn.close.clone();
     let closed = close.notified();
     let token_expired = tokio::time::sleep_until(token_expires);
     let stop = stopping.changed();
@@ -189,7 +190,6 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
     info!(client = %connect.client_id, conn = conn.id, reason, "client gone");
     hub.disconnect(&identity, conn.id, clean);
     drop(session);
-    let _ = acker.await;
     drop(conn);
     drop(tx);
     let _ = writer.await;
@@ -200,7 +200,6 @@ struct Session {
     hub: Arc<Hub>,
     identity: Identity,
     conn: Conn,
-    acks: mpsc::UnboundedSender<(u16, Vec<Appended>)>,
 }
 
 impl Session {
@@ -249,7 +248,7 @@ impl Session {
             _ => return Err("publish not allowed for this identity"),
         };
         if p.qos == QoS::AtLeastOnce {
-            let _ = self.acks.send((p.pkid, wait));
+            let _ = self.conn.tx.send(Outgoing::PubAckWhenStored(p.pkid, wait));
         }
         Ok(())
     }
@@ -272,41 +271,117 @@ impl Session {
     }
 }
 
-/// Sends PUBACKs in arrival order, each once its message is stored.
-async fn ack_loop(
-    mut rx: mpsc::UnboundedReceiver<(u16, Vec<Appended>)>,
-    tx: mpsc::UnboundedSender<Outgoing>,
-    close: Arc<Notify>,
-) {
-    while let Some((pkid, waits)) = rx.recv().await {
-        for w in waits {
-            match w.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    warn!(error = %e, "message not stored; closing so the client sends it again");
-                    close.notify_one();
-                    return;
+/// PUBACKs waiting for their messages to be stored, in the order the messages arrived.
+#[derive(Default)]
+struct PendingAcks {
+    queue: VecDeque<(u16, Vec<Appended>)>,
+    /// A store failed or stopped: nothing more is acknowledged on this connection.
+    stopped: bool,
+}
+
+impl PendingAcks {
+    fn push(&mut self, pkid: u16, waits: Vec<Appended>) {
+        if !self.stopped {
+            self.queue.push_back((pkid, waits));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Encodes into `out` the PUBACKs, from the front, whose messages are stored; ready
+    /// with how many, pending (woken when the front one's store completes) if none.
+    /// A failed store is an error: the client should send its message again.
+    fn poll_stored(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut BytesMut,
+    ) -> Poll<Result<usize, String>> {
+        let mut n = 0;
+        while let Some((pkid, waits)) = self.queue.front_mut() {
+            while let Some(w) = waits.last_mut() {
+                match Pin::new(w).poll(cx) {
+                    Poll::Pending if n == 0 => return Poll::Pending,
+                    Poll::Pending => return Poll::Ready(Ok(n)),
+                    Poll::Ready(Ok(Ok(()))) => {
+                        waits.pop();
+                    }
+                    Poll::Ready(Ok(Err(e))) => {
+                        self.stop();
+                        return Poll::Ready(Err(e));
+                    }
+                    // The store is gone (the runtime is stopping): nothing more to acknowledge.
+                    Poll::Ready(Err(_)) => {
+                        self.stop();
+                        return Poll::Ready(Ok(n));
+                    }
                 }
-                Err(_) => return,
             }
+            let pkid = *pkid;
+            self.queue.pop_front();
+            if let Err(e) = Packet::PubAck(PubAck::new(pkid)).write(out, MAX_PACKET) {
+                warn!(error = %e, "PUBACK not written");
+            }
+            n += 1;
         }
-        if tx.send(Packet::PubAck(PubAck::new(pkid)).into()).is_err() {
-            return;
+        if n == 0 {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(n))
         }
+    }
+
+    fn stop(&mut self) {
+        self.stopped = true;
+        self.queue.clear();
     }
 }
 
-/// Writes queued packets, coalescing whatever is queued into one TLS write.
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+/// Writes a connection's packets, coalescing whatever is queued into one TLS write. A
+/// PUBACK waits here, in order, until its message is stored (so a publish costs no task
+/// of its own); a failed store closes the connection through `close`, so that the client
+/// sends the message again.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    close: Arc<Notify>,
+) {
     let mut out = BytesMut::with_capacity(64 * 1024);
-    while let Some(p) = rx.recv().await {
-        let mut next = Some(p);
+    let mut acks = PendingAcks::default();
+    let mut open = true;
+    let stored_failed = |e: String| {
+        warn!(error = %e, "message not stored; closing so the client sends it again");
+        close.notify_one();
+    };
+    loop {
+        if !open && acks.is_empty() {
+            break;
+        }
+        // Wait for a packet to send, or for stored messages to acknowledge.
+        let mut next = None;
+        tokio::select! {
+            p = rx.recv(), if open => match p {
+                Some(p) => next = Some(p),
+                None => open = false,
+            },
+            r = std::future::poll_fn(|cx| acks.poll_stored(cx, &mut out)) => {
+                if let Err(e) = r {
+                    stored_failed(e);
+                }
+            }
+        }
         let mut yielded = false;
         while let Some(p) = next.take() {
-            if let Err(e) = p.into_packet().write(&mut out, MAX_PACKET) {
-                warn!(error = %e, "packet not written");
+            match p {
+                Outgoing::PubAckWhenStored(pkid, waits) => acks.push(pkid, waits),
+                p => {
+                    if let Err(e) = p.into_packet().write(&mut out, MAX_PACKET) {
+                        warn!(error = %e, "packet not written");
+                    }
+                }
             }
-            if out.len() < 256 * 1024 {
+            if out.len() < 256 * 1024 && open {
                 next = rx.try_recv().ok();
                 if next.is_none() && !yielded {
                     // Once, let the hub's other tasks run: what they queue for this
@@ -317,10 +392,96 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::UnboundedRec
                 }
             }
         }
-        if wr.write_all(&out).await.is_err() || wr.flush().await.is_err() {
-            return;
+        // PUBACKs whose messages are stored by now join the same write.
+        let ready = std::future::poll_fn(|cx| Poll::Ready(acks.poll_stored(cx, &mut out))).await;
+        if let Poll::Ready(Err(e)) = ready {
+            stored_failed(e);
         }
-        out.clear();
+        if !out.is_empty() {
+            if wr.write_all(&out).await.is_err() || wr.flush().await.is_err() {
+                return;
+            }
+            out.clear();
+        }
     }
     let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    fn pubacks(out: &mut BytesMut) -> Vec<u16> {
+        let mut ids = Vec::new();
+        while let Ok(p) = Packet::read(out, MAX_PACKET) {
+            match p {
+                Packet::PubAck(a) => ids.push(a.pkid),
+                other => panic!("expected PUBACKs only, got {other:?}"),
+            }
+        }
+        ids
+    }
+
+    fn poll(acks: &mut PendingAcks, out: &mut BytesMut) -> Poll<Result<usize, String>> {
+        acks.poll_stored(&mut Context::from_waker(std::task::Waker::noop()), out)
+    }
+
+    #[test]
+    fn pubacks_leave_in_arrival_order_once_every_sink_has_stored_the_message() {
+        let mut acks = PendingAcks::default();
+        let mut out = BytesMut::new();
+        let (journal_1, stored_1) = oneshot::channel();
+        let (upstream_1, stored_1b) = oneshot::channel();
+        let (journal_3, stored_3) = oneshot::channel();
+        acks.push(1, vec![stored_1, stored_1b]);
+        acks.push(2, Vec::new()); // a twin request: nothing to store
+        acks.push(3, vec![stored_3]);
+
+        // Message 3 is stored first, message 1 only in one of its two sinks: nothing leaves.
+        journal_3.send(Ok(())).unwrap();
+        journal_1.send(Ok(())).unwrap();
+        assert!(poll(&mut acks, &mut out).is_pending());
+        assert!(out.is_empty());
+
+        upstream_1.send(Ok(())).unwrap();
+        assert_eq!(poll(&mut acks, &mut out), Poll::Ready(Ok(3)));
+        assert_eq!(pubacks(&mut out), vec![1, 2, 3]);
+        assert!(acks.is_empty());
+        assert!(poll(&mut acks, &mut out).is_pending());
+    }
+
+    #[test]
+    fn a_failed_store_is_reported_and_nothing_after_it_is_acknowledged() {
+        let mut acks = PendingAcks::default();
+        let mut out = BytesMut::new();
+        let (ok, stored_1) = oneshot::channel();
+        let (failing, stored_2) = oneshot::channel::<Result<(), String>>();
+        acks.push(1, vec![stored_1]);
+        acks.push(2, vec![stored_2]);
+        acks.push(3, Vec::new());
+        ok.send(Ok(())).unwrap();
+        failing.send(Err("disk full".into())).unwrap();
+        assert_eq!(
+            poll(&mut acks, &mut out),
+            Poll::Ready(Err("disk full".into()))
+        );
+        // The message stored before the failure is acknowledged; 2 and 3 are not.
+        assert_eq!(pubacks(&mut out), vec![1]);
+        acks.push(4, Vec::new());
+        assert!(acks.is_empty());
+        assert!(poll(&mut acks, &mut out).is_pending());
+    }
+
+    #[test]
+    fn a_store_that_went_away_ends_acknowledgements_without_an_error() {
+        let mut acks = PendingAcks::default();
+        let mut out = BytesMut::new();
+        let (gone, stored) = oneshot::channel::<Result<(), String>>();
+        acks.push(1, vec![stored]);
+        drop(gone);
+        assert_eq!(poll(&mut acks, &mut out), Poll::Ready(Ok(0)));
+        assert!(out.is_empty());
+        assert!(acks.is_empty());
+    }
 }

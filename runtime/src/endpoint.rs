@@ -59,6 +59,9 @@ pub enum Outgoing {
     Packet(Packet),
     /// A message for a module input.
     Delivery(Delivery),
+    /// The PUBACK for the client's message `pkid`, to send once every sink has stored it
+    /// (the receivers resolve then). PUBACKs leave in the order they were queued.
+    PubAckWhenStored(u16, Vec<Appended>),
 }
 
 impl From<Packet> for Outgoing {
@@ -73,6 +76,7 @@ impl Outgoing {
         match self {
             Outgoing::Packet(p) => p,
             Outgoing::Delivery(d) => Packet::Publish(d.to_publish()),
+            Outgoing::PubAckWhenStored(pkid, _) => Packet::PubAck(rumqttc::PubAck::new(pkid)),
         }
     }
 }

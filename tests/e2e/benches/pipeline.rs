@@ -24,14 +24,14 @@
 //! (after the store's fsync; polled every millisecond).
 
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
 use e2e::pipeline::{self, wait_for, Pipeline};
 use e2e::procfs::{self, Sample};
 use e2e::upstream::Tail;
 use e2e::{CLASSIFIER, MODULES, ROUTER, WRITER};
-use bytes::Bytes;
 use edge_client::{Message, ModuleClient};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use edge_runtime::testing::bench::{arg, percentile};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! edgeHub refuses what a real one refuses: bad keys, expired tokens, a module reaching for
-//! another module's input or identity, and anything that is not TLS.
+//! another module's input or identity, and anything that is not TLS; and it closes a
+//! client that falls silent for one and a half keep-alive periods, as MQTT requires.
 
 use edge_protocol::sas;
 use edge_runtime::identity::KeyStore;
@@ -284,5 +285,56 @@ async fn a_registered_leaf_device_sends_telemetry_through_the_routes() {
     assert_eq!(m.message.correlation_id.as_deref(), Some("c1"));
     m.ack();
     receiver.close(Duration::from_secs(2)).await;
+    t.rt.shutdown().await;
+}
+
+async fn until_connected(ev: &mut EventLoop) {
+    loop {
+        if let Event::Incoming(Packet::ConnAck(_)) = ev.poll().await.expect("connects") {
+            return;
+        }
+    }
+}
+
+/// Polls until the connection fails; the error.
+async fn until_closed(ev: &mut EventLoop) -> ConnectionError {
+    loop {
+        if let Err(e) = ev.poll().await {
+            return e;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_silent_for_one_and_a_half_keep_alives_is_disconnected() {
+    let t = start(manifest(&["sender"], ROUTES, 7200, json!({}))).await;
+    let key = module_key(&t, "sender");
+    let connect = |keep_alive: u64| {
+        let mut o = MqttOptions::new("edge-device/sender", "localhost", t.rt.mqtt_port);
+        o.set_transport(tls(&t.rt.ca_pem))
+            .set_credentials(
+                format!("{HUB}/edge-device/sender/?api-version=2019-10-01"),
+                module_token("sender", &key, now() + 600),
+            )
+            .set_keep_alive(Duration::from_secs(keep_alive));
+        AsyncClient::new(o, 16)
+    };
+
+    // A client that pings (rumqttc does, at its keep-alive) stays connected.
+    let (_c, mut ev) = connect(1);
+    until_connected(&mut ev).await;
+    let talking = tokio::time::timeout(Duration::from_secs(4), until_closed(&mut ev)).await;
+    assert!(
+        talking.is_err(),
+        "a pinging client was disconnected: {talking:?}"
+    );
+    drop(ev);
+
+    // A client that says nothing after CONNECT is closed after 1.5 s (keep-alive 1 s).
+    let (_c, mut ev) = connect(1);
+    until_connected(&mut ev).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), until_closed(&mut ev)).await;
+    assert!(closed.is_ok(), "edgeHub kept a silent client connected");
     t.rt.shutdown().await;
 }

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
-/// A telemetry-sized JSON body (~600 bytes) carrying its send time.
 /// A ~600-byte JSON body carrying its send time. The sensor readings are the same in every
 /// message, formatted once: the load generator should not spend the CPU it measures.
 fn body(t0: Instant, i: u64) -> Vec<u8> {

@@ -373,13 +373,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         let mut yielded = false;
         while let Some(p) = next.take() {
-            match p {
-                Outgoing::PubAckWhenStored(pkid, waits) => acks.push(pkid, waits),
-                p => {
-                    if let Err(e) = p.into_packet().write(&mut out, MAX_PACKET) {
-                        warn!(error = %e, "packet not written");
-                    }
+            let packet = match p {
+                Outgoing::PubAckWhenStored(pkid, waits) => {
+                    acks.push(pkid, waits);
+                    None
                 }
+                Outgoing::Packet(p) => Some(p),
+                Outgoing::Delivery(d) => Some(Packet::Publish(d.to_publish())),
+            };
+            if let Some(Err(e)) = packet.map(|p| p.write(&mut out, MAX_PACKET)) {
+                warn!(error = %e, "packet not written");
             }
             if out.len() < 256 * 1024 && open {
                 next = rx.try_recv().ok();

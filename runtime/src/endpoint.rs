@@ -70,17 +70,6 @@ impl From<Packet> for Outgoing {
     }
 }
 
-impl Outgoing {
-    /// The packet to write.
-    pub fn into_packet(self) -> Packet {
-        match self {
-            Outgoing::Packet(p) => p,
-            Outgoing::Delivery(d) => Packet::Publish(d.to_publish()),
-            Outgoing::PubAckWhenStored(pkid, _) => Packet::PubAck(rumqttc::PubAck::new(pkid)),
-        }
-    }
-}
-
 /// The sending side of one client connection.
 #[derive(Clone, Debug)]
 pub struct Conn {
@@ -328,8 +317,8 @@ mod tests {
 
     fn drain(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Vec<Publish> {
         let mut v = Vec::new();
-        while let Ok(Packet::Publish(p)) = rx.try_recv().map(Outgoing::into_packet) {
-            v.push(p);
+        while let Ok(Outgoing::Delivery(d)) = rx.try_recv() {
+            v.push(d.to_publish());
         }
         v
     }

@@ -1,6 +1,7 @@
 //! Which device sends what: engine unit N of the file is device `Client_{N:03}`, sending that
 //! engine's rows in cycle order.
 
+use bytes::Bytes;
 use edge_protocol::Message;
 use std::collections::BTreeMap;
 use turbofan_domain::cmapss::Row;
@@ -55,7 +56,18 @@ pub fn plan(rows: Vec<Row>, devices: Option<usize>, max_messages: Option<u64>) -
 /// `application/json`, encoding `utf-8`, message id `{device}-{cycle}`, and the given
 /// correlation id.
 pub fn telemetry(device: &str, row: &Row, correlation_id: String) -> Message {
-    let mut m = Message::json(row.to_json());
+    telemetry_with_body(device, row, row.to_json(), correlation_id)
+}
+
+/// [`telemetry`] with the row's JSON already rendered (`row.to_json()`), for a load
+/// generator that sends the same rows many times.
+pub fn telemetry_with_body(
+    device: &str,
+    row: &Row,
+    body: impl Into<Bytes>,
+    correlation_id: String,
+) -> Message {
+    let mut m = Message::json(body);
     m.message_id = Some(format!("{device}-{}", row.cycle));
     m.correlation_id = Some(correlation_id);
     m

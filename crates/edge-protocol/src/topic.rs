@@ -202,12 +202,20 @@ fn joined(parts: &[&str], spare: usize) -> String {
 
 /// Topic for the hub delivering `message` to a module input.
 pub fn module_input(device: &str, module: &str, input: &str, message: &Message) -> String {
-    module_input_with_bag(
-        device,
-        module,
-        input,
-        &properties::encode(message, Direction::FromHub),
-    )
+    let mut t = joined(
+        &[
+            "devices/",
+            device,
+            "/modules/",
+            module,
+            "/inputs/",
+            input,
+            "/",
+        ],
+        BAG_ROOM,
+    );
+    properties::encode_into(&mut t, message, Direction::FromHub);
+    t
 }
 
 /// Like [`module_input`], with the message's property bag (`Direction::FromHub`) already
@@ -367,6 +375,25 @@ mod tests {
         assert_eq!(back.output_name.as_deref(), Some("classOutput"));
         assert_eq!(back.correlation_id.as_deref(), Some("c 1"));
         assert_eq!(back.property("k"), Some("v/w"));
+        m.connection_device_id = Some("edge".into());
+        let delivered = module_input("edge", "classifier", "amlInput", &m);
+        assert_eq!(
+            delivered,
+            module_input_with_bag(
+                "edge",
+                "classifier",
+                "amlInput",
+                &properties::encode(&m, Direction::FromHub)
+            )
+        );
+        let Ok(Topic::ModuleInput { input, bag, .. }) = Topic::parse(&delivered) else {
+            panic!("{delivered}")
+        };
+        assert_eq!(input, "amlInput");
+        assert_eq!(
+            properties::decode(bag).connection_device_id.as_deref(),
+            Some("edge")
+        );
         assert_eq!(
             twin_response(200, "1", None),
             "$iothub/twin/res/200/?$rid=1"

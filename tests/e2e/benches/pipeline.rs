@@ -173,7 +173,8 @@ impl Leaves {
                     Some(()) = running.next(), if !running.is_empty() => {}
                     next = queued.recv() => {
                         let Some((d, message)) = next else { break };
-                        let (client, failures): (ModuleClient, _) = (senders[d].clone(), failures.clone());
+                        let client = senders[d].clone();
+                        let failures = failures.clone();
                         running.push(async move {
                             if client.send_event(message).await.is_err() {
                                 failures.fetch_add(1, Ordering::Relaxed);
@@ -194,14 +195,16 @@ impl Leaves {
     }
 
     /// Sends message number `n` from device `n % devices`; its correlation id is `b<n>`.
-    /// The message is the simulator's (`leaf_simulator::plan::telemetry`), with the body
-    /// rendered in advance.
+    /// The message is the simulator's, with the body rendered in advance.
     fn send(&self, n: usize, ledger: &Ledger) {
         let d = n % self.clients.len();
         let r = n % self.rows.len();
-        let mut message = Message::json(self.bodies[r].clone());
-        message.message_id = Some(format!("{}-{}", self.ids[d], self.rows[r].cycle));
-        message.correlation_id = Some(format!("b{n}"));
+        let message = leaf_simulator::plan::telemetry_with_body(
+            &self.ids[d],
+            &self.rows[r],
+            self.bodies[r].clone(),
+            format!("b{n}"),
+        );
         ledger.sent_us[n].store(now_us(), Ordering::Relaxed);
         let _ = self.sends.send((d, message));
     }

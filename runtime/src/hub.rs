@@ -7,7 +7,7 @@ use crate::journal::{Journal, Replayed};
 use crate::manifest::Manifest;
 use crate::twin::Twins;
 use crate::upstream::{Appended, Upstream};
-use edge_protocol::{sas, topic, Message, SasToken};
+use edge_protocol::{sas, topic, CompactString, Message, SasToken};
 use edge_routes::{MessageView, Route, Sink};
 use rumqttc::{ConnectReturnCode, Packet, Publish, QoS};
 use serde_json::Value;
@@ -153,16 +153,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Now as IoT Hub writes `iothub-enqueuedtime` (RFC 3339, milliseconds, `Z`). Formatted once
 /// per millisecond per thread: the hub stamps every message it takes.
-fn enqueued_time_now() -> String {
+fn enqueued_time_now() -> CompactString {
     thread_local! {
-        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+        static LAST: std::cell::RefCell<(i64, CompactString)> = const { std::cell::RefCell::new((i64::MIN, CompactString::const_new(""))) };
     }
     let now = chrono::Utc::now();
     let ms = now.timestamp_millis();
     LAST.with_borrow_mut(|(at, text)| {
         if *at != ms {
             *at = ms;
-            *text = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            *text = now
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                .into();
         }
         text.clone()
     })
@@ -442,8 +444,8 @@ impl Hub {
             source.clear();
             match identity {
                 Identity::Module { device, module } => {
-                    m.connection_device_id = Some(device.clone());
-                    m.connection_module_id = Some(module.clone());
+                    m.connection_device_id = Some(device.as_str().into());
+                    m.connection_module_id = Some(module.as_str().into());
                     source.push_str("/messages/modules/");
                     source.push_str(module);
                     if let Some(o) = &m.output_name {
@@ -452,7 +454,7 @@ impl Hub {
                     }
                 }
                 Identity::Device { device } => {
-                    m.connection_device_id = Some(device.clone());
+                    m.connection_device_id = Some(device.as_str().into());
                     m.connection_module_id = None;
                     source.push_str("/messages/events");
                 }

@@ -493,7 +493,7 @@ mod tests {
 
     fn msg(n: u32) -> Arc<Message> {
         let mut m = Message::json(format!("{{\"n\":{n}}}"));
-        m.correlation_id = Some(format!("c{n}"));
+        m.correlation_id = Some(format!("c{n}").into());
         m.connection_device_id = Some("Client_001".into());
         m.enqueued_time = Some("2026-11-21T08:00:00.000Z".into());
         m.set_property("Kind=odd&", "a b/ü");

@@ -4,7 +4,7 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use edge_protocol::Message;
+use edge_protocol::{CompactString, Message};
 use serde_json::Value;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ impl serde::Serialize for Payload<'_> {
 }
 
 /// Application properties as a JSON object.
-struct Application<'a>(&'a [(String, String)]);
+struct Application<'a>(&'a [(CompactString, CompactString)]);
 
 impl serde::Serialize for Application<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -104,7 +104,7 @@ struct Line<'a> {
 /// `origin`, `payload` with its `payloadEncoding` (`json`, `utf-8` or `base64`),
 /// `properties.system` / `properties.application`, and `module` for a module's message.
 pub fn write_record(out: &mut impl Write, seq: u64, m: &Message) -> std::io::Result<()> {
-    fn s(o: &Option<String>) -> Option<&str> {
+    fn s(o: &Option<CompactString>) -> Option<&str> {
         o.as_deref()
     }
     let (payload, encoding) = match std::str::from_utf8(&m.body) {
@@ -255,7 +255,7 @@ mod tests {
         let application: Map<String, Value> = m
             .properties
             .iter()
-            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .map(|(k, v)| (k.to_string(), Value::from(v.as_str())))
             .collect();
         let (payload, encoding) = match std::str::from_utf8(&m.body) {
             Ok(text) => match serde_json::from_str::<Value>(text) {

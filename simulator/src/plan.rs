@@ -2,8 +2,9 @@
 //! engine's rows in cycle order.
 
 use bytes::Bytes;
-use edge_protocol::Message;
+use edge_protocol::{CompactString, Message};
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use turbofan_domain::cmapss::Row;
 
 /// The device id of engine unit `unit`: `Client_001`, `Client_002`, … (`Client_1000` past 999).
@@ -55,7 +56,7 @@ pub fn plan(rows: Vec<Row>, devices: Option<usize>, max_messages: Option<u64>) -
 /// The telemetry message of one row (DESIGN §2): the row as JSON, content type
 /// `application/json`, encoding `utf-8`, message id `{device}-{cycle}`, and the given
 /// correlation id.
-pub fn telemetry(device: &str, row: &Row, correlation_id: String) -> Message {
+pub fn telemetry(device: &str, row: &Row, correlation_id: impl Into<CompactString>) -> Message {
     telemetry_with_body(device, row, row.to_json(), correlation_id)
 }
 
@@ -65,11 +66,14 @@ pub fn telemetry_with_body(
     device: &str,
     row: &Row,
     body: impl Into<Bytes>,
-    correlation_id: String,
+    correlation_id: impl Into<CompactString>,
 ) -> Message {
     let mut m = Message::json(body);
-    m.message_id = Some(format!("{device}-{}", row.cycle));
-    m.correlation_id = Some(correlation_id);
+    let mut id = CompactString::default();
+    // Writing to a string cannot fail.
+    let _ = write!(id, "{device}-{}", row.cycle);
+    m.message_id = Some(id);
+    m.correlation_id = Some(correlation_id.into());
     m
 }
 
@@ -114,7 +118,7 @@ mod tests {
 
     #[test]
     fn telemetry_is_the_row_as_json_with_ids() {
-        let m = telemetry("Client_001", &row(1, 42), "cid".into());
+        let m = telemetry("Client_001", &row(1, 42), "cid");
         assert!(m.is_json_utf8());
         assert_eq!(m.message_id.as_deref(), Some("Client_001-42"));
         assert_eq!(m.correlation_id.as_deref(), Some("cid"));

@@ -304,7 +304,7 @@ impl ModuleClient {
     ) -> impl Future<Output = Result<(), Error>> + '_ {
         // The topic is made here, not in the future: waiting for edgeHub, a send holds its
         // topic and body only, not the whole message (a module has hundreds waiting).
-        message.output_name = Some(output.to_owned());
+        message.output_name = Some(output.into());
         let s = &self.inner.settings;
         let topic = topic::module_output(&s.device_id, &s.module_id, &message);
         self.publish_tracked(topic, message.body)
@@ -841,7 +841,7 @@ impl Driver {
             Ok(Topic::ModuleInput { input, bag, .. }) => {
                 let mut message = properties::decode(bag);
                 message.body = p.payload;
-                message.input_name = Some(input.to_owned());
+                message.input_name = Some(input.into());
                 let m = InputMessage {
                     input: input.to_owned(),
                     message,

@@ -26,7 +26,7 @@ pub mod workload;
 
 pub use acks::AckToken;
 pub use client::{InputMessage, ModuleClient};
-pub use edge_protocol::Message;
+pub use edge_protocol::{CompactString, Message};
 pub use error::Error;
 pub use run::{run_inputs, shutdown_signal};
 pub use settings::Settings;

@@ -13,6 +13,7 @@ pub mod properties;
 pub mod sas;
 pub mod topic;
 
+pub use compact_str::CompactString;
 pub use connection_string::{ConnectionString, ConnectionStringError};
 pub use message::Message;
 pub use sas::{SasError, SasToken};

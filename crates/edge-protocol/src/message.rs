@@ -1,6 +1,7 @@
 //! The message model shared by every hop: body bytes plus system and application properties.
 
 use bytes::Bytes;
+use compact_str::CompactString;
 
 /// A message as edgeHub and IoT Hub see it.
 ///
@@ -13,33 +14,33 @@ pub struct Message {
     /// The payload, opaque bytes.
     pub body: Bytes,
     /// `$.mid`: message id.
-    pub message_id: Option<String>,
+    pub message_id: Option<CompactString>,
     /// `$.cid`: correlation id.
-    pub correlation_id: Option<String>,
+    pub correlation_id: Option<CompactString>,
     /// `$.ct`: content type, e.g. `application/json`.
-    pub content_type: Option<String>,
+    pub content_type: Option<CompactString>,
     /// `$.ce`: content encoding, e.g. `utf-8`.
-    pub content_encoding: Option<String>,
+    pub content_encoding: Option<CompactString>,
     /// `$.uid`: user id.
-    pub user_id: Option<String>,
+    pub user_id: Option<CompactString>,
     /// `$.to`: destination.
-    pub to: Option<String>,
+    pub to: Option<CompactString>,
     /// `$.exp`: absolute expiry time, as sent.
-    pub expiry: Option<String>,
+    pub expiry: Option<CompactString>,
     /// `$.ctime`: creation time, as sent.
-    pub creation_time: Option<String>,
+    pub creation_time: Option<CompactString>,
     /// `$.cdid`: the device that sent the message (stamped by the hub).
-    pub connection_device_id: Option<String>,
+    pub connection_device_id: Option<CompactString>,
     /// `$.cmid`: the module that sent the message (stamped by the hub).
-    pub connection_module_id: Option<String>,
+    pub connection_module_id: Option<CompactString>,
     /// `$.on`: the output a module sent the message to.
-    pub output_name: Option<String>,
+    pub output_name: Option<CompactString>,
     /// The input the message arrived on (from the topic, not the property bag).
-    pub input_name: Option<String>,
+    pub input_name: Option<CompactString>,
     /// `iothub-enqueuedtime`: when the hub accepted the message (RFC 3339, UTC).
-    pub enqueued_time: Option<String>,
+    pub enqueued_time: Option<CompactString>,
     /// Application properties, in order.
-    pub properties: Vec<(String, String)>,
+    pub properties: Vec<(CompactString, CompactString)>,
 }
 
 impl Message {
@@ -55,8 +56,8 @@ impl Message {
     pub fn json(body: impl Into<Bytes>) -> Self {
         Message {
             body: body.into(),
-            content_type: Some("application/json".to_owned()),
-            content_encoding: Some("utf-8".to_owned()),
+            content_type: Some(CompactString::const_new("application/json")),
+            content_encoding: Some(CompactString::const_new("utf-8")),
             ..Message::default()
         }
     }
@@ -70,7 +71,11 @@ impl Message {
     }
 
     /// Sets application property `name`, replacing an existing value in place.
-    pub fn set_property(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn set_property(
+        &mut self,
+        name: impl Into<CompactString>,
+        value: impl Into<CompactString>,
+    ) {
         let name = name.into();
         let value = value.into();
         match self.properties.iter_mut().find(|(k, _)| *k == name) {
@@ -80,7 +85,7 @@ impl Message {
     }
 
     /// Removes application property `name`, returning its value.
-    pub fn remove_property(&mut self, name: &str) -> Option<String> {
+    pub fn remove_property(&mut self, name: &str) -> Option<CompactString> {
         let pos = self.properties.iter().position(|(k, _)| k == name)?;
         Some(self.properties.remove(pos).1)
     }
@@ -106,7 +111,7 @@ impl Message {
     /// `contentType`, `contentEncoding`, `userId`, `to`, `connectionDeviceId`,
     /// `connectionModuleId`, `iothub-enqueuedtime`, `iothub-creation-time-utc`, ...
     pub fn system_property(&self, name: &str) -> Option<&str> {
-        type Get = fn(&Message) -> &Option<String>;
+        type Get = fn(&Message) -> &Option<CompactString>;
         const NAMES: [(&str, Get); 18] = [
             ("messageId", |m| &m.message_id),
             ("correlationId", |m| &m.correlation_id),

@@ -4,7 +4,7 @@
 //! Keys starting with `$.` are system properties; the rest are application properties.
 
 use crate::message::Message;
-use std::borrow::Cow;
+use compact_str::CompactString;
 
 /// Key under which the hub carries the time it accepted a message.
 pub const ENQUEUED_TIME_KEY: &str = "iothub-enqueuedtime";
@@ -68,7 +68,7 @@ pub fn encode(message: &Message, direction: Direction) -> String {
 /// Like [`encode`], appending the bag to `out` (typically a topic prefix).
 pub fn encode_into(out: &mut String, message: &Message, direction: Direction) {
     let start = out.len();
-    let system: [(&str, &Option<String>); 9] = [
+    let system: [(&str, &Option<CompactString>); 9] = [
         ("$.mid", &message.message_id),
         ("$.cid", &message.correlation_id),
         ("$.uid", &message.user_id),
@@ -103,34 +103,47 @@ pub fn encode_into(out: &mut String, message: &Message, direction: Direction) {
 
 /// A key or value as it is, or percent-decoded if it holds a `%`. A `%` not followed by two
 /// hex digits stays as it is; bytes that do not decode to UTF-8 become U+FFFD.
-fn decode_part(s: &str) -> Cow<'_, str> {
+///
+/// Parts are short (ids, `application%2Fjson`, times): a result of up to 24 bytes is kept
+/// inline by [`CompactString`], and one that needs decoding is decoded on the stack first,
+/// so the common part costs no allocation.
+fn decode_part(s: &str) -> CompactString {
     let bytes = s.as_bytes();
     let Some(first) = bytes.iter().position(|b| *b == b'%') else {
-        return Cow::Borrowed(s);
+        return CompactString::from(s);
     };
-    // One allocation of the input's length (decoding only shortens), plain runs copied
-    // whole: parts are short and most hold one or two escapes (`application%2Fjson`).
-    let mut out = Vec::with_capacity(bytes.len());
-    out.extend_from_slice(&bytes[..first]);
-    let mut i = first;
+    let mut stack = [0u8; 64];
+    let mut heap = Vec::new();
+    // Decoding only shortens, so the input's length is room enough.
+    let out: &mut [u8] = if bytes.len() <= stack.len() {
+        &mut stack[..bytes.len()]
+    } else {
+        heap.resize(bytes.len(), 0);
+        &mut heap
+    };
+    out[..first].copy_from_slice(&bytes[..first]);
+    let (mut i, mut n) = (first, first);
     while i < bytes.len() {
         if bytes[i] == b'%' {
             if let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
-                out.push(hi << 4 | lo);
+                out[n] = hi << 4 | lo;
+                n += 1;
                 i += 3;
                 continue;
             }
         }
+        // A run of plain bytes (or a `%` that starts no escape), copied whole.
         let run = bytes[i + 1..]
             .iter()
             .position(|b| *b == b'%')
-            .map_or(bytes.len(), |n| i + 1 + n);
-        out.extend_from_slice(&bytes[i..run]);
+            .map_or(bytes.len(), |k| i + 1 + k);
+        out[n..n + run - i].copy_from_slice(&bytes[i..run]);
+        n += run - i;
         i = run;
     }
-    match String::from_utf8(out) {
-        Ok(text) => Cow::Owned(text),
-        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    match std::str::from_utf8(&out[..n]) {
+        Ok(text) => CompactString::from(text),
+        Err(_) => CompactString::from(String::from_utf8_lossy(&out[..n])),
     }
 }
 
@@ -181,12 +194,12 @@ pub fn decode_into(bag: &str, message: &mut Message) {
             ENQUEUED_TIME_KEY => &mut message.enqueued_time,
             _ if key.starts_with("$.") => continue, // other system keys ($.ifid, …) are not kept
             _ => {
-                let value = decode_part(v).into_owned();
-                message.properties.push((key.into_owned(), value));
+                let value = decode_part(v);
+                message.properties.push((key, value));
                 continue;
             }
         };
-        *slot = Some(decode_part(v).into_owned());
+        *slot = Some(decode_part(v));
     }
 }
 
@@ -308,11 +321,15 @@ mod tests {
             assert_eq!(decode_part(encoded), text, "{encoded}");
             assert_eq!(
                 decode_part(encoded),
-                percent_encoding::percent_decode_str(encoded).decode_utf8_lossy(),
+                &*percent_encoding::percent_decode_str(encoded).decode_utf8_lossy(),
                 "{encoded}"
             );
         }
-        assert!(matches!(decode_part("no-escape"), Cow::Borrowed(_)));
+        // Short parts, escaped or not, are kept inline; long ones decode whole.
+        assert!(!decode_part("no-escape").is_heap_allocated());
+        assert!(!decode_part("application%2Fjson").is_heap_allocated());
+        let long = "%41".repeat(40);
+        assert_eq!(decode_part(&long), "A".repeat(40));
     }
 
     #[test]

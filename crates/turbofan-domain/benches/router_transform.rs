@@ -35,11 +35,17 @@ fn bench(c: &mut Criterion) {
     g.bench_function("deviceInput", |b| {
         b.iter_batched(
             || input.clone(),
-            |m| router::device_input(black_box(m), "2026-11-21T05:00:00.000Z", || unreachable!()),
+            |m| {
+                router::device_input(
+                    black_box(m),
+                    || "2026-11-21T05:00:00.000Z".into(),
+                    || unreachable!(),
+                )
+            },
             BatchSize::SmallInput,
         )
     });
-    let mut classified = router::device_input(leaf(), "now", || unreachable!())
+    let mut classified = router::device_input(leaf(), || "now".into(), || unreachable!())
         .remove(0)
         .1;
     let t = telemetry();

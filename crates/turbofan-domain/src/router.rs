@@ -11,7 +11,7 @@
 use crate::numeric;
 use crate::PREDICTED_RUL;
 use bytes::Bytes;
-use edge_protocol::Message;
+use edge_protocol::{CompactString, Message};
 
 /// Output to the classifier.
 pub const CLASS_OUTPUT: &str = "classOutput";
@@ -43,7 +43,7 @@ pub type Outgoing = Vec<(&'static str, Message)>;
 
 /// The dead letter of `m`: body and properties unchanged, plus `DeadLetter=true` and the
 /// reason.
-pub fn dead_letter(mut m: Message, reason: impl Into<String>) -> Message {
+pub fn dead_letter(mut m: Message, reason: impl Into<CompactString>) -> Message {
     m.set_property(DEAD_LETTER, "true");
     m.set_property(DEAD_LETTER_REASON, reason);
     clear_hub_stamps(&mut m);
@@ -80,9 +80,14 @@ fn content_problem(m: &Message) -> Option<String> {
 }
 
 /// `deviceInput`: validates leaf telemetry and forwards it to the classifier.
-/// `now_utc` stands in for missing times; `new_id` makes a correlation id when the
-/// message has none.
-pub fn device_input(mut m: Message, now_utc: &str, new_id: impl FnOnce() -> String) -> Outgoing {
+/// `now_utc` gives the time that stands in for missing times (asked only when the message
+/// has no enqueued time, which the hub always stamps); `new_id` makes a correlation id when
+/// the message has none.
+pub fn device_input(
+    mut m: Message,
+    now_utc: impl FnOnce() -> String,
+    new_id: impl FnOnce() -> String,
+) -> Outgoing {
     let problem = content_problem(&m).or_else(|| match numeric::parse_objects(&m.body) {
         Err(e) => Some(e.to_string()),
         Ok(objects) if objects.len() != 1 => Some(format!(
@@ -98,7 +103,7 @@ pub fn device_input(mut m: Message, now_utc: &str, new_id: impl FnOnce() -> Stri
         return vec![(DEAD_OUTPUT, dead_letter(m, reason))];
     }
     if m.property(CORRELATION_ID).is_none() {
-        let cid = m.correlation_id.clone().unwrap_or_else(new_id);
+        let cid = m.correlation_id.clone().unwrap_or_else(|| new_id().into());
         m.set_property(CORRELATION_ID, cid);
     }
     if m.property(CONNECTION_DEVICE_ID).is_none() {
@@ -106,18 +111,21 @@ pub fn device_input(mut m: Message, now_utc: &str, new_id: impl FnOnce() -> Stri
             m.set_property(CONNECTION_DEVICE_ID, d);
         }
     }
-    if m.property(CREATION_TIME).is_none() {
-        let t = m.creation_time.clone().or_else(|| m.enqueued_time.clone());
-        m.set_property(CREATION_TIME, t.unwrap_or_else(|| now_utc.to_owned()));
+    let (no_creation, no_enqueued) = (
+        m.property(CREATION_TIME).is_none(),
+        m.property(ENQUEUED_TIME).is_none(),
+    );
+    if no_creation || no_enqueued {
+        let enqueued = m.enqueued_time.clone().unwrap_or_else(|| now_utc().into());
+        if no_creation {
+            let t = m.creation_time.clone().unwrap_or_else(|| enqueued.clone());
+            m.set_property(CREATION_TIME, t);
+        }
+        if no_enqueued {
+            m.set_property(ENQUEUED_TIME, enqueued);
+        }
     }
-    if m.property(ENQUEUED_TIME).is_none() {
-        let t = m
-            .enqueued_time
-            .clone()
-            .unwrap_or_else(|| now_utc.to_owned());
-        m.set_property(ENQUEUED_TIME, t);
-    }
-    m.correlation_id = m.property(CORRELATION_ID).map(str::to_owned);
+    m.correlation_id = m.property(CORRELATION_ID).map(CompactString::from);
     json_headers(&mut m);
     clear_hub_stamps(&mut m);
     vec![(CLASS_OUTPUT, m)]
@@ -220,7 +228,7 @@ pub fn rul_input(m: Message, threshold: Option<f64>) -> Outgoing {
         }
         out.push((AVRO_OUTPUT, avro_body(cid, device, created, enqueued, row)));
     }
-    let cid = cid.to_owned();
+    let cid = CompactString::from(cid);
     drop(objects);
     // Every output carries the input's properties; the last one takes them without a copy.
     let mut properties = Some(m.properties);
@@ -272,9 +280,11 @@ mod tests {
 
     #[test]
     fn device_input_forwards_the_body_unchanged_with_the_tutorial_properties() {
-        let out = device_input(leaf(&telemetry()), NOW, || {
-            unreachable!("has a correlation id")
-        });
+        let out = device_input(
+            leaf(&telemetry()),
+            || NOW.into(),
+            || unreachable!("has a correlation id"),
+        );
         assert_eq!(out.len(), 1);
         let (name, m) = &out[0];
         assert_eq!(*name, CLASS_OUTPUT);
@@ -304,7 +314,7 @@ mod tests {
         m.correlation_id = None;
         m.enqueued_time = None;
         m.set_property("CreationTimeUtc", "earlier");
-        let out = device_input(m, NOW, || "new-id".into());
+        let out = device_input(m, || NOW.into(), || "new-id".into());
         let (name, m) = &out[0];
         assert_eq!(*name, CLASS_OUTPUT, "a one-element array is accepted");
         assert_eq!(m.property("CorrelationId"), Some("new-id"));
@@ -334,7 +344,7 @@ mod tests {
         ];
         for (m, want) in cases {
             let original = m.body.clone();
-            let out = device_input(m, NOW, || "x".into());
+            let out = device_input(m, || NOW.into(), || "x".into());
             let (name, d) = &out[0];
             assert_eq!(*name, DEAD_OUTPUT);
             assert_eq!(d.body, original, "body unchanged");
@@ -346,7 +356,7 @@ mod tests {
     }
 
     fn classified(rul: f64) -> Message {
-        let forwarded = device_input(leaf(&telemetry()), NOW, || unreachable!())
+        let forwarded = device_input(leaf(&telemetry()), || NOW.into(), || unreachable!())
             .remove(0)
             .1;
         let mut m = forwarded;
@@ -391,7 +401,7 @@ mod tests {
     fn bad_rul_messages_become_dead_letters_with_their_reason() {
         let mut errored = classified(1.0);
         errored.set_property(CLASSIFIER_ERROR, "row 0: feature 'Sensor2' is missing");
-        let unclassified = device_input(leaf(&telemetry()), NOW, || unreachable!())
+        let unclassified = device_input(leaf(&telemetry()), || NOW.into(), || unreachable!())
             .remove(0)
             .1;
         let mut foreign = classified(1.0);

@@ -242,7 +242,7 @@ pub fn quarantine_line(input: &str, m: &Message, reason: &str) -> Vec<u8> {
     let properties: Map<String, Value> = m
         .properties
         .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
         .collect();
     let mut line = json!({
         "QuarantinedAtUtc": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

@@ -127,7 +127,7 @@ async fn kill_9_loses_no_acknowledged_record_and_leaves_readable_files() {
         tokio::spawn(async move {
             for i in 0..RECORDS {
                 let mut m = Message::json(record(i));
-                m.correlation_id = Some(id(i));
+                m.correlation_id = Some(id(i).into());
                 probe.send_output("avro", m).await.unwrap();
                 if i % 50 == 0 {
                     tokio::time::sleep(Duration::from_millis(5)).await;

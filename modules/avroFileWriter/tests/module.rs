@@ -131,7 +131,7 @@ async fn archives_quarantines_holds_input_while_full_and_uploads_quiet_files() {
     let good: Vec<Value> = (0..20).map(record_json).collect();
     for r in &good {
         let mut m = Message::json(r.to_string());
-        m.correlation_id = r["CorrelationId"].as_str().map(String::from);
+        m.correlation_id = r["CorrelationId"].as_str().map(Into::into);
         probe.send_output("avro", m).await.unwrap();
     }
     let mut missing = record_json(100);

@@ -61,10 +61,11 @@ async fn handle(
     m: Message,
 ) -> Result<(), edge_client::Error> {
     let outgoing = match input {
-        router::DEVICE_INPUT => {
-            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            router::device_input(m, &now, || uuid::Uuid::new_v4().to_string())
-        }
+        router::DEVICE_INPUT => router::device_input(
+            m,
+            || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            || uuid::Uuid::new_v4().to_string(),
+        ),
         router::RUL_INPUT => {
             let threshold = settings
                 .read()
@@ -80,6 +81,8 @@ async fn handle(
     for (output, m) in &outgoing {
         if *output == router::DEAD_OUTPUT {
             warn!(
+                correlation_id = m.correlation_id.as_deref().unwrap_or(""),
+                message_id = m.message_id.as_deref().unwrap_or(""),
                 reason = m.property(router::DEAD_LETTER_REASON).unwrap_or(""),
                 "dead letter"
             );

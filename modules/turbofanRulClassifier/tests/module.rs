@@ -113,7 +113,7 @@ async fn scores_real_rows_like_the_reference_and_returns_bad_input_marked() {
     let reference = reference_fd003();
     for (i, row) in rows.iter().take(20).enumerate() {
         let mut m = Message::json(row.to_json());
-        m.correlation_id = Some(format!("row-{i}"));
+        m.correlation_id = Some(format!("row-{i}").into());
         m.set_property("CorrelationId", format!("row-{i}"));
         probe.send_output("aml", m).await.unwrap();
     }
@@ -156,7 +156,7 @@ async fn scores_real_rows_like_the_reference_and_returns_bad_input_marked() {
     ];
     for (cid, body, _) in &bad {
         let mut m = Message::json(body.clone());
-        m.correlation_id = Some((*cid).to_owned());
+        m.correlation_id = Some((*cid).into());
         probe.send_output("aml", m).await.unwrap();
     }
 
@@ -167,7 +167,7 @@ async fn scores_real_rows_like_the_reference_and_returns_bad_input_marked() {
         a.ack();
     }
     for i in 0..20 {
-        let m = &got[&format!("row-{i}")];
+        let m = &got[format!("row-{i}").as_str()];
         assert_eq!(
             m.property("CorrelationId"),
             Some(format!("row-{i}").as_str()),

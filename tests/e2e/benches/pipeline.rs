@@ -29,10 +29,11 @@ use e2e::pipeline::{self, wait_for, Pipeline};
 use e2e::procfs::{self, Sample};
 use e2e::upstream::Tail;
 use e2e::{CLASSIFIER, MODULES, ROUTER, WRITER};
-use edge_client::{Message, ModuleClient};
+use edge_client::{CompactString, Message, ModuleClient};
 use edge_runtime::testing::bench::{arg, percentile};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,14 +70,14 @@ impl Ledger {
 }
 
 fn find<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let at = line.windows(key.len()).position(|w| w == key)? + key.len();
+    let at = memchr::memmem::find(line, key)? + key.len();
     let rest = &line[at..];
-    let end = rest.iter().position(|b| *b == b'"')?;
+    let end = memchr::memchr(b'"', rest)?;
     Some(&rest[..end])
 }
 
 fn contains(line: &[u8], needle: &[u8]) -> bool {
-    line.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(line, needle).is_some()
 }
 
 /// `2026-11-21T06:57:41.017Z` → microseconds since the epoch.
@@ -203,11 +204,19 @@ impl Leaves {
             &self.ids[d],
             &self.rows[r],
             self.bodies[r].clone(),
-            format!("b{n}"),
+            correlation_id(n),
         );
         ledger.sent_us[n].store(now_us(), Ordering::Relaxed);
         let _ = self.sends.send((d, message));
     }
+}
+
+/// `b<n>`, the correlation id of message number `n`.
+fn correlation_id(n: usize) -> CompactString {
+    let mut id = CompactString::default();
+    // Writing to a string cannot fail.
+    let _ = write!(id, "b{n}");
+    id
 }
 
 /// What happened to messages `range` of a run.

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// A RUL message: what `turbofanRouter` sends to `hubOutput`.
@@ -96,7 +96,8 @@ impl Outcomes {
 #[derive(Debug)]
 pub struct Tail {
     path: PathBuf,
-    offset: u64,
+    /// The store, once it exists (kept open: it is only appended to).
+    file: Option<std::fs::File>,
     partial: Vec<u8>,
 }
 
@@ -105,7 +106,7 @@ impl Tail {
     pub fn new(state_dir: &Path) -> Tail {
         Tail {
             path: edge_runtime::upstream::store_path(state_dir),
-            offset: 0,
+            file: None,
             partial: Vec::new(),
         }
     }
@@ -113,17 +114,20 @@ impl Tail {
     /// Calls `each` with every complete line appended since the last poll (nothing while
     /// the file does not exist); returns how many.
     pub fn poll_lines(&mut self, mut each: impl FnMut(&[u8])) -> Result<usize> {
-        let mut f = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e).with_context(|| format!("opening {}", self.path.display())),
+        let f = match &mut self.file {
+            Some(f) => f,
+            None => match std::fs::File::open(&self.path) {
+                Ok(f) => self.file.insert(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("opening {}", self.path.display()))
+                }
+            },
         };
-        f.seek(SeekFrom::Start(self.offset))?;
+        // The file's position is where the last poll stopped reading.
         let mut buf = std::mem::take(&mut self.partial);
-        let before = buf.len();
         f.read_to_end(&mut buf)
             .with_context(|| format!("reading {}", self.path.display()))?;
-        self.offset += (buf.len() - before) as u64;
         let Some(last) = buf.iter().rposition(|b| *b == b'\n') else {
             self.partial = buf;
             return Ok(0);

@@ -173,7 +173,7 @@ async fn bad_telemetry_ends_as_dead_letters_with_reasons_and_the_pipeline_keeps_
     for (i, c) in cases.into_iter().enumerate() {
         let cid = format!("bad-{i:02}");
         let mut m = c.message;
-        m.correlation_id = Some(cid.clone());
+        m.correlation_id = Some(cid.as_str().into());
         bodies.insert(cid.clone(), (c.name, c.reason, m.body.clone()));
         device
             .send_event(m)
@@ -183,7 +183,7 @@ async fn bad_telemetry_ends_as_dead_letters_with_reasons_and_the_pipeline_keeps_
     let good: Vec<String> = (0..good_rows.len()).map(|i| format!("good-{i}")).collect();
     for (cid, row) in good.iter().zip(&good_rows) {
         let mut m = Message::json(json_text(row));
-        m.correlation_id = Some(cid.clone());
+        m.correlation_id = Some(cid.as_str().into());
         device.send_event(m).await.expect("edgeHub takes it");
     }
 

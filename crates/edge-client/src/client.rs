@@ -11,7 +11,7 @@ use crate::wire::{read_packet, MAX_PACKET};
 use crate::workload::WorkloadClient;
 use bytes::{Bytes, BytesMut};
 use edge_protocol::topic::{self, Topic};
-use edge_protocol::{properties, sas, Message};
+use edge_protocol::{properties, sas, CompactString, Message};
 use rumqttc::{
     ConnectReturnCode, Login, Packet, PubAck, Publish, QoS, Subscribe, SubscribeFilter,
     SubscribeReasonCode,
@@ -53,7 +53,7 @@ const WRITE_BATCH: usize = 256 * 1024;
 #[derive(Debug)]
 pub struct InputMessage {
     /// The input it arrived on.
-    pub input: String,
+    pub input: CompactString,
     /// The message (its `input_name` is set too).
     pub message: Message,
     token: AckToken,
@@ -66,7 +66,7 @@ impl InputMessage {
     }
 
     /// Splits off the acknowledgement, e.g. to ack after the message was moved elsewhere.
-    pub fn into_parts(self) -> (String, Message, AckToken) {
+    pub fn into_parts(self) -> (CompactString, Message, AckToken) {
         (self.input, self.message, self.token)
     }
 }
@@ -843,7 +843,7 @@ impl Driver {
                 message.body = p.payload;
                 message.input_name = Some(input.into());
                 let m = InputMessage {
-                    input: input.to_owned(),
+                    input: input.into(),
                     message,
                     token,
                 };

@@ -3,7 +3,7 @@
 
 use crate::client::ModuleClient;
 use crate::error::Error;
-use edge_protocol::Message;
+use edge_protocol::{CompactString, Message};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub async fn run_inputs<H, Fut, E>(
     handler: H,
 ) -> Result<(), Error>
 where
-    H: Fn(String, Message) -> Fut,
+    H: Fn(CompactString, Message) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
@@ -62,24 +62,21 @@ where
                 let Some(m) = m else { break };
                 let (input, message, token) = m.into_parts();
                 // The message's span is at debug level: at the default level a span per
-                // message cost the router a tenth of its CPU. Warnings name the message.
+                // message cost the router a tenth of its CPU. A handler's failure is its
+                // transport's (the message is delivered again), so the warning does not
+                // name the message; `debug` does.
                 let span = tracing::debug_span!(
                     "message",
                     input = %input,
                     correlation_id = message.correlation_id.as_deref().unwrap_or(""),
                     message_id = message.message_id.as_deref().unwrap_or(""),
                 );
-                let id = message.correlation_id.clone();
                 let handled = handler(input, message);
                 running.push(
                     async move {
                         match handled.await {
                             Ok(()) => token.ack(),
-                            Err(e) => warn!(
-                                correlation_id = id.as_deref().unwrap_or(""),
-                                error = %e,
-                                "handler failed; message left for redelivery"
-                            ),
+                            Err(e) => warn!(error = %e, "handler failed; message left for redelivery"),
                         }
                     }
                     .instrument(span),

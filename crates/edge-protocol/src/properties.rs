@@ -115,7 +115,8 @@ fn decode_part(s: &str) -> CompactString {
     let mut stack = [0u8; 64];
     let mut heap = Vec::new();
     // Decoding only shortens, so the input's length is room enough.
-    let out: &mut [u8] = if bytes.len() <= stack.len() {
+    let on_heap = bytes.len() > stack.len();
+    let out: &mut [u8] = if !on_heap {
         &mut stack[..bytes.len()]
     } else {
         heap.resize(bytes.len(), 0);
@@ -140,6 +141,14 @@ fn decode_part(s: &str) -> CompactString {
         out[n..n + run - i].copy_from_slice(&bytes[i..run]);
         n += run - i;
         i = run;
+    }
+    if on_heap {
+        // Long: the decoded bytes become the string's buffer (no second allocation).
+        heap.truncate(n);
+        return match String::from_utf8(heap) {
+            Ok(text) => CompactString::from(text),
+            Err(e) => CompactString::from(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        };
     }
     match std::str::from_utf8(&out[..n]) {
         Ok(text) => CompactString::from(text),
@@ -330,6 +339,17 @@ mod tests {
         assert!(!decode_part("application%2Fjson").is_heap_allocated());
         let long = "%41".repeat(40);
         assert_eq!(decode_part(&long), "A".repeat(40));
+        // Either side of the stack buffer's 64 bytes, escapes and bad UTF-8 included.
+        for len in [63, 64, 65, 66] {
+            for tail in ["%41", "%C3%BC", "%FF", "%", "%4"] {
+                let part = format!("{}{tail}", "x".repeat(len - tail.len()));
+                assert_eq!(
+                    decode_part(&part),
+                    &*percent_encoding::percent_decode_str(&part).decode_utf8_lossy(),
+                    "{part}"
+                );
+            }
+        }
     }
 
     #[test]

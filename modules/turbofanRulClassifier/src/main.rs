@@ -154,20 +154,25 @@ fn score_and_send(
     let mut answers = Vec::with_capacity(messages.len());
     for (m, token) in messages.into_iter().zip(tokens) {
         let client = client.clone();
-        // Debug level, as the module client's message spans; warnings name the message.
+        // Debug level, as the module client's message spans. A message that could not be
+        // scored is named in its warning; a failed send is the connection's (the message
+        // is delivered again) and is not.
         let span = tracing::debug_span!(
             "message",
             correlation_id = m.correlation_id.as_deref().unwrap_or("")
         );
-        let id = m.correlation_id.clone().unwrap_or_default();
         answers.push(
             async move {
                 if let Some(e) = m.property(turbofan_domain::router::CLASSIFIER_ERROR) {
-                    warn!(correlation_id = %id, error = e, "not scored");
+                    warn!(
+                        correlation_id = m.correlation_id.as_deref().unwrap_or(""),
+                        error = e,
+                        "not scored"
+                    );
                 }
                 match client.send_output(AML_OUTPUT, m).await {
                     Ok(()) => token.ack(),
-                    Err(e) => warn!(correlation_id = %id, error = %e, "answer not sent; left for redelivery"),
+                    Err(e) => warn!(error = %e, "answer not sent; left for redelivery"),
                 }
             }
             .instrument(span),

@@ -195,7 +195,7 @@ impl Leaves {
         }
     }
 
-    /// Sends message number `n` from device `n % devices`; its correlation id is `b<n>`.
+    /// Sends message number `n` from device `n % devices`, with [`correlation_id`]`(n)`.
     /// The message is the simulator's, with the body rendered in advance.
     fn send(&self, n: usize, ledger: &Ledger) {
         let d = n % self.clients.len();
@@ -211,11 +211,13 @@ impl Leaves {
     }
 }
 
-/// `b<n>`, the correlation id of message number `n`.
+/// The correlation id of message number `n`: `b` and `n` in 35 digits, as long as the
+/// UUIDs the leaf simulator sends (36 characters, too long to be kept inline by
+/// `CompactString`: the load costs what real traffic costs).
 fn correlation_id(n: usize) -> CompactString {
-    let mut id = CompactString::default();
+    let mut id = CompactString::with_capacity(36);
     // Writing to a string cannot fail.
-    let _ = write!(id, "b{n}");
+    let _ = write!(id, "b{n:035}");
     id
 }
 

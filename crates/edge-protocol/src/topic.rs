@@ -200,20 +200,23 @@ fn joined(parts: &[&str], spare: usize) -> String {
     t
 }
 
+/// `devices/{device}/modules/{module}/inputs/{input}/`, with room for a bag of `bag_room`.
+fn module_input_prefix(device: &str, module: &str, input: &str, bag_room: usize) -> String {
+    let parts = [
+        "devices/",
+        device,
+        "/modules/",
+        module,
+        "/inputs/",
+        input,
+        "/",
+    ];
+    joined(&parts, bag_room)
+}
+
 /// Topic for the hub delivering `message` to a module input.
 pub fn module_input(device: &str, module: &str, input: &str, message: &Message) -> String {
-    let mut t = joined(
-        &[
-            "devices/",
-            device,
-            "/modules/",
-            module,
-            "/inputs/",
-            input,
-            "/",
-        ],
-        BAG_ROOM,
-    );
+    let mut t = module_input_prefix(device, module, input, BAG_ROOM);
     properties::encode_into(&mut t, message, Direction::FromHub);
     t
 }
@@ -221,19 +224,9 @@ pub fn module_input(device: &str, module: &str, input: &str, message: &Message) 
 /// Like [`module_input`], with the message's property bag (`Direction::FromHub`) already
 /// encoded.
 pub fn module_input_with_bag(device: &str, module: &str, input: &str, bag: &str) -> String {
-    joined(
-        &[
-            "devices/",
-            device,
-            "/modules/",
-            module,
-            "/inputs/",
-            input,
-            "/",
-            bag,
-        ],
-        0,
-    )
+    let mut t = module_input_prefix(device, module, input, bag.len());
+    t.push_str(bag);
+    t
 }
 
 /// The filter a module subscribes to for all its inputs.

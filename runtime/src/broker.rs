@@ -254,13 +254,15 @@ impl Session {
     }
 
     fn ingest(&self, bag: &str, p: &Publish) -> Vec<Appended> {
-        let mut m = properties::decode(bag);
-        m.body = p.payload.clone();
+        // The bag is decoded for the span only when debug logging is on.
         let span = tracing::debug_span!(
             "ingest",
-            correlation_id = m.correlation_id.as_deref().unwrap_or("")
+            correlation_id = properties::decode(bag)
+                .correlation_id
+                .as_deref()
+                .unwrap_or("")
         );
-        span.in_scope(|| self.hub.ingest(&self.identity, m))
+        span.in_scope(|| self.hub.ingest(&self.identity, bag, p.payload.clone()))
     }
 
     fn reply(&self, topic: String, body: String) {

@@ -4,10 +4,11 @@
 //! Every message is also in the [`Journal`], which learns when it is delivered or dropped,
 //! so a restarted runtime starts with the same queue.
 
+use crate::hub_message::HubMessage;
 use crate::journal::{Journal, Pending};
 use crate::upstream::Appended;
 use bytes::Bytes;
-use edge_protocol::{topic, Message};
+use edge_protocol::topic;
 use rumqttc::{Packet, Publish, QoS};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -47,7 +48,7 @@ impl Delivery {
                 self.queued.bag(),
             ),
             pkid: self.pkid,
-            payload: Bytes::clone(&self.queued.message.body),
+            payload: Bytes::clone(self.queued.message.body()),
         }
     }
 }
@@ -136,7 +137,7 @@ impl Endpoint {
 
     /// Queues a message for `input` and sends what the window allows. The receiver resolves
     /// once the message is in the journal on disk.
-    pub fn enqueue(&mut self, input: &str, message: Arc<Message>) -> Appended {
+    pub fn enqueue(&mut self, input: &str, message: Arc<HubMessage>) -> Appended {
         let input = self.input_name(input);
         let (queued, stored) = self.journal.enqueue(&self.module, input, message, now_ms());
         self.queue.push_back(queued);
@@ -311,8 +312,8 @@ mod tests {
         )
     }
 
-    fn msg(n: u32) -> Arc<Message> {
-        Arc::new(Message::json(format!("{{\"n\":{n}}}")))
+    fn msg(n: u32) -> Arc<HubMessage> {
+        Arc::new(edge_protocol::Message::json(format!("{{\"n\":{n}}}")).into())
     }
 
     fn drain(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Vec<Publish> {
@@ -395,7 +396,7 @@ mod tests {
         let (_, replayed) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
         let left: Vec<Bytes> = replayed["m"]
             .iter()
-            .map(|p| p.message.body.clone())
+            .map(|p| p.message.body().clone())
             .collect();
         assert_eq!(left, vec![Bytes::from("{\"n\":1}")]);
     }

@@ -2,12 +2,15 @@
 //! (routes), the module queues, client sessions and twin delivery.
 
 use crate::endpoint::{Conn, Endpoint, EndpointStats};
+use crate::hub_message::HubMessage;
 use crate::identity::KeyStore;
 use crate::journal::{Journal, Replayed};
 use crate::manifest::Manifest;
 use crate::twin::Twins;
 use crate::upstream::{Appended, Upstream};
-use edge_protocol::{sas, topic, CompactString, Message, SasToken};
+use bytes::Bytes;
+use edge_protocol::properties::{self, Restamped};
+use edge_protocol::{sas, topic, CompactString, SasToken};
 use edge_routes::{MessageView, Route, Sink};
 use rumqttc::{ConnectReturnCode, Packet, Publish, QoS};
 use serde_json::Value;
@@ -121,24 +124,38 @@ pub struct Hub {
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
-/// A message as route conditions see it; the body is parsed at most once, on demand.
+/// A message as route conditions see it. The sender's identity and output, known from the
+/// connection and the topic, are answered directly; other properties and the body are
+/// decoded at most once, and only if a condition reads them.
 struct View<'a> {
-    m: &'a Message,
+    m: &'a HubMessage,
+    device: &'a str,
+    module: Option<&'a str>,
+    output: Option<&'a str>,
     body: OnceLock<Option<Value>>,
 }
 
 impl MessageView for View<'_> {
     fn system_property(&self, name: &str) -> Option<Cow<'_, str>> {
-        self.m.system_property(name).map(Cow::Borrowed)
+        let known = |n: &[&str]| n.iter().any(|n| n.eq_ignore_ascii_case(name));
+        if known(&["connectionDeviceId", "iothub-connection-device-id"]) {
+            Some(Cow::Borrowed(self.device))
+        } else if known(&["connectionModuleId", "iothub-connection-module-id"]) {
+            self.module.map(Cow::Borrowed)
+        } else if known(&["outputName"]) {
+            self.output.map(Cow::Borrowed)
+        } else {
+            self.m.message().system_property(name).map(Cow::Borrowed)
+        }
     }
     fn application_property(&self, name: &str) -> Option<Cow<'_, str>> {
-        self.m.property(name).map(Cow::Borrowed)
+        self.m.message().property(name).map(Cow::Borrowed)
     }
     fn body(&self) -> Option<&Value> {
         self.body
             .get_or_init(|| {
-                if self.m.is_json_utf8() {
-                    serde_json::from_slice(&self.m.body).ok()
+                if self.m.message().is_json_utf8() {
+                    serde_json::from_slice(self.m.body()).ok()
                 } else {
                     None
                 }
@@ -430,56 +447,73 @@ impl Hub {
         }
     }
 
-    /// Routes a message from `identity` (stamping the connection ids and enqueued time).
-    /// Module queues take it at once (and may deliver it at once); the returned receivers
-    /// resolve when every sink has it on disk (module journal, `$upstream` store), which is
-    /// when the sender may be acknowledged.
-    pub fn ingest(&self, identity: &Identity, mut m: Message) -> Vec<Appended> {
+    /// Routes a message that `identity` sent with property bag `bag` (stamping the
+    /// connection ids and enqueued time). Module queues take it at once (and may deliver it
+    /// at once); the returned receivers resolve when every sink has it on disk (module
+    /// journal, `$upstream` store), which is when the sender may be acknowledged.
+    pub fn ingest(&self, identity: &Identity, bag: &str, body: Bytes) -> Vec<Appended> {
         self.metrics.received.fetch_add(1, Ordering::Relaxed);
         thread_local! {
             /// The route source of the message being ingested (reused: one per message).
             static SOURCE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
+        let (device, module) = match identity {
+            Identity::Module { device, module } => (device.as_str(), Some(module.as_str())),
+            Identity::Device { device } => (device.as_str(), None),
+        };
+        let enqueued_time = enqueued_time_now();
+        let stamps = properties::Stamps {
+            connection_device_id: device,
+            connection_module_id: module,
+            enqueued_time: &enqueued_time,
+        };
+        let Restamped { bag, output_name } = properties::restamp(bag, &stamps);
+        let m = HubMessage::new(bag, body);
         SOURCE.with_borrow_mut(|source| {
             source.clear();
-            match identity {
-                Identity::Module { device, module } => {
-                    m.connection_device_id = Some(device.as_str().into());
-                    m.connection_module_id = Some(module.as_str().into());
+            match module {
+                Some(module) => {
                     source.push_str("/messages/modules/");
                     source.push_str(module);
-                    if let Some(o) = &m.output_name {
+                    if let Some(o) = &output_name {
                         source.push_str("/outputs/");
                         source.push_str(o);
                     }
                 }
-                Identity::Device { device } => {
-                    m.connection_device_id = Some(device.as_str().into());
-                    m.connection_module_id = None;
-                    source.push_str("/messages/events");
-                }
+                None => source.push_str("/messages/events"),
             }
-            m.enqueued_time = Some(enqueued_time_now());
-            self.route(source, m)
+            let sinks = self.sinks(
+                source,
+                &View {
+                    m: &m,
+                    device,
+                    module,
+                    output: output_name.as_deref(),
+                    body: OnceLock::new(),
+                },
+            );
+            self.store(sinks, m)
         })
     }
 
-    fn route(&self, source: &str, m: Message) -> Vec<Appended> {
+    /// The sinks of the routes that `view`, from `source`, matches (each sink once).
+    fn sinks(&self, source: &str, view: &View<'_>) -> Vec<&Sink> {
         let mut sinks: Vec<&Sink> = Vec::with_capacity(2);
-        {
-            let view = View {
-                m: &m,
-                body: OnceLock::new(),
-            };
-            for (_, r) in &self.routes {
-                if !sinks.contains(&&r.sink) && r.matches(source, &view) {
-                    sinks.push(&r.sink);
-                }
+        for (_, r) in &self.routes {
+            if !sinks.contains(&&r.sink) && r.matches(source, view) {
+                sinks.push(&r.sink);
             }
         }
         if sinks.is_empty() {
             self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
             debug!(source, "message matches no route");
+        }
+        sinks
+    }
+
+    /// Hands `m` to `sinks`; the receivers resolve once each has it on disk.
+    fn store(&self, sinks: Vec<&Sink>, m: HubMessage) -> Vec<Appended> {
+        if sinks.is_empty() {
             return Vec::new();
         }
         let m = Arc::new(m);

@@ -15,16 +15,15 @@
 //! one hold no pending message (so a "done" record never outlives the message it closes).
 //! A torn or corrupt record ends the replay of its segment, with a warning.
 
+use crate::hub_message::HubMessage;
 use crate::upstream::Appended;
 use bytes::Bytes;
-use edge_protocol::properties::{self, Direction};
-use edge_protocol::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -47,29 +46,24 @@ pub struct Pending {
     /// The module input it goes to.
     pub input: Arc<str>,
     /// The message, with the hub's stamps.
-    pub message: Arc<Message>,
+    pub message: Arc<HubMessage>,
     /// When edgeHub accepted it, in milliseconds since the Unix epoch.
     pub at_ms: u64,
-    /// The message's property bag as edgeHub delivers it, encoded once, by whichever needs
-    /// it first (the journal's record or the delivery's topic).
-    bag: Arc<OnceLock<String>>,
 }
 
 impl Pending {
-    fn new(seq: u64, input: Arc<str>, message: Arc<Message>, at_ms: u64) -> Pending {
+    fn new(seq: u64, input: Arc<str>, message: Arc<HubMessage>, at_ms: u64) -> Pending {
         Pending {
             seq,
             input,
             message,
             at_ms,
-            bag: Arc::default(),
         }
     }
 
     /// The property bag of the delivery to the module (hub stamps included).
     pub fn bag(&self) -> &str {
-        self.bag
-            .get_or_init(|| properties::encode(&self.message, Direction::FromHub))
+        self.message.bag()
     }
 }
 
@@ -212,7 +206,7 @@ impl Journal {
         &self,
         module: &Arc<str>,
         input: Arc<str>,
-        message: Arc<Message>,
+        message: Arc<HubMessage>,
         at_ms: u64,
     ) -> (Pending, Appended) {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -292,11 +286,10 @@ fn decode(payload: &[u8]) -> Option<Record> {
             let at_ms = r.u64()?;
             let module: Arc<str> = Arc::from(r.str()?);
             let input: Arc<str> = Arc::from(r.str()?);
-            let bag = r.str()?;
-            let mut message = properties::decode(bag);
-            message.body = Bytes::copy_from_slice(r.bytes()?);
-            let pending = Pending::new(seq, input, Arc::new(message), at_ms);
-            let _ = pending.bag.set(bag.to_owned());
+            let bag = r.str()?.to_owned();
+            let body = Bytes::copy_from_slice(r.bytes()?);
+            let message = Arc::new(HubMessage::new(bag, body));
+            let pending = Pending::new(seq, input, message, at_ms);
             Some(Record::Enqueue { module, pending })
         }
         DONE => Some(Record::Done { seq: r.u64()? }),
@@ -417,7 +410,7 @@ impl WriterState {
                             put_str(out, module.as_bytes());
                             put_str(out, p.input.as_bytes());
                             put_str(out, p.bag().as_bytes());
-                            put_str(out, &p.message.body);
+                            put_str(out, p.message.body());
                         });
                         self.segment_of.insert(seq, self.current);
                         *self.live.entry(self.current).or_default() += 1;
@@ -490,14 +483,20 @@ impl WriterState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edge_protocol::properties::{self, Direction};
+    use edge_protocol::Message;
 
-    fn msg(n: u32) -> Arc<Message> {
+    fn msg(n: u32) -> Arc<HubMessage> {
+        Arc::new(message(n).into())
+    }
+
+    fn message(n: u32) -> Message {
         let mut m = Message::json(format!("{{\"n\":{n}}}"));
         m.correlation_id = Some(format!("c{n}").into());
         m.connection_device_id = Some("Client_001".into());
         m.enqueued_time = Some("2026-11-21T08:00:00.000Z".into());
         m.set_property("Kind=odd&", "a b/ü");
-        Arc::new(m)
+        m
     }
 
     async fn store(j: &Journal, module: &str, n: u32) -> u64 {
@@ -524,15 +523,10 @@ mod tests {
         assert_eq!(w.seq, c);
         assert_eq!(w.at_ms, 1002);
         assert_eq!(&*w.input, "in");
-        assert_eq!(w.message.body, Bytes::from("{\"n\":2}"));
-        assert_eq!(w.message.correlation_id.as_deref(), Some("c2"));
-        assert_eq!(w.message.property("Kind=odd&"), Some("a b/ü"));
-        assert_eq!(
-            w.message.enqueued_time.as_deref(),
-            Some("2026-11-21T08:00:00.000Z")
-        );
-        // The stored bag is the one delivered, as encoded before the restart.
-        assert_eq!(w.bag(), properties::encode(&msg(2), Direction::FromHub));
+        assert_eq!(w.message.body(), &Bytes::from("{\"n\":2}"));
+        // The stored bag is the one delivered, as it was before the restart.
+        assert_eq!(w.bag(), properties::encode(&message(2), Direction::FromHub));
+        assert_eq!(w.message.message(), &message(2));
         // Numbering continues after the restart.
         let d = store(&j2, "router", 3).await;
         assert!(d > c);
@@ -565,7 +559,7 @@ mod tests {
         let (_, replayed) = Journal::open(dir.path(), 100).unwrap();
         let left: Vec<String> = replayed["m"]
             .iter()
-            .map(|p| String::from_utf8_lossy(&p.message.body).into_owned())
+            .map(|p| String::from_utf8_lossy(p.message.body()).into_owned())
             .collect();
         assert_eq!(left, vec!["{\"n\":9}", "{\"n\":10}"]);
     }

@@ -3,7 +3,7 @@
 //!
 //! | part | module |
 //! |---|---|
-//! | edgeHub: MQTT/TLS server, SAS auth, routes, store-and-forward, twins | [`broker`], [`hub`], [`endpoint`], [`twin`] |
+//! | edgeHub: MQTT/TLS server, SAS auth, routes, store-and-forward, twins | [`broker`], [`hub`], [`hub_message`], [`endpoint`], [`journal`], [`twin`] |
 //! | workload API: signing with module keys, trust bundle | [`workload`], [`certs`], [`identity`] |
 //! | edgeAgent: module processes | [`agent`] |
 //! | IoT Hub: device registry, `$upstream` store, file upload and blob storage | [`identity`], [`upstream`], [`files`] |
@@ -16,6 +16,7 @@ pub mod certs;
 pub mod endpoint;
 pub mod files;
 pub mod hub;
+pub mod hub_message;
 pub mod identity;
 pub mod journal;
 pub mod manifest;

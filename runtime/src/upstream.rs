@@ -2,6 +2,7 @@
 //! durable file (synced before the sender is acknowledged), in the shape operators see when
 //! they monitor device-to-cloud messages.
 
+use crate::hub_message::HubMessage;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use edge_protocol::{CompactString, Message};
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// A message for the store, and where to say once it is on disk.
-type Append = (Arc<Message>, oneshot::Sender<Result<(), String>>);
+type Append = (Arc<HubMessage>, oneshot::Sender<Result<(), String>>);
 
 /// Result of a durable append.
 pub type Appended = oneshot::Receiver<Result<(), String>>;
@@ -171,9 +172,9 @@ impl Upstream {
         Ok(Upstream { tx, count, path })
     }
 
-    /// Appends a message; the receiver resolves once it is synced to disk.
-    pub fn append(&self, m: impl Into<Arc<Message>>) -> Appended {
-        let m = m.into();
+    /// Appends a message; the receiver resolves once it is synced to disk. Its properties
+    /// are decoded by the store's writer thread, if no route condition did so before.
+    pub fn append(&self, m: Arc<HubMessage>) -> Appended {
         let (tx, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError((_, tx))) = self.tx.send((m, tx)) {
             let _ = tx.send(Err("upstream store is closed".into()));
@@ -206,7 +207,7 @@ fn writer(file: std::fs::File, mut rx: mpsc::UnboundedReceiver<Append>, count: A
         while let Some((m, ack)) = next.take() {
             let seq = count.fetch_add(1, Ordering::Relaxed);
             if result.is_ok() {
-                result = write_record(&mut out, seq, &m).map_err(|e| e.to_string());
+                result = write_record(&mut out, seq, m.message()).map_err(|e| e.to_string());
             }
             waiting.push(ack);
             if waiting.len() < 4096 {
@@ -310,13 +311,13 @@ mod tests {
     async fn appends_are_durable_json_lines_and_numbering_continues() {
         let dir = tempfile::tempdir().unwrap();
         let up = Upstream::open(dir.path()).unwrap();
-        let mut m = Message::json(r#"{"PredictedRul": 12.5}"#);
-        m.connection_device_id = Some("edge".into());
-        m.connection_module_id = Some("turbofanRouter".into());
-        m.correlation_id = Some("c1".into());
-        m.set_property("DeadLetter", "true");
-        up.append(m).await.unwrap().unwrap();
-        up.append(Message::new(vec![0xff, 0x00]))
+        // As the hub holds it: the delivered bag, decoded by the store's writer.
+        let m = HubMessage::new(
+            "$.cid=c1&$.ct=application%2Fjson&$.ce=utf-8&DeadLetter=true&$.cdid=edge&$.cmid=turbofanRouter".into(),
+            bytes::Bytes::from_static(br#"{"PredictedRul": 12.5}"#),
+        );
+        up.append(Arc::new(m)).await.unwrap().unwrap();
+        up.append(Arc::new(Message::new(vec![0xff, 0x00]).into()))
             .await
             .unwrap()
             .unwrap();

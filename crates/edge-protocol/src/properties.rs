@@ -219,6 +219,93 @@ pub fn decode(bag: &str) -> Message {
     m
 }
 
+/// The properties the hub stamps on a message it takes from a client.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamps<'a> {
+    /// `$.cdid`: the sender's device.
+    pub connection_device_id: &'a str,
+    /// `$.cmid`: the sender's module, if a module sent it.
+    pub connection_module_id: Option<&'a str>,
+    /// `iothub-enqueuedtime`.
+    pub enqueued_time: &'a str,
+}
+
+/// A client's bag made into the bag the hub delivers, by [`restamp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restamped {
+    /// The bag, with the hub's stamps.
+    pub bag: String,
+    /// `$.on`: the output the message was sent to, if any (routes match on it).
+    pub output_name: Option<CompactString>,
+}
+
+/// System keys that [`decode_into`] keeps from a client's bag; other `$.` keys, and the
+/// hub's own stamps, are not taken from clients.
+const SENDER_SYSTEM_KEYS: [&str; 9] = [
+    "$.mid", "$.cid", "$.uid", "$.to", "$.ct", "$.ce", "$.exp", "$.ctime", "$.on",
+];
+
+/// The bag the hub delivers for a message a client sent with `bag`, without decoding and
+/// re-encoding every property: the client's parts are copied as they are (a part with
+/// characters that need encoding is re-encoded), except hub stamps and system keys that
+/// [`decode_into`] drops, and then `stamps` are appended. The result decodes to the same
+/// properties as [`encode`]`(…, Direction::FromHub)` of the decoded and stamped message.
+pub fn restamp(bag: &str, stamps: &Stamps<'_>) -> Restamped {
+    let mut out = String::with_capacity(bag.len() + 96);
+    let mut output_name = None;
+    let bytes = bag.as_bytes();
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = bytes[start..]
+            .iter()
+            .position(|b| *b == b'&')
+            .map_or(bytes.len(), |i| start + i);
+        let part = &bag[start..end];
+        start = end + 1;
+        if part.is_empty() {
+            continue;
+        }
+        let (k, v) = match part.bytes().position(|b| b == b'=') {
+            Some(i) => (&part[..i], &part[i + 1..]),
+            None => (part, ""),
+        };
+        // Keys are compared decoded, as `decode_into` does (`%24.cdid` is `$.cdid`).
+        let key = if k.contains('%') {
+            decode_part(k)
+        } else {
+            CompactString::from(k)
+        };
+        if key.starts_with("$.") {
+            if !SENDER_SYSTEM_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            if key == "$.on" {
+                output_name = Some(decode_part(v));
+            }
+        } else if key == ENQUEUED_TIME_KEY {
+            continue;
+        }
+        let verbatim = |s: &str| s.bytes().all(|b| unreserved(b) || b == b'%');
+        if (verbatim(k) || SENDER_SYSTEM_KEYS.contains(&k)) && verbatim(v) {
+            if !out.is_empty() {
+                out.push('&');
+            }
+            out.push_str(part);
+        } else {
+            push_pair(&mut out, 0, &key, &decode_part(v));
+        }
+    }
+    push_pair(&mut out, 0, "$.cdid", stamps.connection_device_id);
+    if let Some(module) = stamps.connection_module_id {
+        push_pair(&mut out, 0, "$.cmid", module);
+    }
+    push_pair(&mut out, 0, ENQUEUED_TIME_KEY, stamps.enqueued_time);
+    Restamped {
+        bag: out,
+        output_name,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +436,100 @@ mod tests {
                     "{part}"
                 );
             }
+        }
+    }
+
+    const STAMPS: Stamps<'static> = Stamps {
+        connection_device_id: "edge-1",
+        connection_module_id: Some("router"),
+        enqueued_time: "2026-11-21T05:00:00.000Z",
+    };
+
+    /// What the hub delivered before `restamp`: the bag decoded, stamped and encoded again.
+    fn decoded_stamped_encoded(bag: &str, stamps: &Stamps<'_>) -> Message {
+        let mut m = decode(bag);
+        m.connection_device_id = Some(stamps.connection_device_id.into());
+        m.connection_module_id = stamps.connection_module_id.map(Into::into);
+        m.enqueued_time = Some(stamps.enqueued_time.into());
+        decode(&encode(&m, Direction::FromHub))
+    }
+
+    #[test]
+    fn restamp_keeps_the_senders_parts_and_adds_the_hubs_stamps() {
+        let bag = encode(&sample(), Direction::ToHub);
+        let r = restamp(&bag, &STAMPS);
+        // The sender's parts, as sent, then the stamps.
+        assert_eq!(
+            r.bag,
+            format!("{bag}&$.cdid=edge-1&$.cmid=router&iothub-enqueuedtime=2026-11-21T05%3A00%3A00.000Z")
+        );
+        assert_eq!(r.output_name.as_deref(), Some("classOutput"));
+        assert_eq!(decode(&r.bag), decoded_stamped_encoded(&bag, &STAMPS));
+    }
+
+    #[test]
+    fn restamp_drops_stamps_a_sender_sets_and_system_keys_the_hub_does_not_keep() {
+        let device = Stamps {
+            connection_module_id: None,
+            ..STAMPS
+        };
+        let bag = "$.cdid=spoof&%24.cmid=spoof&iothub-enqueuedtime=1999&$.ifid=x&a=1&$.on=o%2F1";
+        let r = restamp(bag, &device);
+        assert_eq!(
+            r.bag,
+            "a=1&$.on=o%2F1&$.cdid=edge-1&iothub-enqueuedtime=2026-11-21T05%3A00%3A00.000Z"
+        );
+        assert_eq!(r.output_name.as_deref(), Some("o/1"));
+        let m = decode(&r.bag);
+        assert_eq!(m.connection_device_id.as_deref(), Some("edge-1"));
+        assert_eq!(m.connection_module_id, None);
+        assert_eq!(m, decoded_stamped_encoded(bag, &device));
+    }
+
+    #[test]
+    fn restamp_re_encodes_parts_that_are_not_safe_to_copy() {
+        // An `=` in a value, unencoded text and a raw `/` are encoded; the rest is copied.
+        let r = restamp("k=a=b&ü=ö/x&ok=%zz", &STAMPS);
+        assert!(
+            r.bag
+                .starts_with("k=a%3Db&%C3%BC=%C3%B6%2Fx&ok=%zz&$.cdid=edge-1"),
+            "{}",
+            r.bag
+        );
+        assert_eq!(r.output_name, None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn restamp_decodes_like_decoding_stamping_and_encoding(
+            parts in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "$.mid", "$.cid", "$.uid", "$.to", "$.ct", "$.ce", "$.exp", "$.ctime",
+                        "$.on", "$.cdid", "$.cmid", "iothub-enqueuedtime", "$.ifid", "%24.cid",
+                        "%24.cdid", "%24.on", "a", "A%20b", "ü", "", "k=", "$x", "%", "%FF",
+                    ]),
+                    proptest::option::of("[a-z%/=ü 0-9A-F.$&+-]{0,12}"),
+                ),
+                0..8,
+            ),
+            device in proptest::bool::ANY,
+        ) {
+            let bag = parts
+                .iter()
+                .map(|(k, v)| match v {
+                    Some(v) => format!("{k}={v}"),
+                    None => (*k).to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("&");
+            let stamps = Stamps {
+                connection_module_id: if device { None } else { Some("router") },
+                ..STAMPS
+            };
+            let r = restamp(&bag, &stamps);
+            proptest::prop_assert_eq!(decode(&r.bag), decoded_stamped_encoded(&bag, &stamps));
+            proptest::prop_assert_eq!(r.output_name, decode(&bag).output_name);
         }
     }
 

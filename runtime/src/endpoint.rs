@@ -164,13 +164,14 @@ impl Endpoint {
         new
     }
 
-    fn alloc_pkid(&mut self) -> u16 {
-        // Packet ids keep increasing across connections, so a late PUBACK from an earlier
-        // connection cannot acknowledge a different message.
+    /// The next free packet id after `last`. Packet ids keep increasing across
+    /// connections, so a late PUBACK from an earlier connection cannot acknowledge a
+    /// different message.
+    fn next_pkid(last: &mut u16, in_flight: &BTreeMap<u16, Queued>) -> u16 {
         loop {
-            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
-            if !self.in_flight.contains_key(&self.next_pkid) {
-                return self.next_pkid;
+            *last = last.wrapping_add(1).max(1);
+            if !in_flight.contains_key(last) {
+                return *last;
             }
         }
     }
@@ -204,16 +205,17 @@ impl Endpoint {
         }
         self.expire();
         while self.in_flight.len() < self.window {
-            let Some(q) = self.queue.pop_front() else {
+            let Some((conn, qos)) = &self.conn else {
                 break;
             };
-            let Some((conn, qos)) = self.conn.clone() else {
+            let qos = *qos;
+            let Some(q) = self.queue.pop_front() else {
                 break;
             };
             let pkid = if qos == QoS::AtMostOnce {
                 0
             } else {
-                self.alloc_pkid()
+                Self::next_pkid(&mut self.next_pkid, &self.in_flight)
             };
             let delivery = Delivery {
                 device: self.device.clone(),

@@ -245,56 +245,118 @@ const SENDER_SYSTEM_KEYS: [&str; 9] = [
     "$.mid", "$.cid", "$.uid", "$.to", "$.ct", "$.ce", "$.exp", "$.ctime", "$.on",
 ];
 
+/// How [`restamp`] treats a byte of a bag: kept as it is, or ending a part or a key, or
+/// one that must be encoded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Unreserved: copied as it is.
+    Plain,
+    /// `%`: an escape, copied as it is (the key must be decoded to be compared).
+    Percent,
+    /// `&`: ends a part.
+    Amp,
+    /// `=`: the first one ends the key.
+    Eq,
+    /// Anything else: the part is encoded again.
+    Other,
+}
+
+/// [`Class`] of every byte value.
+const CLASSES: [Class; 256] = {
+    let mut t = [Class::Other; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+            t[b] = Class::Plain;
+        }
+        b += 1;
+    }
+    t[b'%' as usize] = Class::Percent;
+    t[b'&' as usize] = Class::Amp;
+    t[b'=' as usize] = Class::Eq;
+    t
+};
+
 /// The bag the hub delivers for a message a client sent with `bag`, without decoding and
 /// re-encoding every property: the client's parts are copied as they are (a part with
-/// characters that need encoding is re-encoded), except hub stamps and system keys that
-/// [`decode_into`] drops, and then `stamps` are appended. The result decodes to the same
-/// properties as [`encode`]`(…, Direction::FromHub)` of the decoded and stamped message.
+/// characters that need encoding is encoded again), except hub stamps and system keys
+/// that [`decode_into`] drops, and then `stamps` are appended. The result decodes to the
+/// same properties as [`encode`]`(…, Direction::FromHub)` of the decoded and stamped
+/// message.
 pub fn restamp(bag: &str, stamps: &Stamps<'_>) -> Restamped {
     let mut out = String::with_capacity(bag.len() + 96);
     let mut output_name = None;
     let bytes = bag.as_bytes();
-    let mut start = 0;
-    while start < bytes.len() {
-        let end = bytes[start..]
-            .iter()
-            .position(|b| *b == b'&')
-            .map_or(bytes.len(), |i| start + i);
-        let part = &bag[start..end];
-        start = end + 1;
-        if part.is_empty() {
-            continue;
-        }
-        let (k, v) = match part.bytes().position(|b| b == b'=') {
-            Some(i) => (&part[..i], &part[i + 1..]),
-            None => (part, ""),
-        };
-        // Keys are compared decoded, as `decode_into` does (`%24.cdid` is `$.cdid`).
-        let key = if k.contains('%') {
-            decode_part(k)
-        } else {
-            CompactString::from(k)
-        };
-        if key.starts_with("$.") {
-            if !SENDER_SYSTEM_KEYS.contains(&key.as_str()) {
-                continue;
-            }
-            if key == "$.on" {
-                output_name = Some(decode_part(v));
-            }
-        } else if key == ENQUEUED_TIME_KEY {
-            continue;
-        }
-        let verbatim = |s: &str| s.bytes().all(|b| unreserved(b) || b == b'%');
-        if (verbatim(k) || SENDER_SYSTEM_KEYS.contains(&k)) && verbatim(v) {
+    // Parts are copied in runs: `run..` is copied as it is once a part breaks the run.
+    let mut run = 0;
+    let flush = |out: &mut String, from: usize, to: usize| {
+        // `from..to` spans whole parts, joined by `&`.
+        if to > from {
             if !out.is_empty() {
                 out.push('&');
             }
-            out.push_str(part);
+            out.push_str(&bag[from..to]);
+        }
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        // One pass over the part, by byte class: where the key ends, whether the key has
+        // escapes, whether everything may be copied. A system key's `$.` is its own.
+        let start = i;
+        if bytes[i..].starts_with(b"$.") {
+            i += 2;
+        }
+        let (mut eq, mut escaped_key, mut plain) = (None, false, true);
+        while i < bytes.len() {
+            match CLASSES[usize::from(bytes[i])] {
+                Class::Plain => {}
+                Class::Percent => escaped_key |= eq.is_none(),
+                Class::Amp => break,
+                Class::Eq if eq.is_none() => eq = Some(i),
+                Class::Eq | Class::Other => plain = false,
+            }
+            i += 1;
+        }
+        let end = i;
+        i += 1;
+        if start == end {
+            // An empty part: skipped, like `decode_into` does.
+            flush(&mut out, run, start.saturating_sub(1));
+            run = i;
+            continue;
+        }
+        let (k, v) = match eq {
+            Some(e) => (&bag[start..e], &bag[e + 1..end]),
+            None => (&bag[start..end], ""),
+        };
+        // Keys are compared decoded, as `decode_into` does (`%24.cdid` is `$.cdid`).
+        let decoded;
+        let key = if escaped_key {
+            decoded = decode_part(k);
+            decoded.as_str()
         } else {
-            push_pair(&mut out, 0, &key, &decode_part(v));
+            k
+        };
+        let keep = if key.starts_with("$.") {
+            let kept = SENDER_SYSTEM_KEYS.contains(&key);
+            if key == "$.on" {
+                output_name = Some(decode_part(v));
+            }
+            kept
+        } else {
+            key != ENQUEUED_TIME_KEY
+        };
+        if keep && plain {
+            continue;
+        }
+        flush(&mut out, run, start.saturating_sub(1));
+        run = i;
+        if keep {
+            push_pair(&mut out, 0, key, &decode_part(v));
         }
     }
+    flush(&mut out, run, bytes.len());
     push_pair(&mut out, 0, "$.cdid", stamps.connection_device_id);
     if let Some(module) = stamps.connection_module_id {
         push_pair(&mut out, 0, "$.cmid", module);

@@ -375,15 +375,18 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         let mut yielded = false;
         while let Some(p) = next.take() {
-            let packet = match p {
+            let written = match p {
                 Outgoing::PubAckWhenStored(pkid, waits) => {
                     acks.push(pkid, waits);
-                    None
+                    Ok(())
                 }
-                Outgoing::Packet(p) => Some(p),
-                Outgoing::Delivery(d) => Some(Packet::Publish(d.to_publish())),
+                Outgoing::Packet(p) => p
+                    .write(&mut out, MAX_PACKET)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Outgoing::Delivery(d) => d.encode(&mut out, MAX_PACKET),
             };
-            if let Some(Err(e)) = packet.map(|p| p.write(&mut out, MAX_PACKET)) {
+            if let Err(e) = written {
                 warn!(error = %e, "packet not written");
             }
             if out.len() < 256 * 1024 && open {

@@ -178,10 +178,18 @@ impl<'de> Deserialize<'de> for BodyFields {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut out = [None; 26];
+                // Bodies list their fields in one order, mostly the schema's: the field
+                // after the previous one is tried before searching.
+                let mut next = 0;
                 while let Some(key) = map.next_key::<Text<'de>>()? {
                     let v: f64 = map.next_value()?;
-                    if let Some(i) = BODY_FIELDS.iter().position(|f| *f == key.0) {
+                    let found = match BODY_FIELDS.get(next) {
+                        Some(f) if *f == key.0 => Some(next),
+                        _ => BODY_FIELDS.iter().position(|f| *f == key.0),
+                    };
+                    if let Some(i) = found {
                         out[i] = Some(v as f32);
+                        next = i + 1;
                     }
                 }
                 Ok(BodyFields(out))
@@ -442,6 +450,30 @@ pub(crate) mod tests {
         ]);
         let reference = apache_avro::to_avro_datum(schema.schema(), value).unwrap();
         assert_eq!(ours, reference);
+    }
+
+    #[test]
+    fn body_fields_are_found_in_any_order() {
+        let body = |order: &mut dyn Iterator<Item = (usize, &&str)>| {
+            let fields: Vec<String> = order.map(|(i, f)| format!(r#""{f}":{i}.5"#)).collect();
+            format!(
+                r#"{{"CorrelationId":"c","ConnectionDeviceId":"d","CreationTimeUtc":"t","EnqueuedTimeUtc":"u","Body":{{{}}}}}"#,
+                fields.join(",")
+            )
+        };
+        let in_order = body(&mut BODY_FIELDS.iter().enumerate());
+        let reversed = body(&mut BODY_FIELDS.iter().enumerate().rev());
+        let mut rotated: Vec<_> = BODY_FIELDS.iter().enumerate().collect();
+        rotated.rotate_left(21);
+        let rotated = body(&mut rotated.into_iter());
+        let expected: Vec<f32> = (0..26).map(|i| i as f32 + 0.5).collect();
+        for text in [in_order, reversed, rotated] {
+            assert_eq!(
+                parse(text.as_bytes()).unwrap().body.to_vec(),
+                expected,
+                "{text}"
+            );
+        }
     }
 
     #[test]

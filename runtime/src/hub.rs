@@ -108,7 +108,7 @@ struct Session {
 /// edgeHub's state.
 pub struct Hub {
     cfg: HubConfig,
-    routes: Vec<(String, Route)>,
+    routes: Vec<RouteEntry>,
     endpoints: Mutex<HashMap<String, Arc<Mutex<Endpoint>>>>,
     journal: Journal,
     sessions: Mutex<HashMap<String, Session>>,
@@ -122,6 +122,13 @@ pub struct Hub {
     pub metrics: Metrics,
     next_conn: AtomicU64,
     stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// A route of the manifest, with its sink's module queue looked up once (not for every
+/// message it routes).
+struct RouteEntry {
+    route: Route,
+    queue: Option<Arc<Mutex<Endpoint>>>,
 }
 
 /// A message as route conditions see it. The sender's identity and output, known from the
@@ -211,7 +218,7 @@ impl Hub {
         let mut errors = Vec::new();
         for r in &manifest.routes {
             match edge_routes::parse_route(&r.text) {
-                Ok(route) => routes.push((r.name.clone(), route)),
+                Ok(route) => routes.push(RouteEntry { route, queue: None }),
                 Err(e) => errors.push(RouteError {
                     name: r.name.clone(),
                     text: r.text.clone(),
@@ -219,7 +226,7 @@ impl Hub {
                 }),
             }
         }
-        let hub = Hub {
+        let mut hub = Hub {
             cfg,
             routes,
             endpoints: Mutex::new(HashMap::new()),
@@ -235,6 +242,17 @@ impl Hub {
         };
         for m in &manifest.modules {
             hub.endpoint(&m.name);
+        }
+        let queues: Vec<_> = hub
+            .routes
+            .iter()
+            .map(|r| match &r.route.sink {
+                Sink::Module { module, .. } => Some(hub.endpoint(module)),
+                Sink::Upstream => None,
+            })
+            .collect();
+        for (r, queue) in hub.routes.iter_mut().zip(queues) {
+            r.queue = queue;
         }
         for (module, pending) in replayed {
             lock(&hub.endpoint(&module)).restore(pending);
@@ -497,11 +515,12 @@ impl Hub {
     }
 
     /// The sinks of the routes that `view`, from `source`, matches (each sink once).
-    fn sinks(&self, source: &str, view: &View<'_>) -> Vec<&Sink> {
-        let mut sinks: Vec<&Sink> = Vec::with_capacity(2);
-        for (_, r) in &self.routes {
-            if !sinks.contains(&&r.sink) && r.matches(source, view) {
-                sinks.push(&r.sink);
+    fn sinks(&self, source: &str, view: &View<'_>) -> Vec<&RouteEntry> {
+        let mut sinks: Vec<&RouteEntry> = Vec::with_capacity(2);
+        for r in &self.routes {
+            if !sinks.iter().any(|s| s.route.sink == r.route.sink) && r.route.matches(source, view)
+            {
+                sinks.push(r);
             }
         }
         if sinks.is_empty() {
@@ -512,23 +531,25 @@ impl Hub {
     }
 
     /// Hands `m` to `sinks`; the receivers resolve once each has it on disk.
-    fn store(&self, sinks: Vec<&Sink>, m: HubMessage) -> Vec<Appended> {
+    fn store(&self, sinks: Vec<&RouteEntry>, m: HubMessage) -> Vec<Appended> {
         if sinks.is_empty() {
             return Vec::new();
         }
         let m = Arc::new(m);
         let mut stored = Vec::with_capacity(sinks.len());
-        for sink in sinks {
-            match sink {
-                Sink::Upstream => {
+        for r in sinks {
+            match (&r.route.sink, &r.queue) {
+                (Sink::Upstream, _) => {
                     self.metrics.to_upstream.fetch_add(1, Ordering::Relaxed);
                     stored.push(self.upstream.append(m.clone()));
                 }
-                Sink::Module { module, input } => {
+                (Sink::Module { input, .. }, Some(queue)) => {
                     self.metrics.to_modules.fetch_add(1, Ordering::Relaxed);
-                    let endpoint = self.endpoint(module);
-                    let s = lock(&endpoint).enqueue(input, m.clone());
-                    stored.push(s);
+                    stored.push(lock(queue).enqueue(input, m.clone()));
+                }
+                (Sink::Module { module, input }, None) => {
+                    self.metrics.to_modules.fetch_add(1, Ordering::Relaxed);
+                    stored.push(lock(&self.endpoint(module)).enqueue(input, m.clone()));
                 }
             }
         }

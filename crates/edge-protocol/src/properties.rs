@@ -19,9 +19,9 @@ pub enum Direction {
     FromHub,
 }
 
-/// Whether `b` is an RFC 3986 unreserved character (never encoded).
+/// Whether `b` is an RFC 3986 unreserved character (never encoded), by table.
 fn unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+    CLASSES[usize::from(b)] == Class::Plain
 }
 
 /// Appends `s` percent-encoded (UTF-8 bytes outside the unreserved set as `%XX`).
@@ -267,6 +267,7 @@ const CLASSES: [Class; 256] = {
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
+        // RFC 3986 unreserved characters.
         if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
             t[b] = Class::Plain;
         }

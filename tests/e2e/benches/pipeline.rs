@@ -296,6 +296,7 @@ struct Usage {
     modules: HashMap<&'static str, Sample>,
     me: Sample,
     upstream_thread: u64,
+    journal_thread: u64,
 }
 
 fn thread_ticks(name: &str) -> u64 {
@@ -325,6 +326,7 @@ fn usage(p: &Pipeline) -> Result<Usage> {
         modules,
         me: procfs::sample(std::process::id())?,
         upstream_thread: thread_ticks("upstream-writer"),
+        journal_thread: thread_ticks("message-store"),
     })
 }
 
@@ -343,11 +345,13 @@ fn cores(before: &Usage, after: &Usage) -> Vec<(String, f64)> {
         })
         .collect();
     let up = c(before.upstream_thread, after.upstream_thread);
+    let journal = c(before.journal_thread, after.journal_thread);
     let me = c(before.me.cpu_ticks, after.me.cpu_ticks);
     out.push((
         "bench process: runtime + leaf devices + tail".into(),
-        me - up,
+        me - up - journal,
     ));
+    out.push(("bench process: edgeHub's journal thread".into(), journal));
     out.push(("bench process: $upstream writer thread".into(), up));
     out
 }

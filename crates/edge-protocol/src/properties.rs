@@ -289,10 +289,10 @@ pub fn restamp(bag: &str, stamps: &Stamps<'_>) -> Restamped {
     let mut out = String::with_capacity(bag.len() + 96);
     let mut output_name = None;
     let bytes = bag.as_bytes();
-    // Parts are copied in runs: `run..` is copied as it is once a part breaks the run.
-    let mut run = 0;
+    // Parts are copied in runs: `run..run_end` (whole parts joined by `&`) is copied as it
+    // is once a part breaks the run (an empty part, one left out or one encoded again).
+    let (mut run, mut run_end) = (0, 0);
     let flush = |out: &mut String, from: usize, to: usize| {
-        // `from..to` spans whole parts, joined by `&`.
         if to > from {
             if !out.is_empty() {
                 out.push('&');
@@ -303,7 +303,10 @@ pub fn restamp(bag: &str, stamps: &Stamps<'_>) -> Restamped {
     let mut i = 0;
     while i < bytes.len() {
         // One pass over the part, by byte class: where the key ends, whether the key has
-        // escapes, whether everything may be copied. A system key's `$.` is its own.
+        // escapes, whether the part may be copied as it is. A part is copied only if it is
+        // what `push_pair` would write for it too, as other clients' parsers expect: one
+        // `=`, unreserved characters, and escapes of ASCII bytes (`%2F`, not `%zz`, `50%`
+        // or the `%FF` of a broken UTF-8 sequence). A system key's `$.` is its own.
         let start = i;
         if bytes[i..].starts_with(b"$.") {
             i += 2;
@@ -312,7 +315,12 @@ pub fn restamp(bag: &str, stamps: &Stamps<'_>) -> Restamped {
         while i < bytes.len() {
             match CLASSES[usize::from(bytes[i])] {
                 Class::Plain => {}
-                Class::Percent => escaped_key |= eq.is_none(),
+                Class::Percent => {
+                    escaped_key |= eq.is_none();
+                    let ascii_escape = matches!(bytes.get(i + 1), Some(b'0'..=b'7'))
+                        && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+                    plain &= ascii_escape;
+                }
                 Class::Amp => break,
                 Class::Eq if eq.is_none() => eq = Some(i),
                 Class::Eq | Class::Other => plain = false,
@@ -323,13 +331,17 @@ pub fn restamp(bag: &str, stamps: &Stamps<'_>) -> Restamped {
         i += 1;
         if start == end {
             // An empty part: skipped, like `decode_into` does.
-            flush(&mut out, run, start.saturating_sub(1));
+            flush(&mut out, run, run_end);
             run = i;
             continue;
         }
         let (k, v) = match eq {
             Some(e) => (&bag[start..e], &bag[e + 1..end]),
-            None => (&bag[start..end], ""),
+            // A part without `=` is a key with an empty value: written as `key=`.
+            None => {
+                plain = false;
+                (&bag[start..end], "")
+            }
         };
         // Keys are compared decoded, as `decode_into` does (`%24.cdid` is `$.cdid`).
         let decoded;
@@ -349,15 +361,16 @@ pub fn restamp(bag: &str, stamps: &Stamps<'_>) -> Restamped {
             key != ENQUEUED_TIME_KEY
         };
         if keep && plain {
+            run_end = end;
             continue;
         }
-        flush(&mut out, run, start.saturating_sub(1));
+        flush(&mut out, run, run_end);
         run = i;
         if keep {
             push_pair(&mut out, 0, key, &decode_part(v));
         }
     }
-    flush(&mut out, run, bytes.len());
+    flush(&mut out, run, run_end);
     push_pair(&mut out, 0, "$.cdid", stamps.connection_device_id);
     if let Some(module) = stamps.connection_module_id {
         push_pair(&mut out, 0, "$.cmid", module);
@@ -551,15 +564,54 @@ mod tests {
 
     #[test]
     fn restamp_re_encodes_parts_that_are_not_safe_to_copy() {
-        // An `=` in a value, unencoded text and a raw `/` are encoded; the rest is copied.
-        let r = restamp("k=a=b&ü=ö/x&ok=%zz", &STAMPS);
+        // A second `=`, unencoded text, a raw `/`, stray or non-ASCII escapes and a part
+        // without `=` are written as `push_pair` writes them; the rest is copied.
+        let r = restamp(
+            "k=a=b&ü=ö/x&bad=%zz&pct=50%&hi=%FF&flag&ok=%2f&$.ct&&last=1&",
+            &STAMPS,
+        );
         assert!(
-            r.bag
-                .starts_with("k=a%3Db&%C3%BC=%C3%B6%2Fx&ok=%zz&$.cdid=edge-1"),
+            r.bag.starts_with(
+                "k=a%3Db&%C3%BC=%C3%B6%2Fx&bad=%25zz&pct=50%25&hi=%EF%BF%BD&flag=&ok=%2f&$.ct=&last=1&$.cdid=edge-1"
+            ),
             "{}",
             r.bag
         );
+        assert!(well_formed(&r.bag), "{}", r.bag);
         assert_eq!(r.output_name, None);
+    }
+
+    /// Whether `bag` is as `push_pair` writes bags, which other clients' parsers expect:
+    /// no empty part, one `=` per part, only unreserved characters and well-formed escapes
+    /// (apart from a system key's `$.`) that decode to UTF-8.
+    fn well_formed(bag: &str) -> bool {
+        bag.split('&').all(|part| {
+            let body = part.strip_prefix("$.").unwrap_or(part);
+            let b = body.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                match b[i] {
+                    b'%' => {
+                        let escape = b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                            && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+                        if !escape {
+                            return false;
+                        }
+                        i += 3;
+                        continue;
+                    }
+                    c if !unreserved(c) && c != b'=' => return false,
+                    _ => {}
+                }
+                i += 1;
+            }
+            let utf8 = part.split('=').all(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .is_ok()
+            });
+            !part.is_empty() && part.matches('=').count() == 1 && utf8
+        })
     }
 
     proptest::proptest! {
@@ -591,6 +643,7 @@ mod tests {
                 ..STAMPS
             };
             let r = restamp(&bag, &stamps);
+            proptest::prop_assert!(well_formed(&r.bag), "{} from {}", r.bag, bag);
             proptest::prop_assert_eq!(decode(&r.bag), decoded_stamped_encoded(&bag, &stamps));
             proptest::prop_assert_eq!(r.output_name, decode(&bag).output_name);
         }

@@ -9,8 +9,8 @@ use crate::endpoint::{Conn, Outgoing};
 use crate::hub::{Hub, Identity};
 use crate::upstream::Appended;
 use bytes::BytesMut;
-use edge_client::wire::read_packet;
 pub use edge_client::wire::MAX_PACKET;
+use edge_client::wire::{next_packet, read_packet};
 use edge_protocol::properties;
 use edge_protocol::topic::{self, Topic};
 use rumqttc::{
@@ -19,6 +19,7 @@ use rumqttc::{
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -127,32 +128,13 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
     let mut heard = tokio::time::Instant::now();
     let silent = tokio::time::sleep_until(heard + keep_alive);
     tokio::pin!(closed, token_expired, stop, silent);
-    let reason = loop {
-        let packet = tokio::select! {
-            _ = &mut closed => break "closed by the hub (session taken over or protocol error)",
-            _ = &mut token_expired => break "SAS token expired",
-            _ = &mut stop => break "runtime stopping",
-            _ = &mut silent => {
-                if heard.elapsed() >= keep_alive {
-                    break "keep-alive expired";
-                }
-                silent.as_mut().reset(heard + keep_alive);
-                continue;
-            }
-            r = read_packet(&mut rd, &mut buf) => match r {
-                Err(e) => { debug!(error = %e, "read failed"); break "connection error" }
-                Ok(None) => break "connection closed by the client",
-                Ok(Some(p)) => {
-                    heard = tokio::time::Instant::now();
-                    p
-                }
-            },
-        };
+    // One packet from the client; `Break` ends the connection, saying why.
+    let on_packet = |packet: Packet| -> ControlFlow<&'static str> {
         match packet {
             Packet::Publish(p) => {
                 if let Err(why) = session.publish(p) {
                     warn!(client = %connect.client_id, reason = why, "closing connection");
-                    break why;
+                    return ControlFlow::Break(why);
                 }
             }
             Packet::PubAck(a) => hub.delivered(&identity, conn.id, a.pkid),
@@ -182,9 +164,51 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
             Packet::PingReq => {
                 let _ = tx.send(Packet::PingResp.into());
             }
-            Packet::Disconnect => break "client disconnected",
-            Packet::Connect(_) => break "second CONNECT (protocol violation)",
+            Packet::Disconnect => return ControlFlow::Break("client disconnected"),
+            Packet::Connect(_) => return ControlFlow::Break("second CONNECT (protocol violation)"),
             other => debug!(packet = ?other, "ignored packet"),
+        }
+        ControlFlow::Continue(())
+    };
+    let reason = loop {
+        let first = tokio::select! {
+            _ = &mut closed => break "closed by the hub (session taken over or protocol error)",
+            _ = &mut token_expired => break "SAS token expired",
+            _ = &mut stop => break "runtime stopping",
+            _ = &mut silent => {
+                if heard.elapsed() >= keep_alive {
+                    break "keep-alive expired";
+                }
+                silent.as_mut().reset(heard + keep_alive);
+                continue;
+            }
+            r = read_packet(&mut rd, &mut buf) => match r {
+                Err(e) => { debug!(error = %e, "read failed"); break "connection error" }
+                Ok(None) => break "connection closed by the client",
+                Ok(Some(p)) => {
+                    heard = tokio::time::Instant::now();
+                    p
+                }
+            },
+        };
+        // This packet, then every other one the same read brought, before waiting again.
+        let mut next = Some(first);
+        let mut ended = None;
+        while let Some(packet) = next.take() {
+            if let ControlFlow::Break(why) = on_packet(packet) {
+                ended = Some(why);
+                break;
+            }
+            match next_packet(&mut buf) {
+                Ok(p) => next = p,
+                Err(e) => {
+                    debug!(error = %e, "read failed");
+                    ended = Some("connection error");
+                }
+            }
+        }
+        if let Some(why) = ended {
+            break why;
         }
     };
     info!(client = %connect.client_id, conn = conn.id, reason, "client gone");

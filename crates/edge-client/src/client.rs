@@ -7,7 +7,7 @@
 use crate::acks::{AckSequencer, AckToken, Outbound, Release, SendTracker};
 use crate::error::Error;
 use crate::settings::{Credentials, Settings, TrustSource};
-use crate::wire::{read_packet, MAX_PACKET};
+use crate::wire::{next_packet, read_packet, MAX_PACKET};
 use crate::workload::WorkloadClient;
 use bytes::{Bytes, BytesMut};
 use edge_protocol::topic::{self, Topic};
@@ -753,8 +753,9 @@ impl Driver {
                     };
                     heard = tokio::time::Instant::now();
                     self.incoming(p, sub_pkid);
-                    // Everything else already read, without waiting for more.
-                    while let Ok(p) = Packet::read(&mut rbuf, MAX_PACKET) {
+                    // Everything else already read, without waiting for more (a malformed
+                    // packet is left for the next read, which reports it).
+                    while let Ok(Some(p)) = next_packet(&mut rbuf) {
                         self.incoming(p, sub_pkid);
                     }
                 }

@@ -23,25 +23,35 @@ pub async fn read_packet<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
 ) -> std::io::Result<Option<Packet>> {
     loop {
-        match Packet::read(buf, MAX_PACKET) {
-            Ok(Packet::Publish(mut p)) => {
-                if p.payload.len() <= COPY_PAYLOAD_UP_TO {
-                    p.payload = bytes::Bytes::copy_from_slice(&p.payload);
-                }
-                return Ok(Some(Packet::Publish(p)));
-            }
-            Ok(p) => return Ok(Some(p)),
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => buf.reserve(n.max(READ_CHUNK)),
-            Err(e) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("malformed MQTT packet: {e}"),
-                ))
-            }
+        if let Some(p) = next_packet(buf)? {
+            return Ok(Some(p));
         }
         if rd.read_buf(buf).await? == 0 {
             return Ok(None);
         }
+    }
+}
+
+/// Takes the next whole packet out of `buf`, without reading: `Ok(None)` if `buf` holds
+/// only part of one (room for the rest is reserved). A connection handles every packet
+/// that one read brought this way before it waits again.
+pub fn next_packet(buf: &mut BytesMut) -> std::io::Result<Option<Packet>> {
+    match Packet::read(buf, MAX_PACKET) {
+        Ok(Packet::Publish(mut p)) => {
+            if p.payload.len() <= COPY_PAYLOAD_UP_TO {
+                p.payload = bytes::Bytes::copy_from_slice(&p.payload);
+            }
+            Ok(Some(Packet::Publish(p)))
+        }
+        Ok(p) => Ok(Some(p)),
+        Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => {
+            buf.reserve(n.max(READ_CHUNK));
+            Ok(None)
+        }
+        Err(e) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("malformed MQTT packet: {e}"),
+        )),
     }
 }
 
@@ -103,6 +113,37 @@ mod tests {
                 "payload of {size} bytes"
             );
         }
+    }
+
+    #[test]
+    fn next_packet_takes_whole_packets_and_leaves_a_partial_one() {
+        let mut wire = BytesMut::new();
+        for pkid in [1, 2] {
+            Packet::PubAck(PubAck::new(pkid))
+                .write(&mut wire, MAX_PACKET)
+                .unwrap();
+        }
+        let mut p = Publish::new("t", QoS::AtLeastOnce, vec![1u8; 100]);
+        p.pkid = 3;
+        let mut publish = BytesMut::new();
+        Packet::Publish(p).write(&mut publish, MAX_PACKET).unwrap();
+        wire.extend_from_slice(&publish[..50]);
+        let mut buf = wire.clone();
+        let ids: Vec<u16> = std::iter::from_fn(|| match next_packet(&mut buf).unwrap() {
+            Some(Packet::PubAck(a)) => Some(a.pkid),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => None,
+        })
+        .collect();
+        assert_eq!(ids, vec![1, 2]);
+        // The partial PUBLISH stays, with room reserved for its rest.
+        assert_eq!(&buf[..], &publish[..50]);
+        assert!(buf.capacity() - buf.len() >= publish.len() - 50);
+        buf.extend_from_slice(&publish[50..]);
+        assert!(matches!(next_packet(&mut buf), Ok(Some(Packet::Publish(p))) if p.pkid == 3));
+        assert!(matches!(next_packet(&mut buf), Ok(None)));
+        let mut garbage = BytesMut::from(&[0xf0u8, 0x00][..]);
+        assert!(next_packet(&mut garbage).is_err());
     }
 
     /// A reader that returns `a` and `b` in two separate reads.

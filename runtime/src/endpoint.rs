@@ -7,7 +7,9 @@
 use crate::hub_message::HubMessage;
 use crate::journal::{Journal, Pending};
 use crate::upstream::Appended;
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
+use edge_client::wire;
+use edge_protocol::topic;
 use rumqttc::{Packet, QoS};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -34,61 +36,24 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Appends the delivery's PUBLISH packet to `out`. The topic
-    /// (`devices/{d}/modules/{m}/inputs/{input}/{bag}`) is written in place, not built as
-    /// a string first. A packet over `max_packet` bytes is not written.
+    /// Appends the delivery's PUBLISH packet to `out`, its topic
+    /// (`devices/{d}/modules/{m}/inputs/{input}/{bag}`) written in place. A packet over
+    /// `max_packet` bytes is not written.
     pub fn encode(&self, out: &mut BytesMut, max_packet: usize) -> Result<(), String> {
-        let topic = [
-            "devices/",
+        let topic = topic::module_input_parts(
             &self.device,
-            "/modules/",
             &self.module,
-            "/inputs/",
             &self.queued.input,
-            "/",
             self.queued.bag(),
-        ];
-        let topic_len: usize = topic.iter().map(|p| p.len()).sum();
-        let topic_len16 = u16::try_from(topic_len)
-            .map_err(|_| format!("topic of {topic_len} bytes is too long for MQTT"))?;
-        let body = self.queued.message.body();
-        let pkid_len = if self.qos == QoS::AtMostOnce { 0 } else { 2 };
-        let remaining = 2 + topic_len + pkid_len + body.len();
-        let length_bytes = match remaining {
-            0..=127 => 1,
-            128..=16_383 => 2,
-            16_384..=2_097_151 => 3,
-            _ => 4,
-        };
-        let size = 1 + length_bytes + remaining;
-        if size > max_packet {
-            return Err(format!(
-                "delivery of {size} bytes is over the packet limit of {max_packet}"
-            ));
-        }
-        out.reserve(size);
-        // Fixed header: PUBLISH, QoS, no DUP or RETAIN; then the remaining length as a
-        // variable-length integer (7 bits per byte, least significant first).
-        out.put_u8(0x30 | (self.qos as u8) << 1);
-        let mut n = remaining;
-        loop {
-            let byte = (n % 128) as u8;
-            n /= 128;
-            if n == 0 {
-                out.put_u8(byte);
-                break;
-            }
-            out.put_u8(byte | 0x80);
-        }
-        out.put_u16(topic_len16);
-        for part in topic {
-            out.put_slice(part.as_bytes());
-        }
-        if pkid_len > 0 {
-            out.put_u16(self.pkid);
-        }
-        out.put_slice(body);
-        Ok(())
+        );
+        wire::write_publish(
+            out,
+            &topic,
+            self.qos,
+            self.pkid,
+            self.queued.message.body(),
+            max_packet,
+        )
     }
 }
 
@@ -334,7 +299,6 @@ mod tests {
     use super::*;
     use crate::journal::SEGMENT_BYTES;
     use bytes::Bytes;
-    use edge_protocol::topic;
     use rumqttc::Publish;
 
     fn endpoint(window: usize, ttl: Duration) -> (Endpoint, Journal, tempfile::TempDir) {
@@ -378,23 +342,17 @@ mod tests {
 
     #[test]
     fn a_delivery_encodes_as_rumqttc_encodes_its_publish() {
-        // Remaining lengths of one, two and three bytes; with and without a packet id.
-        for (body, qos, pkid) in [
-            (10, QoS::AtLeastOnce, 258),
-            (300, QoS::AtLeastOnce, 1),
-            (300, QoS::AtMostOnce, 0),
-            (20_000, QoS::AtLeastOnce, 65_535),
-        ] {
-            let mut m = edge_protocol::Message::new("x".repeat(body));
-            if body > 10 {
-                m.correlation_id = Some("c/1 &".into());
-            }
-            let queued = Pending {
-                seq: 1,
-                input: Arc::from("in"),
-                message: Arc::new(m.into()),
-                at_ms: 0,
-            };
+        // The framing's cases (lengths, packet ids, the limit) are edge_client::wire's
+        // tests; here, the delivery's topic, packet id and payload.
+        let mut m = edge_protocol::Message::new("x".repeat(300));
+        m.correlation_id = Some("c/1 &".into());
+        let queued = Pending {
+            seq: 1,
+            input: Arc::from("in"),
+            message: Arc::new(m.into()),
+            at_ms: 0,
+        };
+        for (qos, pkid) in [(QoS::AtLeastOnce, 258), (QoS::AtMostOnce, 0)] {
             let d = Delivery {
                 device: Arc::from("edge"),
                 module: Arc::from("m"),
@@ -415,12 +373,6 @@ mod tests {
             let mut wire = BytesMut::new();
             d.encode(&mut wire, 1 << 20).unwrap();
             assert_eq!(wire, expected, "{qos:?}");
-            // The limit counts the whole packet; over it, nothing is written.
-            let mut exact = BytesMut::new();
-            assert!(d.encode(&mut exact, expected.len()).is_ok());
-            let mut small = BytesMut::new();
-            assert!(d.encode(&mut small, expected.len() - 1).is_err());
-            assert!(small.is_empty());
         }
     }
 

@@ -10,7 +10,7 @@ use crate::twin::Twins;
 use crate::upstream::{Appended, Upstream};
 use bytes::Bytes;
 use edge_protocol::properties::{self, Restamped};
-use edge_protocol::{sas, topic, CompactString, SasToken};
+use edge_protocol::{sas, topic, CompactString, SasToken, SystemProperty};
 use edge_routes::{MessageView, Route, Sink};
 use rumqttc::{ConnectReturnCode, Packet, Publish, QoS};
 use serde_json::Value;
@@ -124,11 +124,22 @@ pub struct Hub {
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
-/// A route of the manifest, with its sink's module queue looked up once (not for every
-/// message it routes).
+/// A route of the manifest, with where it stores what it matches: its sink's module queue
+/// is looked up once, not for every message it routes.
 struct RouteEntry {
     route: Route,
-    queue: Option<Arc<Mutex<Endpoint>>>,
+    target: Target,
+}
+
+/// Where a route's messages go.
+enum Target {
+    /// The `$upstream` store.
+    Upstream,
+    /// A module's queue, for one of its inputs.
+    Queue {
+        queue: Arc<Mutex<Endpoint>>,
+        input: String,
+    },
 }
 
 /// A message as route conditions see it. The sender's identity and output, known from the
@@ -144,16 +155,13 @@ struct View<'a> {
 
 impl MessageView for View<'_> {
     fn system_property(&self, name: &str) -> Option<Cow<'_, str>> {
-        let known = |n: &[&str]| n.iter().any(|n| n.eq_ignore_ascii_case(name));
-        if known(&["connectionDeviceId", "iothub-connection-device-id"]) {
-            Some(Cow::Borrowed(self.device))
-        } else if known(&["connectionModuleId", "iothub-connection-module-id"]) {
-            self.module.map(Cow::Borrowed)
-        } else if known(&["outputName"]) {
-            self.output.map(Cow::Borrowed)
-        } else {
-            self.m.message().system_property(name).map(Cow::Borrowed)
-        }
+        let value = match SystemProperty::from_query_name(name)? {
+            SystemProperty::ConnectionDeviceId => Some(self.device),
+            SystemProperty::ConnectionModuleId => self.module,
+            SystemProperty::OutputName => self.output,
+            other => self.m.message().system(other),
+        };
+        value.map(Cow::Borrowed)
     }
     fn application_property(&self, name: &str) -> Option<Cow<'_, str>> {
         self.m.message().property(name).map(Cow::Borrowed)
@@ -214,11 +222,11 @@ impl Hub {
         module_keys: KeyStore,
         device_keys: KeyStore,
     ) -> (Hub, Vec<RouteError>) {
-        let mut routes = Vec::new();
+        let mut parsed = Vec::new();
         let mut errors = Vec::new();
         for r in &manifest.routes {
             match edge_routes::parse_route(&r.text) {
-                Ok(route) => routes.push(RouteEntry { route, queue: None }),
+                Ok(route) => parsed.push(route),
                 Err(e) => errors.push(RouteError {
                     name: r.name.clone(),
                     text: r.text.clone(),
@@ -228,7 +236,7 @@ impl Hub {
         }
         let mut hub = Hub {
             cfg,
-            routes,
+            routes: Vec::new(),
             endpoints: Mutex::new(HashMap::new()),
             journal,
             sessions: Mutex::new(HashMap::new()),
@@ -243,17 +251,19 @@ impl Hub {
         for m in &manifest.modules {
             hub.endpoint(&m.name);
         }
-        let queues: Vec<_> = hub
-            .routes
-            .iter()
-            .map(|r| match &r.route.sink {
-                Sink::Module { module, .. } => Some(hub.endpoint(module)),
-                Sink::Upstream => None,
+        hub.routes = parsed
+            .into_iter()
+            .map(|route| {
+                let target = match &route.sink {
+                    Sink::Upstream => Target::Upstream,
+                    Sink::Module { module, input } => Target::Queue {
+                        queue: hub.endpoint(module),
+                        input: input.clone(),
+                    },
+                };
+                RouteEntry { route, target }
             })
             .collect();
-        for (r, queue) in hub.routes.iter_mut().zip(queues) {
-            r.queue = queue;
-        }
         for (module, pending) in replayed {
             lock(&hub.endpoint(&module)).restore(pending);
         }
@@ -538,18 +548,14 @@ impl Hub {
         let m = Arc::new(m);
         let mut stored = Vec::with_capacity(sinks.len());
         for r in sinks {
-            match (&r.route.sink, &r.queue) {
-                (Sink::Upstream, _) => {
+            match &r.target {
+                Target::Upstream => {
                     self.metrics.to_upstream.fetch_add(1, Ordering::Relaxed);
                     stored.push(self.upstream.append(m.clone()));
                 }
-                (Sink::Module { input, .. }, Some(queue)) => {
+                Target::Queue { queue, input } => {
                     self.metrics.to_modules.fetch_add(1, Ordering::Relaxed);
                     stored.push(lock(queue).enqueue(input, m.clone()));
-                }
-                (Sink::Module { module, input }, None) => {
-                    self.metrics.to_modules.fetch_add(1, Ordering::Relaxed);
-                    stored.push(lock(&self.endpoint(module)).enqueue(input, m.clone()));
                 }
             }
         }

@@ -1,8 +1,9 @@
 //! MQTT 3.1.1 on the wire, shared by the module client and the local edgeHub: packets are
-//! read and written with rumqttc's codec (`rumqttc::mqttbytes::v4`).
+//! read and written with rumqttc's codec (`rumqttc::mqttbytes::v4`), except the PUBLISH
+//! packets edgeHub delivers, which [`write_publish`] writes with their topic in place.
 
-use bytes::BytesMut;
-use rumqttc::Packet;
+use bytes::{BufMut, BytesMut};
+use rumqttc::{Packet, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Largest MQTT packet accepted or sent (IoT Hub's message limit is 256 KiB, plus topic).
@@ -53,6 +54,59 @@ pub fn next_packet(buf: &mut BytesMut) -> std::io::Result<Option<Packet>> {
             format!("malformed MQTT packet: {e}"),
         )),
     }
+}
+
+/// Appends a PUBLISH packet to `out`, its topic the concatenation of `topic` (written in
+/// place, without building the topic first), without DUP or RETAIN. A packet over
+/// `max_packet` bytes (rumqttc's limit: the whole packet) is not written.
+pub fn write_publish(
+    out: &mut BytesMut,
+    topic: &[&str],
+    qos: QoS,
+    pkid: u16,
+    payload: &[u8],
+    max_packet: usize,
+) -> Result<(), String> {
+    let topic_len: usize = topic.iter().map(|p| p.len()).sum();
+    let topic_len16 = u16::try_from(topic_len)
+        .map_err(|_| format!("topic of {topic_len} bytes is too long for MQTT"))?;
+    let pkid_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    let remaining = 2 + topic_len + pkid_len + payload.len();
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    let size = 1 + length_bytes + remaining;
+    if size > max_packet {
+        return Err(format!(
+            "PUBLISH of {size} bytes is over the packet limit of {max_packet}"
+        ));
+    }
+    out.reserve(size);
+    // Fixed header: PUBLISH and its QoS; then the remaining length as a variable-length
+    // integer (7 bits per byte, least significant first).
+    out.put_u8(0x30 | (qos as u8) << 1);
+    let mut n = remaining;
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        if n == 0 {
+            out.put_u8(byte);
+            break;
+        }
+        out.put_u8(byte | 0x80);
+    }
+    out.put_u16(topic_len16);
+    for part in topic {
+        out.put_slice(part.as_bytes());
+    }
+    if pkid_len > 0 {
+        out.put_u16(pkid);
+    }
+    out.put_slice(payload);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -144,6 +198,37 @@ mod tests {
         assert!(matches!(next_packet(&mut buf), Ok(None)));
         let mut garbage = BytesMut::from(&[0xf0u8, 0x00][..]);
         assert!(next_packet(&mut garbage).is_err());
+    }
+
+    #[test]
+    fn write_publish_writes_what_rumqttc_writes() {
+        // Remaining lengths of one, two and three bytes; with and without a packet id.
+        for (body, qos, pkid) in [
+            (10, QoS::AtLeastOnce, 258),
+            (300, QoS::AtLeastOnce, 1),
+            (300, QoS::AtMostOnce, 0),
+            (20_000, QoS::AtLeastOnce, 65_535),
+        ] {
+            let topic = ["devices/edge/modules/m/inputs/in/", "$.cid=c%2F1%20%26"];
+            let payload = vec![b'x'; body];
+            let mut publish = Publish::new(topic.concat(), qos, payload.clone());
+            publish.pkid = pkid;
+            let mut expected = BytesMut::new();
+            Packet::Publish(publish)
+                .write(&mut expected, 1 << 20)
+                .unwrap();
+            let mut wire = BytesMut::new();
+            write_publish(&mut wire, &topic, qos, pkid, &payload, 1 << 20).unwrap();
+            assert_eq!(wire, expected, "{body} bytes, {qos:?}");
+            // The limit counts the whole packet; over it, nothing is written.
+            let mut exact = BytesMut::new();
+            assert!(write_publish(&mut exact, &topic, qos, pkid, &payload, expected.len()).is_ok());
+            let mut small = BytesMut::new();
+            assert!(
+                write_publish(&mut small, &topic, qos, pkid, &payload, expected.len() - 1).is_err()
+            );
+            assert!(small.is_empty());
+        }
     }
 
     /// A reader that returns `a` and `b` in two separate reads.

@@ -15,6 +15,6 @@ pub mod topic;
 
 pub use compact_str::CompactString;
 pub use connection_string::{ConnectionString, ConnectionStringError};
-pub use message::Message;
+pub use message::{Message, SystemProperty};
 pub use sas::{SasError, SasToken};
 pub use topic::{Topic, TopicError};

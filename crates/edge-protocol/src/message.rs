@@ -111,30 +111,91 @@ impl Message {
     /// `contentType`, `contentEncoding`, `userId`, `to`, `connectionDeviceId`,
     /// `connectionModuleId`, `iothub-enqueuedtime`, `iothub-creation-time-utc`, ...
     pub fn system_property(&self, name: &str) -> Option<&str> {
-        type Get = fn(&Message) -> &Option<CompactString>;
-        const NAMES: [(&str, Get); 18] = [
-            ("messageId", |m| &m.message_id),
-            ("correlationId", |m| &m.correlation_id),
-            ("contentType", |m| &m.content_type),
-            ("contentEncoding", |m| &m.content_encoding),
-            ("userId", |m| &m.user_id),
-            ("to", |m| &m.to),
-            ("connectionDeviceId", |m| &m.connection_device_id),
-            ("iothub-connection-device-id", |m| &m.connection_device_id),
-            ("connectionModuleId", |m| &m.connection_module_id),
-            ("iothub-connection-module-id", |m| &m.connection_module_id),
-            ("iothub-enqueuedtime", |m| &m.enqueued_time),
-            ("enqueuedTime", |m| &m.enqueued_time),
-            ("iothub-creation-time-utc", |m| &m.creation_time),
-            ("creationTimeUtc", |m| &m.creation_time),
-            ("absoluteExpiryTime", |m| &m.expiry),
-            ("expiryTimeUtc", |m| &m.expiry),
-            ("outputName", |m| &m.output_name),
-            ("inputName", |m| &m.input_name),
+        self.system(SystemProperty::from_query_name(name)?)
+    }
+
+    /// The value of system property `p`.
+    pub fn system(&self, p: SystemProperty) -> Option<&str> {
+        let field = match p {
+            SystemProperty::MessageId => &self.message_id,
+            SystemProperty::CorrelationId => &self.correlation_id,
+            SystemProperty::ContentType => &self.content_type,
+            SystemProperty::ContentEncoding => &self.content_encoding,
+            SystemProperty::UserId => &self.user_id,
+            SystemProperty::To => &self.to,
+            SystemProperty::ConnectionDeviceId => &self.connection_device_id,
+            SystemProperty::ConnectionModuleId => &self.connection_module_id,
+            SystemProperty::EnqueuedTime => &self.enqueued_time,
+            SystemProperty::CreationTime => &self.creation_time,
+            SystemProperty::Expiry => &self.expiry,
+            SystemProperty::OutputName => &self.output_name,
+            SystemProperty::InputName => &self.input_name,
+        };
+        field.as_deref()
+    }
+}
+
+/// A system property of a message, as route queries read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemProperty {
+    /// `messageId`.
+    MessageId,
+    /// `correlationId`.
+    CorrelationId,
+    /// `contentType`.
+    ContentType,
+    /// `contentEncoding`.
+    ContentEncoding,
+    /// `userId`.
+    UserId,
+    /// `to`.
+    To,
+    /// `connectionDeviceId` (stamped by the hub).
+    ConnectionDeviceId,
+    /// `connectionModuleId` (stamped by the hub).
+    ConnectionModuleId,
+    /// `iothub-enqueuedtime` (stamped by the hub).
+    EnqueuedTime,
+    /// `iothub-creation-time-utc`.
+    CreationTime,
+    /// `absoluteExpiryTime`.
+    Expiry,
+    /// `outputName`.
+    OutputName,
+    /// `inputName`.
+    InputName,
+}
+
+impl SystemProperty {
+    /// The property a route query names `name` (without `$`, case-insensitively), with
+    /// the aliases IoT Hub accepts.
+    pub fn from_query_name(name: &str) -> Option<SystemProperty> {
+        use SystemProperty::*;
+        const NAMES: [(&str, SystemProperty); 18] = [
+            ("messageId", MessageId),
+            ("correlationId", CorrelationId),
+            ("contentType", ContentType),
+            ("contentEncoding", ContentEncoding),
+            ("userId", UserId),
+            ("to", To),
+            ("connectionDeviceId", ConnectionDeviceId),
+            ("iothub-connection-device-id", ConnectionDeviceId),
+            ("connectionModuleId", ConnectionModuleId),
+            ("iothub-connection-module-id", ConnectionModuleId),
+            ("iothub-enqueuedtime", EnqueuedTime),
+            ("enqueuedTime", EnqueuedTime),
+            ("iothub-creation-time-utc", CreationTime),
+            ("creationTimeUtc", CreationTime),
+            ("absoluteExpiryTime", Expiry),
+            ("expiryTimeUtc", Expiry),
+            ("outputName", OutputName),
+            ("inputName", InputName),
         ];
         // Matched without allocating: routes ask for a property of every message.
-        let (_, get) = NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name))?;
-        get(self).as_deref()
+        NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, p)| *p)
     }
 }
 

@@ -251,7 +251,8 @@ const SENDER_SYSTEM_KEYS: [&str; 9] = [
 enum Class {
     /// Unreserved: copied as it is.
     Plain,
-    /// `%`: an escape, copied as it is (the key must be decoded to be compared).
+    /// `%`: copied as it is when it escapes an ASCII byte, encoded again otherwise (a key
+    /// with one is decoded to be compared).
     Percent,
     /// `&`: ends a part.
     Amp,

@@ -200,9 +200,16 @@ fn joined(parts: &[&str], spare: usize) -> String {
     t
 }
 
-/// `devices/{device}/modules/{module}/inputs/{input}/`, with room for a bag of `bag_room`.
-fn module_input_prefix(device: &str, module: &str, input: &str, bag_room: usize) -> String {
-    let parts = [
+/// The pieces of `devices/{device}/modules/{module}/inputs/{input}/{bag}`, for writers that
+/// put a topic together where it goes (edgeHub writes each delivery's topic straight into
+/// the connection's buffer).
+pub fn module_input_parts<'a>(
+    device: &'a str,
+    module: &'a str,
+    input: &'a str,
+    bag: &'a str,
+) -> [&'a str; 8] {
+    [
         "devices/",
         device,
         "/modules/",
@@ -210,8 +217,13 @@ fn module_input_prefix(device: &str, module: &str, input: &str, bag_room: usize)
         "/inputs/",
         input,
         "/",
-    ];
-    joined(&parts, bag_room)
+        bag,
+    ]
+}
+
+/// `devices/{device}/modules/{module}/inputs/{input}/`, with room for a bag of `bag_room`.
+fn module_input_prefix(device: &str, module: &str, input: &str, bag_room: usize) -> String {
+    joined(&module_input_parts(device, module, input, ""), bag_room)
 }
 
 /// Topic for the hub delivering `message` to a module input.
@@ -224,9 +236,7 @@ pub fn module_input(device: &str, module: &str, input: &str, message: &Message) 
 /// Like [`module_input`], with the message's property bag (`Direction::FromHub`) already
 /// encoded.
 pub fn module_input_with_bag(device: &str, module: &str, input: &str, bag: &str) -> String {
-    let mut t = module_input_prefix(device, module, input, bag.len());
-    t.push_str(bag);
-    t
+    joined(&module_input_parts(device, module, input, bag), 0)
 }
 
 /// The filter a module subscribes to for all its inputs.

@@ -171,17 +171,18 @@ impl SystemProperty {
     /// the aliases IoT Hub accepts.
     pub fn from_query_name(name: &str) -> Option<SystemProperty> {
         use SystemProperty::*;
+        // The sender's identity first: routes ask for it most.
         const NAMES: [(&str, SystemProperty); 18] = [
+            ("connectionModuleId", ConnectionModuleId),
+            ("connectionDeviceId", ConnectionDeviceId),
+            ("iothub-connection-module-id", ConnectionModuleId),
+            ("iothub-connection-device-id", ConnectionDeviceId),
             ("messageId", MessageId),
             ("correlationId", CorrelationId),
             ("contentType", ContentType),
             ("contentEncoding", ContentEncoding),
             ("userId", UserId),
             ("to", To),
-            ("connectionDeviceId", ConnectionDeviceId),
-            ("iothub-connection-device-id", ConnectionDeviceId),
-            ("connectionModuleId", ConnectionModuleId),
-            ("iothub-connection-module-id", ConnectionModuleId),
             ("iothub-enqueuedtime", EnqueuedTime),
             ("enqueuedTime", EnqueuedTime),
             ("iothub-creation-time-utc", CreationTime),

@@ -11,7 +11,8 @@ use bytes::BytesMut;
 use edge_client::wire;
 use edge_protocol::topic;
 use rumqttc::{Packet, QoS};
-use std::collections::{BTreeMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Notify};
@@ -111,7 +112,8 @@ pub struct Endpoint {
     journal: Journal,
     inputs: Vec<Arc<str>>,
     queue: VecDeque<Queued>,
-    in_flight: BTreeMap<u16, Queued>,
+    /// Delivered and not yet acknowledged, by packet id.
+    in_flight: FxHashMap<u16, Queued>,
     conn: Option<(Conn, QoS)>,
     next_pkid: u16,
     window: usize,
@@ -129,7 +131,7 @@ impl Endpoint {
             journal,
             inputs: Vec::new(),
             queue: VecDeque::new(),
-            in_flight: BTreeMap::new(),
+            in_flight: FxHashMap::default(),
             conn: None,
             next_pkid: 0,
             window: window.max(1),
@@ -171,7 +173,7 @@ impl Endpoint {
     /// The next free packet id after `last`. Packet ids keep increasing across
     /// connections, so a late PUBACK from an earlier connection cannot acknowledge a
     /// different message.
-    fn next_pkid(last: &mut u16, in_flight: &BTreeMap<u16, Queued>) -> u16 {
+    fn next_pkid(last: &mut u16, in_flight: &FxHashMap<u16, Queued>) -> u16 {
         loop {
             *last = last.wrapping_add(1).max(1);
             if !in_flight.contains_key(last) {

@@ -13,6 +13,7 @@ use edge_protocol::properties::{self, Restamped};
 use edge_protocol::{sas, topic, CompactString, SasToken, SystemProperty};
 use edge_routes::{MessageView, Route, Sink};
 use rumqttc::{ConnectReturnCode, Packet, Publish, QoS};
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -109,7 +110,7 @@ struct Session {
 pub struct Hub {
     cfg: HubConfig,
     routes: Vec<RouteEntry>,
-    endpoints: Mutex<HashMap<String, Arc<Mutex<Endpoint>>>>,
+    endpoints: Mutex<FxHashMap<String, Arc<Mutex<Endpoint>>>>,
     journal: Journal,
     sessions: Mutex<HashMap<String, Session>>,
     /// Module and device twins.
@@ -237,7 +238,7 @@ impl Hub {
         let mut hub = Hub {
             cfg,
             routes: Vec::new(),
-            endpoints: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(FxHashMap::default()),
             journal,
             sessions: Mutex::new(HashMap::new()),
             twins,

@@ -18,7 +18,8 @@
 use crate::hub_message::HubMessage;
 use crate::upstream::Appended;
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -137,7 +138,7 @@ impl Journal {
             dir: dir.to_owned(),
             segment_bytes: segment_bytes.max(1),
             live: BTreeMap::new(),
-            segment_of: HashMap::new(),
+            segment_of: FxHashMap::default(),
             current: 0,
             file: None,
             size: 0,
@@ -345,7 +346,7 @@ struct WriterState {
     /// Pending messages per segment.
     live: BTreeMap<u64, u64>,
     /// Segment of each pending message.
-    segment_of: HashMap<u64, u64>,
+    segment_of: FxHashMap<u64, u64>,
     current: u64,
     file: Option<File>,
     size: u64,

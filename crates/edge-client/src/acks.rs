@@ -10,7 +10,8 @@
 
 use bytes::Bytes;
 use rumqttc::QoS;
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
@@ -27,13 +28,13 @@ pub(crate) struct Outbound {
     pub(crate) _permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Publishes not yet acknowledged by edgeHub, by packet id and in first-sent order.
+/// Publishes not yet acknowledged by edgeHub, by packet id, each with its place in the
+/// order they were taken in.
 #[derive(Default)]
 pub(crate) struct SendTracker {
     next_seq: u64,
     next_pkid: u16,
-    unacked: BTreeMap<u64, (u16, Outbound)>,
-    by_pkid: HashMap<u16, u64>,
+    unacked: FxHashMap<u16, (u64, Outbound)>,
 }
 
 impl SendTracker {
@@ -41,7 +42,7 @@ impl SendTracker {
     pub(crate) fn free_pkid(&mut self, reserved: Option<u16>) -> u16 {
         loop {
             self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
-            if !self.by_pkid.contains_key(&self.next_pkid) && Some(self.next_pkid) != reserved {
+            if !self.unacked.contains_key(&self.next_pkid) && Some(self.next_pkid) != reserved {
                 return self.next_pkid;
             }
         }
@@ -52,25 +53,27 @@ impl SendTracker {
         let pkid = self.free_pkid(reserved);
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.by_pkid.insert(pkid, seq);
-        self.unacked.insert(seq, (pkid, o));
+        self.unacked.insert(pkid, (seq, o));
         pkid
     }
 
     /// edgeHub acknowledged `pkid`: its sender is told.
     pub(crate) fn acked(&mut self, pkid: u16) {
-        if let Some((_, o)) = self
-            .by_pkid
-            .remove(&pkid)
-            .and_then(|seq| self.unacked.remove(&seq))
-        {
+        if let Some((_, o)) = self.unacked.remove(&pkid) {
             let _ = o.done.send(());
         }
     }
 
-    /// Every unacknowledged publish with its packet id, in the order they were taken in.
-    pub(crate) fn unacked(&self) -> impl Iterator<Item = (u16, &Outbound)> {
-        self.unacked.values().map(|(pkid, o)| (*pkid, o))
+    /// Every unacknowledged publish with its packet id, in the order they were taken in
+    /// (sorted here: this is asked only when a connection starts).
+    pub(crate) fn unacked(&self) -> Vec<(u16, &Outbound)> {
+        let mut all: Vec<(u64, u16, &Outbound)> = self
+            .unacked
+            .iter()
+            .map(|(pkid, (seq, o))| (*seq, *pkid, o))
+            .collect();
+        all.sort_unstable_by_key(|(seq, ..)| *seq);
+        all.into_iter().map(|(_, pkid, o)| (pkid, o)).collect()
     }
 
     /// Publishes not yet acknowledged.
@@ -91,7 +94,9 @@ pub(crate) struct Release {
 struct SeqState {
     next_seq: u64,
     next_release: u64,
-    done: BTreeMap<u64, Option<Release>>,
+    /// Messages `next_release..next_seq`, at `seq - next_release`: `None` while handled,
+    /// then what to release (a PUBACK, or nothing).
+    done: VecDeque<Option<Option<Release>>>,
 }
 
 /// Releases PUBACKs in arrival order.
@@ -138,12 +143,18 @@ impl AckSequencer {
 
     fn finish(&self, seq: u64, release: Option<Release>) {
         let mut st = lock(&self.state);
-        st.done.insert(seq, release);
-        loop {
-            let next = st.next_release;
-            let Some(r) = st.done.remove(&next) else {
-                break;
-            };
+        // A token finishes once, and releases stop at the first message not finished, so
+        // `seq` is at or after `next_release`, by at most the messages in flight.
+        let Some(at) = seq.checked_sub(st.next_release) else {
+            return;
+        };
+        let at = at as usize;
+        if at >= st.done.len() {
+            st.done.resize(at + 1, None);
+        }
+        st.done[at] = Some(release);
+        while let Some(Some(_)) = st.done.front() {
+            let r = st.done.pop_front().flatten().flatten();
             st.next_release += 1;
             if let Some(r) = r {
                 self.in_transit.fetch_add(1, Ordering::SeqCst);
@@ -246,7 +257,11 @@ mod tests {
             ids.push(t.add(outbound(name).0, None));
         }
         t.acked(ids[1]);
-        let left: Vec<(u16, String)> = t.unacked().map(|(p, o)| (p, o.topic.clone())).collect();
+        let left: Vec<(u16, String)> = t
+            .unacked()
+            .into_iter()
+            .map(|(p, o)| (p, o.topic.clone()))
+            .collect();
         assert_eq!(
             left,
             vec![(ids[0], "first".to_owned()), (ids[2], "third".to_owned())]
@@ -259,6 +274,22 @@ mod tests {
         assert_eq!((a, b), (u16::MAX, 2));
         let c = t.add(outbound("c").0, reserved);
         assert!(!ids.contains(&c) && c != 1 && c != a && c != b, "{c}");
+    }
+
+    #[test]
+    fn acks_finished_in_reverse_are_released_in_arrival_order() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = Arc::new(AckSequencer::new(tx));
+        let tokens: Vec<AckToken> = (1..=50).map(|p| s.token(1, p, QoS::AtLeastOnce)).collect();
+        for t in tokens.into_iter().rev() {
+            t.ack();
+        }
+        let released: Vec<u16> =
+            std::iter::from_fn(|| rx.try_recv().ok().map(|r| r.pkid)).collect();
+        assert_eq!(released, (1..=50).collect::<Vec<u16>>());
+        // Later messages start a fresh run.
+        s.token(1, 51, QoS::AtLeastOnce).ack();
+        assert_eq!(rx.try_recv().unwrap().pkid, 51);
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl<'a> Topic<'a> {
         let rest = topic
             .strip_prefix("devices/")
             .ok_or_else(|| err("expected 'devices/' or '$iothub/twin/'"))?;
-        let (device, rest) = rest.split_once('/').ok_or_else(|| err("no device id"))?;
+        let (device, rest) = split_at_slash(rest).ok_or_else(|| err("no device id"))?;
         if device.is_empty() {
             return Err(err("empty device id"));
         }
@@ -132,7 +132,7 @@ impl<'a> Topic<'a> {
         let rest = rest
             .strip_prefix("modules/")
             .ok_or_else(|| err("expected 'messages/events' or 'modules/'"))?;
-        let (module, rest) = rest.split_once('/').ok_or_else(|| err("no module id"))?;
+        let (module, rest) = split_at_slash(rest).ok_or_else(|| err("no module id"))?;
         if module.is_empty() {
             return Err(err("empty module id"));
         }
@@ -144,7 +144,7 @@ impl<'a> Topic<'a> {
             });
         }
         if let Some(rest) = rest.strip_prefix("inputs/") {
-            let (input, bag) = rest.split_once('/').unwrap_or((rest, ""));
+            let (input, bag) = split_at_slash(rest).unwrap_or((rest, ""));
             if input.is_empty() {
                 return Err(err("empty input name"));
             }
@@ -157,6 +157,13 @@ impl<'a> Topic<'a> {
         }
         Err(err("unknown module topic"))
     }
+}
+
+/// `s` split around its first `/` (a byte scan: the names before it are short, and a `/`
+/// is ASCII, so the position is a character boundary).
+fn split_at_slash(s: &str) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|b| b == b'/')?;
+    Some((&s[..i], &s[i + 1..]))
 }
 
 /// `messages/events` followed by nothing, `/`, or `/{bag}`.

@@ -174,21 +174,34 @@ pub fn decode_into(bag: &str, message: &mut Message) {
     let bytes = bag.as_bytes();
     let mut start = 0;
     while start < bytes.len() {
-        let end = bytes[start..]
-            .iter()
-            .position(|b| *b == b'&')
-            .map_or(bytes.len(), |i| start + i);
-        let part = &bag[start..end];
-        start = end + 1;
-        if part.is_empty() {
-            continue;
+        // One pass over the part: where it ends, and where its key ends.
+        let mut eq = None;
+        let mut end = start;
+        while end < bytes.len() {
+            match bytes[end] {
+                b'&' => break,
+                b'=' if eq.is_none() => eq = Some(end),
+                _ => {}
+            }
+            end += 1;
         }
-        let (k, v) = match part.bytes().position(|b| b == b'=') {
-            Some(i) => (&part[..i], &part[i + 1..]),
-            None => (part, ""),
+        let (k, v) = match eq {
+            Some(i) => (&bag[start..i], &bag[i + 1..end]),
+            None => (&bag[start..end], ""),
         };
-        let key = decode_part(k);
-        let slot = match &*key {
+        start = end + 1;
+        if eq.is_none() && k.is_empty() {
+            continue; // an empty part
+        }
+        // Keys are matched as they are unless escaped (system keys never are).
+        let decoded;
+        let key: &str = if k.as_bytes().contains(&b'%') {
+            decoded = decode_part(k);
+            &decoded
+        } else {
+            k
+        };
+        let slot = match key {
             "$.mid" => &mut message.message_id,
             "$.cid" => &mut message.correlation_id,
             "$.uid" => &mut message.user_id,
@@ -204,7 +217,7 @@ pub fn decode_into(bag: &str, message: &mut Message) {
             _ if key.starts_with("$.") => continue, // other system keys ($.ifid, …) are not kept
             _ => {
                 let value = decode_part(v);
-                message.properties.push((key, value));
+                message.properties.push((CompactString::from(key), value));
                 continue;
             }
         };
@@ -471,6 +484,13 @@ mod tests {
                 ("ü".into(), "ö".into()),
                 ("".into(), "".into())
             ]
+        );
+        // Escaped keys are decoded before they are matched: `%24.cid` is `$.cid`.
+        let m = decode("%24.cid=c&%24.ifid=x&A%20b=1&%24x=2");
+        assert_eq!(m.correlation_id.as_deref(), Some("c"));
+        assert_eq!(
+            m.properties,
+            vec![("A b".into(), "1".into()), ("$x".into(), "2".into())]
         );
     }
 

@@ -7,10 +7,10 @@
 
 use crate::endpoint::{Conn, Outgoing};
 use crate::hub::{Hub, Identity};
-use crate::upstream::Appended;
-use bytes::BytesMut;
+use crate::upstream::Stored;
+use bytes::{Bytes, BytesMut};
 pub use edge_client::wire::MAX_PACKET;
-use edge_client::wire::{next_packet, read_packet};
+use edge_client::wire::{read_packet, Incoming, PacketReader, PublishIn};
 use edge_protocol::properties;
 use edge_protocol::topic::{self, Topic};
 use rumqttc::{
@@ -129,15 +129,22 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
     let silent = tokio::time::sleep_until(heard + keep_alive);
     tokio::pin!(closed, token_expired, stop, silent);
     // One packet from the client; `Break` ends the connection, saying why.
-    let on_packet = |packet: Packet| -> ControlFlow<&'static str> {
-        match packet {
-            Packet::Publish(p) => {
+    let on_packet = |packet: Incoming<'_>| -> ControlFlow<&'static str> {
+        let packet = match packet {
+            Incoming::Publish(p) => {
                 if let Err(why) = session.publish(p) {
                     warn!(client = %connect.client_id, reason = why, "closing connection");
                     return ControlFlow::Break(why);
                 }
+                return ControlFlow::Continue(());
             }
-            Packet::PubAck(a) => hub.delivered(&identity, conn.id, a.pkid),
+            Incoming::PubAck(pkid) => {
+                hub.delivered(&identity, conn.id, pkid);
+                return ControlFlow::Continue(());
+            }
+            Incoming::Other(p) => p,
+        };
+        match packet {
             Packet::Subscribe(s) => {
                 let codes = s
                     .filters
@@ -170,8 +177,24 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
         }
         ControlFlow::Continue(())
     };
-    let reason = loop {
-        let first = tokio::select! {
+    let mut reader = PacketReader::from_buf(buf);
+    let reason = 'connection: loop {
+        // Every packet already read, then wait for more.
+        loop {
+            match reader.next_packet() {
+                Ok(Some(packet)) => {
+                    if let ControlFlow::Break(why) = on_packet(packet) {
+                        break 'connection why;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "read failed");
+                    break 'connection "connection error";
+                }
+            }
+        }
+        tokio::select! {
             _ = &mut closed => break "closed by the hub (session taken over or protocol error)",
             _ = &mut token_expired => break "SAS token expired",
             _ = &mut stop => break "runtime stopping",
@@ -180,35 +203,12 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
                     break "keep-alive expired";
                 }
                 silent.as_mut().reset(heard + keep_alive);
-                continue;
             }
-            r = read_packet(&mut rd, &mut buf) => match r {
+            r = reader.fill(&mut rd) => match r {
                 Err(e) => { debug!(error = %e, "read failed"); break "connection error" }
-                Ok(None) => break "connection closed by the client",
-                Ok(Some(p)) => {
-                    heard = tokio::time::Instant::now();
-                    p
-                }
+                Ok(false) => break "connection closed by the client",
+                Ok(true) => heard = tokio::time::Instant::now(),
             },
-        };
-        // This packet, then every other one the same read brought, before waiting again.
-        let mut next = Some(first);
-        let mut ended = None;
-        while let Some(packet) = next.take() {
-            if let ControlFlow::Break(why) = on_packet(packet) {
-                ended = Some(why);
-                break;
-            }
-            match next_packet(&mut buf) {
-                Ok(p) => next = p,
-                Err(e) => {
-                    debug!(error = %e, "read failed");
-                    ended = Some("connection error");
-                }
-            }
-        }
-        if let Some(why) = ended {
-            break why;
         }
     };
     info!(client = %connect.client_id, conn = conn.id, reason, "client gone");
@@ -228,12 +228,12 @@ struct Session {
 
 impl Session {
     /// Handles a PUBLISH from the client; `Err` closes the connection.
-    fn publish(&self, p: Publish) -> Result<(), &'static str> {
+    fn publish(&self, p: PublishIn<'_>) -> Result<(), &'static str> {
         if p.qos == QoS::ExactlyOnce {
             return Err("QoS 2 is not supported by IoT Hub");
         }
         let parsed =
-            Topic::parse(&p.topic).map_err(|_| "publish to a topic outside the IoT Hub scheme")?;
+            Topic::parse(p.topic).map_err(|_| "publish to a topic outside the IoT Hub scheme")?;
         let wait = match (&self.identity, parsed) {
             (
                 Identity::Module { device, module },
@@ -242,16 +242,16 @@ impl Session {
                     module: m,
                     bag,
                 },
-            ) if d == device && m == module => self.ingest(bag, &p),
+            ) if d == device && m == module => self.ingest(bag, p.payload),
             (Identity::Device { device }, Topic::DeviceEvents { device: d, bag })
                 if d == device =>
             {
-                self.ingest(bag, &p)
+                self.ingest(bag, p.payload)
             }
             (_, Topic::TwinGet { rid }) => {
                 let twin = self.hub.twins.get(&self.identity.client_id());
                 self.reply(topic::twin_response(200, &rid, None), twin.to_string());
-                Vec::new()
+                Stored::new()
             }
             (_, Topic::TwinPatchReported { rid }) => {
                 match serde_json::from_slice::<Value>(&p.payload) {
@@ -267,7 +267,7 @@ impl Session {
                         r#"{"message":"reported properties must be a JSON object"}"#.into(),
                     ),
                 }
-                Vec::new()
+                Stored::new()
             }
             _ => return Err("publish not allowed for this identity"),
         };
@@ -277,7 +277,7 @@ impl Session {
         Ok(())
     }
 
-    fn ingest(&self, bag: &str, p: &Publish) -> Vec<Appended> {
+    fn ingest(&self, bag: &str, body: Bytes) -> Stored {
         // The bag is decoded for the span only when debug logging is on.
         let span = tracing::debug_span!(
             "ingest",
@@ -286,7 +286,7 @@ impl Session {
                 .as_deref()
                 .unwrap_or("")
         );
-        span.in_scope(|| self.hub.ingest(&self.identity, bag, p.payload.clone()))
+        span.in_scope(|| self.hub.ingest(&self.identity, bag, body))
     }
 
     fn reply(&self, topic: String, body: String) {
@@ -300,13 +300,13 @@ impl Session {
 /// PUBACKs waiting for their messages to be stored, in the order the messages arrived.
 #[derive(Default)]
 struct PendingAcks {
-    queue: VecDeque<(u16, Vec<Appended>)>,
+    queue: VecDeque<(u16, Stored)>,
     /// A store failed or stopped: nothing more is acknowledged on this connection.
     stopped: bool,
 }
 
 impl PendingAcks {
-    fn push(&mut self, pkid: u16, waits: Vec<Appended>) {
+    fn push(&mut self, pkid: u16, waits: Stored) {
         if !self.stopped {
             self.queue.push_back((pkid, waits));
         }
@@ -466,9 +466,9 @@ mod tests {
         let (journal_1, stored_1) = oneshot::channel();
         let (upstream_1, stored_1b) = oneshot::channel();
         let (journal_3, stored_3) = oneshot::channel();
-        acks.push(1, vec![stored_1, stored_1b]);
-        acks.push(2, Vec::new()); // a twin request: nothing to store
-        acks.push(3, vec![stored_3]);
+        acks.push(1, smallvec::smallvec![stored_1, stored_1b]);
+        acks.push(2, Stored::new()); // a twin request: nothing to store
+        acks.push(3, smallvec::smallvec![stored_3]);
 
         // Message 3 is stored first, message 1 only in one of its two sinks: nothing leaves.
         journal_3.send(Ok(())).unwrap();
@@ -489,9 +489,9 @@ mod tests {
         let mut out = BytesMut::new();
         let (ok, stored_1) = oneshot::channel();
         let (failing, stored_2) = oneshot::channel::<Result<(), String>>();
-        acks.push(1, vec![stored_1]);
-        acks.push(2, vec![stored_2]);
-        acks.push(3, Vec::new());
+        acks.push(1, smallvec::smallvec![stored_1]);
+        acks.push(2, smallvec::smallvec![stored_2]);
+        acks.push(3, Stored::new());
         ok.send(Ok(())).unwrap();
         failing.send(Err("disk full".into())).unwrap();
         assert_eq!(
@@ -500,7 +500,7 @@ mod tests {
         );
         // The message stored before the failure is acknowledged; 2 and 3 are not.
         assert_eq!(pubacks(&mut out), vec![1]);
-        acks.push(4, Vec::new());
+        acks.push(4, Stored::new());
         assert!(acks.is_empty());
         assert!(poll(&mut acks, &mut out).is_pending());
     }
@@ -510,7 +510,7 @@ mod tests {
         let mut acks = PendingAcks::default();
         let mut out = BytesMut::new();
         let (gone, stored) = oneshot::channel::<Result<(), String>>();
-        acks.push(1, vec![stored]);
+        acks.push(1, smallvec::smallvec![stored]);
         drop(gone);
         assert_eq!(poll(&mut acks, &mut out), Poll::Ready(Ok(0)));
         assert!(out.is_empty());

@@ -6,7 +6,7 @@
 
 use crate::hub_message::HubMessage;
 use crate::journal::{Journal, Pending};
-use crate::upstream::Appended;
+use crate::upstream::{Appended, Stored};
 use bytes::BytesMut;
 use edge_client::wire;
 use edge_protocol::topic;
@@ -67,7 +67,7 @@ pub enum Outgoing {
     Delivery(Delivery),
     /// The PUBACK for the client's message `pkid`, to send once every sink has stored it
     /// (the receivers resolve then). PUBACKs leave in the order they were queued.
-    PubAckWhenStored(u16, Vec<Appended>),
+    PubAckWhenStored(u16, Stored),
 }
 
 impl From<Packet> for Outgoing {

@@ -7,7 +7,7 @@ use crate::identity::KeyStore;
 use crate::journal::{Journal, Replayed};
 use crate::manifest::Manifest;
 use crate::twin::Twins;
-use crate::upstream::{Appended, Upstream};
+use crate::upstream::{Appended, Stored, Upstream};
 use bytes::Bytes;
 use edge_protocol::properties::{self, Restamped};
 use edge_protocol::{sas, topic, CompactString, SasToken, SystemProperty};
@@ -15,6 +15,7 @@ use edge_routes::{MessageView, Route, Sink};
 use rumqttc::{ConnectReturnCode, Packet, Publish, QoS};
 use rustc_hash::FxHashMap;
 use serde_json::Value;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -480,7 +481,7 @@ impl Hub {
     /// connection ids and enqueued time). Module queues take it at once (and may deliver it
     /// at once); the returned receivers resolve when every sink has it on disk (module
     /// journal, `$upstream` store), which is when the sender may be acknowledged.
-    pub fn ingest(&self, identity: &Identity, bag: &str, body: Bytes) -> Vec<Appended> {
+    pub fn ingest(&self, identity: &Identity, bag: &str, body: Bytes) -> Stored {
         self.metrics.received.fetch_add(1, Ordering::Relaxed);
         thread_local! {
             /// The route source of the message being ingested (reused: one per message).
@@ -526,8 +527,8 @@ impl Hub {
     }
 
     /// The sinks of the routes that `view`, from `source`, matches (each sink once).
-    fn sinks(&self, source: &str, view: &View<'_>) -> Vec<&RouteEntry> {
-        let mut sinks: Vec<&RouteEntry> = Vec::with_capacity(2);
+    fn sinks(&self, source: &str, view: &View<'_>) -> SmallVec<[&RouteEntry; 2]> {
+        let mut sinks = SmallVec::<[&RouteEntry; 2]>::new();
         for r in &self.routes {
             if !sinks.iter().any(|s| s.route.sink == r.route.sink) && r.route.matches(source, view)
             {
@@ -542,12 +543,12 @@ impl Hub {
     }
 
     /// Hands `m` to `sinks`; the receivers resolve once each has it on disk.
-    fn store(&self, sinks: Vec<&RouteEntry>, m: HubMessage) -> Vec<Appended> {
+    fn store(&self, sinks: SmallVec<[&RouteEntry; 2]>, m: HubMessage) -> Stored {
         if sinks.is_empty() {
-            return Vec::new();
+            return Stored::new();
         }
         let m = Arc::new(m);
-        let mut stored = Vec::with_capacity(sinks.len());
+        let mut stored = Stored::with_capacity(sinks.len());
         for r in sinks {
             match &r.target {
                 Target::Upstream => {

@@ -19,6 +19,10 @@ type Append = (Arc<HubMessage>, oneshot::Sender<Result<(), String>>);
 /// Result of a durable append.
 pub type Appended = oneshot::Receiver<Result<(), String>>;
 
+/// The stores a message was handed to, one receiver each (kept inline for up to two sinks,
+/// so taking a message allocates no list).
+pub type Stored = smallvec::SmallVec<[Appended; 2]>;
+
 /// Handle of the upstream store.
 #[derive(Clone)]
 pub struct Upstream {

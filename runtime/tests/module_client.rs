@@ -83,6 +83,41 @@ async fn output_to_input_round_trips_body_and_every_property() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_mqtt_cannot_carry_fails_at_once_and_the_client_goes_on() {
+    let t = start(manifest(&["sender", "receiver"], ROUTES, 7200, json!({}))).await;
+    let sender = t.client("sender").await;
+    let receiver = t.client("receiver").await;
+    let mut inputs = receiver.inputs().unwrap();
+
+    let huge = Message::json(vec![b' '; edge_client::wire::MAX_PACKET]);
+    let err = tokio::time::timeout(Duration::from_secs(5), sender.send_output("out", huge))
+        .await
+        .expect("refused at once, not left waiting for a PUBACK")
+        .unwrap_err();
+    assert!(matches!(err, edge_client::Error::TooLarge(_)), "{err}");
+    assert!(
+        err.to_string().contains("over the MQTT packet limit"),
+        "{err}"
+    );
+    let mut long_name = Message::json("{}");
+    long_name.properties = vec![("k".into(), "v".repeat(70_000).into())];
+    let err = sender.send_output("out", long_name).await.unwrap_err();
+    assert!(err.to_string().contains("topic of"), "{err}");
+
+    // The connection is unharmed: the next message goes through.
+    sender
+        .send_output("out", Message::json(r#"{"n": 1}"#))
+        .await
+        .unwrap();
+    let got = next_input(&mut inputs).await;
+    assert_eq!(&got.message.body[..], br#"{"n": 1}"#);
+    got.ack();
+    sender.close(Duration::from_secs(2)).await;
+    receiver.close(Duration::from_secs(2)).await;
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_inputs_are_redelivered_to_the_next_connection() {
     let t = start(manifest(&["sender", "receiver"], ROUTES, 7200, json!({}))).await;
     let sender = t.client("sender").await;

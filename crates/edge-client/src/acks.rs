@@ -48,13 +48,13 @@ impl SendTracker {
         }
     }
 
-    /// Takes a publish in; returns the packet id it is sent under.
-    pub(crate) fn add(&mut self, o: Outbound, reserved: Option<u16>) -> u16 {
+    /// Takes a publish in; returns the packet id it is sent under, and the publish.
+    pub(crate) fn add(&mut self, o: Outbound, reserved: Option<u16>) -> (u16, &Outbound) {
         let pkid = self.free_pkid(reserved);
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.unacked.insert(pkid, (seq, o));
-        pkid
+        let entry = self.unacked.entry(pkid).insert_entry((seq, o));
+        (pkid, &entry.into_mut().1)
     }
 
     /// edgeHub acknowledged `pkid`: its sender is told.
@@ -236,8 +236,8 @@ mod tests {
         let mut t = SendTracker::default();
         let (a, mut a_rx) = outbound("a");
         let (b, mut b_rx) = outbound("b");
-        let pa = t.add(a, None);
-        let pb = t.add(b, None);
+        let pa = t.add(a, None).0;
+        let pb = t.add(b, None).0;
         assert_ne!(pa, pb);
         t.acked(pb);
         assert!(b_rx.try_recv().is_ok());
@@ -254,7 +254,7 @@ mod tests {
         let mut t = SendTracker::default();
         let mut ids = Vec::new();
         for name in ["first", "second", "third"] {
-            ids.push(t.add(outbound(name).0, None));
+            ids.push(t.add(outbound(name).0, None).0);
         }
         t.acked(ids[1]);
         let left: Vec<(u16, String)> = t
@@ -269,10 +269,10 @@ mod tests {
         // Around the wrap of the 16-bit id space, ids in use and the reserved one are skipped.
         t.next_pkid = u16::MAX - 1;
         let reserved = Some(1);
-        let a = t.add(outbound("a").0, reserved);
-        let b = t.add(outbound("b").0, reserved);
+        let a = t.add(outbound("a").0, reserved).0;
+        let b = t.add(outbound("b").0, reserved).0;
         assert_eq!((a, b), (u16::MAX, 2));
-        let c = t.add(outbound("c").0, reserved);
+        let c = t.add(outbound("c").0, reserved).0;
         assert!(!ids.contains(&c) && c != 1 && c != a && c != b, "{c}");
     }
 

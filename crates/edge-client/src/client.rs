@@ -7,7 +7,9 @@
 use crate::acks::{AckSequencer, AckToken, Outbound, Release, SendTracker};
 use crate::error::Error;
 use crate::settings::{Credentials, Settings, TrustSource};
-use crate::wire::{next_packet, read_packet, MAX_PACKET};
+use crate::wire::{
+    self, read_packet, write_publish, Incoming, PacketReader, PublishIn, MAX_PACKET,
+};
 use crate::workload::WorkloadClient;
 use bytes::{Bytes, BytesMut};
 use edge_protocol::topic::{self, Topic};
@@ -339,6 +341,15 @@ impl ModuleClient {
             .acquire_owned()
             .await
             .map_err(|_| Error::Closed)?;
+        match wire::publish_size(topic.len(), QoS::AtLeastOnce, payload.len()) {
+            Ok(size) if size <= MAX_PACKET => {}
+            Ok(size) => {
+                return Err(Error::TooLarge(format!(
+                    "a publish of {size} bytes is over the MQTT packet limit of {MAX_PACKET}"
+                )))
+            }
+            Err(e) => return Err(Error::TooLarge(e)),
+        }
         let (done, rx) = oneshot::channel();
         let o = Outbound {
             topic,
@@ -648,11 +659,18 @@ impl Driver {
 
     /// Takes a publish in and encodes it.
     fn take_send(&mut self, o: Outbound, out: &mut BytesMut, reserved: Option<u16>) {
-        let (topic, payload) = (o.topic.clone(), o.payload.clone());
-        let pkid = self.sends.add(o, reserved);
-        let mut p = Publish::from_bytes(topic, QoS::AtLeastOnce, payload);
-        p.pkid = pkid;
-        encode(Packet::Publish(p), out);
+        let (pkid, o) = self.sends.add(o, reserved);
+        // `publish_tracked` checked the size.
+        if let Err(e) = write_publish(
+            out,
+            &[&o.topic],
+            QoS::AtLeastOnce,
+            pkid,
+            &o.payload,
+            MAX_PACKET,
+        ) {
+            warn!(error = %e, "packet not sent: it cannot be encoded");
+        }
     }
 
     /// Encodes a released PUBACK (if its message came on this connection).
@@ -664,8 +682,9 @@ impl Driver {
     }
 
     /// One connection, from CONNACK until it ends.
-    async fn session(&mut self, stream: Stream, mut rbuf: BytesMut) -> Ended {
+    async fn session(&mut self, stream: Stream, rbuf: BytesMut) -> Ended {
         let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut reader = PacketReader::from_buf(rbuf);
         let mut out = BytesMut::with_capacity(64 * 1024);
         // Subscriptions first, then every publish edgeHub has not acknowledged, again.
         let sub_pkid = self.sends.free_pkid(None);
@@ -691,6 +710,10 @@ impl Driver {
             let _ = first.send(Ok(()));
         } else {
             self.resync_desired();
+        }
+        // Whatever came with the CONNACK.
+        if let Err(e) = self.incoming_all(&mut reader, sub_pkid) {
+            return e;
         }
         let renew_at = self.renew_at();
         let ping_every = KEEP_ALIVE / 2;
@@ -757,18 +780,15 @@ impl Driver {
                     // The loop's top ends a finished drain and writes the ping.
                     continue;
                 }
-                r = read_packet(&mut rd, &mut rbuf) => {
-                    let p = match r {
-                        Ok(Some(p)) => p,
-                        Ok(None) => return Ended::Lost("edgeHub closed the connection".into()),
+                r = reader.fill(&mut rd) => {
+                    match r {
+                        Ok(true) => heard = tokio::time::Instant::now(),
+                        Ok(false) => return Ended::Lost("edgeHub closed the connection".into()),
                         Err(e) => return Ended::Lost(format!("reading from edgeHub: {e}")),
-                    };
-                    heard = tokio::time::Instant::now();
-                    self.incoming(p, sub_pkid);
-                    // Everything else already read, without waiting for more (a malformed
-                    // packet is left for the next read, which reports it).
-                    while let Ok(Some(p)) = next_packet(&mut rbuf) {
-                        self.incoming(p, sub_pkid);
+                    }
+                    // Every packet this read completed, without waiting for more.
+                    if let Err(e) = self.incoming_all(&mut reader, sub_pkid) {
+                        return e;
                     }
                 }
                 Some(o) = self.out_rx.recv(), if draining.is_none() => {
@@ -796,17 +816,28 @@ impl Driver {
         }
     }
 
-    fn incoming(&mut self, p: Packet, sub_pkid: u16) {
+    /// Handles every whole packet `reader` holds; `Err` ends the connection.
+    fn incoming_all(&mut self, reader: &mut PacketReader, sub_pkid: u16) -> Result<(), Ended> {
+        loop {
+            match reader.next_packet() {
+                Ok(Some(p)) => self.incoming(p, sub_pkid),
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Ended::Lost(format!("reading from edgeHub: {e}"))),
+            }
+        }
+    }
+
+    fn incoming(&mut self, p: Incoming<'_>, sub_pkid: u16) {
         match p {
-            Packet::Publish(p) => self.dispatch(p),
-            Packet::PubAck(a) => self.sends.acked(a.pkid),
-            Packet::SubAck(a) if a.pkid == sub_pkid => {
+            Incoming::Publish(p) => self.dispatch(p),
+            Incoming::PubAck(pkid) => self.sends.acked(pkid),
+            Incoming::Other(Packet::SubAck(a)) if a.pkid == sub_pkid => {
                 if a.return_codes.contains(&SubscribeReasonCode::Failure) {
                     warn!(codes = ?a.return_codes, "edgeHub refused a subscription");
                 }
             }
-            Packet::PingResp => {}
-            other => debug!(packet = ?other, "ignored packet from edgeHub"),
+            Incoming::Other(Packet::PingResp) => {}
+            Incoming::Other(other) => debug!(packet = ?other, "ignored packet from edgeHub"),
         }
     }
 
@@ -848,9 +879,9 @@ impl Driver {
         });
     }
 
-    fn dispatch(&self, p: Publish) {
+    fn dispatch(&self, p: PublishIn<'_>) {
         let token = self.inner.acks.token(self.epoch, p.pkid, p.qos);
-        match Topic::parse(&p.topic) {
+        match Topic::parse(p.topic) {
             Ok(Topic::ModuleInput { input, bag, .. }) => {
                 let mut message = properties::decode(bag);
                 message.body = p.payload;

@@ -1,8 +1,10 @@
-//! MQTT 3.1.1 on the wire, shared by the module client and the local edgeHub: packets are
-//! read and written with rumqttc's codec (`rumqttc::mqttbytes::v4`), except the PUBLISH
-//! packets edgeHub delivers, which [`write_publish`] writes with their topic in place.
+//! MQTT 3.1.1 on the wire, shared by the module client and the local edgeHub. A
+//! connection reads with [`PacketReader`]: PUBLISH and PUBACK packets, nearly all of the
+//! traffic, are parsed in place (the topic borrowed from the read buffer, the payload copied
+//! out once); the rare others, and the handshakes ([`read_packet`]), with rumqttc's codec
+//! (`rumqttc::mqttbytes::v4`). [`write_publish`] writes a PUBLISH with its topic in place.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rumqttc::{Packet, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -12,20 +14,21 @@ pub const MAX_PACKET: usize = 512 * 1024;
 /// Read-buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Payloads up to this size are copied out of the read buffer, so that the buffer is
-/// reused in place instead of being pinned by the messages read from it (a message held in
-/// a queue would otherwise keep a whole 64 KiB chunk alive); larger ones share it.
-const COPY_PAYLOAD_UP_TO: usize = 16 * 1024;
-
-/// Reads one packet into `buf`, reading more from `rd` as needed; `Ok(None)` at end of
-/// stream. Packets already in `buf` are returned without reading. Cancel-safe.
+/// Reads one packet into `buf` with rumqttc's codec, reading more from `rd` as needed;
+/// `Ok(None)` at end of stream. For handshakes (CONNECT, CONNACK): afterwards the
+/// connection reads with [`PacketReader::from_buf`]`(buf)`, which keeps what this read
+/// brought beyond the packet. Cancel-safe.
 pub async fn read_packet<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
 ) -> std::io::Result<Option<Packet>> {
     loop {
-        if let Some(p) = next_packet(buf)? {
-            return Ok(Some(p));
+        match Packet::read(buf, MAX_PACKET) {
+            Ok(p) => return Ok(Some(p)),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => {
+                buf.reserve(n.max(READ_CHUNK));
+            }
+            Err(e) => return Err(malformed(e)),
         }
         if rd.read_buf(buf).await? == 0 {
             return Ok(None);
@@ -33,27 +36,192 @@ pub async fn read_packet<R: AsyncRead + Unpin>(
     }
 }
 
-/// Takes the next whole packet out of `buf`, without reading: `Ok(None)` if `buf` holds
-/// only part of one (room for the rest is reserved). A connection handles every packet
-/// that one read brought this way before it waits again.
-pub fn next_packet(buf: &mut BytesMut) -> std::io::Result<Option<Packet>> {
-    match Packet::read(buf, MAX_PACKET) {
-        Ok(Packet::Publish(mut p)) => {
-            if p.payload.len() <= COPY_PAYLOAD_UP_TO {
-                p.payload = bytes::Bytes::copy_from_slice(&p.payload);
-            }
-            Ok(Some(Packet::Publish(p)))
-        }
-        Ok(p) => Ok(Some(p)),
-        Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => {
-            buf.reserve(n.max(READ_CHUNK));
-            Ok(None)
-        }
-        Err(e) => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("malformed MQTT packet: {e}"),
-        )),
+fn malformed(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("malformed MQTT packet: {e}"),
+    )
+}
+
+/// A PUBLISH as read: its topic borrowed from the read buffer, its payload its own (so a
+/// message held in a queue does not pin the buffer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishIn<'a> {
+    /// The topic name (UTF-8, checked).
+    pub topic: &'a str,
+    /// Quality of service (0 or 1 or 2).
+    pub qos: QoS,
+    /// Packet id; 0 at QoS 0.
+    pub pkid: u16,
+    /// The DUP flag: the sender may have sent it before.
+    pub dup: bool,
+    /// The RETAIN flag.
+    pub retain: bool,
+    /// The application message.
+    pub payload: Bytes,
+}
+
+/// A packet from the peer.
+#[derive(Debug)]
+pub enum Incoming<'a> {
+    /// A PUBLISH, parsed in place.
+    Publish(PublishIn<'a>),
+    /// A PUBACK, with its packet id.
+    PubAck(u16),
+    /// Any other packet (never a PUBLISH or PUBACK), read with rumqttc's codec.
+    Other(Packet),
+}
+
+/// The read side of an MQTT connection: a buffer that reads from the socket and hands out
+/// the packets in it one by one, without allocating for PUBACKs or for a PUBLISH's topic.
+#[derive(Debug, Default)]
+pub struct PacketReader {
+    buf: BytesMut,
+    /// Bytes at the front of `buf` that belong to the packet handed out last.
+    taken: usize,
+}
+
+/// PUBLISH and PUBACK, the packet types parsed in place (MQTT 3.1.1 §2.2.1).
+const PUBLISH: u8 = 3;
+const PUBACK: u8 = 4;
+
+impl PacketReader {
+    /// A reader that goes on from `buf`, which may already hold packets.
+    pub fn from_buf(buf: BytesMut) -> PacketReader {
+        PacketReader { buf, taken: 0 }
     }
+
+    /// Reads more from `rd`; `Ok(false)` at end of stream. Cancel-safe.
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> std::io::Result<bool> {
+        self.release();
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 8 {
+            // Moves what is left to the front when most of the buffer has been read (no
+            // allocation), or grows it.
+            self.buf.reserve(READ_CHUNK);
+        }
+        Ok(rd.read_buf(&mut self.buf).await? > 0)
+    }
+
+    fn release(&mut self) {
+        self.buf.advance(std::mem::take(&mut self.taken));
+    }
+
+    /// The next whole packet already read, without reading: `Ok(None)` if the buffer holds
+    /// only part of one (room for the rest is reserved) or nothing. A malformed packet is
+    /// an error, and the connection should end: where the next packet starts is unknown.
+    pub fn next_packet(&mut self) -> std::io::Result<Option<Incoming<'_>>> {
+        self.release();
+        let Some((header, remaining)) = fixed_header(&self.buf)? else {
+            return Ok(None);
+        };
+        let total = header + remaining;
+        if total > MAX_PACKET {
+            return Err(malformed(format!(
+                "a packet of {total} bytes is over the limit of {MAX_PACKET}"
+            )));
+        }
+        if self.buf.len() < total {
+            self.buf.reserve((total - self.buf.len()).max(READ_CHUNK));
+            return Ok(None);
+        }
+        let first = self.buf[0];
+        match first >> 4 {
+            PUBLISH => {
+                self.taken = total;
+                let p = publish(first, &self.buf[header..total])?;
+                Ok(Some(Incoming::Publish(p)))
+            }
+            PUBACK => {
+                if first != 0x40 || remaining != 2 {
+                    return Err(malformed("PUBACK with flags, or not 2 bytes long"));
+                }
+                self.taken = total;
+                Ok(Some(Incoming::PubAck(u16::from_be_bytes([
+                    self.buf[header],
+                    self.buf[header + 1],
+                ]))))
+            }
+            // Splits exactly this packet off the buffer.
+            _ => match Packet::read(&mut self.buf, MAX_PACKET) {
+                Ok(p) => Ok(Some(Incoming::Other(p))),
+                Err(e) => Err(malformed(e)),
+            },
+        }
+    }
+}
+
+/// The fixed header at the start of `b`: its length and the remaining length it gives;
+/// `None` if `b` ends inside it.
+fn fixed_header(b: &[u8]) -> std::io::Result<Option<(usize, usize)>> {
+    let mut remaining = 0usize;
+    // The remaining length: 7 bits per byte, least significant first, at most 4 bytes.
+    for i in 0..4 {
+        let Some(&byte) = b.get(1 + i) else {
+            return Ok(None);
+        };
+        remaining |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(Some((2 + i, remaining)));
+        }
+    }
+    Err(malformed("the remaining length is longer than 4 bytes"))
+}
+
+/// Parses a PUBLISH's variable header and payload (`body`, after the fixed header whose
+/// first byte is `first`).
+fn publish(first: u8, body: &[u8]) -> std::io::Result<PublishIn<'_>> {
+    let qos = match (first >> 1) & 0b11 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        _ => return Err(malformed("PUBLISH with QoS 3")),
+    };
+    let topic_len = match body {
+        [hi, lo, ..] => usize::from(u16::from_be_bytes([*hi, *lo])),
+        _ => return Err(malformed("PUBLISH too short for its topic length")),
+    };
+    let topic = body
+        .get(2..2 + topic_len)
+        .ok_or_else(|| malformed("PUBLISH topic runs past the packet"))?;
+    let topic = std::str::from_utf8(topic).map_err(|_| malformed("PUBLISH topic is not UTF-8"))?;
+    let mut rest = &body[2 + topic_len..];
+    let pkid = if qos == QoS::AtMostOnce {
+        0
+    } else {
+        if rest.len() < 2 {
+            return Err(malformed("PUBLISH too short for its packet id"));
+        }
+        let pkid = rest.get_u16();
+        if pkid == 0 {
+            return Err(malformed("PUBLISH at QoS 1 or 2 with packet id 0"));
+        }
+        pkid
+    };
+    Ok(PublishIn {
+        topic,
+        qos,
+        pkid,
+        dup: first & 0b1000 != 0,
+        retain: first & 0b1 != 0,
+        payload: Bytes::copy_from_slice(rest),
+    })
+}
+
+/// The size of a PUBLISH packet whose topic is `topic_len` bytes and payload
+/// `payload_len`; an error if MQTT cannot carry a topic that long.
+pub fn publish_size(topic_len: usize, qos: QoS, payload_len: usize) -> Result<usize, String> {
+    if topic_len > usize::from(u16::MAX) {
+        return Err(format!("topic of {topic_len} bytes is too long for MQTT"));
+    }
+    let pkid_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    let remaining = 2 + topic_len + pkid_len + payload_len;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    Ok(1 + length_bytes + remaining)
 }
 
 /// Appends a PUBLISH packet to `out`, its topic the concatenation of `topic` (written in
@@ -68,22 +236,14 @@ pub fn write_publish(
     max_packet: usize,
 ) -> Result<(), String> {
     let topic_len: usize = topic.iter().map(|p| p.len()).sum();
-    let topic_len16 = u16::try_from(topic_len)
-        .map_err(|_| format!("topic of {topic_len} bytes is too long for MQTT"))?;
-    let pkid_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
-    let remaining = 2 + topic_len + pkid_len + payload.len();
-    let length_bytes = match remaining {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    };
-    let size = 1 + length_bytes + remaining;
+    let size = publish_size(topic_len, qos, payload.len())?;
     if size > max_packet {
         return Err(format!(
             "PUBLISH of {size} bytes is over the packet limit of {max_packet}"
         ));
     }
+    let pkid_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    let remaining = 2 + topic_len + pkid_len + payload.len();
     out.reserve(size);
     // Fixed header: PUBLISH and its QoS; then the remaining length as a variable-length
     // integer (7 bits per byte, least significant first).
@@ -98,7 +258,8 @@ pub fn write_publish(
         }
         out.put_u8(byte | 0x80);
     }
-    out.put_u16(topic_len16);
+    // `publish_size` checked that the length fits.
+    out.put_u16(topic_len as u16);
     for part in topic {
         out.put_slice(part.as_bytes());
     }
@@ -114,90 +275,193 @@ mod tests {
     use super::*;
     use rumqttc::{PubAck, Publish, QoS};
 
-    #[tokio::test]
-    async fn reads_packets_split_anywhere_and_reports_the_end() {
-        let mut wire = BytesMut::new();
-        let mut p = Publish::new("devices/d/messages/events/", QoS::AtLeastOnce, "{}");
-        p.pkid = 7;
-        Packet::Publish(p).write(&mut wire, MAX_PACKET).unwrap();
-        Packet::PubAck(PubAck::new(9))
-            .write(&mut wire, MAX_PACKET)
-            .unwrap();
-        for cut in 0..wire.len() {
-            let (a, b) = wire.split_at(cut);
-            let mut rd = tokio_test_reader(a, b);
-            let mut buf = BytesMut::new();
-            let first = read_packet(&mut rd, &mut buf).await.unwrap();
-            assert!(
-                matches!(first, Some(Packet::Publish(p)) if p.pkid == 7),
-                "cut {cut}"
-            );
-            let second = read_packet(&mut rd, &mut buf).await.unwrap();
-            assert!(
-                matches!(second, Some(Packet::PubAck(a)) if a.pkid == 9),
-                "cut {cut}"
-            );
-            assert!(read_packet(&mut rd, &mut buf).await.unwrap().is_none());
+    /// Every packet `wire` holds, read by a [`PacketReader`] from a reader that returns
+    /// `wire` in reads cut at `cut`; publishes as rumqttc's `Publish`, PUBACKs as `PubAck`.
+    async fn read_all(wire: &[u8], cut: usize) -> std::io::Result<Vec<Packet>> {
+        let (a, b) = wire.split_at(cut);
+        let mut rd = AsyncReadExt::chain(a, b);
+        let mut reader = PacketReader::default();
+        let mut packets = Vec::new();
+        loop {
+            while let Some(p) = reader.next_packet()? {
+                packets.push(match p {
+                    Incoming::Publish(p) => {
+                        let mut owned = Publish::from_bytes(p.topic, p.qos, p.payload);
+                        owned.pkid = p.pkid;
+                        owned.dup = p.dup;
+                        owned.retain = p.retain;
+                        Packet::Publish(owned)
+                    }
+                    Incoming::PubAck(pkid) => Packet::PubAck(PubAck::new(pkid)),
+                    Incoming::Other(p) => p,
+                });
+            }
+            if !reader.fill(&mut rd).await? {
+                return Ok(packets);
+            }
         }
-        let mut garbage: &[u8] = &[0xf0, 0x00];
-        let err = read_packet(&mut garbage, &mut BytesMut::new()).await;
-        assert!(err
-            .unwrap_err()
-            .to_string()
-            .contains("malformed MQTT packet"));
+    }
+
+    fn encoded(packets: &[Packet]) -> BytesMut {
+        let mut wire = BytesMut::new();
+        for p in packets {
+            p.clone().write(&mut wire, MAX_PACKET).unwrap();
+        }
+        wire
     }
 
     #[tokio::test]
-    async fn small_payloads_do_not_pin_the_read_buffer_and_large_ones_share_it() {
-        for (size, pins) in [(1_000, false), (COPY_PAYLOAD_UP_TO + 1, true)] {
-            let mut wire = BytesMut::new();
+    async fn reads_what_rumqttc_writes_split_anywhere() {
+        let mut packets = Vec::new();
+        // Payloads whose remaining lengths take one, two and three bytes; every QoS and
+        // flag; a topic with escaped and non-ASCII characters.
+        for (i, size) in [0usize, 100, 200, 20_000].into_iter().enumerate() {
+            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                let mut p = Publish::new(
+                    format!("devices/d{i}/messages/events/$.cid=c%2F1&Bé={size}"),
+                    qos,
+                    vec![b'x' + i as u8; size],
+                );
+                p.pkid = if qos == QoS::AtMostOnce {
+                    0
+                } else {
+                    300 + i as u16
+                };
+                p.dup = qos != QoS::AtMostOnce && i % 2 == 0;
+                p.retain = i == 1;
+                packets.push(Packet::Publish(p));
+            }
+        }
+        packets.push(Packet::PubAck(PubAck::new(1)));
+        packets.push(Packet::PingResp);
+        packets.push(Packet::PubAck(PubAck::new(65_535)));
+        packets.push(Packet::Publish(Publish::new("", QoS::AtMostOnce, "")));
+        let wire = encoded(&packets);
+        for cut in (0..wire.len()).step_by(97).chain([1, 2, 3, wire.len()]) {
+            assert_eq!(read_all(&wire, cut).await.unwrap(), packets, "cut at {cut}");
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_packets_are_errors_that_say_what_is_wrong() {
+        let publish = |topic: &[u8], flags: u8, tail: &[u8]| {
+            let mut b = vec![0x30 | flags, (2 + topic.len() + tail.len()) as u8];
+            b.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+            b.extend_from_slice(topic);
+            b.extend_from_slice(tail);
+            b
+        };
+        let mut topic_past_end = publish(b"abc", 0, b"");
+        topic_past_end[3] = 9;
+        let mut oversize = vec![0x30];
+        let mut n = MAX_PACKET;
+        while n > 0 {
+            oversize.push((n % 128) as u8 | if n >= 128 { 0x80 } else { 0 });
+            n /= 128;
+        }
+        for (wire, says) in [
+            (publish(b"t", 0b110, b"\x00\x01"), "QoS 3"),
+            (publish(b"t", 0b010, b"\x00\x00body"), "packet id 0"),
+            (publish(b"t", 0b010, b"\x01"), "too short for its packet id"),
+            (publish(b"\xff\xfe", 0, b""), "not UTF-8"),
+            (topic_past_end, "runs past the packet"),
+            (vec![0x30, 0x01, 0x00], "too short for its topic length"),
+            (
+                vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+                "longer than 4 bytes",
+            ),
+            (oversize, "over the limit"),
+            (vec![0x40, 0x03, 0x00, 0x01, 0x00], "PUBACK with flags"),
+            (vec![0x42, 0x02, 0x00, 0x01], "PUBACK with flags"),
+            (vec![0xf0, 0x00], "malformed MQTT packet"),
+        ] {
+            let err = read_all(&wire, 0).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+            assert!(err.to_string().contains(says), "{err} should say {says}");
+        }
+    }
+
+    #[tokio::test]
+    async fn payloads_read_do_not_pin_the_read_buffer() {
+        for size in [1_000, 100_000] {
             let mut p = Publish::new("t", QoS::AtLeastOnce, vec![7u8; size]);
             p.pkid = 1;
-            Packet::Publish(p).write(&mut wire, MAX_PACKET).unwrap();
+            let wire = encoded(&[Packet::Publish(p.clone()), Packet::Publish(p)]);
             let mut rd: &[u8] = &wire;
-            let mut buf = BytesMut::new();
-            let Some(Packet::Publish(p)) = read_packet(&mut rd, &mut buf).await.unwrap() else {
-                panic!("expected a PUBLISH");
-            };
-            assert_eq!(p.payload.len(), size);
-            // The buffer can take the next reads in place only if nothing else holds it.
-            assert_eq!(
-                !buf.try_reclaim(READ_CHUNK),
-                pins,
+            let mut reader = PacketReader::default();
+            let mut held = Vec::new();
+            while held.len() < 2 {
+                match reader.next_packet().unwrap() {
+                    Some(Incoming::Publish(p)) => held.push(p.payload),
+                    Some(other) => panic!("unexpected {other:?}"),
+                    None => assert!(reader.fill(&mut rd).await.unwrap()),
+                }
+            }
+            assert!(held.iter().all(|b| b.len() == size));
+            // The buffer takes the next reads in place only if nothing else holds it.
+            reader.release();
+            assert!(reader.buf.is_empty());
+            assert!(
+                reader.buf.try_reclaim(READ_CHUNK),
                 "payload of {size} bytes"
             );
         }
     }
 
     #[test]
-    fn next_packet_takes_whole_packets_and_leaves_a_partial_one() {
-        let mut wire = BytesMut::new();
-        for pkid in [1, 2] {
-            Packet::PubAck(PubAck::new(pkid))
-                .write(&mut wire, MAX_PACKET)
-                .unwrap();
-        }
+    fn next_takes_whole_packets_and_leaves_a_partial_one() {
+        let mut wire = encoded(&[
+            Packet::PubAck(PubAck::new(1)),
+            Packet::PubAck(PubAck::new(2)),
+        ]);
         let mut p = Publish::new("t", QoS::AtLeastOnce, vec![1u8; 100]);
         p.pkid = 3;
-        let mut publish = BytesMut::new();
-        Packet::Publish(p).write(&mut publish, MAX_PACKET).unwrap();
+        let publish = encoded(&[Packet::Publish(p)]);
         wire.extend_from_slice(&publish[..50]);
-        let mut buf = wire.clone();
-        let ids: Vec<u16> = std::iter::from_fn(|| match next_packet(&mut buf).unwrap() {
-            Some(Packet::PubAck(a)) => Some(a.pkid),
-            Some(other) => panic!("unexpected {other:?}"),
-            None => None,
-        })
-        .collect();
-        assert_eq!(ids, vec![1, 2]);
+        let mut reader = PacketReader::from_buf(wire);
+        assert!(matches!(
+            reader.next_packet(),
+            Ok(Some(Incoming::PubAck(1)))
+        ));
+        assert!(matches!(
+            reader.next_packet(),
+            Ok(Some(Incoming::PubAck(2)))
+        ));
+        assert!(matches!(reader.next_packet(), Ok(None)));
         // The partial PUBLISH stays, with room reserved for its rest.
-        assert_eq!(&buf[..], &publish[..50]);
-        assert!(buf.capacity() - buf.len() >= publish.len() - 50);
-        buf.extend_from_slice(&publish[50..]);
-        assert!(matches!(next_packet(&mut buf), Ok(Some(Packet::Publish(p))) if p.pkid == 3));
-        assert!(matches!(next_packet(&mut buf), Ok(None)));
-        let mut garbage = BytesMut::from(&[0xf0u8, 0x00][..]);
-        assert!(next_packet(&mut garbage).is_err());
+        assert_eq!(&reader.buf[..], &publish[..50]);
+        assert!(reader.buf.capacity() - reader.buf.len() >= publish.len() - 50);
+        reader.buf.extend_from_slice(&publish[50..]);
+        assert!(
+            matches!(reader.next_packet(), Ok(Some(Incoming::Publish(p))) if p.pkid == 3 && p.topic == "t")
+        );
+        assert!(matches!(reader.next_packet(), Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn read_packet_reads_handshakes_and_leaves_the_rest_for_the_reader() {
+        let wire = encoded(&[
+            Packet::ConnAck(rumqttc::ConnAck::new(
+                rumqttc::ConnectReturnCode::Success,
+                false,
+            )),
+            Packet::PubAck(PubAck::new(5)),
+        ]);
+        let mut rd: &[u8] = &wire;
+        let mut buf = BytesMut::new();
+        let first = read_packet(&mut rd, &mut buf).await.unwrap();
+        assert!(matches!(first, Some(Packet::ConnAck(_))));
+        let mut reader = PacketReader::from_buf(buf);
+        assert!(matches!(
+            reader.next_packet(),
+            Ok(Some(Incoming::PubAck(5)))
+        ));
+        let mut garbage: &[u8] = &[0xf0, 0x00];
+        let err = read_packet(&mut garbage, &mut BytesMut::new()).await;
+        assert!(err
+            .unwrap_err()
+            .to_string()
+            .contains("malformed MQTT packet"));
     }
 
     #[test]
@@ -229,10 +493,5 @@ mod tests {
             );
             assert!(small.is_empty());
         }
-    }
-
-    /// A reader that returns `a` and `b` in two separate reads.
-    fn tokio_test_reader<'a>(a: &'a [u8], b: &'a [u8]) -> impl AsyncRead + Unpin + 'a {
-        a.chain(b)
     }
 }

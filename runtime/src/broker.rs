@@ -17,6 +17,7 @@ use rumqttc::{
     ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck,
 };
 use serde_json::Value;
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::ControlFlow;
@@ -138,10 +139,8 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
                 }
                 return ControlFlow::Continue(());
             }
-            Incoming::PubAck(pkid) => {
-                hub.delivered(&identity, conn.id, pkid);
-                return ControlFlow::Continue(());
-            }
+            // Taken by the read loop, which hands them to the hub together.
+            Incoming::PubAck(_) => return ControlFlow::Continue(()),
             Incoming::Other(p) => p,
         };
         match packet {
@@ -178,21 +177,32 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
         ControlFlow::Continue(())
     };
     let mut reader = PacketReader::from_buf(buf);
-    let reason = 'connection: loop {
+    // PUBACKs from a module, handed to the hub together once the read's packets are handled
+    // (one look-up of its queue, and its window refilled once).
+    let mut acked: SmallVec<[u16; 32]> = SmallVec::new();
+    let reason = loop {
         // Every packet already read, then wait for more.
-        loop {
+        let ended = loop {
             match reader.next_packet() {
+                Ok(Some(Incoming::PubAck(pkid))) => acked.push(pkid),
                 Ok(Some(packet)) => {
                     if let ControlFlow::Break(why) = on_packet(packet) {
-                        break 'connection why;
+                        break Some(why);
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => break None,
                 Err(e) => {
                     debug!(error = %e, "read failed");
-                    break 'connection "connection error";
+                    break Some("connection error");
                 }
             }
+        };
+        if !acked.is_empty() {
+            hub.delivered(&identity, conn.id, &acked);
+            acked.clear();
+        }
+        if let Some(why) = ended {
+            break why;
         }
         tokio::select! {
             _ = &mut closed => break "closed by the hub (session taken over or protocol error)",

@@ -244,14 +244,20 @@ impl Endpoint {
         }
     }
 
-    /// The module acknowledged `pkid` on connection `conn_id`.
-    pub fn acked(&mut self, conn_id: u64, pkid: u16) {
+    /// The module acknowledged `pkids` on connection `conn_id` (the PUBACKs one read
+    /// brought: the window is refilled once for all of them).
+    pub fn acked(&mut self, conn_id: u64, pkids: &[u16]) {
         if self.conn.as_ref().is_none_or(|(c, _)| c.id != conn_id) {
             return;
         }
-        if let Some(q) = self.in_flight.remove(&pkid) {
-            self.journal.done(q.seq);
-            self.delivered += 1;
+        let before = self.delivered;
+        for pkid in pkids {
+            if let Some(q) = self.in_flight.remove(pkid) {
+                self.journal.done(q.seq);
+                self.delivered += 1;
+            }
+        }
+        if self.delivered != before {
             self.pump();
         }
     }
@@ -393,11 +399,36 @@ mod tests {
         assert!(sent[0]
             .topic
             .starts_with("devices/edge/modules/m/inputs/in/"));
-        e.acked(1, sent[0].pkid);
+        e.acked(1, &[sent[0].pkid]);
         let more = drain(&mut rx);
         assert_eq!(more.len(), 1);
         assert_eq!(more[0].payload, Bytes::from("{\"n\":2}"));
         assert_eq!(e.stats().delivered, 1);
+    }
+
+    #[test]
+    fn acknowledgements_taken_together_refill_the_window_for_all_of_them() {
+        let (mut e, _j, _dir) = endpoint(3, Duration::from_secs(60));
+        let (c, mut rx) = conn(1);
+        e.attach(c, QoS::AtLeastOnce);
+        for n in 0..8 {
+            e.enqueue("in", msg(n));
+        }
+        let first = drain(&mut rx);
+        assert_eq!(first.len(), 3, "window of 3");
+        // Two of the three, one of them twice, and an id that is not in flight.
+        e.acked(1, &[first[2].pkid, 999, first[0].pkid, first[2].pkid]);
+        assert_eq!(e.stats().delivered, 2);
+        let next: Vec<Bytes> = drain(&mut rx).into_iter().map(|p| p.payload).collect();
+        assert_eq!(
+            next,
+            vec![Bytes::from("{\"n\":3}"), Bytes::from("{\"n\":4}")]
+        );
+        assert_eq!(e.stats().in_flight, 3);
+        // Nothing acknowledged: nothing more is sent.
+        e.acked(1, &[999]);
+        assert!(drain(&mut rx).is_empty());
+        assert_eq!(e.stats().queued, 3);
     }
 
     #[test]
@@ -409,7 +440,7 @@ mod tests {
             e.enqueue("in", msg(n));
         }
         let first = drain(&mut rx1);
-        e.acked(1, first[1].pkid); // only the middle one is acknowledged
+        e.acked(1, &[first[1].pkid]); // only the middle one is acknowledged
         e.detach(1);
         e.enqueue("in", msg(3));
         let (c2, mut rx2) = conn(2);
@@ -424,7 +455,7 @@ mod tests {
             ]
         );
         // A late ack from connection 1 changes nothing.
-        e.acked(1, first[0].pkid);
+        e.acked(1, &[first[0].pkid]);
         assert_eq!(e.stats().in_flight, 3);
         // Subscribing again on the same connection does not send anything twice.
         let (same_id, _rx) = conn(2);
@@ -467,8 +498,7 @@ mod tests {
             s.blocking_recv().unwrap().unwrap();
         }
         let sent = drain(&mut rx);
-        e.acked(1, sent[0].pkid);
-        e.acked(1, sent[2].pkid);
+        e.acked(1, &[sent[0].pkid, sent[2].pkid]);
         j.flush().blocking_recv().unwrap().unwrap();
         drop((e, j));
 

@@ -470,10 +470,10 @@ impl Hub {
         }
     }
 
-    /// A module acknowledged a delivered message.
-    pub fn delivered(&self, identity: &Identity, conn_id: u64, pkid: u16) {
+    /// A module acknowledged delivered messages (`pkids`, on connection `conn_id`).
+    pub fn delivered(&self, identity: &Identity, conn_id: u64, pkids: &[u16]) {
         if let Identity::Module { module, .. } = identity {
-            lock(&self.endpoint(module)).acked(conn_id, pkid);
+            lock(&self.endpoint(module)).acked(conn_id, pkids);
         }
     }
 

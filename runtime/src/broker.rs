@@ -186,6 +186,12 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
             match reader.next_packet() {
                 Ok(Some(Incoming::PubAck(pkid))) => acked.push(pkid),
                 Ok(Some(packet)) => {
+                    // Acknowledgements count before anything that changes the session
+                    // (an UNSUBSCRIBE would put them back in the queue).
+                    if matches!(packet, Incoming::Other(_)) && !acked.is_empty() {
+                        hub.delivered(&identity, conn.id, &acked);
+                        acked.clear();
+                    }
                     if let ControlFlow::Break(why) = on_packet(packet) {
                         break Some(why);
                     }

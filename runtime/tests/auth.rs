@@ -1,6 +1,7 @@
 //! edgeHub refuses what a real one refuses: bad keys, expired tokens, a module reaching for
 //! another module's input or identity, and anything that is not TLS; and it closes a
-//! client that falls silent for one and a half keep-alive periods, as MQTT requires.
+//! client that falls silent for one and a half keep-alive periods, as MQTT requires. Raw
+//! MQTT clients also check what edgeHub does with packets that arrive together.
 
 use edge_protocol::sas;
 use edge_runtime::identity::KeyStore;
@@ -28,7 +29,8 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn tls(ca_pem: &str) -> Transport {
+/// TLS that trusts the runtime's CA (`ca_pem`).
+fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -40,7 +42,11 @@ fn tls(ca_pem: &str) -> Transport {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    Transport::Tls(TlsConfiguration::Rustls(Arc::new(cfg)))
+    Arc::new(cfg)
+}
+
+fn tls(ca_pem: &str) -> Transport {
+    Transport::Tls(TlsConfiguration::Rustls(client_config(ca_pem)))
 }
 
 /// Connects a raw MQTT client; returns it once CONNACK arrived, or the refusal.
@@ -336,5 +342,125 @@ async fn a_client_silent_for_one_and_a_half_keep_alives_is_disconnected() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let closed = tokio::time::timeout(Duration::from_secs(5), until_closed(&mut ev)).await;
     assert!(closed.is_ok(), "edgeHub kept a silent client connected");
+    t.rt.shutdown().await;
+}
+
+/// A raw MQTT/TLS connection as module `module`, past CONNACK.
+async fn raw_module(
+    t: &TestRuntime,
+    module: &str,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    bytes::BytesMut,
+) {
+    use tokio::io::AsyncWriteExt;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", t.rt.mqtt_port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client_config(&t.rt.ca_pem))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let client_id = format!("edge-device/{module}");
+    let mut connect = rumqttc::Connect::new(&client_id);
+    connect.clean_session = false;
+    connect.keep_alive = 30;
+    connect.login = Some(rumqttc::Login::new(
+        format!("{HUB}/{client_id}/?api-version=2019-10-01"),
+        module_token(module, &module_key(t, module), now() + 600),
+    ));
+    let mut out = bytes::BytesMut::new();
+    Packet::Connect(connect).write(&mut out, 1 << 20).unwrap();
+    tls.write_all(&out).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let ack = next_raw(&mut tls, &mut buf).await;
+    assert!(matches!(ack, Packet::ConnAck(a) if a.code == ConnectReturnCode::Success));
+    (tls, buf)
+}
+
+async fn next_raw(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    buf: &mut bytes::BytesMut,
+) -> Packet {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        edge_client::wire::read_packet(tls, buf),
+    )
+    .await
+    .expect("a packet within 10 s")
+    .unwrap()
+    .expect("the connection is open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puback_counts_even_when_an_unsubscribe_follows_it_in_the_same_write() {
+    use tokio::io::AsyncWriteExt;
+    const TO_RECEIVER: &[(&str, &str)] = &[(
+        "toReceiver",
+        "FROM /messages/modules/sender/outputs/out INTO BrokeredEndpoint(\"/modules/receiver/inputs/in\")",
+    )];
+    let t = start(manifest(
+        &["sender", "receiver"],
+        TO_RECEIVER,
+        7200,
+        json!({}),
+    ))
+    .await;
+    let sender = t.client("sender").await;
+    sender
+        .send_output("out", edge_client::Message::json("{}"))
+        .await
+        .unwrap();
+
+    let (mut rx, mut buf) = raw_module(&t, "receiver").await;
+    let filter = "devices/edge-device/modules/receiver/inputs/#";
+    let subscribe = |pkid| {
+        let mut s = rumqttc::Subscribe::new(filter, QoS::AtLeastOnce);
+        s.pkid = pkid;
+        Packet::Subscribe(s)
+    };
+    let mut out = bytes::BytesMut::new();
+    subscribe(1).write(&mut out, 1 << 20).unwrap();
+    rx.write_all(&out).await.unwrap();
+    let mut delivered = None;
+    while delivered.is_none() {
+        if let Packet::Publish(p) = next_raw(&mut rx, &mut buf).await {
+            delivered = Some(p.pkid);
+        }
+    }
+    // PUBACK, then UNSUBSCRIBE, in one write: edgeHub reads them together.
+    out.clear();
+    Packet::PubAck(rumqttc::PubAck::new(delivered.unwrap()))
+        .write(&mut out, 1 << 20)
+        .unwrap();
+    let mut unsubscribe = rumqttc::Unsubscribe::new(filter);
+    unsubscribe.pkid = 2;
+    Packet::Unsubscribe(unsubscribe)
+        .write(&mut out, 1 << 20)
+        .unwrap();
+    rx.write_all(&out).await.unwrap();
+    while !matches!(next_raw(&mut rx, &mut buf).await, Packet::UnsubAck(_)) {}
+
+    let stats = &t.rt.hub.endpoint_stats()["receiver"];
+    assert_eq!(
+        (stats.delivered, stats.queued, stats.in_flight),
+        (1, 0, 0),
+        "the acknowledged message is done, not queued again"
+    );
+    // Subscribed again, nothing is delivered a second time.
+    out.clear();
+    subscribe(3).write(&mut out, 1 << 20).unwrap();
+    rx.write_all(&out).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_millis(700), async {
+        loop {
+            if let Packet::Publish(p) = next_raw(&mut rx, &mut buf).await {
+                return p;
+            }
+        }
+    })
+    .await;
+    assert!(again.is_err(), "redelivered: {again:?}");
+    sender.close(Duration::from_secs(2)).await;
     t.rt.shutdown().await;
 }

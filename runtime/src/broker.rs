@@ -129,20 +129,9 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
     let mut heard = tokio::time::Instant::now();
     let silent = tokio::time::sleep_until(heard + keep_alive);
     tokio::pin!(closed, token_expired, stop, silent);
-    // One packet from the client; `Break` ends the connection, saying why.
-    let on_packet = |packet: Incoming<'_>| -> ControlFlow<&'static str> {
-        let packet = match packet {
-            Incoming::Publish(p) => {
-                if let Err(why) = session.publish(p) {
-                    warn!(client = %connect.client_id, reason = why, "closing connection");
-                    return ControlFlow::Break(why);
-                }
-                return ControlFlow::Continue(());
-            }
-            // Taken by the read loop, which hands them to the hub together.
-            Incoming::PubAck(_) => return ControlFlow::Continue(()),
-            Incoming::Other(p) => p,
-        };
+    // A packet from the client other than PUBLISH and PUBACK (which the read loop takes);
+    // `Break` ends the connection, saying why.
+    let on_packet = |packet: Packet| -> ControlFlow<&'static str> {
         match packet {
             Packet::Subscribe(s) => {
                 let codes = s
@@ -177,21 +166,31 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
         ControlFlow::Continue(())
     };
     let mut reader = PacketReader::from_buf(buf);
-    // PUBACKs from a module, handed to the hub together once the read's packets are handled
-    // (one look-up of its queue, and its window refilled once).
+    // PUBACKs from a module, handed to the hub together before any other packet and once
+    // the read's packets are handled (one look-up of its queue, its window refilled once).
     let mut acked: SmallVec<[u16; 32]> = SmallVec::new();
+    let deliver = |acked: &mut SmallVec<[u16; 32]>| {
+        if !acked.is_empty() {
+            hub.delivered(&identity, conn.id, acked);
+            acked.clear();
+        }
+    };
     let reason = loop {
         // Every packet already read, then wait for more.
         let ended = loop {
             match reader.next_packet() {
                 Ok(Some(Incoming::PubAck(pkid))) => acked.push(pkid),
-                Ok(Some(packet)) => {
-                    // Acknowledgements count before anything that changes the session
-                    // (an UNSUBSCRIBE would put them back in the queue).
-                    if matches!(packet, Incoming::Other(_)) && !acked.is_empty() {
-                        hub.delivered(&identity, conn.id, &acked);
-                        acked.clear();
+                // Publishes do not depend on acknowledgements: they need not wait for them.
+                Ok(Some(Incoming::Publish(p))) => {
+                    if let Err(why) = session.publish(p) {
+                        warn!(client = %connect.client_id, reason = why, "closing connection");
+                        break Some(why);
                     }
+                }
+                // Anything else may change the session (an UNSUBSCRIBE would put the
+                // acknowledged messages back in the queue): acknowledgements count first.
+                Ok(Some(Incoming::Other(packet))) => {
+                    deliver(&mut acked);
                     if let ControlFlow::Break(why) = on_packet(packet) {
                         break Some(why);
                     }
@@ -203,10 +202,7 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
                 }
             }
         };
-        if !acked.is_empty() {
-            hub.delivered(&identity, conn.id, &acked);
-            acked.clear();
-        }
+        deliver(&mut acked);
         if let Some(why) = ended {
             break why;
         }

@@ -52,6 +52,7 @@ impl Delivery {
             &topic,
             self.qos,
             self.pkid,
+            false,
             self.queued.message.body(),
             max_packet,
         )

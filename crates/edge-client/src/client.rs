@@ -15,8 +15,7 @@ use bytes::{Bytes, BytesMut};
 use edge_protocol::topic::{self, Topic};
 use edge_protocol::{properties, sas, CompactString, Message};
 use rumqttc::{
-    ConnectReturnCode, Login, Packet, PubAck, Publish, QoS, Subscribe, SubscribeFilter,
-    SubscribeReasonCode,
+    ConnectReturnCode, Login, Packet, PubAck, QoS, Subscribe, SubscribeFilter, SubscribeReasonCode,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -334,13 +333,6 @@ impl ModuleClient {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        let permit = self
-            .inner
-            .window
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Closed)?;
         match wire::publish_size(topic.len(), QoS::AtLeastOnce, payload.len()) {
             Ok(size) if size <= MAX_PACKET => {}
             Ok(size) => {
@@ -350,6 +342,13 @@ impl ModuleClient {
             }
             Err(e) => return Err(Error::TooLarge(e)),
         }
+        let permit = self
+            .inner
+            .window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Closed)?;
         let (done, rx) = oneshot::channel();
         let o = Outbound {
             topic,
@@ -666,6 +665,7 @@ impl Driver {
             &[&o.topic],
             QoS::AtLeastOnce,
             pkid,
+            false,
             &o.payload,
             MAX_PACKET,
         ) {
@@ -698,10 +698,19 @@ impl Driver {
         encode(Packet::Subscribe(sub), &mut out);
         let resend = self.sends.len();
         for (pkid, o) in self.sends.unacked() {
-            let mut p = Publish::from_bytes(o.topic.clone(), QoS::AtLeastOnce, o.payload.clone());
-            p.pkid = pkid;
-            p.dup = true;
-            encode(Packet::Publish(p), &mut out);
+            // `publish_tracked` checked the size.
+            let again = write_publish(
+                &mut out,
+                &[&o.topic],
+                QoS::AtLeastOnce,
+                pkid,
+                true,
+                &o.payload,
+                MAX_PACKET,
+            );
+            if let Err(e) = again {
+                warn!(error = %e, "packet not sent: it cannot be encoded");
+            }
         }
         if resend > 0 && self.epoch > 1 {
             warn!(count = resend, "sending unacknowledged messages again");

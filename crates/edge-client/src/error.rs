@@ -29,7 +29,7 @@ pub enum Error {
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
     /// The message cannot be sent: MQTT cannot carry it.
-    #[error("message not sent: {0} (IoT Hub takes messages of up to 256 KiB)")]
+    #[error("message not sent: {0}")]
     TooLarge(String),
     /// The client has been closed.
     #[error("the module client is closed")]

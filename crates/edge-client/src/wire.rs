@@ -207,14 +207,20 @@ fn publish(first: u8, body: &[u8]) -> std::io::Result<PublishIn<'_>> {
     })
 }
 
+/// A PUBLISH's remaining length (after the fixed header's first byte and the length
+/// itself).
+fn remaining_length(topic_len: usize, qos: QoS, payload_len: usize) -> usize {
+    let pkid_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    2 + topic_len + pkid_len + payload_len
+}
+
 /// The size of a PUBLISH packet whose topic is `topic_len` bytes and payload
 /// `payload_len`; an error if MQTT cannot carry a topic that long.
 pub fn publish_size(topic_len: usize, qos: QoS, payload_len: usize) -> Result<usize, String> {
     if topic_len > usize::from(u16::MAX) {
         return Err(format!("topic of {topic_len} bytes is too long for MQTT"));
     }
-    let pkid_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
-    let remaining = 2 + topic_len + pkid_len + payload_len;
+    let remaining = remaining_length(topic_len, qos, payload_len);
     let length_bytes = match remaining {
         0..=127 => 1,
         128..=16_383 => 2,
@@ -225,13 +231,15 @@ pub fn publish_size(topic_len: usize, qos: QoS, payload_len: usize) -> Result<us
 }
 
 /// Appends a PUBLISH packet to `out`, its topic the concatenation of `topic` (written in
-/// place, without building the topic first), without DUP or RETAIN. A packet over
-/// `max_packet` bytes (rumqttc's limit: the whole packet) is not written.
+/// place, without building the topic first), with the DUP flag if `dup` (a publish sent
+/// again), never RETAIN. A packet over `max_packet` bytes (rumqttc's limit: the whole
+/// packet) is not written.
 pub fn write_publish(
     out: &mut BytesMut,
     topic: &[&str],
     qos: QoS,
     pkid: u16,
+    dup: bool,
     payload: &[u8],
     max_packet: usize,
 ) -> Result<(), String> {
@@ -242,13 +250,11 @@ pub fn write_publish(
             "PUBLISH of {size} bytes is over the packet limit of {max_packet}"
         ));
     }
-    let pkid_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
-    let remaining = 2 + topic_len + pkid_len + payload.len();
     out.reserve(size);
-    // Fixed header: PUBLISH and its QoS; then the remaining length as a variable-length
+    // Fixed header: PUBLISH, DUP and QoS; then the remaining length as a variable-length
     // integer (7 bits per byte, least significant first).
-    out.put_u8(0x30 | (qos as u8) << 1);
-    let mut n = remaining;
+    out.put_u8(0x30 | u8::from(dup) << 3 | (qos as u8) << 1);
+    let mut n = remaining_length(topic_len, qos, payload.len());
     loop {
         let byte = (n % 128) as u8;
         n /= 128;
@@ -263,7 +269,7 @@ pub fn write_publish(
     for part in topic {
         out.put_slice(part.as_bytes());
     }
-    if pkid_len > 0 {
+    if qos != QoS::AtMostOnce {
         out.put_u16(pkid);
     }
     out.put_slice(payload);
@@ -466,31 +472,33 @@ mod tests {
 
     #[test]
     fn write_publish_writes_what_rumqttc_writes() {
-        // Remaining lengths of one, two and three bytes; with and without a packet id.
-        for (body, qos, pkid) in [
-            (10, QoS::AtLeastOnce, 258),
-            (300, QoS::AtLeastOnce, 1),
-            (300, QoS::AtMostOnce, 0),
-            (20_000, QoS::AtLeastOnce, 65_535),
+        // Remaining lengths of one, two and three bytes; with and without a packet id; sent
+        // again (DUP) or not.
+        for (body, qos, pkid, dup) in [
+            (10, QoS::AtLeastOnce, 258, false),
+            (300, QoS::AtLeastOnce, 1, true),
+            (300, QoS::AtMostOnce, 0, false),
+            (20_000, QoS::AtLeastOnce, 65_535, false),
         ] {
             let topic = ["devices/edge/modules/m/inputs/in/", "$.cid=c%2F1%20%26"];
             let payload = vec![b'x'; body];
             let mut publish = Publish::new(topic.concat(), qos, payload.clone());
             publish.pkid = pkid;
+            publish.dup = dup;
             let mut expected = BytesMut::new();
             Packet::Publish(publish)
                 .write(&mut expected, 1 << 20)
                 .unwrap();
+            let write =
+                |out: &mut BytesMut, max| write_publish(out, &topic, qos, pkid, dup, &payload, max);
             let mut wire = BytesMut::new();
-            write_publish(&mut wire, &topic, qos, pkid, &payload, 1 << 20).unwrap();
-            assert_eq!(wire, expected, "{body} bytes, {qos:?}");
+            write(&mut wire, 1 << 20).unwrap();
+            assert_eq!(wire, expected, "{body} bytes, {qos:?}, dup {dup}");
             // The limit counts the whole packet; over it, nothing is written.
             let mut exact = BytesMut::new();
-            assert!(write_publish(&mut exact, &topic, qos, pkid, &payload, expected.len()).is_ok());
+            assert!(write(&mut exact, expected.len()).is_ok());
             let mut small = BytesMut::new();
-            assert!(
-                write_publish(&mut small, &topic, qos, pkid, &payload, expected.len() - 1).is_err()
-            );
+            assert!(write(&mut small, expected.len() - 1).is_err());
             assert!(small.is_empty());
         }
     }

@@ -12,6 +12,17 @@ cd "$ROOT"
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
+# One pass over the workspace: an incremental cache would only take disk (gigabytes).
+export CARGO_INCREMENTAL=0
+
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+mkdir -p "$TARGET"
+free_mb=$(df -Pm "$TARGET" | awk 'NR==2 {print $4}')
+if [ "${free_mb:-0}" -lt 4000 ]; then
+    printf 'warning: %s MB free for %s; a clean run of the suite needs about 3 GB (target) and 1 GB (.venv, .tools). Free some space or point CARGO_TARGET_DIR elsewhere.\n' \
+        "$free_mb" "$TARGET" >&2
+fi
+
 step "python environment (.venv) and Azurite (.tools)"
 PY="$(scripts/setup-python.sh)"
 scripts/setup-node.sh >/dev/null

@@ -19,7 +19,7 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 mkdir -p "$TARGET"
 free_mb=$(df -Pm "$TARGET" | awk 'NR==2 {print $4}')
 if [ "${free_mb:-0}" -lt 4000 ]; then
-    printf 'warning: %s MB free for %s; a clean run of the suite needs about 3 GB (target) and 1 GB (.venv, .tools). Free some space or point CARGO_TARGET_DIR elsewhere.\n' \
+    printf 'warning: %s MB free for %s; a clean run of the suite needs about 2.5 GB (target) and 0.6 GB (.venv, .venv-deploy, .tools). Free some space or point CARGO_TARGET_DIR elsewhere.\n' \
         "$free_mb" "$TARGET" >&2
 fi
 

@@ -10,7 +10,7 @@ use crate::hub::{Hub, Identity};
 use crate::upstream::Stored;
 use bytes::{Bytes, BytesMut};
 pub use edge_client::wire::MAX_PACKET;
-use edge_client::wire::{read_packet, Incoming, PacketReader, PublishIn};
+use edge_client::wire::{read_packet, Incoming, PacketReader, PublishIn, MAX_DELIVERY};
 use edge_protocol::properties;
 use edge_protocol::topic::{self, Topic};
 use rumqttc::{
@@ -420,7 +420,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     .write(&mut out, MAX_PACKET)
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
-                Outgoing::Delivery(d) => d.encode(&mut out, MAX_PACKET),
+                Outgoing::Delivery(d) => d.encode(&mut out, MAX_DELIVERY),
             };
             if let Err(e) = written {
                 warn!(error = %e, "packet not written");

@@ -8,7 +8,7 @@ use crate::acks::{AckSequencer, AckToken, Outbound, Release, SendTracker};
 use crate::error::Error;
 use crate::settings::{Credentials, Settings, TrustSource};
 use crate::wire::{
-    self, read_packet, write_publish, Incoming, PacketReader, PublishIn, MAX_PACKET,
+    self, read_packet, write_publish, Incoming, PacketReader, PublishIn, MAX_DELIVERY, MAX_PACKET,
 };
 use crate::workload::WorkloadClient;
 use bytes::{Bytes, BytesMut};
@@ -204,6 +204,25 @@ impl Backoff {
     }
 }
 
+/// A message [`ModuleClient::prepare_output`] did not send because MQTT cannot carry it.
+#[derive(Debug)]
+pub struct Unsendable {
+    /// The message, as it was given (with its output name set).
+    pub message: Box<Message>,
+    /// Why it cannot be sent: its size against the limit.
+    pub reason: String,
+}
+
+/// Whether a QoS 1 publish of `payload` on `topic` fits in [`MAX_PACKET`]; the reason if not.
+fn fits(topic: &str, payload: &[u8]) -> Result<(), String> {
+    match wire::publish_size(topic.len(), QoS::AtLeastOnce, payload.len())? {
+        size if size <= MAX_PACKET => Ok(()),
+        size => Err(format!(
+            "a publish of {size} bytes is over the MQTT packet limit of {MAX_PACKET}"
+        )),
+    }
+}
+
 impl ModuleClient {
     /// Connects with settings from the environment (see [`Settings::from_env`]).
     pub async fn from_env() -> Result<ModuleClient, Error> {
@@ -309,18 +328,42 @@ impl ModuleClient {
             .ok_or_else(|| Error::Config("the desired-properties stream was already taken".into()))
     }
 
-    /// Sends `message` to `output`; returns once edgeHub has accepted it (PUBACK).
+    /// Sends `message` to `output`; returns once edgeHub has accepted it (PUBACK). A
+    /// message too large for MQTT fails at once with [`Error::TooLarge`]; to send something
+    /// else in its place, use [`ModuleClient::prepare_output`].
     pub fn send_output(
         &self,
         output: &str,
-        mut message: Message,
+        message: Message,
     ) -> impl Future<Output = Result<(), Error>> + '_ {
+        let send = self
+            .prepare_output(output, message)
+            .map_err(|u| Error::TooLarge(u.reason));
+        async move { send?.await }
+    }
+
+    /// The send of `message` to `output`, to await as [`ModuleClient::send_output`]; or, if
+    /// MQTT cannot carry it (a packet over [`MAX_PACKET`], or a topic with its property bag
+    /// over 64 KiB), the message back unsent, with the reason, so that the caller can send
+    /// something in its place (a dead letter without the body, say) and need not leave its
+    /// input for a redelivery that would fail the same way.
+    pub fn prepare_output(
+        &self,
+        output: &str,
+        mut message: Message,
+    ) -> Result<impl Future<Output = Result<(), Error>> + '_, Unsendable> {
         // The topic is made here, not in the future: waiting for edgeHub, a send holds its
         // topic and body only, not the whole message (a module has hundreds waiting).
         message.output_name = Some(output.into());
         let s = &self.inner.settings;
         let topic = topic::module_output(&s.device_id, &s.module_id, &message);
-        self.publish_tracked(topic, message.body)
+        if let Err(reason) = fits(&topic, &message.body) {
+            return Err(Unsendable {
+                message: Box::new(message),
+                reason,
+            });
+        }
+        Ok(self.publish_tracked(topic, message.body))
     }
 
     /// Sends device telemetry (`devices/{d}/messages/events`); for a device identity.
@@ -333,15 +376,7 @@ impl ModuleClient {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        match wire::publish_size(topic.len(), QoS::AtLeastOnce, payload.len()) {
-            Ok(size) if size <= MAX_PACKET => {}
-            Ok(size) => {
-                return Err(Error::TooLarge(format!(
-                    "a publish of {size} bytes is over the MQTT packet limit of {MAX_PACKET}"
-                )))
-            }
-            Err(e) => return Err(Error::TooLarge(e)),
-        }
+        fits(&topic, &payload).map_err(Error::TooLarge)?;
         let permit = self
             .inner
             .window
@@ -684,7 +719,8 @@ impl Driver {
     /// One connection, from CONNACK until it ends.
     async fn session(&mut self, stream: Stream, rbuf: BytesMut) -> Ended {
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut reader = PacketReader::from_buf(rbuf);
+        // edgeHub's deliveries may be a little over the packet limit of what it takes.
+        let mut reader = PacketReader::from_buf(rbuf).with_limit(MAX_DELIVERY);
         let mut out = BytesMut::with_capacity(64 * 1024);
         // Subscriptions first, then every publish edgeHub has not acknowledged, again.
         let sub_pkid = self.sends.free_pkid(None);

@@ -11,6 +11,13 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// Largest MQTT packet accepted or sent (IoT Hub's message limit is 256 KiB, plus topic).
 pub const MAX_PACKET: usize = 512 * 1024;
 
+/// Largest packet edgeHub delivers to a module, and so the most a module client reads: a
+/// message edgeHub took in a packet of up to [`MAX_PACKET`], under its delivery topic with
+/// edgeHub's stamps (connection ids, enqueued time), which can make it longer than the
+/// packet it came in. A message whose delivery would still be larger is refused for that
+/// module when it is routed.
+pub const MAX_DELIVERY: usize = MAX_PACKET + 4 * 1024;
+
 /// Read-buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -74,11 +81,19 @@ pub enum Incoming<'a> {
 
 /// The read side of an MQTT connection: a buffer that reads from the socket and hands out
 /// the packets in it one by one, without allocating for PUBACKs or for a PUBLISH's topic.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PacketReader {
     buf: BytesMut,
     /// Bytes at the front of `buf` that belong to the packet handed out last.
     taken: usize,
+    /// The largest packet accepted: larger is an error.
+    max: usize,
+}
+
+impl Default for PacketReader {
+    fn default() -> PacketReader {
+        PacketReader::from_buf(BytesMut::new())
+    }
 }
 
 /// PUBLISH and PUBACK, the packet types parsed in place (MQTT 3.1.1 §2.2.1).
@@ -86,9 +101,21 @@ const PUBLISH: u8 = 3;
 const PUBACK: u8 = 4;
 
 impl PacketReader {
-    /// A reader that goes on from `buf`, which may already hold packets.
+    /// A reader that goes on from `buf`, which may already hold packets, and takes packets
+    /// of up to [`MAX_PACKET`] bytes.
     pub fn from_buf(buf: BytesMut) -> PacketReader {
-        PacketReader { buf, taken: 0 }
+        PacketReader {
+            buf,
+            taken: 0,
+            max: MAX_PACKET,
+        }
+    }
+
+    /// The same reader, taking packets of up to `max` bytes (a module client reads up to
+    /// [`MAX_DELIVERY`]).
+    pub fn with_limit(mut self, max: usize) -> PacketReader {
+        self.max = max;
+        self
     }
 
     /// Reads more from `rd`; `Ok(false)` at end of stream. Cancel-safe.
@@ -115,9 +142,10 @@ impl PacketReader {
             return Ok(None);
         };
         let total = header + remaining;
-        if total > MAX_PACKET {
+        if total > self.max {
             return Err(malformed(format!(
-                "a packet of {total} bytes is over the limit of {MAX_PACKET}"
+                "a packet of {total} bytes is over the limit of {}",
+                self.max
             )));
         }
         if self.buf.len() < total {
@@ -142,7 +170,7 @@ impl PacketReader {
                 ]))))
             }
             // Splits exactly this packet off the buffer.
-            _ => match Packet::read(&mut self.buf, MAX_PACKET) {
+            _ => match Packet::read(&mut self.buf, self.max) {
                 Ok(p) => Ok(Some(Incoming::Other(p))),
                 Err(e) => Err(malformed(e)),
             },
@@ -345,6 +373,35 @@ mod tests {
         let wire = encoded(&packets);
         for cut in (0..wire.len()).step_by(97).chain([1, 2, 3, wire.len()]) {
             assert_eq!(read_all(&wire, cut).await.unwrap(), packets, "cut at {cut}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_takes_packets_up_to_its_limit() {
+        let mut wire = BytesMut::new();
+        let payload = vec![b'x'; MAX_PACKET];
+        write_publish(
+            &mut wire,
+            &["t"],
+            QoS::AtLeastOnce,
+            1,
+            false,
+            &payload,
+            MAX_DELIVERY,
+        )
+        .unwrap();
+        assert!(wire.len() > MAX_PACKET && wire.len() <= MAX_DELIVERY);
+        let over = PacketReader::from_buf(wire.clone())
+            .next_packet()
+            .unwrap_err();
+        assert!(
+            over.to_string().contains("over the limit of 524288"),
+            "{over}"
+        );
+        let mut reader = PacketReader::from_buf(wire).with_limit(MAX_DELIVERY);
+        match reader.next_packet().unwrap() {
+            Some(Incoming::Publish(p)) => assert_eq!(p.payload.len(), MAX_PACKET),
+            other => panic!("a publish: {other:?}"),
         }
     }
 

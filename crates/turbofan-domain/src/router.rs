@@ -50,6 +50,22 @@ pub fn dead_letter(mut m: Message, reason: impl Into<CompactString>) -> Message 
     m
 }
 
+/// The dead letter of `m`, which MQTT could not carry to `output` (`why`: its size against
+/// the limit): properties kept, body dropped (what made it too large; the reason gives its
+/// size). A message that was a dead letter already keeps its first reason, before this one.
+pub fn unsendable(mut m: Message, output: &str, why: &str) -> Message {
+    let dropped = std::mem::take(&mut m.body).len();
+    let reason = match m.property(DEAD_LETTER_REASON) {
+        Some(first) => format!(
+            "{first}; the dead letter could not be sent either ({why}): its body of {dropped} bytes was dropped"
+        ),
+        None => format!(
+            "too large to send to {output} ({why}): its body of {dropped} bytes was dropped"
+        ),
+    };
+    dead_letter(m, reason)
+}
+
 fn clear_hub_stamps(m: &mut Message) {
     m.connection_device_id = None;
     m.connection_module_id = None;
@@ -429,5 +445,43 @@ mod tests {
         m.set_property("ConnectionDeviceId", "dev\"ice\\1");
         let out = rul_input(m, None);
         assert_eq!(body(&out[0].1)["ConnectionDeviceId"], json!("dev\"ice\\1"));
+    }
+
+    #[test]
+    fn a_message_too_large_to_send_becomes_a_dead_letter_without_its_body() {
+        let mut m = leaf(&telemetry());
+        m.set_property("CorrelationId", "corr-1");
+        let dead = unsendable(
+            m,
+            CLASS_OUTPUT,
+            "a publish of 530000 bytes is over the limit",
+        );
+        assert!(dead.body.is_empty());
+        assert_eq!(dead.property(DEAD_LETTER), Some("true"));
+        assert_eq!(
+            dead.property(DEAD_LETTER_REASON),
+            Some(
+                format!(
+                    "too large to send to classOutput (a publish of 530000 bytes is over the limit): its body of {} bytes was dropped",
+                    telemetry().len()
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(dead.property("Origin"), Some("test"), "properties kept");
+        assert_eq!(dead.property("CorrelationId"), Some("corr-1"));
+        assert_eq!(dead.correlation_id.as_deref(), Some("corr-1"));
+        assert_eq!(dead.connection_device_id, None, "hub stamps cleared");
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_to_send_keeps_its_first_reason() {
+        let first = dead_letter(leaf("not json"), "the body is not JSON");
+        let dead = unsendable(first, DEAD_OUTPUT, "too big");
+        assert!(dead.body.is_empty());
+        assert_eq!(
+            dead.property(DEAD_LETTER_REASON),
+            Some("the body is not JSON; the dead letter could not be sent either (too big): its body of 8 bytes was dropped")
+        );
     }
 }

@@ -89,9 +89,35 @@ async fn handle(
         }
     }
     // Send every output concurrently; the input is acknowledged only when all were accepted.
-    let sends = outgoing
-        .into_iter()
-        .map(|(output, m)| client.send_output(output, m));
+    // An output MQTT cannot carry goes to deadMessages without its body instead: sent
+    // again, it would fail again.
+    let mut sends = Vec::with_capacity(outgoing.len());
+    for (output, m) in outgoing {
+        let u = match client.prepare_output(output, m) {
+            Ok(send) => {
+                sends.push(send);
+                continue;
+            }
+            Err(u) => u,
+        };
+        let dead = router::unsendable(*u.message, output, &u.reason);
+        warn!(
+            correlation_id = dead.correlation_id.as_deref().unwrap_or(""),
+            message_id = dead.message_id.as_deref().unwrap_or(""),
+            reason = dead.property(router::DEAD_LETTER_REASON).unwrap_or(""),
+            "dead letter"
+        );
+        match client.prepare_output(router::DEAD_OUTPUT, dead) {
+            Ok(send) => sends.push(send),
+            // Even without its body (its properties alone are over MQTT's topic limit).
+            Err(u) => error!(
+                correlation_id = u.message.correlation_id.as_deref().unwrap_or(""),
+                message_id = u.message.message_id.as_deref().unwrap_or(""),
+                "message dropped: not even its dead letter can be sent ({})",
+                u.reason
+            ),
+        }
+    }
     for r in futures_util::future::join_all(sends).await {
         r?;
     }

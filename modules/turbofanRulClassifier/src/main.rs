@@ -170,7 +170,33 @@ fn score_and_send(
                         "not scored"
                     );
                 }
-                match client.send_output(AML_OUTPUT, m).await {
+                // An answer MQTT cannot carry goes without its body, saying so (the router
+                // dead-letters it): sent again, it would fail again.
+                let send = match client.prepare_output(AML_OUTPUT, m) {
+                    Ok(send) => send,
+                    Err(u) => {
+                        let m = scoring::unsendable_answer(*u.message, &u.reason);
+                        warn!(
+                            correlation_id = m.correlation_id.as_deref().unwrap_or(""),
+                            error = m.property(turbofan_domain::router::CLASSIFIER_ERROR),
+                            "answer too large to send"
+                        );
+                        match client.prepare_output(AML_OUTPUT, m) {
+                            Ok(send) => send,
+                            Err(u) => {
+                                error!(
+                                    correlation_id =
+                                        u.message.correlation_id.as_deref().unwrap_or(""),
+                                    "message dropped: its answer cannot be sent even without a body ({})",
+                                    u.reason
+                                );
+                                token.ack();
+                                return;
+                            }
+                        }
+                    }
+                };
+                match send.await {
                     Ok(()) => token.ack(),
                     Err(e) => warn!(error = %e, "answer not sent; left for redelivery"),
                 }

@@ -1,6 +1,7 @@
 //! Scoring a batch of input messages with one model run: each message's body is replaced by
 //! the AML contract's answer, or kept unchanged with a `ClassifierError` property naming the
-//! problem (so the router dead-letters it with the reason). Nothing is ever dropped.
+//! problem (so the router dead-letters it with the reason). Nothing is dropped but the
+//! body of an answer too large for MQTT ([`unsendable_answer`]).
 
 use bytes::Bytes;
 use edge_client::Message;
@@ -57,6 +58,22 @@ pub fn score_batch(
         }
     }
     scored
+}
+
+/// The answer `m`, which MQTT cannot carry (`why`: its size against the limit), made
+/// sendable: its body dropped, and `ClassifierError` saying so (the router dead-letters it
+/// with the reason), after any error it had already.
+pub fn unsendable_answer(mut m: Message, why: &str) -> Message {
+    let dropped = std::mem::take(&mut m.body).len();
+    let error = match m.property(CLASSIFIER_ERROR) {
+        Some(first) => format!("{first}; "),
+        None => String::new(),
+    };
+    m.set_property(
+        CLASSIFIER_ERROR,
+        format!("{error}the answer is too large to send ({why}): its body of {dropped} bytes was dropped"),
+    );
+    m
 }
 
 #[cfg(test)]
@@ -137,5 +154,29 @@ mod tests {
             .property(CLASSIFIER_ERROR)
             .unwrap()
             .contains("exceeds the limit of 10 bytes"));
+    }
+
+    #[test]
+    fn an_answer_too_large_to_send_goes_without_its_body_and_says_why() {
+        let mut m = Message::json(telemetry(1.0));
+        m.correlation_id = Some("c-1".into());
+        m.set_property("Origin", "test");
+        let n = m.body.len();
+        let a = unsendable_answer(m, "a publish of 530000 bytes is over the limit");
+        assert!(a.body.is_empty());
+        assert_eq!(
+            a.property(CLASSIFIER_ERROR),
+            Some(format!("the answer is too large to send (a publish of 530000 bytes is over the limit): its body of {n} bytes was dropped").as_str())
+        );
+        assert_eq!(a.property("Origin"), Some("test"));
+        assert_eq!(a.correlation_id.as_deref(), Some("c-1"));
+
+        let mut bad = Message::json("not json");
+        bad.set_property(CLASSIFIER_ERROR, "row 0: not a number");
+        let a = unsendable_answer(bad, "too big");
+        assert_eq!(
+            a.property(CLASSIFIER_ERROR),
+            Some("row 0: not a number; the answer is too large to send (too big): its body of 8 bytes was dropped")
+        );
     }
 }

@@ -1,11 +1,14 @@
 //! A corpus of bad telemetry sent by a leaf device through edgeHub into the real pipeline
 //! (`deployment.template.json`, the three module processes): each message ends upstream as a
-//! dead letter from `turbofanRouter` (`DeadLetter=true`) saying why, with its body unchanged;
-//! none gets a RUL message; no module stops; good telemetry sent afterwards is classified.
+//! dead letter from `turbofanRouter` (`DeadLetter=true`) saying why, with its body unchanged
+//! (or, for a message as large as MQTT carries, without it: the router's outputs would be
+//! larger still); none gets a RUL message; no module stops; good telemetry sent afterwards
+//! is classified.
 
 use e2e::pipeline::{self, wait_for};
 use e2e::{Pipeline, MODULES};
-use edge_client::Message;
+use edge_client::{wire, Message};
+use rumqttc::QoS;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,6 +18,8 @@ struct Case {
     name: &'static str,
     message: Message,
     reason: String,
+    /// Whether the dead letter carries the body (else it is empty).
+    body_kept: bool,
 }
 
 /// Engine 1's first rows of `test_FD003`, as telemetry objects.
@@ -35,11 +40,24 @@ fn json_text(m: &Map<String, Value>) -> String {
     Value::Object(m.clone()).to_string()
 }
 
+/// `body`, padded with spaces at the end (JSON allows them) so that the leaf device's
+/// PUBLISH of it, correlation id `bad-NN`, is 16 bytes under MQTT's packet limit: the
+/// largest message edgeHub takes.
+fn at_packet_limit(body: &str) -> Message {
+    let mut m = Message::json(body.to_owned());
+    m.correlation_id = Some("bad-00".into());
+    let topic = edge_protocol::topic::device_events("Client_666", &m);
+    let size = wire::publish_size(topic.len(), QoS::AtLeastOnce, body.len()).unwrap();
+    let pad = wire::MAX_PACKET - 16 - size;
+    Message::json(format!("{body}{}", " ".repeat(pad)))
+}
+
 fn corpus(row: &Map<String, Value>) -> Vec<Case> {
     let case = |name, message, reason: &str| Case {
         name,
         message,
         reason: reason.to_owned(),
+        body_kept: true,
     };
     let with = |k: &str, v: Value| {
         let mut m = row.clone();
@@ -148,6 +166,22 @@ fn corpus(row: &Map<String, Value>) -> Vec<Case> {
             Message::json(json_text(&with("PredictedRul", json!(42.5)))),
             "already classified: the body has PredictedRul",
         ),
+        Case {
+            body_kept: false,
+            ..case(
+                "telemetry as large as MQTT carries",
+                at_packet_limit(&json_text(row)),
+                "too large to send to classOutput (a publish of",
+            )
+        },
+        Case {
+            body_kept: false,
+            ..case(
+                "not JSON, as large as MQTT carries",
+                at_packet_limit("engine 7 is on fire"),
+                "; the dead letter could not be sent either (a publish of",
+            )
+        },
     ]
 }
 
@@ -174,7 +208,7 @@ async fn bad_telemetry_ends_as_dead_letters_with_reasons_and_the_pipeline_keeps_
         let cid = format!("bad-{i:02}");
         let mut m = c.message;
         m.correlation_id = Some(cid.as_str().into());
-        bodies.insert(cid.clone(), (c.name, c.reason, m.body.clone()));
+        bodies.insert(cid.clone(), (c.name, c.reason, c.body_kept, m.body.clone()));
         device
             .send_event(m)
             .await
@@ -202,7 +236,7 @@ async fn bad_telemetry_ends_as_dead_letters_with_reasons_and_the_pipeline_keeps_
     let out = p.upstream().unwrap();
     assert!(out.other.is_empty(), "unexpected records: {:?}", out.other);
 
-    for (cid, (name, reason, body)) in &bodies {
+    for (cid, (name, reason, body_kept, body)) in &bodies {
         let dead: Vec<_> = out
             .dead
             .iter()
@@ -216,6 +250,12 @@ async fn bad_telemetry_ends_as_dead_letters_with_reasons_and_the_pipeline_keeps_
             d.reason
         );
         match d.payload_encoding.as_str() {
+            _ if !body_kept => assert_eq!(
+                d.payload.as_str(),
+                Some(""),
+                "{name}: the body was dropped ({})",
+                d.payload_encoding
+            ),
             "json" => assert_eq!(
                 Some(&d.payload),
                 serde_json::from_slice::<Value>(body).ok().as_ref(),

@@ -226,6 +226,65 @@ async fn scores_real_rows_like_the_reference_and_returns_bad_input_marked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_large_for_mqtt_comes_back_without_its_body_and_the_module_goes_on() {
+    let t = start(&repo().join("models/rul.onnx"), None, "always").await;
+    let probe = t.client("probe").await;
+    let mut answers = probe.inputs().unwrap();
+    reported(&t, "Model").await;
+    // Bodies up to 1 MiB may be scored: as many rows as one publish carries.
+    let patch = json!({"MaxBodyBytes": 1 << 20});
+    t.rt.hub
+        .patch_desired("turbofanRulClassifier", patch.as_object().unwrap());
+    assert_eq!(
+        reported(&t, "MaxBodyBytes").await["MaxBodyBytes"],
+        json!(1 << 20)
+    );
+
+    let rows = cmapss::read_rows(&cmapss::data_dir().join("test_FD003.txt")).unwrap();
+    let array = |n: usize| {
+        let objects: Vec<String> = rows.iter().cycle().take(n).map(|r| r.to_json()).collect();
+        let mut m = Message::json(format!("[{}]", objects.join(",")));
+        m.correlation_id = Some("full".into());
+        m
+    };
+    // The most rows the probe can send in one message; the answer adds `PredictedRul` to
+    // each, which MQTT cannot carry.
+    let (mut ok, mut too_many) = (1, 2000);
+    while too_many - ok > 1 {
+        let n = (ok + too_many) / 2;
+        match probe.prepare_output("aml", array(n)) {
+            Ok(_) => ok = n,
+            Err(_) => too_many = n,
+        }
+    }
+    assert!(ok > 500, "{ok} rows");
+    probe.send_output("aml", array(ok)).await.unwrap();
+    let got = next_input(&mut answers).await;
+    assert_eq!(got.message.correlation_id.as_deref(), Some("full"));
+    assert!(got.message.body.is_empty(), "the body was dropped");
+    let error = got.message.property("ClassifierError").unwrap_or("");
+    assert!(
+        error.starts_with("the answer is too large to send (a publish of")
+            && error.contains("over the MQTT packet limit of 524288): its body of")
+            && error.ends_with("bytes was dropped"),
+        "{error}"
+    );
+    got.ack();
+
+    // The module goes on: the next message is scored.
+    let mut m = Message::json(rows[0].to_json());
+    m.correlation_id = Some("next".into());
+    probe.send_output("aml", m).await.unwrap();
+    let got = next_input(&mut answers).await;
+    assert_eq!(got.message.correlation_id.as_deref(), Some("next"));
+    let answer: Value = serde_json::from_slice(&got.message.body).unwrap();
+    assert!(answer[0]["PredictedRul"].is_number(), "{answer}");
+    got.ack();
+    probe.close(Duration::from_secs(2)).await;
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_model_stops_the_module_with_the_reason_in_its_twin() {
     let t = start(Path::new("/nonexistent/rul.onnx"), None, "never").await;
     let r = reported(&t, "ModelError").await;

@@ -9,7 +9,7 @@ use crate::journal::{Journal, Pending};
 use crate::upstream::{Appended, Stored};
 use bytes::BytesMut;
 use edge_client::wire;
-use edge_protocol::topic;
+use edge_protocol::{properties, topic};
 use rumqttc::{Packet, QoS};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
@@ -37,16 +37,27 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Appends the delivery's PUBLISH packet to `out`, its topic
-    /// (`devices/{d}/modules/{m}/inputs/{input}/{bag}`) written in place. A packet over
-    /// `max_packet` bytes is not written.
-    pub fn encode(&self, out: &mut BytesMut, max_packet: usize) -> Result<(), String> {
-        let topic = topic::module_input_parts(
+    /// The pieces of the delivery's topic, `devices/{d}/modules/{m}/inputs/{input}/{bag}`.
+    fn topic(&self) -> [&str; 8] {
+        topic::module_input_parts(
             &self.device,
             &self.module,
             &self.queued.input,
             self.queued.bag(),
-        );
+        )
+    }
+
+    /// The size of the delivery's PUBLISH packet, as [`Delivery::encode`] writes it; an
+    /// error if MQTT cannot carry its topic (over 64 KiB).
+    pub fn packet_size(&self) -> Result<usize, String> {
+        let topic_len = self.topic().iter().map(|p| p.len()).sum();
+        wire::publish_size(topic_len, self.qos, self.queued.message.body().len())
+    }
+
+    /// Appends the delivery's PUBLISH packet to `out`, its topic written in place. A packet
+    /// over `max_packet` bytes is not written.
+    pub fn encode(&self, out: &mut BytesMut, max_packet: usize) -> Result<(), String> {
+        let topic = self.topic();
         wire::write_publish(
             out,
             &topic,
@@ -101,6 +112,8 @@ pub struct EndpointStats {
     pub delivered: u64,
     /// Dropped because older than the time-to-live.
     pub expired: u64,
+    /// Dropped because their delivery would be over [`wire::MAX_DELIVERY`] (each logged).
+    pub undeliverable: u64,
     /// Whether the module is connected and subscribed to its inputs.
     pub connected: bool,
 }
@@ -121,6 +134,7 @@ pub struct Endpoint {
     ttl: Duration,
     delivered: u64,
     expired: u64,
+    undeliverable: u64,
 }
 
 impl Endpoint {
@@ -139,6 +153,7 @@ impl Endpoint {
             ttl,
             delivered: 0,
             expired: 0,
+            undeliverable: 0,
         }
     }
 
@@ -231,6 +246,20 @@ impl Endpoint {
                 pkid,
                 qos,
             };
+            if let Err(why) = Self::deliverable(&delivery) {
+                // It could never be written: waiting, it would hold a place in the window
+                // for good (and its journal segment on disk).
+                self.undeliverable += 1;
+                self.journal.done(q.seq);
+                tracing::error!(
+                    module = %self.module,
+                    input = %q.input,
+                    correlation_id = properties::decode(q.bag()).correlation_id.as_deref().unwrap_or(""),
+                    "message dropped for this module: {why}. Its sender was acknowledged \
+                     and it is not sent again; send a smaller body or fewer, shorter properties"
+                );
+                continue;
+            }
             if conn.tx.send(Outgoing::Delivery(delivery)).is_err() {
                 self.queue.push_front(q);
                 self.conn = None;
@@ -242,6 +271,22 @@ impl Endpoint {
             } else {
                 self.in_flight.insert(pkid, q);
             }
+        }
+    }
+
+    /// Whether `d`'s packet fits in what a module client reads ([`wire::MAX_DELIVERY`]).
+    /// A message edgeHub took in a packet of up to [`wire::MAX_PACKET`] does, unless its
+    /// property bag is near MQTT's 64 KiB topic limit, edgeHub's re-encoding of a bag it
+    /// did not get in plain form made it longer by more than the headroom, or the input's
+    /// name is very long.
+    fn deliverable(d: &Delivery) -> Result<(), String> {
+        match d.packet_size() {
+            Ok(size) if size <= wire::MAX_DELIVERY => Ok(()),
+            Ok(size) => Err(format!(
+                "its delivery would be a packet of {size} bytes, over the limit of {}",
+                wire::MAX_DELIVERY
+            )),
+            Err(e) => Err(format!("its delivery cannot be sent: {e}")),
         }
     }
 
@@ -298,6 +343,7 @@ impl Endpoint {
             in_flight: self.in_flight.len(),
             delivered: self.delivered,
             expired: self.expired,
+            undeliverable: self.undeliverable,
             connected: self.conn.is_some(),
         }
     }
@@ -463,6 +509,68 @@ mod tests {
         e.attach(same_id, QoS::AtLeastOnce);
         assert!(drain(&mut rx2).is_empty());
         assert_eq!(e.stats().in_flight, 3);
+    }
+
+    #[test]
+    fn a_delivery_s_packet_size_is_what_it_encodes() {
+        let mut m = edge_protocol::Message::new("x".repeat(20_000));
+        m.correlation_id = Some("c/1 &".into());
+        m.properties = vec![("ü".into(), "a b".into())];
+        let queued = Pending {
+            seq: 1,
+            input: Arc::from("input"),
+            message: Arc::new(m.into()),
+            at_ms: 0,
+        };
+        for qos in [QoS::AtLeastOnce, QoS::AtMostOnce] {
+            let d = Delivery {
+                device: Arc::from("edge-device"),
+                module: Arc::from("module"),
+                queued: queued.clone(),
+                pkid: 7,
+                qos,
+            };
+            let mut out = BytesMut::new();
+            d.encode(&mut out, wire::MAX_DELIVERY).unwrap();
+            assert_eq!(d.packet_size(), Ok(out.len()), "{qos:?}");
+        }
+    }
+
+    #[test]
+    fn a_message_whose_delivery_could_never_be_written_is_dropped_not_left_in_the_window() {
+        let (mut e, j, dir) = endpoint(2, Duration::from_secs(60));
+        // Over MAX_DELIVERY by its body; over MQTT's topic limit by its bag.
+        let large: Arc<HubMessage> =
+            Arc::new(edge_protocol::Message::new(vec![b' '; wire::MAX_DELIVERY]).into());
+        let mut long_bag = edge_protocol::Message::json("{}");
+        long_bag.properties = vec![("k".into(), "v".repeat(65_535).into())];
+        e.enqueue("in", msg(0));
+        e.enqueue("in", large);
+        e.enqueue("in", Arc::new(long_bag.into()));
+        e.enqueue("in", msg(1));
+        let (c, mut rx) = conn(1);
+        e.attach(c, QoS::AtLeastOnce);
+        let sent = drain(&mut rx);
+        let bodies: Vec<&[u8]> = sent.iter().map(|p| &p.payload[..]).collect();
+        assert_eq!(bodies, [&b"{\"n\":0}"[..], b"{\"n\":1}"]);
+        let stats = e.stats();
+        assert_eq!(
+            (stats.undeliverable, stats.in_flight, stats.queued),
+            (2, 2, 0)
+        );
+        // Nor are they restored after a restart, and restored ones are checked too.
+        j.flush().blocking_recv().unwrap().unwrap();
+        let (j2, replayed) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        assert_eq!(replayed["m"].len(), 2, "the two in flight");
+        let mut oversize = replayed["m"][0].clone();
+        oversize.message =
+            Arc::new(edge_protocol::Message::new(vec![b' '; wire::MAX_DELIVERY]).into());
+        let mut e = Endpoint::new("edge", "m", 10, Duration::from_secs(60), j2);
+        e.restore(vec![oversize, replayed["m"][1].clone()]);
+        let (c, mut rx) = conn(2);
+        e.attach(c, QoS::AtLeastOnce);
+        assert_eq!(drain(&mut rx).len(), 1);
+        assert_eq!(e.stats().undeliverable, 1);
     }
 
     #[test]

@@ -9,7 +9,6 @@ use crate::manifest::Manifest;
 use crate::twin::Twins;
 use crate::upstream::{Appended, Stored, Upstream};
 use bytes::Bytes;
-use edge_client::wire;
 use edge_protocol::properties::{self, Restamped};
 use edge_protocol::{sas, topic, CompactString, SasToken, SystemProperty};
 use edge_routes::{MessageView, Route, Sink};
@@ -22,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 /// Who is connected.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -79,9 +78,6 @@ pub struct Metrics {
     pub received: AtomicU64,
     /// Messages that matched no route (dropped, as edgeHub does).
     pub unrouted: AtomicU64,
-    /// Copies not queued for a module because their delivery would be over
-    /// [`wire::MAX_DELIVERY`] (each logged as an error).
-    pub undeliverable: AtomicU64,
     /// Copies routed to module inputs.
     pub to_modules: AtomicU64,
     /// Copies routed to `$upstream`.
@@ -560,46 +556,12 @@ impl Hub {
                     stored.push(self.upstream.append(m.clone()));
                 }
                 Target::Queue { queue, input } => {
-                    if let Err(why) = self.deliverable(&r.route.sink, input, &m) {
-                        self.metrics.undeliverable.fetch_add(1, Ordering::Relaxed);
-                        error!(
-                            correlation_id = properties::decode(m.bag())
-                                .correlation_id
-                                .as_deref()
-                                .unwrap_or(""),
-                            "message not routed to this module: {why}"
-                        );
-                        continue;
-                    }
                     self.metrics.to_modules.fetch_add(1, Ordering::Relaxed);
                     stored.push(lock(queue).enqueue(input, m.clone()));
                 }
             }
         }
         stored
-    }
-
-    /// Whether `m`'s delivery to `input` of the module of `sink` fits in a packet a module
-    /// client reads ([`wire::MAX_DELIVERY`]). A message edgeHub took always does, unless its
-    /// property bag is near MQTT's 64 KiB topic limit or the input's name is very long: a
-    /// delivery that does not fit could never be sent, and would hold a place in the
-    /// module's window for good.
-    fn deliverable(&self, sink: &Sink, input: &str, m: &HubMessage) -> Result<(), String> {
-        let Sink::Module { module, .. } = sink else {
-            return Ok(());
-        };
-        let topic_len = topic::module_input_parts(&self.cfg.device_id, module, input, m.bag())
-            .iter()
-            .map(|p| p.len())
-            .sum();
-        match wire::publish_size(topic_len, QoS::AtLeastOnce, m.body().len()) {
-            Ok(size) if size <= wire::MAX_DELIVERY => Ok(()),
-            Ok(size) => Err(format!(
-                "its delivery to input '{input}' of '{module}' would be a packet of {size} bytes, over the limit of {}",
-                wire::MAX_DELIVERY
-            )),
-            Err(e) => Err(format!("its delivery to input '{input}' of '{module}': {e}")),
-        }
     }
 
     /// Applies a desired-properties patch to a module's twin and pushes it to the module if

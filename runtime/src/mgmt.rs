@@ -59,7 +59,6 @@ async fn status(State(hub): State<Arc<Hub>>) -> Response {
     Json(json!({
         "received": m.received.load(Ordering::Relaxed),
         "unrouted": m.unrouted.load(Ordering::Relaxed),
-        "undeliverable": m.undeliverable.load(Ordering::Relaxed),
         "toModules": m.to_modules.load(Ordering::Relaxed),
         "toUpstream": m.to_upstream.load(Ordering::Relaxed),
         "authFailures": m.auth_failures.load(Ordering::Relaxed),

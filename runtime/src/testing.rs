@@ -135,6 +135,29 @@ pub async fn next_input(
         .expect("input stream open")
 }
 
+/// The largest `n` in `lo..hi` for which `client` would send `make(n)` to `output` (its
+/// publish fits in an MQTT packet), found without sending anything. `make(lo)` must fit and
+/// `make(hi)` must not.
+pub fn largest_sendable(
+    client: &ModuleClient,
+    output: &str,
+    (lo, hi): (usize, usize),
+    make: impl Fn(usize) -> edge_client::Message,
+) -> usize {
+    let fits = |n| client.prepare_output(output, make(n)).is_ok();
+    assert!(fits(lo) && !fits(hi), "{lo} must fit and {hi} must not");
+    let (mut ok, mut too_large) = (lo, hi);
+    while too_large - ok > 1 {
+        let n = ok + (too_large - ok) / 2;
+        if fits(n) {
+            ok = n;
+        } else {
+            too_large = n;
+        }
+    }
+    ok
+}
+
 /// Benchmark helpers shared by the runtime's and the pipeline's load benchmarks.
 pub mod bench {
     /// The number after `name` on the command line, else `default`.

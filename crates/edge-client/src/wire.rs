@@ -14,8 +14,8 @@ pub const MAX_PACKET: usize = 512 * 1024;
 /// Largest packet edgeHub delivers to a module, and so the most a module client reads: a
 /// message edgeHub took in a packet of up to [`MAX_PACKET`], under its delivery topic with
 /// edgeHub's stamps (connection ids, enqueued time), which can make it longer than the
-/// packet it came in. A message whose delivery would still be larger is refused for that
-/// module when it is routed.
+/// packet it came in. edgeHub drops (with an error) a message whose delivery would still be
+/// larger, rather than hold it for a module that could never read it.
 pub const MAX_DELIVERY: usize = MAX_PACKET + 4 * 1024;
 
 /// Read-buffer growth step.

@@ -32,6 +32,9 @@ pub const DEAD_LETTER: &str = "DeadLetter";
 pub const DEAD_LETTER_REASON: &str = "DeadLetterReason";
 /// Property the classifier sets on messages it could not score.
 pub const CLASSIFIER_ERROR: &str = "ClassifierError";
+/// How a `ClassifierError` starts when the message was scored but its answer was too large
+/// to send (and went without its body).
+pub const ANSWER_TOO_LARGE: &str = "the answer is too large to send";
 
 const CORRELATION_ID: &str = "CorrelationId";
 const CONNECTION_DEVICE_ID: &str = "ConnectionDeviceId";
@@ -195,7 +198,11 @@ fn avro_body(cid: &str, device: &str, created: &str, enqueued: &str, row: &str) 
 /// is below `threshold`, if set) and an Avro record, per object of the classifier's array.
 pub fn rul_input(m: Message, threshold: Option<f64>) -> Outgoing {
     if let Some(err) = m.property(CLASSIFIER_ERROR) {
-        let reason = format!("the classifier could not score it: {err}");
+        let reason = if err.starts_with(ANSWER_TOO_LARGE) {
+            format!("the classifier scored it, but {err}")
+        } else {
+            format!("the classifier could not score it: {err}")
+        };
         return vec![(DEAD_OUTPUT, dead_letter(m, reason))];
     }
     let props = [
@@ -482,6 +489,22 @@ mod tests {
         assert_eq!(
             dead.property(DEAD_LETTER_REASON),
             Some("the body is not JSON; the dead letter could not be sent either (too big): its body of 8 bytes was dropped")
+        );
+    }
+
+    #[test]
+    fn an_answer_too_large_to_send_is_dead_lettered_as_scored() {
+        let mut m = leaf("");
+        m.set_property(
+            CLASSIFIER_ERROR,
+            format!("{ANSWER_TOO_LARGE} (too big): its body of 9 bytes was dropped"),
+        );
+        let out = rul_input(m, None);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, DEAD_OUTPUT);
+        assert_eq!(
+            out[0].1.property(DEAD_LETTER_REASON),
+            Some("the classifier scored it, but the answer is too large to send (too big): its body of 9 bytes was dropped")
         );
     }
 }

@@ -105,7 +105,7 @@ async fn handle(
             correlation_id = dead.correlation_id.as_deref().unwrap_or(""),
             message_id = dead.message_id.as_deref().unwrap_or(""),
             reason = dead.property(router::DEAD_LETTER_REASON).unwrap_or(""),
-            "dead letter"
+            "dead letter without its body"
         );
         match client.prepare_output(router::DEAD_OUTPUT, dead) {
             Ok(send) => sends.push(send),
@@ -113,7 +113,8 @@ async fn handle(
             Err(u) => error!(
                 correlation_id = u.message.correlation_id.as_deref().unwrap_or(""),
                 message_id = u.message.message_id.as_deref().unwrap_or(""),
-                "message dropped: not even its dead letter can be sent ({})",
+                "message dropped: even without its body its dead letter cannot be sent ({}); \
+                 its properties are over MQTT's limits",
                 u.reason
             ),
         }

@@ -187,7 +187,8 @@ fn score_and_send(
                                 error!(
                                     correlation_id =
                                         u.message.correlation_id.as_deref().unwrap_or(""),
-                                    "message dropped: its answer cannot be sent even without a body ({})",
+                                    "message dropped: even without its body its answer cannot be sent ({}); \
+                                     its properties are over MQTT's limits",
                                     u.reason
                                 );
                                 token.ack();

@@ -1,12 +1,13 @@
 //! Scoring a batch of input messages with one model run: each message's body is replaced by
 //! the AML contract's answer, or kept unchanged with a `ClassifierError` property naming the
-//! problem (so the router dead-letters it with the reason). Nothing is dropped but the
-//! body of an answer too large for MQTT ([`unsendable_answer`]).
+//! problem (so the router dead-letters it with the reason). An answer too large for MQTT
+//! goes without its body ([`unsendable_answer`]); only a message whose answer cannot be sent
+//! even so (its properties alone over MQTT's limits) is dropped, with an error.
 
 use bytes::Bytes;
 use edge_client::Message;
 use rul_model::ModelError;
-use turbofan_domain::router::CLASSIFIER_ERROR;
+use turbofan_domain::router::{ANSWER_TOO_LARGE, CLASSIFIER_ERROR};
 use turbofan_domain::scoring::Request;
 
 /// Scores `messages` in place with one call of `predict` over all their rows.
@@ -71,7 +72,7 @@ pub fn unsendable_answer(mut m: Message, why: &str) -> Message {
     };
     m.set_property(
         CLASSIFIER_ERROR,
-        format!("{error}the answer is too large to send ({why}): its body of {dropped} bytes was dropped"),
+        format!("{error}{ANSWER_TOO_LARGE} ({why}): its body of {dropped} bytes was dropped"),
     );
     m
 }

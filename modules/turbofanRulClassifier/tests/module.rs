@@ -2,7 +2,7 @@
 //! C-MAPSS rows in ONNX Runtime through edgeHub, with a probe module on the other side.
 
 use edge_client::Message;
-use edge_runtime::testing::{next_input, start_with, TestRuntime};
+use edge_runtime::testing::{largest_sendable, next_input, start_with, TestRuntime};
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::io::{Read, Write};
@@ -249,14 +249,7 @@ async fn an_answer_too_large_for_mqtt_comes_back_without_its_body_and_the_module
     };
     // The most rows the probe can send in one message; the answer adds `PredictedRul` to
     // each, which MQTT cannot carry.
-    let (mut ok, mut too_many) = (1, 2000);
-    while too_many - ok > 1 {
-        let n = (ok + too_many) / 2;
-        match probe.prepare_output("aml", array(n)) {
-            Ok(_) => ok = n,
-            Err(_) => too_many = n,
-        }
-    }
+    let ok = largest_sendable(&probe, "aml", (1, 2000), array);
     assert!(ok > 500, "{ok} rows");
     probe.send_output("aml", array(ok)).await.unwrap();
     let got = next_input(&mut answers).await;

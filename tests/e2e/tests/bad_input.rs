@@ -41,8 +41,8 @@ fn json_text(m: &Map<String, Value>) -> String {
 }
 
 /// `body`, padded with spaces at the end (JSON allows them) so that the leaf device's
-/// PUBLISH of it, correlation id `bad-NN`, is 16 bytes under MQTT's packet limit: the
-/// largest message edgeHub takes.
+/// PUBLISH of it, correlation id `bad-NN`, is within 16 bytes of MQTT's packet limit: about
+/// the largest message edgeHub takes.
 fn at_packet_limit(body: &str) -> Message {
     let mut m = Message::json(body.to_owned());
     m.correlation_id = Some("bad-00".into());

@@ -204,7 +204,16 @@ impl Backoff {
     }
 }
 
-/// A message [`ModuleClient::prepare_output`] did not send because MQTT cannot carry it.
+/// A message ready to send ([`ModuleClient::prepare_output`]): its topic, with the property
+/// bag, and its body.
+#[derive(Debug)]
+pub struct Prepared {
+    topic: String,
+    payload: Bytes,
+}
+
+/// A message [`ModuleClient::prepare_output`] did not make ready because MQTT cannot carry
+/// it.
 #[derive(Debug)]
 pub struct Unsendable {
     /// The message, as it was given (with its output name set).
@@ -334,15 +343,17 @@ impl ModuleClient {
     pub fn send_output(
         &self,
         output: &str,
-        message: Message,
+        mut message: Message,
     ) -> impl Future<Output = Result<(), Error>> + '_ {
-        let send = self
-            .prepare_output(output, message)
-            .map_err(|u| Error::TooLarge(u.reason));
-        async move { send?.await }
+        // The topic is made here, not in the future: waiting for edgeHub, a send holds its
+        // topic and body only, not the whole message (a module has hundreds waiting).
+        message.output_name = Some(output.into());
+        let s = &self.inner.settings;
+        let topic = topic::module_output(&s.device_id, &s.module_id, &message);
+        self.publish_tracked(topic, message.body)
     }
 
-    /// The send of `message` to `output`, to await as [`ModuleClient::send_output`]; or, if
+    /// `message` made ready to send to `output` with [`ModuleClient::send_prepared`]; or, if
     /// MQTT cannot carry it (a packet over [`MAX_PACKET`], or a topic with its property bag
     /// over 64 KiB), the message back unsent, with the reason, so that the caller can send
     /// something in its place (a dead letter without the body, say) and need not leave its
@@ -351,19 +362,26 @@ impl ModuleClient {
         &self,
         output: &str,
         mut message: Message,
-    ) -> Result<impl Future<Output = Result<(), Error>> + '_, Unsendable> {
-        // The topic is made here, not in the future: waiting for edgeHub, a send holds its
-        // topic and body only, not the whole message (a module has hundreds waiting).
+    ) -> Result<Prepared, Unsendable> {
         message.output_name = Some(output.into());
         let s = &self.inner.settings;
         let topic = topic::module_output(&s.device_id, &s.module_id, &message);
-        if let Err(reason) = fits(&topic, &message.body) {
-            return Err(Unsendable {
+        match fits(&topic, &message.body) {
+            Ok(()) => Ok(Prepared {
+                topic,
+                payload: message.body,
+            }),
+            Err(reason) => Err(Unsendable {
                 message: Box::new(message),
                 reason,
-            });
+            }),
         }
-        Ok(self.publish_tracked(topic, message.body))
+    }
+
+    /// Sends what [`ModuleClient::prepare_output`] made ready; returns once edgeHub has
+    /// accepted it (PUBACK).
+    pub fn send_prepared(&self, p: Prepared) -> impl Future<Output = Result<(), Error>> + '_ {
+        self.publish_tracked(p.topic, p.payload)
     }
 
     /// Sends device telemetry (`devices/{d}/messages/events`); for a device identity.

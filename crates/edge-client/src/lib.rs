@@ -25,7 +25,7 @@ pub mod wire;
 pub mod workload;
 
 pub use acks::AckToken;
-pub use client::{InputMessage, ModuleClient, Unsendable};
+pub use client::{InputMessage, ModuleClient, Prepared, Unsendable};
 pub use edge_protocol::{CompactString, Message};
 pub use error::Error;
 pub use run::{run_inputs, shutdown_signal};

@@ -89,40 +89,44 @@ async fn handle(
         }
     }
     // Send every output concurrently; the input is acknowledged only when all were accepted.
-    // An output MQTT cannot carry goes to deadMessages without its body instead: sent
-    // again, it would fail again.
-    let mut sends = Vec::with_capacity(outgoing.len());
-    for (output, m) in outgoing {
-        let u = match client.prepare_output(output, m) {
-            Ok(send) => {
-                sends.push(send);
-                continue;
-            }
-            Err(u) => u,
-        };
-        let dead = router::unsendable(*u.message, output, &u.reason);
-        warn!(
-            correlation_id = dead.correlation_id.as_deref().unwrap_or(""),
-            message_id = dead.message_id.as_deref().unwrap_or(""),
-            reason = dead.property(router::DEAD_LETTER_REASON).unwrap_or(""),
-            "dead letter without its body"
-        );
-        match client.prepare_output(router::DEAD_OUTPUT, dead) {
-            Ok(send) => sends.push(send),
-            // Even without its body (its properties alone are over MQTT's topic limit).
-            Err(u) => error!(
+    let sends = outgoing
+        .into_iter()
+        .filter_map(|(output, m)| prepare(client, output, m))
+        .map(|p| client.send_prepared(p));
+    for r in futures_util::future::join_all(sends).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// `m` made ready for `output`; if MQTT cannot carry it, its dead letter without the body
+/// instead (sent again, it would fail again); `None` if not even that can be sent.
+fn prepare(client: &ModuleClient, output: &str, m: Message) -> Option<edge_client::Prepared> {
+    let u = match client.prepare_output(output, m) {
+        Ok(p) => return Some(p),
+        Err(u) => u,
+    };
+    let dead = router::unsendable(*u.message, output, &u.reason);
+    warn!(
+        correlation_id = dead.correlation_id.as_deref().unwrap_or(""),
+        message_id = dead.message_id.as_deref().unwrap_or(""),
+        reason = dead.property(router::DEAD_LETTER_REASON).unwrap_or(""),
+        "dead letter without its body"
+    );
+    match client.prepare_output(router::DEAD_OUTPUT, dead) {
+        Ok(p) => Some(p),
+        // Even without its body (its properties alone are over MQTT's topic limit).
+        Err(u) => {
+            error!(
                 correlation_id = u.message.correlation_id.as_deref().unwrap_or(""),
                 message_id = u.message.message_id.as_deref().unwrap_or(""),
                 "message dropped: even without its body its dead letter cannot be sent ({}); \
                  its properties are over MQTT's limits",
                 u.reason
-            ),
+            );
+            None
         }
     }
-    for r in futures_util::future::join_all(sends).await {
-        r?;
-    }
-    Ok(())
 }
 
 #[global_allocator]

@@ -172,8 +172,8 @@ fn score_and_send(
                 }
                 // An answer MQTT cannot carry goes without its body, saying so (the router
                 // dead-letters it): sent again, it would fail again.
-                let send = match client.prepare_output(AML_OUTPUT, m) {
-                    Ok(send) => send,
+                let prepared = match client.prepare_output(AML_OUTPUT, m) {
+                    Ok(p) => p,
                     Err(u) => {
                         let m = scoring::unsendable_answer(*u.message, &u.reason);
                         warn!(
@@ -182,7 +182,7 @@ fn score_and_send(
                             "answer too large to send"
                         );
                         match client.prepare_output(AML_OUTPUT, m) {
-                            Ok(send) => send,
+                            Ok(p) => p,
                             Err(u) => {
                                 error!(
                                     correlation_id =
@@ -197,7 +197,7 @@ fn score_and_send(
                         }
                     }
                 };
-                match send.await {
+                match client.send_prepared(prepared).await {
                     Ok(()) => token.ack(),
                     Err(e) => warn!(error = %e, "answer not sent; left for redelivery"),
                 }

@@ -423,6 +423,27 @@ pub fn kill(pid: u32) -> Result<()> {
     .with_context(|| format!("killing process {pid}"))
 }
 
+/// Sends SIGTERM to process `pid`.
+pub fn terminate(pid: u32) -> Result<()> {
+    let raw = i32::try_from(pid).map_err(|_| anyhow!("process id {pid} out of range"))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(raw),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .with_context(|| format!("stopping process {pid}"))
+}
+
+/// Whether process `pid` has exited (gone, or a zombie its parent has not reaped yet).
+pub fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
 /// Index of `field` in an archived record's `Body` (schema order).
 pub fn body_index(field: &str) -> Option<usize> {
     turbofan_domain::record::BODY_FIELDS

@@ -415,22 +415,21 @@ impl Pipeline {
 
 /// Sends SIGKILL to process `pid`.
 pub fn kill(pid: u32) -> Result<()> {
-    let raw = i32::try_from(pid).map_err(|_| anyhow!("process id {pid} out of range"))?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(raw),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .with_context(|| format!("killing process {pid}"))
+    signal(pid, nix::sys::signal::Signal::SIGKILL).with_context(|| format!("killing process {pid}"))
 }
 
 /// Sends SIGTERM to process `pid`.
 pub fn terminate(pid: u32) -> Result<()> {
+    signal(pid, nix::sys::signal::Signal::SIGTERM)
+        .with_context(|| format!("stopping process {pid}"))
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) -> Result<()> {
     let raw = i32::try_from(pid).map_err(|_| anyhow!("process id {pid} out of range"))?;
-    nix::sys::signal::kill(
+    Ok(nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(raw),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .with_context(|| format!("stopping process {pid}"))
+        signal,
+    )?)
 }
 
 /// Whether process `pid` has exited (gone, or a zombie its parent has not reaped yet).

@@ -47,11 +47,16 @@ impl Delivery {
         )
     }
 
-    /// The size of the delivery's PUBLISH packet, as [`Delivery::encode`] writes it; an
-    /// error if MQTT cannot carry its topic (over 64 KiB).
-    pub fn packet_size(&self) -> Result<usize, String> {
+    /// The size of the delivery's PUBLISH packet, as [`Delivery::encode`] writes it, if it
+    /// fits in `max_packet` bytes; else why not.
+    pub fn check_size(&self, max_packet: usize) -> Result<usize, String> {
         let topic_len = self.topic().iter().map(|p| p.len()).sum();
-        wire::publish_size(topic_len, self.qos, self.queued.message.body().len())
+        wire::check_publish(
+            topic_len,
+            self.qos,
+            self.queued.message.body().len(),
+            max_packet,
+        )
     }
 
     /// Appends the delivery's PUBLISH packet to `out`, its topic written in place. A packet
@@ -246,7 +251,11 @@ impl Endpoint {
                 pkid,
                 qos,
             };
-            if let Err(why) = Self::deliverable(&delivery) {
+            // A message edgeHub took in a packet of up to MAX_PACKET fits in what a module
+            // client reads, unless its property bag is near MQTT's 64 KiB topic limit,
+            // edgeHub's re-encoding of a bag it did not get in plain form made it longer by
+            // more than the headroom, or the input's name is very long.
+            if let Err(why) = delivery.check_size(wire::MAX_DELIVERY) {
                 // It could never be written: waiting, it would hold a place in the window
                 // for good (and its journal segment on disk).
                 self.undeliverable += 1;
@@ -255,7 +264,7 @@ impl Endpoint {
                     module = %self.module,
                     input = %q.input,
                     correlation_id = properties::decode(q.bag()).correlation_id.as_deref().unwrap_or(""),
-                    "message dropped for this module: {why}. Its sender was acknowledged \
+                    "message dropped for this module (its delivery: {why}). Its sender was acknowledged \
                      and it is not sent again; send a smaller body or fewer, shorter properties"
                 );
                 continue;
@@ -271,22 +280,6 @@ impl Endpoint {
             } else {
                 self.in_flight.insert(pkid, q);
             }
-        }
-    }
-
-    /// Whether `d`'s packet fits in what a module client reads ([`wire::MAX_DELIVERY`]).
-    /// A message edgeHub took in a packet of up to [`wire::MAX_PACKET`] does, unless its
-    /// property bag is near MQTT's 64 KiB topic limit, edgeHub's re-encoding of a bag it
-    /// did not get in plain form made it longer by more than the headroom, or the input's
-    /// name is very long.
-    fn deliverable(d: &Delivery) -> Result<(), String> {
-        match d.packet_size() {
-            Ok(size) if size <= wire::MAX_DELIVERY => Ok(()),
-            Ok(size) => Err(format!(
-                "its delivery would be a packet of {size} bytes, over the limit of {}",
-                wire::MAX_DELIVERY
-            )),
-            Err(e) => Err(format!("its delivery cannot be sent: {e}")),
         }
     }
 
@@ -532,7 +525,7 @@ mod tests {
             };
             let mut out = BytesMut::new();
             d.encode(&mut out, wire::MAX_DELIVERY).unwrap();
-            assert_eq!(d.packet_size(), Ok(out.len()), "{qos:?}");
+            assert_eq!(d.check_size(wire::MAX_DELIVERY), Ok(out.len()), "{qos:?}");
         }
     }
 

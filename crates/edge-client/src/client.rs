@@ -224,11 +224,25 @@ pub struct Unsendable {
 
 /// Whether a QoS 1 publish of `payload` on `topic` fits in [`MAX_PACKET`]; the reason if not.
 fn fits(topic: &str, payload: &[u8]) -> Result<(), String> {
-    match wire::publish_size(topic.len(), QoS::AtLeastOnce, payload.len())? {
-        size if size <= MAX_PACKET => Ok(()),
-        size => Err(format!(
-            "a publish of {size} bytes is over the MQTT packet limit of {MAX_PACKET}"
-        )),
+    wire::check_publish(topic.len(), QoS::AtLeastOnce, payload.len(), MAX_PACKET).map(|_| ())
+}
+
+/// Appends the PUBLISH of send `o` under `pkid` to `out`, with the DUP flag if it is sent
+/// `again`.
+fn write_send(out: &mut BytesMut, pkid: u16, o: &Outbound, again: bool) {
+    // `publish_tracked` checked the size.
+    let topic = [o.topic.as_str()];
+    let written = write_publish(
+        out,
+        &topic,
+        QoS::AtLeastOnce,
+        pkid,
+        again,
+        &o.payload,
+        MAX_PACKET,
+    );
+    if let Err(e) = written {
+        warn!(error = %e, "packet not sent: it cannot be encoded");
     }
 }
 
@@ -347,10 +361,15 @@ impl ModuleClient {
     ) -> impl Future<Output = Result<(), Error>> + '_ {
         // The topic is made here, not in the future: waiting for edgeHub, a send holds its
         // topic and body only, not the whole message (a module has hundreds waiting).
+        let topic = self.output_topic(output, &mut message);
+        self.publish_tracked(topic, message.body)
+    }
+
+    /// The topic of `message` sent to `output` (named in the message too).
+    fn output_topic(&self, output: &str, message: &mut Message) -> String {
         message.output_name = Some(output.into());
         let s = &self.inner.settings;
-        let topic = topic::module_output(&s.device_id, &s.module_id, &message);
-        self.publish_tracked(topic, message.body)
+        topic::module_output(&s.device_id, &s.module_id, message)
     }
 
     /// `message` made ready to send to `output` with [`ModuleClient::send_prepared`]; or, if
@@ -363,9 +382,7 @@ impl ModuleClient {
         output: &str,
         mut message: Message,
     ) -> Result<Prepared, Unsendable> {
-        message.output_name = Some(output.into());
-        let s = &self.inner.settings;
-        let topic = topic::module_output(&s.device_id, &s.module_id, &message);
+        let topic = self.output_topic(output, &mut message);
         match fits(&topic, &message.body) {
             Ok(()) => Ok(Prepared {
                 topic,
@@ -712,18 +729,7 @@ impl Driver {
     /// Takes a publish in and encodes it.
     fn take_send(&mut self, o: Outbound, out: &mut BytesMut, reserved: Option<u16>) {
         let (pkid, o) = self.sends.add(o, reserved);
-        // `publish_tracked` checked the size.
-        if let Err(e) = write_publish(
-            out,
-            &[&o.topic],
-            QoS::AtLeastOnce,
-            pkid,
-            false,
-            &o.payload,
-            MAX_PACKET,
-        ) {
-            warn!(error = %e, "packet not sent: it cannot be encoded");
-        }
+        write_send(out, pkid, o, false);
     }
 
     /// Encodes a released PUBACK (if its message came on this connection).
@@ -752,19 +758,7 @@ impl Driver {
         encode(Packet::Subscribe(sub), &mut out);
         let resend = self.sends.len();
         for (pkid, o) in self.sends.unacked() {
-            // `publish_tracked` checked the size.
-            let again = write_publish(
-                &mut out,
-                &[&o.topic],
-                QoS::AtLeastOnce,
-                pkid,
-                true,
-                &o.payload,
-                MAX_PACKET,
-            );
-            if let Err(e) = again {
-                warn!(error = %e, "packet not sent: it cannot be encoded");
-            }
+            write_send(&mut out, pkid, o, true);
         }
         if resend > 0 && self.epoch > 1 {
             warn!(count = resend, "sending unacknowledged messages again");

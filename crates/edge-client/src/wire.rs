@@ -258,6 +258,23 @@ pub fn publish_size(topic_len: usize, qos: QoS, payload_len: usize) -> Result<us
     Ok(1 + length_bytes + remaining)
 }
 
+/// The size of a PUBLISH packet whose topic is `topic_len` bytes and payload
+/// `payload_len`, if it fits in `max_packet` bytes; else why not. Every size check of a
+/// PUBLISH goes through here: before a send, before a delivery, and when one is written.
+pub fn check_publish(
+    topic_len: usize,
+    qos: QoS,
+    payload_len: usize,
+    max_packet: usize,
+) -> Result<usize, String> {
+    match publish_size(topic_len, qos, payload_len)? {
+        size if size <= max_packet => Ok(size),
+        size => Err(format!(
+            "a publish of {size} bytes is over the MQTT packet limit of {max_packet}"
+        )),
+    }
+}
+
 /// Appends a PUBLISH packet to `out`, its topic the concatenation of `topic` (written in
 /// place, without building the topic first), with the DUP flag if `dup` (a publish sent
 /// again), never RETAIN. A packet over `max_packet` bytes (rumqttc's limit: the whole
@@ -272,12 +289,7 @@ pub fn write_publish(
     max_packet: usize,
 ) -> Result<(), String> {
     let topic_len: usize = topic.iter().map(|p| p.len()).sum();
-    let size = publish_size(topic_len, qos, payload.len())?;
-    if size > max_packet {
-        return Err(format!(
-            "PUBLISH of {size} bytes is over the packet limit of {max_packet}"
-        ));
-    }
+    let size = check_publish(topic_len, qos, payload.len(), max_packet)?;
     out.reserve(size);
     // Fixed header: PUBLISH, DUP and QoS; then the remaining length as a variable-length
     // integer (7 bits per byte, least significant first).
@@ -292,7 +304,7 @@ pub fn write_publish(
         }
         out.put_u8(byte | 0x80);
     }
-    // `publish_size` checked that the length fits.
+    // `check_publish` checked that the length fits.
     out.put_u16(topic_len as u16);
     for part in topic {
         out.put_slice(part.as_bytes());

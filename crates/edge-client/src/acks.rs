@@ -12,7 +12,7 @@ use bytes::Bytes;
 use rumqttc::QoS;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
@@ -22,10 +22,85 @@ pub(crate) struct Outbound {
     pub(crate) topic: String,
     /// Its payload.
     pub(crate) payload: Bytes,
-    /// Fired on PUBACK.
-    pub(crate) done: oneshot::Sender<()>,
+    /// What its PUBACK completes.
+    pub(crate) done: Done,
     /// A place in the send window, given back on PUBACK.
     pub(crate) _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What a publish's PUBACK completes. Dropped without it (the client closed first), it
+/// completes nothing: the waiting sender gets an error, the forwarded input is abandoned.
+pub(crate) enum Done {
+    /// A sender waiting for it.
+    Waiter(oneshot::Sender<()>),
+    /// One of the outputs of a forwarded input.
+    Output(OutputOf),
+}
+
+impl Done {
+    fn accepted(self) {
+        match self {
+            Done::Waiter(tx) => {
+                let _ = tx.send(());
+            }
+            Done::Output(o) => o.accepted(),
+        }
+    }
+}
+
+/// An input whose outputs are in flight ([`crate::ModuleClient::forward`]): acknowledged
+/// when the last of them is accepted, that is, when the last [`OutputOf`] is done with it;
+/// abandoned (edgeHub delivers it again) if any of them was dropped unaccepted.
+pub(crate) struct Forwarded {
+    input: Option<AckToken>,
+    abandoned: AtomicBool,
+}
+
+impl Forwarded {
+    pub(crate) fn new(input: AckToken) -> Arc<Forwarded> {
+        Arc::new(Forwarded {
+            input: Some(input),
+            abandoned: AtomicBool::new(false),
+        })
+    }
+
+    /// Leaves the input unacknowledged, whatever happens to its outputs.
+    pub(crate) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Forwarded {
+    fn drop(&mut self) {
+        // Dropping the token instead of acknowledging it abandons the input.
+        if let Some(t) = self.input.take() {
+            if !*self.abandoned.get_mut() {
+                t.ack();
+            }
+        }
+    }
+}
+
+/// One output's share of a [`Forwarded`] input.
+pub(crate) struct OutputOf(Option<Arc<Forwarded>>);
+
+impl OutputOf {
+    pub(crate) fn new(input: &Arc<Forwarded>) -> OutputOf {
+        OutputOf(Some(input.clone()))
+    }
+
+    /// edgeHub accepted the output.
+    fn accepted(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for OutputOf {
+    fn drop(&mut self) {
+        if let Some(input) = self.0.take() {
+            input.abandon();
+        }
+    }
 }
 
 /// Publishes not yet acknowledged by edgeHub, by packet id, each with its place in the
@@ -57,10 +132,11 @@ impl SendTracker {
         (pkid, &entry.into_mut().1)
     }
 
-    /// edgeHub acknowledged `pkid`: its sender is told.
+    /// edgeHub acknowledged `pkid`: its sender is told, or its share of a forwarded input
+    /// done.
     pub(crate) fn acked(&mut self, pkid: u16) {
         if let Some((_, o)) = self.unacked.remove(&pkid) {
-            let _ = o.done.send(());
+            o.done.accepted();
         }
     }
 
@@ -225,7 +301,7 @@ mod tests {
         let o = Outbound {
             topic: topic.into(),
             payload: Bytes::from(topic.to_owned()),
-            done,
+            done: Done::Waiter(done),
             _permit: None,
         };
         (o, rx)
@@ -274,6 +350,59 @@ mod tests {
         assert_eq!((a, b), (u16::MAX, 2));
         let c = t.add(outbound("c").0, reserved).0;
         assert!(!ids.contains(&c) && c != 1 && c != a && c != b, "{c}");
+    }
+
+    /// A forwarded input's outputs in the tracker, under their packet ids.
+    fn forwarded(
+        t: &mut SendTracker,
+        s: &Arc<AckSequencer>,
+        pkid: u16,
+        outputs: usize,
+    ) -> Vec<u16> {
+        let input = Forwarded::new(s.token(1, pkid, QoS::AtLeastOnce));
+        (0..outputs)
+            .map(|i| {
+                let o = Outbound {
+                    topic: format!("out{i}"),
+                    payload: Bytes::new(),
+                    done: Done::Output(OutputOf::new(&input)),
+                    _permit: None,
+                };
+                t.add(o, None).0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_forwarded_input_is_acknowledged_when_the_last_of_its_outputs_is_accepted() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = Arc::new(AckSequencer::new(tx));
+        let mut t = SendTracker::default();
+        let outs = forwarded(&mut t, &s, 7, 3);
+        t.acked(outs[2]);
+        t.acked(outs[0]);
+        assert!(rx.try_recv().is_err(), "one output is not accepted yet");
+        t.acked(outs[1]);
+        assert_eq!(rx.try_recv().unwrap().pkid, 7);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_forwarded_input_whose_output_was_not_accepted_is_left_for_redelivery() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = Arc::new(AckSequencer::new(tx));
+        let mut t = SendTracker::default();
+        let outs = forwarded(&mut t, &s, 7, 2);
+        let next = forwarded(&mut t, &s, 8, 1);
+        t.acked(outs[0]);
+        // The client closes: what edgeHub has not accepted is dropped.
+        t = SendTracker::default();
+        assert!(rx.try_recv().is_err(), "input 7 must not be acknowledged");
+        assert_eq!(s.pending(), 0, "both inputs are finished (abandoned)");
+        drop((outs, next, t));
+        // The abandoned inputs do not hold back later ones.
+        s.token(1, 9, QoS::AtLeastOnce).ack();
+        assert_eq!(rx.try_recv().unwrap().pkid, 9);
     }
 
     #[test]

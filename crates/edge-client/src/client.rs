@@ -4,7 +4,9 @@
 //! PUBACKs for handled inputs) is queued for it, and whatever is queued when it gets to
 //! write goes out as one TLS write: under load many packets share a record and a syscall.
 
-use crate::acks::{AckSequencer, AckToken, Outbound, Release, SendTracker};
+use crate::acks::{
+    AckSequencer, AckToken, Done, Forwarded, Outbound, OutputOf, Release, SendTracker,
+};
 use crate::error::Error;
 use crate::settings::{Credentials, Settings, TrustSource};
 use crate::wire::{
@@ -423,11 +425,56 @@ impl ModuleClient {
         let o = Outbound {
             topic,
             payload,
-            done,
+            done: Done::Waiter(done),
             _permit: Some(permit),
         };
         self.inner.out.send(o).map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Sends `outputs` (each made ready with [`ModuleClient::prepare_output`]) and
+    /// acknowledges `input` once edgeHub has accepted every one of them (at once if there
+    /// are none). Returns as soon as they are queued for the connection, waiting only for
+    /// room in the send window: nothing waits per message for edgeHub, so a module that
+    /// turns each input into outputs (a router) needs no future per message in flight.
+    ///
+    /// If the client closes before edgeHub accepted them all, `input` is left
+    /// unacknowledged and edgeHub delivers it again (at-least-once); so it is on `Err`.
+    pub async fn forward(
+        &self,
+        input: AckToken,
+        outputs: impl IntoIterator<Item = Prepared>,
+    ) -> Result<(), Error> {
+        let mut outputs = outputs.into_iter().peekable();
+        if outputs.peek().is_none() {
+            input.ack();
+            return Ok(());
+        }
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        let forwarded = Forwarded::new(input);
+        for p in outputs {
+            // Room in the window is there nearly always: take it without a waiting future.
+            let permit = match self.inner.window.clone().try_acquire_owned() {
+                Ok(permit) => Ok(permit),
+                Err(_) => self.inner.window.clone().acquire_owned().await,
+            };
+            let queued = permit.map_err(|_| Error::Closed).and_then(|permit| {
+                let o = Outbound {
+                    topic: p.topic,
+                    payload: p.payload,
+                    done: Done::Output(OutputOf::new(&forwarded)),
+                    _permit: Some(permit),
+                };
+                self.inner.out.send(o).map_err(|_| Error::Closed)
+            });
+            if let Err(e) = queued {
+                forwarded.abandon();
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     async fn twin_request(

@@ -4,8 +4,9 @@
 //! environment (SAS tokens signed by the workload API, TLS verified against its trust bundle,
 //! MQTT 3.1.1 to the gateway), or from a module connection string. Then it
 //! - sends messages to named outputs ([`ModuleClient::send_output`], returns once accepted),
-//! - handles messages per named input ([`ModuleClient::inputs`] or [`run_inputs`]),
-//!   acknowledging each only after it was handled,
+//! - handles messages per named input ([`ModuleClient::inputs`], [`run_inputs`], or
+//!   [`forward_inputs`] for a module that turns each input into outputs), acknowledging
+//!   each only after it was handled,
 //! - reads its twin, receives desired-property patches and reports properties.
 //!
 //! The connection reconnects with capped exponential backoff and renews its SAS token
@@ -28,7 +29,7 @@ pub use acks::AckToken;
 pub use client::{InputMessage, ModuleClient, Prepared, Unsendable};
 pub use edge_protocol::{CompactString, Message};
 pub use error::Error;
-pub use run::{run_inputs, shutdown_signal};
+pub use run::{forward_inputs, run_inputs, shutdown_signal};
 pub use settings::Settings;
 
 /// The memory allocator of the project's processes (the modules, the runtime, the leaf

@@ -1,13 +1,17 @@
 //! The usual main loop of a module: handle inputs concurrently until SIGTERM/SIGINT, then
 //! finish what is in flight and close.
 
-use crate::client::ModuleClient;
+use crate::client::{ModuleClient, Prepared};
 use crate::error::Error;
 use edge_protocol::{CompactString, Message};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::time::Duration;
 use tracing::{info, warn, Instrument};
+
+/// Inputs [`forward_inputs`] handles one after the other before it looks at its stop
+/// signal again.
+const INPUTS_PER_TURN: usize = 64;
 
 /// Resolves on SIGTERM (how a runtime stops a module) or SIGINT.
 pub async fn shutdown_signal() {
@@ -87,6 +91,59 @@ where
     // Messages received but not started are left unacknowledged: edgeHub keeps them.
     drop(inputs);
     while running.next().await.is_some() {}
+    client.close(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// The main loop of a module that turns each input into outputs (a router): `handler`
+/// makes an input into the outputs to send, each made ready with
+/// [`ModuleClient::prepare_output`] (so that it can send something else in place of one
+/// MQTT cannot carry), and [`ModuleClient::forward`] sends them and acknowledges the input
+/// once edgeHub has accepted them all. Runs until `stop` resolves, then waits for what is in
+/// flight and closes the client.
+///
+/// Nothing waits per message: how many inputs are in flight is bounded by edgeHub's window
+/// of deliveries to the module, and their outputs by the client's send window.
+pub async fn forward_inputs<H>(
+    client: &ModuleClient,
+    stop: impl Future<Output = ()>,
+    mut handler: H,
+) -> Result<(), Error>
+where
+    H: FnMut(&str, Message) -> Vec<Prepared>,
+{
+    let mut inputs = client.inputs()?;
+    tokio::pin!(stop);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            m = inputs.recv() => match m { Some(m) => m, None => break },
+        };
+        // What else has arrived is handled before `stop` is looked at again.
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(m) = next.take() {
+            let (input, message, token) = m.into_parts();
+            // At debug level, as in `run_inputs`.
+            let span = tracing::debug_span!(
+                "message",
+                input = %input,
+                correlation_id = message.correlation_id.as_deref().unwrap_or(""),
+                message_id = message.message_id.as_deref().unwrap_or(""),
+            );
+            let outputs = span.in_scope(|| handler(&input, message));
+            if let Err(e) = client.forward(token, outputs).instrument(span).await {
+                warn!(error = %e, "outputs not sent; message left for redelivery");
+            }
+            handled += 1;
+            if handled < INPUTS_PER_TURN {
+                next = inputs.try_recv().ok();
+            }
+        }
+    }
+    // Messages received but not handled are left unacknowledged: edgeHub keeps them.
+    drop(inputs);
     client.close(Duration::from_secs(10)).await;
     Ok(())
 }

@@ -16,11 +16,6 @@ use std::sync::{Arc, RwLock};
 use tracing::{error, info, warn};
 use turbofan_domain::router;
 
-/// Inputs handled at once. Each waits for edgeHub to store its outputs (a disk sync), so
-/// this many in flight is what keeps the router busy while syncs are under way. It matches
-/// the local edgeHub's window (messages in flight per module): more would never be used.
-const CONCURRENCY: usize = 512;
-
 /// Settings from desired properties.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct Settings {
@@ -54,12 +49,13 @@ fn apply_desired(desired: &Value, settings: &RwLock<Settings>, log: &logging::Lo
     Value::Object(reported)
 }
 
-async fn handle(
+/// The outputs for input message `m`, made ready to send.
+fn handle(
     client: &ModuleClient,
     settings: &RwLock<Settings>,
     input: &str,
     m: Message,
-) -> Result<(), edge_client::Error> {
+) -> Vec<edge_client::Prepared> {
     let outgoing = match input {
         router::DEVICE_INPUT => router::device_input(
             m,
@@ -88,15 +84,11 @@ async fn handle(
             );
         }
     }
-    // Send every output concurrently; the input is acknowledged only when all were accepted.
-    let sends = outgoing
+    // Sent together; the input is acknowledged when edgeHub has accepted them all.
+    outgoing
         .into_iter()
         .filter_map(|(output, m)| prepare(client, output, m))
-        .map(|p| client.send_prepared(p));
-    for r in futures_util::future::join_all(sends).await {
-        r?;
-    }
-    Ok(())
+        .collect()
 }
 
 /// `m` made ready for `output`; if MQTT cannot carry it, its dead letter without the body
@@ -148,17 +140,12 @@ async fn main() {
         .follow_desired(json!({}), move |d| apply_desired(d, &s, &log))
         .await;
     info!("turbofanRouter running");
-    let (c, s) = (client.clone(), settings.clone());
-    let result = edge_client::run_inputs(
-        &client,
-        CONCURRENCY,
-        edge_client::shutdown_signal(),
-        move |input, m| {
-            let (c, s) = (c.clone(), s.clone());
-            async move { handle(&c, &s, &input, m).await }
-        },
-    )
-    .await;
+    let c = client.clone();
+    let result =
+        edge_client::forward_inputs(&client, edge_client::shutdown_signal(), move |input, m| {
+            handle(&c, &settings, input, m)
+        })
+        .await;
     match result {
         Ok(()) => info!("turbofanRouter stopped cleanly"),
         Err(e) => {

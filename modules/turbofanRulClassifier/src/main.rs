@@ -17,8 +17,7 @@
 mod http;
 mod scoring;
 
-use edge_client::{logging, AckToken, InputMessage, Message, ModuleClient};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use edge_client::{logging, AckToken, InputMessage, Message, ModuleClient, Prepared};
 use rul_model::RulModel;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -126,13 +125,9 @@ async fn next_batch(
     batch
 }
 
-/// Scores a batch in one model run; returns, per message, the future that sends its answer
-/// and then acknowledges it.
-fn score_and_send(
-    batch: Vec<InputMessage>,
-    s: &Arc<Shared>,
-    client: &ModuleClient,
-) -> Vec<impl std::future::Future<Output = ()>> {
+/// Scores a batch in one model run and sends each answer; each input is acknowledged once
+/// edgeHub has accepted its answer.
+async fn score_and_send(batch: Vec<InputMessage>, s: &Shared, client: &ModuleClient) {
     let mut tokens: Vec<AckToken> = Vec::with_capacity(batch.len());
     let mut messages: Vec<Message> = Vec::with_capacity(batch.len());
     for m in batch {
@@ -151,9 +146,7 @@ fn score_and_send(
         scoring::score_batch(&mut messages, s.max_body(), |f| model.predict(f))
     };
     tracing::debug!(batch = messages.len(), scored, "batch scored");
-    let mut answers = Vec::with_capacity(messages.len());
     for (m, token) in messages.into_iter().zip(tokens) {
-        let client = client.clone();
         // Debug level, as the module client's message spans. A message that could not be
         // scored is named in its warning; a failed send is the connection's (the message
         // is delivered again) and is not.
@@ -161,51 +154,46 @@ fn score_and_send(
             "message",
             correlation_id = m.correlation_id.as_deref().unwrap_or("")
         );
-        answers.push(
-            async move {
-                if let Some(e) = m.property(turbofan_domain::router::CLASSIFIER_ERROR) {
-                    warn!(
-                        correlation_id = m.correlation_id.as_deref().unwrap_or(""),
-                        error = e,
-                        "not scored"
-                    );
-                }
-                // An answer MQTT cannot carry goes without its body, saying so (the router
-                // dead-letters it): sent again, it would fail again.
-                let prepared = match client.prepare_output(AML_OUTPUT, m) {
-                    Ok(p) => p,
-                    Err(u) => {
-                        let m = scoring::unsendable_answer(*u.message, &u.reason);
-                        warn!(
-                            correlation_id = m.correlation_id.as_deref().unwrap_or(""),
-                            error = m.property(turbofan_domain::router::CLASSIFIER_ERROR),
-                            "answer too large to send"
-                        );
-                        match client.prepare_output(AML_OUTPUT, m) {
-                            Ok(p) => p,
-                            Err(u) => {
-                                error!(
-                                    correlation_id =
-                                        u.message.correlation_id.as_deref().unwrap_or(""),
-                                    "message dropped: even without its body its answer cannot be sent ({}); \
-                                     its properties are over MQTT's limits",
-                                    u.reason
-                                );
-                                token.ack();
-                                return;
-                            }
-                        }
-                    }
-                };
-                match client.send_prepared(prepared).await {
-                    Ok(()) => token.ack(),
-                    Err(e) => warn!(error = %e, "answer not sent; left for redelivery"),
-                }
-            }
-            .instrument(span),
+        let answer = span.in_scope(|| prepare_answer(client, m));
+        if let Err(e) = client.forward(token, answer).instrument(span).await {
+            warn!(error = %e, "answer not sent; left for redelivery");
+        }
+    }
+}
+
+/// The answer `m` made ready to send; if MQTT cannot carry it, the answer without its body,
+/// saying so (the router dead-letters it: sent again, it would fail again); `None` if not
+/// even that can be sent.
+fn prepare_answer(client: &ModuleClient, m: Message) -> Option<Prepared> {
+    if let Some(e) = m.property(turbofan_domain::router::CLASSIFIER_ERROR) {
+        warn!(
+            correlation_id = m.correlation_id.as_deref().unwrap_or(""),
+            error = e,
+            "not scored"
         );
     }
-    answers
+    let u = match client.prepare_output(AML_OUTPUT, m) {
+        Ok(p) => return Some(p),
+        Err(u) => u,
+    };
+    let m = scoring::unsendable_answer(*u.message, &u.reason);
+    warn!(
+        correlation_id = m.correlation_id.as_deref().unwrap_or(""),
+        error = m.property(turbofan_domain::router::CLASSIFIER_ERROR),
+        "answer too large to send"
+    );
+    match client.prepare_output(AML_OUTPUT, m) {
+        Ok(p) => Some(p),
+        Err(u) => {
+            error!(
+                correlation_id = u.message.correlation_id.as_deref().unwrap_or(""),
+                "message dropped: even without its body its answer cannot be sent ({}); \
+                 its properties are over MQTT's limits",
+                u.reason
+            );
+            None
+        }
+    }
 }
 
 #[global_allocator]
@@ -271,23 +259,20 @@ async fn main() {
         }
     };
     info!("turbofanRulClassifier running");
-    // Answers being sent run as futures of this task (a current-thread runtime: tasks of
-    // their own would add allocations and no parallelism).
-    let mut sending = FuturesUnordered::new();
+    // Nothing waits per answer: `forward` acknowledges each input when edgeHub has
+    // accepted its answer.
     let stop = edge_client::shutdown_signal();
     tokio::pin!(stop);
     loop {
         let first = tokio::select! {
             biased;
             _ = &mut stop => break,
-            Some(()) = sending.next(), if !sending.is_empty() => continue,
             m = inputs.recv() => match m { Some(m) => m, None => break },
         };
         let batch = next_batch(&mut inputs, first, &shared).await;
-        sending.extend(score_and_send(batch, &shared, &client));
+        score_and_send(batch, &shared, &client).await;
     }
     drop(inputs);
-    while sending.next().await.is_some() {}
     client.close(Duration::from_secs(10)).await;
     info!("turbofanRulClassifier stopped cleanly");
 }

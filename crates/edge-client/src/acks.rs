@@ -35,6 +35,8 @@ pub(crate) enum Done {
     Waiter(oneshot::Sender<()>),
     /// One of the outputs of a forwarded input.
     Output(OutputOf),
+    /// A callback.
+    Then(Then),
 }
 
 impl Done {
@@ -44,6 +46,31 @@ impl Done {
                 let _ = tx.send(());
             }
             Done::Output(o) => o.accepted(),
+            Done::Then(t) => t.call(true),
+        }
+    }
+}
+
+/// A callback told whether its publish was accepted: `true` on PUBACK, `false` if it is
+/// dropped without one.
+pub(crate) struct Then(Option<Box<dyn FnOnce(bool) + Send + Sync>>);
+
+impl Then {
+    pub(crate) fn new(f: impl FnOnce(bool) + Send + Sync + 'static) -> Then {
+        Then(Some(Box::new(f)))
+    }
+
+    fn call(mut self, accepted: bool) {
+        if let Some(f) = self.0.take() {
+            f(accepted);
+        }
+    }
+}
+
+impl Drop for Then {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(false);
         }
     }
 }
@@ -403,6 +430,36 @@ mod tests {
         // The abandoned inputs do not hold back later ones.
         s.token(1, 9, QoS::AtLeastOnce).ack();
         assert_eq!(rx.try_recv().unwrap().pkid, 9);
+    }
+
+    #[test]
+    fn a_callback_is_told_once_whether_its_publish_was_accepted() {
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let mut t = SendTracker::default();
+        let mut send = |topic: &str| {
+            let told = told.clone();
+            let name = topic.to_owned();
+            let o = Outbound {
+                topic: topic.into(),
+                payload: Bytes::new(),
+                done: Done::Then(Then::new(move |accepted| {
+                    lock(&told).push((name, accepted))
+                })),
+                _permit: None,
+            };
+            t.add(o, None).0
+        };
+        let a = send("a");
+        send("b");
+        t.acked(a);
+        t.acked(a);
+        assert_eq!(*lock(&told), vec![("a".to_owned(), true)]);
+        // The client closes: "b" was not accepted.
+        drop(t);
+        assert_eq!(
+            *lock(&told),
+            vec![("a".to_owned(), true), ("b".to_owned(), false)]
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! write goes out as one TLS write: under load many packets share a record and a syscall.
 
 use crate::acks::{
-    AckSequencer, AckToken, Done, Forwarded, Outbound, OutputOf, Release, SendTracker,
+    AckSequencer, AckToken, Done, Forwarded, Outbound, OutputOf, Release, SendTracker, Then,
 };
 use crate::error::Error;
 use crate::settings::{Credentials, Settings, TrustSource};
@@ -409,27 +409,55 @@ impl ModuleClient {
         self.publish_tracked(topic, message.body)
     }
 
+    /// Sends device telemetry, as [`ModuleClient::send_event`] does, without a future that
+    /// waits for edgeHub: `then` is called once, with whether edgeHub accepted the message
+    /// (`false` if the client closed first, and on `Err`), on the connection's task, so it
+    /// must be quick. Returns once the message is queued, waiting only for room in the
+    /// send window. For a device with many messages in flight (a load generator), where a
+    /// waiting future each would cost more than the sending.
+    pub async fn send_event_then(
+        &self,
+        message: Message,
+        then: impl FnOnce(bool) + Send + Sync + 'static,
+    ) -> Result<(), Error> {
+        // Dropped on an error, it is called with `false`.
+        let then = Done::Then(Then::new(then));
+        let topic = topic::device_events(&self.inner.settings.device_id, &message);
+        fits(&topic, &message.body).map_err(Error::TooLarge)?;
+        self.queue(topic, message.body, then).await
+    }
+
     async fn publish_tracked(&self, topic: String, payload: Bytes) -> Result<(), Error> {
+        fits(&topic, &payload).map_err(Error::TooLarge)?;
+        let (done, rx) = oneshot::channel();
+        self.queue(topic, payload, Done::Waiter(done)).await?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Hands a publish to the connection once the send window has room for it; `done`
+    /// completes when edgeHub accepts it (it is dropped unfired on `Err`).
+    async fn queue(&self, topic: String, payload: Bytes, done: Done) -> Result<(), Error> {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        fits(&topic, &payload).map_err(Error::TooLarge)?;
-        let permit = self
-            .inner
-            .window
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Closed)?;
-        let (done, rx) = oneshot::channel();
+        // Room in the window is there nearly always: take it without a waiting future.
+        let permit = match self.inner.window.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => self
+                .inner
+                .window
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Closed)?,
+        };
         let o = Outbound {
             topic,
             payload,
-            done: Done::Waiter(done),
+            done,
             _permit: Some(permit),
         };
-        self.inner.out.send(o).map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)
+        self.inner.out.send(o).map_err(|_| Error::Closed)
     }
 
     /// Sends `outputs` (each made ready with [`ModuleClient::prepare_output`]) and
@@ -450,26 +478,11 @@ impl ModuleClient {
             input.ack();
             return Ok(());
         }
-        if self.inner.closing.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
         let forwarded = Forwarded::new(input);
         for p in outputs {
-            // Room in the window is there nearly always: take it without a waiting future.
-            let permit = match self.inner.window.clone().try_acquire_owned() {
-                Ok(permit) => Ok(permit),
-                Err(_) => self.inner.window.clone().acquire_owned().await,
-            };
-            let queued = permit.map_err(|_| Error::Closed).and_then(|permit| {
-                let o = Outbound {
-                    topic: p.topic,
-                    payload: p.payload,
-                    done: Done::Output(OutputOf::new(&forwarded)),
-                    _permit: Some(permit),
-                };
-                self.inner.out.send(o).map_err(|_| Error::Closed)
-            });
-            if let Err(e) = queued {
+            // `Prepared` was checked against MQTT's limits when it was made.
+            let done = Done::Output(OutputOf::new(&forwarded));
+            if let Err(e) = self.queue(p.topic, p.payload, done).await {
                 forwarded.abandon();
                 return Err(e);
             }

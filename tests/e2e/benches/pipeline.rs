@@ -31,7 +31,6 @@ use e2e::upstream::Tail;
 use e2e::{CLASSIFIER, MODULES, ROUTER, WRITER};
 use edge_client::{CompactString, Message, ModuleClient};
 use edge_runtime::testing::bench::{arg, percentile};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -165,26 +164,20 @@ impl Leaves {
         let bodies = rows.iter().map(|r| Bytes::from(r.to_json())).collect();
         let (sends, mut queued) = mpsc::unbounded_channel::<(usize, Message)>();
         let senders = clients.clone();
-        // One task sends everything, each send a future of it (a task per message would
-        // cost a spawn each).
+        // One task sends everything; nothing waits per message (a future each, or a task
+        // each, would cost more than the send): edgeHub's answer is counted by a callback.
         tokio::spawn(async move {
-            let mut running = FuturesUnordered::new();
-            loop {
-                tokio::select! {
-                    Some(()) = running.next(), if !running.is_empty() => {}
-                    next = queued.recv() => {
-                        let Some((d, message)) = next else { break };
-                        let client = senders[d].clone();
-                        let failures = failures.clone();
-                        running.push(async move {
-                            if client.send_event(message).await.is_err() {
-                                failures.fetch_add(1, Ordering::Relaxed);
-                            }
-                        });
-                    }
-                }
+            while let Some((d, message)) = queued.recv().await {
+                let failures = failures.clone();
+                // On an error the callback is told too.
+                let _ = senders[d]
+                    .send_event_then(message, move |accepted| {
+                        if !accepted {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                    .await;
             }
-            while running.next().await.is_some() {}
         });
         Leaves {
             clients,

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -424,33 +424,46 @@ impl ModuleClient {
         let then = Done::Then(Then::new(then));
         let topic = topic::device_events(&self.inner.settings.device_id, &message);
         fits(&topic, &message.body).map_err(Error::TooLarge)?;
-        self.queue(topic, message.body, then).await
+        let permit = self.room().await?;
+        self.queue(topic, message.body, then, permit)
     }
 
     async fn publish_tracked(&self, topic: String, payload: Bytes) -> Result<(), Error> {
         fits(&topic, &payload).map_err(Error::TooLarge)?;
+        let permit = self.room().await?;
         let (done, rx) = oneshot::channel();
-        self.queue(topic, payload, Done::Waiter(done)).await?;
+        self.queue(topic, payload, Done::Waiter(done), permit)?;
         rx.await.map_err(|_| Error::Closed)
     }
 
-    /// Hands a publish to the connection once the send window has room for it; `done`
-    /// completes when edgeHub accepts it (it is dropped unfired on `Err`).
-    async fn queue(&self, topic: String, payload: Bytes, done: Done) -> Result<(), Error> {
+    /// A place in the send window, once there is room.
+    async fn room(&self) -> Result<OwnedSemaphorePermit, Error> {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        // Room in the window is there nearly always: take it without a waiting future.
-        let permit = match self.inner.window.clone().try_acquire_owned() {
-            Ok(permit) => permit,
+        // Room is there nearly always: take it without a waiting future.
+        match self.inner.window.clone().try_acquire_owned() {
+            Ok(permit) => Ok(permit),
             Err(_) => self
                 .inner
                 .window
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| Error::Closed)?,
-        };
+                .map_err(|_| Error::Closed),
+        }
+    }
+
+    /// Hands a publish to the connection; `done` completes when edgeHub accepts it (it is
+    /// dropped unfired on `Err`). The topic and the payload are moved in here, not into
+    /// the futures that wait for room: a larger future costs copies of it.
+    fn queue(
+        &self,
+        topic: String,
+        payload: Bytes,
+        done: Done,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), Error> {
         let o = Outbound {
             topic,
             payload,
@@ -481,8 +494,14 @@ impl ModuleClient {
         let forwarded = Forwarded::new(input);
         for p in outputs {
             // `Prepared` was checked against MQTT's limits when it was made.
-            let done = Done::Output(OutputOf::new(&forwarded));
-            if let Err(e) = self.queue(p.topic, p.payload, done).await {
+            let queued = match self.room().await {
+                Ok(permit) => {
+                    let done = Done::Output(OutputOf::new(&forwarded));
+                    self.queue(p.topic, p.payload, done, permit)
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = queued {
                 forwarded.abandon();
                 return Err(e);
             }

@@ -43,9 +43,9 @@ pub struct Options {
     pub skip: Vec<String>,
     /// Start module processes at all.
     pub start_modules: bool,
-    /// Messages in flight per module (sent, not yet acknowledged). 512 keeps a module that
-    /// acknowledges after its own outputs are stored (the router) busy while edgeHub syncs
-    /// its journal; docs/performance.md has the trade-off with the module's memory.
+    /// Messages in flight per module (sent, not yet acknowledged). 1,024 keeps a module
+    /// that acknowledges after its own outputs are stored (the router) busy while edgeHub
+    /// syncs its journal; docs/decisions.md has the trade-off with the module's memory.
     pub window: usize,
     /// IoT Hub's HTTPS port for file upload (0: any free port).
     pub hub_https_port: u16,
@@ -70,7 +70,7 @@ impl Options {
             exec: HashMap::new(),
             skip: Vec::new(),
             start_modules: true,
-            window: 512,
+            window: 1024,
             hub_https_port: 0,
             azurite: None,
             upload_container: "avrofiles".into(),

@@ -323,15 +323,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn outbound(topic: &str) -> (Outbound, oneshot::Receiver<()>) {
-        let (done, rx) = oneshot::channel();
-        let o = Outbound {
+    /// A publish on `topic` whose PUBACK completes `done`.
+    fn outbound_to(topic: &str, done: Done) -> Outbound {
+        Outbound {
             topic: topic.into(),
             payload: Bytes::from(topic.to_owned()),
-            done: Done::Waiter(done),
+            done,
             _permit: None,
-        };
-        (o, rx)
+        }
+    }
+
+    fn outbound(topic: &str) -> (Outbound, oneshot::Receiver<()>) {
+        let (done, rx) = oneshot::channel();
+        (outbound_to(topic, Done::Waiter(done)), rx)
     }
 
     #[test]
@@ -389,12 +393,7 @@ mod tests {
         let input = Forwarded::new(s.token(1, pkid, QoS::AtLeastOnce));
         (0..outputs)
             .map(|i| {
-                let o = Outbound {
-                    topic: format!("out{i}"),
-                    payload: Bytes::new(),
-                    done: Done::Output(OutputOf::new(&input)),
-                    _permit: None,
-                };
+                let o = outbound_to(&format!("out{i}"), Done::Output(OutputOf::new(&input)));
                 t.add(o, None).0
             })
             .collect()
@@ -439,15 +438,8 @@ mod tests {
         let mut send = |topic: &str| {
             let told = told.clone();
             let name = topic.to_owned();
-            let o = Outbound {
-                topic: topic.into(),
-                payload: Bytes::new(),
-                done: Done::Then(Then::new(move |accepted| {
-                    lock(&told).push((name, accepted))
-                })),
-                _permit: None,
-            };
-            t.add(o, None).0
+            let then = Then::new(move |accepted| lock(&told).push((name, accepted)));
+            t.add(outbound_to(topic, Done::Then(then)), None).0
         };
         let a = send("a");
         send("b");

@@ -29,7 +29,7 @@ pub use acks::AckToken;
 pub use client::{InputMessage, ModuleClient, Prepared, Unsendable};
 pub use edge_protocol::{CompactString, Message};
 pub use error::Error;
-pub use run::{forward_inputs, run_inputs, shutdown_signal};
+pub use run::{forward_inputs, next_input, run_inputs, shutdown_signal};
 pub use settings::Settings;
 
 /// The memory allocator of the project's processes (the modules, the runtime, the leaf

@@ -1,17 +1,42 @@
 //! The usual main loop of a module: handle inputs concurrently until SIGTERM/SIGINT, then
 //! finish what is in flight and close.
 
-use crate::client::{ModuleClient, Prepared};
+use crate::client::{InputMessage, ModuleClient, Prepared};
 use crate::error::Error;
 use edge_protocol::{CompactString, Message};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
 
 /// Inputs [`forward_inputs`] handles one after the other before it looks at its stop
 /// signal again.
 const INPUTS_PER_TURN: usize = 64;
+
+/// The span of one input message's handling. At debug level: at the default level a span
+/// per message cost the router a tenth of its CPU.
+fn message_span(input: &str, message: &Message) -> tracing::Span {
+    tracing::debug_span!(
+        "message",
+        input = %input,
+        correlation_id = message.correlation_id.as_deref().unwrap_or(""),
+        message_id = message.message_id.as_deref().unwrap_or(""),
+    )
+}
+
+/// The next input message; `None` once `stop` has resolved (it is looked at first) or the
+/// inputs have ended.
+pub async fn next_input<S: Future<Output = ()>>(
+    inputs: &mut mpsc::UnboundedReceiver<InputMessage>,
+    stop: std::pin::Pin<&mut S>,
+) -> Option<InputMessage> {
+    tokio::select! {
+        biased;
+        _ = stop => None,
+        m = inputs.recv() => m,
+    }
+}
 
 /// Resolves on SIGTERM (how a runtime stops a module) or SIGINT.
 pub async fn shutdown_signal() {
@@ -65,16 +90,9 @@ where
             m = inputs.recv(), if running.len() < concurrency => {
                 let Some(m) = m else { break };
                 let (input, message, token) = m.into_parts();
-                // The message's span is at debug level: at the default level a span per
-                // message cost the router a tenth of its CPU. A handler's failure is its
-                // transport's (the message is delivered again), so the warning does not
-                // name the message; `debug` does.
-                let span = tracing::debug_span!(
-                    "message",
-                    input = %input,
-                    correlation_id = message.correlation_id.as_deref().unwrap_or(""),
-                    message_id = message.message_id.as_deref().unwrap_or(""),
-                );
+                // A handler's failure is its transport's (the message is delivered again),
+                // so the warning does not name the message; the span, at `debug`, does.
+                let span = message_span(&input, &message);
                 let handled = handler(input, message);
                 running.push(
                     async move {
@@ -114,24 +132,13 @@ where
 {
     let mut inputs = client.inputs()?;
     tokio::pin!(stop);
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            m = inputs.recv() => match m { Some(m) => m, None => break },
-        };
+    while let Some(first) = next_input(&mut inputs, stop.as_mut()).await {
         // What else has arrived is handled before `stop` is looked at again.
         let mut next = Some(first);
         let mut handled = 0;
         while let Some(m) = next.take() {
             let (input, message, token) = m.into_parts();
-            // At debug level, as in `run_inputs`.
-            let span = tracing::debug_span!(
-                "message",
-                input = %input,
-                correlation_id = message.correlation_id.as_deref().unwrap_or(""),
-                message_id = message.message_id.as_deref().unwrap_or(""),
-            );
+            let span = message_span(&input, &message);
             let outputs = span.in_scope(|| handler(&input, message));
             if let Err(e) = client.forward(token, outputs).instrument(span).await {
                 warn!(error = %e, "outputs not sent; message left for redelivery");

@@ -263,12 +263,7 @@ async fn main() {
     // accepted its answer.
     let stop = edge_client::shutdown_signal();
     tokio::pin!(stop);
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            m = inputs.recv() => match m { Some(m) => m, None => break },
-        };
+    while let Some(first) = edge_client::next_input(&mut inputs, stop.as_mut()).await {
         let batch = next_batch(&mut inputs, first, &shared).await;
         score_and_send(batch, &shared, &client).await;
     }

@@ -1,5 +1,7 @@
-//! The usual main loop of a module: handle inputs concurrently until SIGTERM/SIGINT, then
-//! finish what is in flight and close.
+//! A module's main loop: handle inputs until SIGTERM/SIGINT, then finish what is in flight
+//! and close. [`run_inputs`] runs asynchronous handlers concurrently; [`forward_inputs`]
+//! runs a plain handler that turns each input into outputs, and needs no future per
+//! message.
 
 use crate::client::{InputMessage, ModuleClient, Prepared};
 use crate::error::Error;

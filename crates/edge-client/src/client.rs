@@ -232,7 +232,7 @@ fn fits(topic: &str, payload: &[u8]) -> Result<(), String> {
 /// Appends the PUBLISH of send `o` under `pkid` to `out`, with the DUP flag if it is sent
 /// `again`.
 fn write_send(out: &mut BytesMut, pkid: u16, o: &Outbound, again: bool) {
-    // `publish_tracked` checked the size.
+    // Checked before it was queued: by `fits`, or when its `Prepared` was made.
     let topic = [o.topic.as_str()];
     let written = write_publish(
         out,
@@ -374,7 +374,7 @@ impl ModuleClient {
         topic::module_output(&s.device_id, &s.module_id, message)
     }
 
-    /// `message` made ready to send to `output` with [`ModuleClient::send_prepared`]; or, if
+    /// `message` made ready to send to `output` with [`ModuleClient::forward`]; or, if
     /// MQTT cannot carry it (a packet over [`MAX_PACKET`], or a topic with its property bag
     /// over 64 KiB), the message back unsent, with the reason, so that the caller can send
     /// something in its place (a dead letter without the body, say) and need not leave its
@@ -395,12 +395,6 @@ impl ModuleClient {
                 reason,
             }),
         }
-    }
-
-    /// Sends what [`ModuleClient::prepare_output`] made ready; returns once edgeHub has
-    /// accepted it (PUBACK).
-    pub fn send_prepared(&self, p: Prepared) -> impl Future<Output = Result<(), Error>> + '_ {
-        self.publish_tracked(p.topic, p.payload)
     }
 
     /// Sends device telemetry (`devices/{d}/messages/events`); for a device identity.

@@ -1,7 +1,7 @@
 //! Load benchmark of the whole pipeline on this machine: `deployment.template.json` on the
 //! local runtime (in this process), the three real module processes (release builds, started
-//! by edgeAgent), and leaf devices generating load in this process, each with its own identity
-//! and TLS connection through edgeHub.
+//! by edgeAgent), and leaf devices generating load in this process (on a thread of their
+//! own), each with its own identity and TLS connection through edgeHub.
 //!
 //! ```sh
 //! cargo build --release --workspace
@@ -156,6 +156,7 @@ impl Leaves {
     /// Connected `clients`, named `ids`, sending `rows`; `failures` counts sends edgeHub did
     /// not accept.
     fn new(
+        on: &tokio::runtime::Handle,
         clients: Vec<ModuleClient>,
         ids: Vec<String>,
         rows: Vec<Row>,
@@ -166,7 +167,7 @@ impl Leaves {
         let senders = clients.clone();
         // One task sends everything; nothing waits per message (a future each, or a task
         // each, would cost more than the send): edgeHub's answer is counted by a callback.
-        tokio::spawn(async move {
+        on.spawn(async move {
             while let Some((d, message)) = queued.recv().await {
                 let failures = failures.clone();
                 // On an error the callback is told too.
@@ -282,7 +283,8 @@ async fn wait_all(ledger: &Ledger, range: std::ops::Range<usize>, timeout: Durat
     .await;
 }
 
-/// CPU and memory of the module processes, this process and its upstream-writer thread.
+/// CPU and memory of the module processes, this process, and its journal, upstream-writer
+/// and leaf-device threads.
 #[derive(Clone)]
 struct Usage {
     at: Instant,
@@ -290,7 +292,11 @@ struct Usage {
     me: Sample,
     upstream_thread: u64,
     journal_thread: u64,
+    leaf_thread: u64,
 }
+
+/// The name of the leaf devices' thread.
+const LEAF_THREAD: &str = "leaf-devices";
 
 fn thread_ticks(name: &str) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -320,6 +326,7 @@ fn usage(p: &Pipeline) -> Result<Usage> {
         me: procfs::sample(std::process::id())?,
         upstream_thread: thread_ticks("upstream-writer"),
         journal_thread: thread_ticks("message-store"),
+        leaf_thread: thread_ticks(LEAF_THREAD),
     })
 }
 
@@ -339,13 +346,15 @@ fn cores(before: &Usage, after: &Usage) -> Vec<(String, f64)> {
         .collect();
     let up = c(before.upstream_thread, after.upstream_thread);
     let journal = c(before.journal_thread, after.journal_thread);
+    let leaves = c(before.leaf_thread, after.leaf_thread);
     let me = c(before.me.cpu_ticks, after.me.cpu_ticks);
     out.push((
-        "bench process: runtime + leaf devices + tail".into(),
-        me - up - journal,
+        "bench process: runtime + tail".into(),
+        me - up - journal - leaves,
     ));
     out.push(("bench process: edgeHub's journal thread".into(), journal));
     out.push(("bench process: $upstream writer thread".into(), up));
+    out.push(("bench process: leaf devices (the load)".into(), leaves));
     out
 }
 
@@ -405,15 +414,25 @@ async fn run(k: u64) -> Result<RunResult> {
     .await?;
 
     let rows = turbofan_domain::cmapss::read_rows(&pipeline::data_file("test_FD003.txt"))?;
+    // The leaf devices run on a runtime of their own, off edgeHub's workers (as they would
+    // be on other machines), and their thread's CPU is reported apart: it is the load's.
+    let leaf_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(LEAF_THREAD)
+        .enable_all()
+        .build()
+        .context("starting the leaf devices' runtime")?;
     let mut clients = Vec::with_capacity(devices);
     let mut ids = Vec::with_capacity(devices);
     for d in 0..devices {
         let id = format!("Load_{:03}", d + 1);
-        clients.push(p.leaf_device(&id).await.with_context(|| id.clone())?);
+        let settings = p.leaf_settings(&id)?;
+        let client = leaf_rt.spawn(ModuleClient::connect(settings)).await?;
+        clients.push(client.with_context(|| id.clone())?);
         ids.push(id);
     }
     let failures = Arc::new(AtomicU64::new(0));
-    let leaves = Leaves::new(clients, ids, rows, failures.clone());
+    let leaves = Leaves::new(leaf_rt.handle(), clients, ids, rows, failures.clone());
     let ledger = Arc::new(Ledger::new(total));
     let window = Arc::new(Semaphore::new(window_n));
     let stop = Arc::new(AtomicBool::new(false));
@@ -521,6 +540,9 @@ async fn run(k: u64) -> Result<RunResult> {
     for c in &leaves.clients {
         c.close(Duration::from_secs(1)).await;
     }
+    drop(leaves);
+    // Dropping a runtime may block, which a task must not: its threads are left to end.
+    leaf_rt.shutdown_background();
     p.shutdown().await;
     Ok(RunResult {
         sustained: so.rate(),

@@ -4,7 +4,7 @@
 use crate::upstream::{self, Outcomes};
 use anyhow::{anyhow, bail, Context, Result};
 use avro_file_writer::record::{read_file, ArchivedRecord};
-use edge_client::ModuleClient;
+use edge_client::{ModuleClient, Settings};
 use edge_runtime::identity::KeyStore;
 use edge_runtime::runtime::layout;
 use edge_runtime::{Options, Runtime};
@@ -309,12 +309,16 @@ impl Pipeline {
     /// Registers leaf device `id` in the runtime's registry and connects it through edgeHub
     /// with its own key, trusting the runtime's CA.
     pub async fn leaf_device(&self, id: &str) -> Result<ModuleClient> {
+        Ok(ModuleClient::connect(self.leaf_settings(id)?).await?)
+    }
+
+    /// Registers leaf device `id` (if it is not yet) and returns the settings its client
+    /// connects with through the gateway.
+    pub fn leaf_settings(&self, id: &str) -> Result<Settings> {
         let key = KeyStore::new(layout::registry(self.state()))
             .ensure(id)
             .with_context(|| format!("registering {id}"))?;
-        let settings =
-            leaf_simulator::Gateway::from_state(self.state())?.device_settings(id, &key)?;
-        Ok(ModuleClient::connect(settings).await?)
+        Ok(leaf_simulator::Gateway::from_state(self.state())?.device_settings(id, &key)?)
     }
 
     /// What reached IoT Hub so far.

@@ -250,10 +250,12 @@ async fn archives_quarantines_holds_input_while_full_and_uploads_quiet_files() {
         (!live.path.exists()).then_some(())
     })
     .await;
-    assert!(
-        !live.path.parent().unwrap().exists(),
-        "empty bucket folders removed"
-    );
+    // The folders go after the file (and a sync of its folder): waited for, not read at once.
+    let bucket = live.path.parent().unwrap().to_path_buf();
+    wait_for("the live file's empty bucket folders removed", 10, || {
+        (!bucket.exists()).then_some(())
+    })
+    .await;
     assert!(qfile.exists(), "the quarantine stays");
 
     let r = wait_for("final counters reported", 15, || {

@@ -298,6 +298,36 @@ struct Usage {
 /// The name of the leaf devices' thread.
 const LEAF_THREAD: &str = "leaf-devices";
 
+/// The leaf devices' runtime. Dropped (at the end of a run, or when it fails), it is shut
+/// down in the background: dropping a runtime waits for its threads, which a task must not.
+struct LeafRuntime {
+    rt: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl LeafRuntime {
+    fn start() -> Result<LeafRuntime> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(LEAF_THREAD)
+            .enable_all()
+            .build()
+            .context("starting the leaf devices' runtime")?;
+        Ok(LeafRuntime {
+            handle: rt.handle().clone(),
+            rt: Some(rt),
+        })
+    }
+}
+
+impl Drop for LeafRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 fn thread_ticks(name: &str) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
@@ -416,23 +446,21 @@ async fn run(k: u64) -> Result<RunResult> {
     let rows = turbofan_domain::cmapss::read_rows(&pipeline::data_file("test_FD003.txt"))?;
     // The leaf devices run on a runtime of their own, off edgeHub's workers (as they would
     // be on other machines), and their thread's CPU is reported apart: it is the load's.
-    let leaf_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(LEAF_THREAD)
-        .enable_all()
-        .build()
-        .context("starting the leaf devices' runtime")?;
+    let leaf_rt = LeafRuntime::start()?;
     let mut clients = Vec::with_capacity(devices);
     let mut ids = Vec::with_capacity(devices);
     for d in 0..devices {
         let id = format!("Load_{:03}", d + 1);
         let settings = p.leaf_settings(&id)?;
-        let client = leaf_rt.spawn(ModuleClient::connect(settings)).await?;
+        let client = leaf_rt
+            .handle
+            .spawn(ModuleClient::connect(settings))
+            .await?;
         clients.push(client.with_context(|| id.clone())?);
         ids.push(id);
     }
     let failures = Arc::new(AtomicU64::new(0));
-    let leaves = Leaves::new(leaf_rt.handle(), clients, ids, rows, failures.clone());
+    let leaves = Leaves::new(&leaf_rt.handle, clients, ids, rows, failures.clone());
     let ledger = Arc::new(Ledger::new(total));
     let window = Arc::new(Semaphore::new(window_n));
     let stop = Arc::new(AtomicBool::new(false));
@@ -541,8 +569,7 @@ async fn run(k: u64) -> Result<RunResult> {
         c.close(Duration::from_secs(1)).await;
     }
     drop(leaves);
-    // Dropping a runtime may block, which a task must not: its threads are left to end.
-    leaf_rt.shutdown_background();
+    drop(leaf_rt);
     p.shutdown().await;
     Ok(RunResult {
         sustained: so.rate(),

@@ -94,6 +94,8 @@ pub fn init() -> Result<(PathBuf, ort::environment::Environment), ModelError> {
 /// What the model is, for reported properties and the health endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelInfo {
+    /// The model's name: its `model_name` metadata, else its file name.
+    pub name: String,
     /// File it was loaded from.
     pub path: PathBuf,
     /// SHA-256 of the file, hex.
@@ -106,6 +108,12 @@ pub struct ModelInfo {
     pub input: String,
     /// Output name and signature.
     pub output: String,
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// A loaded model. `predict` takes `&mut self` (ONNX Runtime sessions run one call at a time
@@ -136,31 +144,58 @@ fn describe(name: &str, ty: &ort::value::ValueType) -> String {
     }
 }
 
+/// Reads, hashes and opens a model file.
+fn open(path: &Path, threads: usize) -> Result<(ort::session::Session, String), ModelError> {
+    let (_, env) = init()?;
+    let file_err = |reason: String| ModelError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        file_err(format!(
+            "{e}; set MODEL_PATH / HISTORY_MODEL_PATH to the models produced by models/train.py and models/train_history.py"
+        ))
+    })?;
+    let sha256 = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let build = || -> Result<ort::session::Session, ort::Error> {
+        let mut b = ort::session::Session::builder(&env)?
+            .with_intra_threads(threads.max(1))?
+            .with_inter_threads(1)?;
+        b.commit_from_memory(&bytes)
+    };
+    let session = build().map_err(|e| file_err(format!("not a loadable ONNX model: {e}")))?;
+    Ok((session, sha256))
+}
+
+/// Producer, version and the custom metadata entry `key` of a session.
+fn metadata(session: &ort::session::Session, key: &str) -> (String, i64, Option<String>) {
+    match session.metadata() {
+        Ok(m) => (
+            m.producer().unwrap_or_default(),
+            m.version().unwrap_or(0),
+            m.custom(key),
+        ),
+        Err(_) => (String::new(), 0, None),
+    }
+}
+
+fn is_f32_matrix(ty: &ort::value::ValueType, columns: Option<i64>) -> bool {
+    let d = dims(ty.tensor_shape());
+    ty.tensor_type() == Some(ort::value::TensorElementType::Float32)
+        && match columns {
+            Some(c) => d.len() == 2 && d[1] == c,
+            None => d.len() == 1 || (d.len() == 2 && d[1] == 1),
+        }
+}
+
 impl RulModel {
     /// Loads and checks the model at `path`, with `threads` intra-op threads (1 for a module
     /// on a small device).
     pub fn load(path: &Path, threads: usize) -> Result<RulModel, ModelError> {
-        let (_, env) = init()?;
-        let file_err = |reason: String| ModelError::File {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let bytes = std::fs::read(path).map_err(|e| {
-            file_err(format!(
-                "{e}; set MODEL_PATH to the rul.onnx produced by models/train.py"
-            ))
-        })?;
-        let sha256 = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
-        let build = || -> Result<ort::session::Session, ort::Error> {
-            let mut b = ort::session::Session::builder(&env)?
-                .with_intra_threads(threads.max(1))?
-                .with_inter_threads(1)?;
-            b.commit_from_memory(&bytes)
-        };
-        let session = build().map_err(|e| file_err(format!("not a loadable ONNX model: {e}")))?;
+        let (session, sha256) = open(path, threads)?;
         let sig = |problem: String| ModelError::Signature {
             path: path.to_path_buf(),
             problem,
@@ -174,31 +209,21 @@ impl RulModel {
             )));
         }
         let (i, o) = (&inputs[0], &outputs[0]);
-        let f32t = Some(ort::value::TensorElementType::Float32);
-        let in_dims = dims(i.dtype().tensor_shape());
-        let in_ok = i.dtype().tensor_type() == f32t
-            && in_dims.len() == 2
-            && (in_dims[1] == N_FEATURES as i64);
-        if !in_ok {
+        if !is_f32_matrix(i.dtype(), Some(N_FEATURES as i64)) {
             return Err(sig(format!(
                 "expected input float32[batch,{N_FEATURES}] (Sensor1..Sensor21), found {}",
                 describe(i.name(), i.dtype())
             )));
         }
-        let out_dims = dims(o.dtype().tensor_shape());
-        let out_ok = o.dtype().tensor_type() == f32t
-            && (out_dims.len() == 1 || (out_dims.len() == 2 && out_dims[1] == 1));
-        if !out_ok {
+        if !is_f32_matrix(o.dtype(), None) {
             return Err(sig(format!(
                 "expected output float32[batch,1] (the RUL), found {}",
                 describe(o.name(), o.dtype())
             )));
         }
-        let (producer, version) = match session.metadata() {
-            Ok(m) => (m.producer().unwrap_or_default(), m.version().unwrap_or(0)),
-            Err(_) => (String::new(), 0),
-        };
+        let (producer, version, _) = metadata(&session, "model_name");
         let info = ModelInfo {
+            name: file_name(path),
             path: path.to_path_buf(),
             sha256,
             producer,
@@ -244,5 +269,146 @@ impl RulModel {
             )));
         }
         Ok(values.to_vec())
+    }
+}
+
+/// The outputs of the history model, in order.
+pub const HISTORY_OUTPUTS: [&str; 3] = ["PredictedRul", "PredictedRulLow", "PredictedRulHigh"];
+
+/// What the history model said for one row: the RUL and its interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    /// `PredictedRul`.
+    pub rul: f32,
+    /// `PredictedRulLow`.
+    pub low: f32,
+    /// `PredictedRulHigh`.
+    pub high: f32,
+}
+
+/// The engine-history model (`models/rul_history.onnx`): one float32 input
+/// `[batch, features]`, three float32 outputs `[batch, 1]` named as [`HISTORY_OUTPUTS`], and
+/// metadata `feature_set` naming the features it was trained on.
+pub struct HistoryModel {
+    session: ort::session::Session,
+    input: String,
+    features: usize,
+    info: ModelInfo,
+}
+
+impl HistoryModel {
+    /// Loads and checks the model at `path`: `features` inputs per row, computed as
+    /// `feature_set` says (the model's metadata must name the same).
+    pub fn load(
+        path: &Path,
+        threads: usize,
+        features: usize,
+        feature_set: &str,
+    ) -> Result<HistoryModel, ModelError> {
+        let (session, sha256) = open(path, threads)?;
+        let sig = |problem: String| ModelError::Signature {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let (inputs, outputs) = (session.inputs(), session.outputs());
+        let expected = format!(
+            "one input float32[batch,{features}] and outputs {} float32[batch,1]",
+            HISTORY_OUTPUTS.join(", ")
+        );
+        let found = || {
+            let i: Vec<String> = inputs
+                .iter()
+                .map(|i| describe(i.name(), i.dtype()))
+                .collect();
+            let o: Vec<String> = outputs
+                .iter()
+                .map(|o| describe(o.name(), o.dtype()))
+                .collect();
+            format!("inputs [{}], outputs [{}]", i.join(", "), o.join(", "))
+        };
+        let outputs_ok = outputs.len() == HISTORY_OUTPUTS.len()
+            && outputs
+                .iter()
+                .zip(HISTORY_OUTPUTS)
+                .all(|(o, name)| o.name() == name && is_f32_matrix(o.dtype(), None));
+        if inputs.len() != 1
+            || !is_f32_matrix(inputs[0].dtype(), Some(features as i64))
+            || !outputs_ok
+        {
+            return Err(sig(format!("expected {expected}, found {}", found())));
+        }
+        let (producer, version, set) = metadata(&session, "feature_set");
+        if set.as_deref() != Some(feature_set) {
+            return Err(sig(format!(
+                "it was trained on features '{}', this classifier computes '{feature_set}' (retrain with models/train_history.py)",
+                set.as_deref().unwrap_or("(no feature_set metadata)")
+            )));
+        }
+        let (_, _, name) = metadata(&session, "model_name");
+        let info = ModelInfo {
+            name: name.unwrap_or_else(|| file_name(path)),
+            path: path.to_path_buf(),
+            sha256,
+            producer,
+            version,
+            input: describe(inputs[0].name(), inputs[0].dtype()),
+            output: outputs
+                .iter()
+                .map(|o| describe(o.name(), o.dtype()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        Ok(HistoryModel {
+            input: inputs[0].name().to_owned(),
+            features,
+            session,
+            info,
+        })
+    }
+
+    /// What was loaded.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Predicts each row of `features` (row-major, the model's feature count per row).
+    pub fn predict(&mut self, features: &[f32]) -> Result<Vec<Interval>, ModelError> {
+        if features.len() % self.features != 0 {
+            return Err(ModelError::Run(format!(
+                "{} values are not a whole number of rows of {} features",
+                features.len(),
+                self.features
+            )));
+        }
+        let rows = features.len() / self.features;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let tensor = ort::value::TensorRef::from_array_view(([rows, self.features], features))
+            .map_err(|e| ModelError::Run(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => tensor])
+            .map_err(|e| ModelError::Run(e.to_string()))?;
+        let mut columns = Vec::with_capacity(3);
+        for name in HISTORY_OUTPUTS {
+            let (_, v) = outputs[name]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| ModelError::Run(e.to_string()))?;
+            if v.len() != rows {
+                return Err(ModelError::Run(format!(
+                    "model returned {} values of {name} for {rows} rows",
+                    v.len()
+                )));
+            }
+            columns.push(v);
+        }
+        Ok((0..rows)
+            .map(|r| Interval {
+                rul: columns[0][r],
+                low: columns[1][r],
+                high: columns[2][r],
+            })
+            .collect())
     }
 }

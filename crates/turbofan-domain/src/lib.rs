@@ -7,6 +7,7 @@
 //! - [`record`]: the Avro record (`turbofan.EngineData`) and its JSON input.
 
 pub mod cmapss;
+pub mod history;
 pub mod numeric;
 pub mod record;
 pub mod router;

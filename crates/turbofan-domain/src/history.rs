@@ -277,7 +277,9 @@ pub enum Seen {
     Repeat,
     /// A cycle older than the history, or one it skipped: scored on its own, history untouched.
     Older,
-    /// A cycle that starts the engine's life again (a new engine): a new history.
+    /// A row that starts an engine's life again (a new engine on the same device): cycle 1
+    /// when the history holds no cycle 1, or a cycle the history holds with other sensor
+    /// values. A new history begins with it.
     Restart,
 }
 
@@ -317,11 +319,14 @@ pub struct HistoryStore {
     expired: u64,
 }
 
-/// A row is the start of a new engine if its cycle is older than everything the history
-/// holds and is among an engine's first [`WINDOW`] cycles (a redelivery that late and that
-/// old is not what edgeHub does: it redelivers what was not acknowledged, in order).
-fn is_restart(h: &EngineHistory, cycle: u32) -> bool {
-    cycle <= WINDOW as u32 && h.oldest_cycle().is_some_and(|o| cycle < o)
+/// Whether a row at `cycle`, not later than the history's last, starts a new engine: it is
+/// cycle 1 and the history holds no cycle 1 (engines count their cycles from 1), or the
+/// history holds that cycle with other sensor values (a redelivery repeats the row exactly).
+fn is_restart(h: &EngineHistory, cycle: u32, sensors: &[f32; N_SENSORS]) -> bool {
+    match h.position_of(cycle) {
+        Some(i) => h.rows[h.slot(i)].map(f32::to_bits) != sensors.map(|x| x.to_bits()),
+        None => cycle == 1,
+    }
 }
 
 impl HistoryStore {
@@ -418,7 +423,7 @@ impl HistoryStore {
                 answer: Answer::Score(Box::new(h.features())),
             };
         }
-        if is_restart(h, cycle) {
+        if is_restart(h, cycle, sensors) {
             *h = EngineHistory::single(cycle, sensors);
             return Observation {
                 seen: Seen::Restart,
@@ -633,14 +638,23 @@ mod tests {
         let o = s.observe("d", 1, &row(7.0), 0);
         assert_eq!((o.seen, o.history_cycles), (Seen::Restart, 1));
         assert_eq!(s.get("d"), Some(&EngineHistory::single(1, &row(7.0))));
-        // A new engine whose first row was lost starts anew as well.
-        for c in 1..=200 {
+        // A new engine within the old one's window, whose first row was lost: the cycle is
+        // known with other values, so it is not a redelivery.
+        for c in 1..=20 {
             s.observe("e", c, &row(c as f32), 0);
         }
-        assert_eq!(s.observe("e", 2, &row(2.0), 0).seen, Seen::Restart);
-        // Young engine, a row of its own window again: a repeat, not a restart.
-        let o = s.observe("e", 2, &row(2.0), 0);
-        assert_eq!(o.seen, Seen::Repeat);
+        assert_eq!(
+            s.observe("e", 2, &row(2.0), 0).seen,
+            Seen::Repeat,
+            "same row: a redelivery"
+        );
+        assert_eq!(s.observe("e", 2, &row(9.5), 0).seen, Seen::Restart);
+        assert_eq!(s.get("e").map(EngineHistory::cycles), Some(1));
+        // An old cycle other than 1, out of the window, cannot be told apart: scored alone.
+        for c in 3..=200 {
+            s.observe("e", c, &row(c as f32), 0);
+        }
+        assert_eq!(s.observe("e", 10, &row(10.0), 0).seen, Seen::Older);
     }
 
     #[test]
@@ -698,7 +712,7 @@ mod tests {
         );
         assert_eq!(x, y);
         assert_eq!(
-            r.observe("a", 49, &row(0.0), 40).answer,
+            r.observe("a", 49, &row(49.0 * 0.37), 40).answer,
             Answer::Again(Prediction {
                 rul: 49.0,
                 low: 0.5,

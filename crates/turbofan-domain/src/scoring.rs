@@ -43,15 +43,57 @@ pub struct Request<'a> {
     rows: Vec<&'a str>,
     /// Row-major features, `rows × N_FEATURES`.
     pub features: Vec<f32>,
+    /// Each row's `CycleTime`, if it has one.
+    pub cycles: Vec<Option<f64>>,
+}
+
+/// Field names the history model adds to each answered object.
+pub const PREDICTED_RUL_LOW: &str = "PredictedRulLow";
+/// See [`PREDICTED_RUL_LOW`].
+pub const PREDICTED_RUL_HIGH: &str = "PredictedRulHigh";
+/// See [`PREDICTED_RUL_LOW`].
+pub const HISTORY_CYCLES: &str = "HistoryCycles";
+/// The telemetry field naming the engine cycle.
+pub const CYCLE_TIME: &str = "CycleTime";
+
+/// What is added to one answered object: the tutorial's `PredictedRul`, and with the history
+/// model its interval and the cycles of history behind it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowAnswer {
+    /// `PredictedRul`.
+    pub rul: f32,
+    /// `PredictedRulLow` and `PredictedRulHigh`.
+    pub interval: Option<(f32, f32)>,
+    /// `HistoryCycles`.
+    pub history_cycles: Option<u32>,
+}
+
+impl RowAnswer {
+    /// The per-row model's answer: `PredictedRul` only, as the tutorial's service gives.
+    pub fn rul(rul: f32) -> RowAnswer {
+        RowAnswer {
+            rul,
+            interval: None,
+            history_cycles: None,
+        }
+    }
+}
+
+fn push_f32(out: &mut Vec<u8>, v: f32) {
+    if serde_json::to_writer(&mut *out, &v).is_err() {
+        out.extend_from_slice(b"null");
+    }
 }
 
 fn features_of(
     o: &numeric::NumericObject<'_>,
     row: usize,
     out: &mut Vec<f32>,
+    cycles: &mut Vec<Option<f64>>,
 ) -> Result<(), ScoringError> {
     let mut slots = [f32::NAN; N_FEATURES];
     let mut seen = 0u32;
+    cycles.push(o.get(CYCLE_TIME));
     for (k, v) in &o.fields {
         if let Some(n) = k
             .strip_prefix("Sensor")
@@ -97,11 +139,16 @@ impl<'a> Request<'a> {
             vec![text]
         };
         let mut features = Vec::with_capacity(rows.len() * N_FEATURES);
+        let mut cycles = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
             let o = numeric::parse_object(row.as_bytes())?;
-            features_of(&o, i, &mut features)?;
+            features_of(&o, i, &mut features, &mut cycles)?;
         }
-        Ok(Request { rows, features })
+        Ok(Request {
+            rows,
+            features,
+            cycles,
+        })
     }
 
     /// Number of rows.
@@ -116,9 +163,16 @@ impl<'a> Request<'a> {
 
     /// Writes the response: `[{…row 0…, "PredictedRul": p0}, …]`.
     pub fn write_response(&self, predictions: &[f32], out: &mut Vec<u8>) {
-        out.reserve(self.rows.iter().map(|r| r.len() + 32).sum::<usize>() + 2);
+        let answers: Vec<RowAnswer> = predictions.iter().map(|p| RowAnswer::rul(*p)).collect();
+        self.write_answers(&answers, out);
+    }
+
+    /// Writes the response with each row's answer: `PredictedRul`, then, when given,
+    /// `PredictedRulLow`, `PredictedRulHigh` and `HistoryCycles`.
+    pub fn write_answers(&self, answers: &[RowAnswer], out: &mut Vec<u8>) {
+        out.reserve(self.rows.iter().map(|r| r.len() + 96).sum::<usize>() + 2);
         out.push(b'[');
-        for (i, (row, p)) in self.rows.iter().zip(predictions).enumerate() {
+        for (i, (row, a)) in self.rows.iter().zip(answers).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -129,8 +183,20 @@ impl<'a> Request<'a> {
             out.extend_from_slice(b",\"");
             out.extend_from_slice(PREDICTED_RUL.as_bytes());
             out.extend_from_slice(b"\":");
-            if serde_json::to_writer(&mut *out, p).is_err() {
-                out.extend_from_slice(b"null");
+            push_f32(out, a.rul);
+            if let Some((low, high)) = a.interval {
+                for (name, v) in [(PREDICTED_RUL_LOW, low), (PREDICTED_RUL_HIGH, high)] {
+                    out.extend_from_slice(b",\"");
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(b"\":");
+                    push_f32(out, v);
+                }
+            }
+            if let Some(n) = a.history_cycles {
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(HISTORY_CYCLES.as_bytes());
+                out.extend_from_slice(b"\":");
+                out.extend_from_slice(n.to_string().as_bytes());
             }
             out.push(b'}');
         }
@@ -188,6 +254,27 @@ mod tests {
         assert_eq!(v[1]["CycleTime"], json!(2));
         assert_eq!(v[1]["PredictedRul"], json!(20.25));
         assert_eq!(v[1].as_object().unwrap().len(), 24);
+        assert_eq!(r.cycles, vec![Some(1.0), Some(2.0)]);
+    }
+
+    #[test]
+    fn history_answers_add_the_interval_and_the_cycles_behind_it() {
+        let body = row(42).to_string();
+        let r = Request::parse(body.as_bytes(), 1 << 20).unwrap();
+        let mut out = Vec::new();
+        let a = RowAnswer {
+            rul: 80.5,
+            interval: Some((61.25, 99.0)),
+            history_cycles: Some(30),
+        };
+        r.write_answers(&[a], &mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let mut want = row(42);
+        want["PredictedRul"] = json!(80.5);
+        want["PredictedRulLow"] = json!(61.25);
+        want["PredictedRulHigh"] = json!(99.0);
+        want["HistoryCycles"] = json!(30);
+        assert_eq!(v, json!([want]));
     }
 
     #[test]

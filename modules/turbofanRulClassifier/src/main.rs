@@ -5,41 +5,75 @@
 //! |---|---|
 //! | `amlInput`: one telemetry object or an array of them | `amlOutput`: a JSON array echoing each object with `PredictedRul` |
 //!
-//! Messages that arrive together are scored in one model run (micro-batching). A message that
-//! cannot be scored goes out unchanged with a `ClassifierError` property.
+//! Two scoring modes (desired property `ScoringMode`):
+//!
+//! - `history` (the default when the history model is present): each row joins its leaf
+//!   device's history and is scored by `rul_history.onnx` over it; the answer adds
+//!   `PredictedRulLow`, `PredictedRulHigh` (an 80 % interval) and `HistoryCycles`.
+//! - `row`: the tutorial's per-row model `rul.onnx`, `PredictedRul` only.
+//!
+//! Every answer carries the live model's name in the `ModelName` property. Messages that
+//! arrive together are scored in one model run (micro-batching). A message that cannot be
+//! scored goes out unchanged with a `ClassifierError` property.
 //!
 //! Environment: `MODEL_PATH` (default: `rul.onnx` next to the binary, else the workspace's
-//! `models/rul.onnx`), `ORT_DYLIB_PATH` (ONNX Runtime library), `SCORING_HTTP_ADDR` (enables
-//! the debug endpoint). Desired properties: `LoggingLevel`, `MaxBatchSize`,
-//! `MaxBatchWaitMs`, `MaxBodyBytes`. Reported: the model's name, hash and signature.
+//! `models/rul.onnx`), `HISTORY_MODEL_PATH` (likewise `rul_history.onnx`; a missing default
+//! file means row mode only), `HISTORY_STATE_PATH` (default: `/state/history.cbor` through
+//! the manifest's bind), `ORT_DYLIB_PATH` (ONNX Runtime library), `SCORING_HTTP_ADDR`
+//! (enables the debug endpoint, per-row model). Desired properties: `LoggingLevel`,
+//! `MaxBatchSize`, `MaxBatchWaitMs`, `MaxBodyBytes`, `ScoringMode`, `HistoryMaxDevices`,
+//! `HistoryIdleSeconds`, `HistorySnapshotSeconds`. Reported: `ScoringMode`, the live
+//! `Model` (name, hash, signature), both `Models`, and the desired values applied.
 #![allow(non_snake_case)] // the binary is named after the module, as the manifest names it
 
+mod history;
 mod http;
 mod scoring;
+mod state;
 
 use edge_client::{logging, AckToken, InputMessage, Message, ModuleClient, Prepared};
-use rul_model::RulModel;
+use rul_model::{HistoryModel, ModelInfo, RulModel};
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::error::TryRecvError;
 use tracing::{error, info, warn, Instrument};
+use turbofan_domain::history::HistoryStore;
 
 /// The output the classifier answers on.
 pub const AML_OUTPUT: &str = "amlOutput";
 /// The input it listens on.
 pub const AML_INPUT: &str = "amlInput";
 
-/// State shared by the batcher and the HTTP endpoint.
+/// The property every answer carries: the name of the model that scored it.
+pub const MODEL_NAME: &str = "ModelName";
+
+/// State shared by the batcher, the snapshot task and the HTTP endpoint.
 pub struct Shared {
     model: Mutex<RulModel>,
     model_info: Value,
+    history_model: Option<Mutex<HistoryModel>>,
+    history_info: Option<Value>,
+    /// Scoring with the history model (else the per-row model).
+    history_mode: AtomicBool,
+    store: Mutex<HistoryStore>,
+    /// Histories changed since the last snapshot.
+    dirty: AtomicBool,
+    max_devices: AtomicUsize,
+    idle_secs: AtomicU64,
+    snapshot_secs: AtomicU64,
     max_batch: AtomicUsize,
     max_wait_ms: AtomicU64,
     max_body: AtomicUsize,
 }
+
+/// Defaults of the history bounds (desired properties override them).
+const MAX_DEVICES: usize = 10_000;
+const IDLE_SECS: u64 = 7 * 24 * 3600;
+const SNAPSHOT_SECS: u64 = 2;
 
 impl Shared {
     fn max_body(&self) -> usize {
@@ -47,20 +81,57 @@ impl Shared {
     }
 }
 
-fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("MODEL_PATH") {
-        return PathBuf::from(p);
+/// The model file: `var` if set (then it must load), else `file` beside the binary, else in
+/// the workspace's `models/`. The flag says whether the path was given explicitly.
+fn model_path(var: &str, file: &str) -> (PathBuf, bool) {
+    if let Some(p) = std::env::var_os(var) {
+        return (PathBuf::from(p), true);
     }
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(PathBuf::from))
         .unwrap_or_default();
-    let beside = exe_dir.join("rul.onnx");
-    let workspace = exe_dir.join("../../models/rul.onnx");
+    let beside = exe_dir.join(file);
+    let workspace = exe_dir.join("../../models").join(file);
     if beside.is_file() || !workspace.is_file() {
-        beside
+        (beside, false)
     } else {
-        workspace
+        (workspace, false)
+    }
+}
+
+fn describe_model(i: &ModelInfo) -> Value {
+    json!({
+        "Name": i.name, "File": i.path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "Sha256": i.sha256, "Producer": i.producer, "Version": i.version,
+        "Input": i.input, "Output": i.output,
+    })
+}
+
+impl Shared {
+    fn live_model(&self) -> &Value {
+        match (
+            &self.history_info,
+            self.history_mode.load(Ordering::Relaxed),
+        ) {
+            (Some(h), true) => h,
+            _ => &self.model_info,
+        }
+    }
+
+    fn mode_name(&self) -> &'static str {
+        if self.history_mode.load(Ordering::Relaxed) {
+            "history"
+        } else {
+            "row"
+        }
+    }
+
+    fn bounds(&self) -> (usize, u64) {
+        (
+            self.max_devices.load(Ordering::Relaxed),
+            self.idle_secs.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -96,6 +167,41 @@ fn apply_desired(desired: &Value, s: &Shared, log: &logging::LogLevel) -> Value 
     number("MaxBodyBytes", 1024, 16 << 20, &|n| {
         s.max_body.store(n as usize, Ordering::Relaxed)
     });
+    let mut bounds_changed = false;
+    number("HistoryMaxDevices", 1, 10_000_000, &|n| {
+        s.max_devices.store(n as usize, Ordering::Relaxed)
+    });
+    number("HistoryIdleSeconds", 60, 10 * 365 * 24 * 3600, &|n| {
+        s.idle_secs.store(n, Ordering::Relaxed)
+    });
+    number("HistorySnapshotSeconds", 1, 3600, &|n| {
+        s.snapshot_secs.store(n, Ordering::Relaxed)
+    });
+    if desired.get("HistoryMaxDevices").is_some() || desired.get("HistoryIdleSeconds").is_some() {
+        bounds_changed = true;
+    }
+    if bounds_changed {
+        let (max, idle) = s.bounds();
+        s.store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_bounds(max, idle);
+    }
+    if let Some(v) = desired.get("ScoringMode") {
+        match v.as_str() {
+            Some("history") if s.history_model.is_some() => {
+                s.history_mode.store(true, Ordering::Relaxed)
+            }
+            Some("history") => warn!(
+                "ScoringMode 'history' asked, but there is no history model (HISTORY_MODEL_PATH): scoring per row"
+            ),
+            Some("row") => s.history_mode.store(false, Ordering::Relaxed),
+            _ => warn!(value = %v, "ScoringMode must be 'history' or 'row'; ignored"),
+        }
+    }
+    reported.insert("ScoringMode".into(), json!(s.mode_name()));
+    reported.insert("Model".into(), s.live_model().clone());
+    info!(mode = s.mode_name(), model = %s.live_model()["Name"], "scoring mode");
     Value::Object(reported)
 }
 
@@ -141,10 +247,26 @@ async fn score_and_send(batch: Vec<InputMessage>, s: &Shared, client: &ModuleCli
         messages.push(message);
         tokens.push(token);
     }
-    let scored = {
-        let mut model = s.model.lock().unwrap_or_else(|p| p.into_inner());
-        scoring::score_batch(&mut messages, s.max_body(), |f| model.predict(f))
+    let (scored, model_name) = match (&s.history_model, s.history_mode.load(Ordering::Relaxed)) {
+        (Some(h), true) => {
+            let mut store = s.store.lock().unwrap_or_else(|p| p.into_inner());
+            let mut model = h.lock().unwrap_or_else(|p| p.into_inner());
+            let n =
+                history::score_batch(&mut messages, s.max_body(), &mut store, state::now(), |f| {
+                    model.predict(f)
+                });
+            s.dirty.store(true, Ordering::Relaxed);
+            (n, model.info().name.clone())
+        }
+        _ => {
+            let mut model = s.model.lock().unwrap_or_else(|p| p.into_inner());
+            let n = scoring::score_batch(&mut messages, s.max_body(), |f| model.predict(f));
+            (n, model.info().name.clone())
+        }
     };
+    for m in &mut messages {
+        m.set_property(MODEL_NAME, model_name.as_str());
+    }
     tracing::debug!(batch = messages.len(), scored, "batch scored");
     for (m, token) in messages.into_iter().zip(tokens) {
         // Debug level, as the module client's message spans. A message that could not be
@@ -196,6 +318,31 @@ fn prepare_answer(client: &ModuleClient, m: Message) -> Option<Prepared> {
     }
 }
 
+/// Writes the histories when they changed, every `HistorySnapshotSeconds`.
+async fn snapshots(s: Arc<Shared>, path: PathBuf) {
+    loop {
+        let secs = s.snapshot_secs.load(Ordering::Relaxed).max(1);
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        if s.dirty.swap(false, Ordering::Relaxed) {
+            snapshot(&s, &path).await;
+        }
+    }
+}
+
+async fn snapshot(s: &Arc<Shared>, path: &std::path::Path) {
+    let (s2, p) = (s.clone(), path.to_path_buf());
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || state::save(&s2.store, &p)).await {
+        Ok(Ok(devices)) => tracing::debug!(
+            devices,
+            ms = started.elapsed().as_millis() as u64,
+            "history snapshot written"
+        ),
+        Ok(Err(e)) => warn!(path = %path.display(), "history snapshot not written: {e}"),
+        Err(e) => warn!("history snapshot task failed: {e}"),
+    }
+}
+
 #[global_allocator]
 static ALLOC: edge_client::Allocator = edge_client::Allocator;
 
@@ -209,12 +356,26 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let path = model_path();
-    let model = match RulModel::load(&path, 1) {
+    let (path, _) = model_path("MODEL_PATH", "rul.onnx");
+    let loaded = RulModel::load(&path, 1).and_then(|row| {
+        let (hpath, explicit) = model_path("HISTORY_MODEL_PATH", "rul_history.onnx");
+        if !explicit && !hpath.is_file() {
+            info!(path = %hpath.display(), "no history model: scoring per row only");
+            return Ok((row, None));
+        }
+        let h = HistoryModel::load(
+            &hpath,
+            1,
+            turbofan_domain::history::N_FEATURES,
+            turbofan_domain::history::FEATURE_SET,
+        )?;
+        Ok((row, Some(h)))
+    });
+    let (model, history_model) = match loaded {
         Ok(m) => m,
         Err(e) => {
             // Say it where operators look (logs and the twin), then stop: a module without
-            // its model must not take messages.
+            // its models must not take messages.
             error!("{e}");
             let _ = client
                 .update_reported(&json!({"ModelStatus": "error", "ModelError": e.to_string()}))
@@ -223,16 +384,42 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let i = model.info().clone();
-    let model_info = json!({
-        "Name": i.path.file_name().map(|n| n.to_string_lossy().into_owned()),
-        "Sha256": i.sha256, "Producer": i.producer, "Version": i.version,
-        "Input": i.input, "Output": i.output,
-    });
-    info!(model = %model_info, "model loaded");
+    let model_info = describe_model(model.info());
+    let history_info = history_model.as_ref().map(|h| describe_model(h.info()));
+    info!(model = %model_info, history_model = ?history_info, "models loaded");
+    // An explicit path, or the bind of the manifest, may create the folder; the bare
+    // container path is only used where the volume is mounted.
+    let container = std::path::Path::new(state::CONTAINER_PATH);
+    let (state_path, create) = match std::env::var_os("HISTORY_STATE_PATH") {
+        Some(p) => (PathBuf::from(p), true),
+        None => {
+            let p = client.settings().container_path(container);
+            let mapped = p != container;
+            (p, mapped)
+        }
+    };
+    let state_path = match state::check_writable(&state_path, create) {
+        Ok(()) => Some(state_path),
+        Err(e) => {
+            warn!(path = %state_path.display(), "cannot write the history state file ({e}): histories are kept in memory only and start empty after a restart");
+            None
+        }
+    };
+    let store = state_path
+        .as_deref()
+        .and_then(|p| state::restore(p, MAX_DEVICES, IDLE_SECS))
+        .unwrap_or_else(|| HistoryStore::new(MAX_DEVICES, IDLE_SECS));
     let shared = Arc::new(Shared {
         model: Mutex::new(model),
         model_info: model_info.clone(),
+        history_mode: AtomicBool::new(history_model.is_some()),
+        history_model: history_model.map(Mutex::new),
+        history_info: history_info.clone(),
+        store: Mutex::new(store),
+        dirty: AtomicBool::new(false),
+        max_devices: AtomicUsize::new(MAX_DEVICES),
+        idle_secs: AtomicU64::new(IDLE_SECS),
+        snapshot_secs: AtomicU64::new(SNAPSHOT_SECS),
         max_batch: AtomicUsize::new(64),
         max_wait_ms: AtomicU64::new(0),
         max_body: AtomicUsize::new(256 * 1024),
@@ -240,10 +427,18 @@ async fn main() {
     let s = shared.clone();
     client
         .follow_desired(
-            json!({"ModelStatus": "loaded", "Model": model_info}),
+            json!({
+                "ModelStatus": "loaded",
+                "ScoringMode": shared.mode_name(),
+                "Model": shared.live_model(),
+                "Models": {"row": model_info, "history": history_info},
+            }),
             move |d| apply_desired(d, &s, &log),
         )
         .await;
+    if let Some(path) = state_path.clone() {
+        tokio::spawn(snapshots(shared.clone(), path));
+    }
     if let Ok(addr) = std::env::var("SCORING_HTTP_ADDR") {
         if let Err(e) = http::serve(&addr, shared.clone()).await {
             error!("cannot serve HTTP scoring on {addr}: {e}");
@@ -268,6 +463,9 @@ async fn main() {
         score_and_send(batch, &shared, &client).await;
     }
     drop(inputs);
+    if let Some(path) = state_path {
+        snapshot(&shared, &path).await;
+    }
     client.close(Duration::from_secs(10)).await;
     info!("turbofanRulClassifier stopped cleanly");
 }

@@ -46,6 +46,12 @@ pub fn score_batch(
             });
         }
     }
+    apply_answers(messages, answers)
+}
+
+/// Puts each answer into its message (the body, as JSON) or, for an error, the
+/// `ClassifierError` property; returns how many were answered.
+pub fn apply_answers(messages: &mut [Message], answers: Vec<Result<Bytes, String>>) -> usize {
     let mut scored = 0;
     for (m, answer) in messages.iter_mut().zip(answers) {
         match answer {

@@ -14,7 +14,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn manifest(model: &Path, http: Option<&str>, restart: &str) -> Value {
+fn manifest(model: &Path, http: Option<&str>, restart: &str, mode: &str) -> Value {
     let mut env = json!({"MODEL_PATH": {"value": model.display().to_string()}});
     if let Some(addr) = http {
         env["SCORING_HTTP_ADDR"] = json!({"value": addr});
@@ -22,21 +22,27 @@ fn manifest(model: &Path, http: Option<&str>, restart: &str) -> Value {
     json!({"modulesContent": {
         "$edgeAgent": {"properties.desired": {"modules": {
             "turbofanRulClassifier": {"status": "running", "restartPolicy": restart, "env": env,
-                "settings": {"image": "${MODULES.turbofanRulClassifier}"}},
+                "settings": {"image": "${MODULES.turbofanRulClassifier}",
+                    "createOptions": {"HostConfig": {"Binds": ["/data/turbofanRulClassifier:/state"]}}}},
             "probe": {"settings": {"image": "local/probe"}}}}},
         "$edgeHub": {"properties.desired": {"routes": {
             "ask": "FROM /messages/modules/probe/outputs/aml INTO BrokeredEndpoint(\"/modules/turbofanRulClassifier/inputs/amlInput\")",
             "answer": "FROM /messages/modules/turbofanRulClassifier/outputs/amlOutput INTO BrokeredEndpoint(\"/modules/probe/inputs/answers\")"}}},
-        "turbofanRulClassifier": {"properties.desired": {"MaxBatchSize": 16, "MaxBatchWaitMs": 2}}
+        "turbofanRulClassifier": {"properties.desired": {"MaxBatchSize": 16, "MaxBatchWaitMs": 2,
+            "ScoringMode": mode, "HistorySnapshotSeconds": 1}}
     }})
 }
 
 async fn start(model: &Path, http: Option<&str>, restart: &str) -> TestRuntime {
+    start_in(model, http, restart, "row").await
+}
+
+async fn start_in(model: &Path, http: Option<&str>, restart: &str, mode: &str) -> TestRuntime {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_turbofanRulClassifier"))
         .parent()
         .unwrap()
         .to_path_buf();
-    start_with(manifest(model, http, restart), |o| {
+    start_with(manifest(model, http, restart, mode), |o| {
         o.start_modules = true;
         o.bin_dir = Some(bin_dir);
         o.skip = vec!["probe".into()];
@@ -304,5 +310,150 @@ async fn a_missing_model_stops_the_module_with_the_reason_in_its_twin() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    t.rt.shutdown().await;
+}
+
+fn history_reference_fd003() -> Vec<[f32; 3]> {
+    std::fs::read_to_string(repo().join("models/reference/history_test_FD003.pred"))
+        .expect("history reference predictions")
+        .lines()
+        .map(|l| {
+            let v: Vec<f32> = l.split_whitespace().map(|t| t.parse().unwrap()).collect();
+            [v[0], v[1], v[2]]
+        })
+        .collect()
+}
+
+async fn ask(probe: &edge_client::ModuleClient, device: &str, row: &cmapss::Row) -> String {
+    let cid = format!("{device}/{}", row.cycle);
+    let mut m = Message::json(row.to_json());
+    m.correlation_id = Some(cid.clone().into());
+    m.set_property("ConnectionDeviceId", device);
+    probe.send_output("aml", m).await.unwrap();
+    cid
+}
+
+async fn answer(
+    answers: &mut tokio::sync::mpsc::UnboundedReceiver<edge_client::InputMessage>,
+    cid: &str,
+) -> (Value, edge_client::Message) {
+    let a = next_input(answers).await;
+    let m = a.message.clone();
+    a.ack();
+    assert_eq!(m.correlation_id.as_deref(), Some(cid), "answers in order");
+    assert!(
+        m.property("ClassifierError").is_none(),
+        "{cid}: {:?}",
+        m.property("ClassifierError")
+    );
+    let v: Value = serde_json::from_slice(&m.body).unwrap();
+    (v[0].clone(), m)
+}
+
+fn assert_reference(v: &Value, want: [f32; 3], cycles: u32, what: &str) {
+    let got = [
+        v["PredictedRul"].as_f64().unwrap() as f32,
+        v["PredictedRulLow"].as_f64().unwrap() as f32,
+        v["PredictedRulHigh"].as_f64().unwrap() as f32,
+    ];
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - w).abs() <= 1e-4,
+            "{what}: {got:?} vs reference {want:?}"
+        );
+    }
+    assert_eq!(v["HistoryCycles"], json!(cycles), "{what}");
+}
+
+/// History mode end to end through edgeHub: two engines' rows interleaved, each scored over
+/// its own history as the reference; a redelivery answered as the first time; `kill -9`
+/// and the restart by edgeAgent, after which the histories go on from the state file; then
+/// `ScoringMode` switched to `row` at run time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_mode_scores_each_engine_over_its_history_and_survives_kill_9() {
+    let t = start_in(&repo().join("models/rul.onnx"), None, "always", "history").await;
+    let probe = t.client("probe").await;
+    let mut answers = probe.inputs().unwrap();
+    let r = reported(&t, "ScoringMode").await;
+    assert_eq!(r["ScoringMode"], json!("history"), "{r}");
+    assert_eq!(r["Model"]["Name"], json!("rul-history-hgb"), "{r}");
+    assert!(r["Model"]["Input"].as_str().unwrap().contains("64]"), "{r}");
+    assert!(
+        r["Models"]["row"]["Input"]
+            .as_str()
+            .unwrap()
+            .contains("21]"),
+        "{r}"
+    );
+
+    let rows = cmapss::read_rows(&cmapss::data_dir().join("test_FD003.txt")).unwrap();
+    let reference = history_reference_fd003();
+    let engine = |unit: u32| -> Vec<(usize, &cmapss::Row)> {
+        rows.iter()
+            .enumerate()
+            .filter(|(_, r)| r.unit == unit)
+            .collect()
+    };
+    let (e1, e2) = (engine(1), engine(2));
+    for k in 0..40 {
+        for (device, e) in [("engine-1", &e1), ("engine-2", &e2)] {
+            let (i, row) = e[k];
+            let cid = ask(&probe, device, row).await;
+            let (v, m) = answer(&mut answers, &cid).await;
+            assert_reference(&v, reference[i], row.cycle, &cid);
+            assert_eq!(m.property("ModelName"), Some("rul-history-hgb"));
+        }
+    }
+    // A redelivery of cycle 35: the same answer, the history not moved.
+    let (i, row) = e1[34];
+    let cid = ask(&probe, "engine-1", row).await;
+    let (v, _) = answer(&mut answers, &cid).await;
+    assert_reference(&v, reference[i], 35, "redelivered cycle 35");
+
+    // kill -9 after the snapshot interval; edgeAgent restarts the module.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let pid = t.rt.process_status()["turbofanRulClassifier"]
+        .pid
+        .expect("running");
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = t.rt.process_status()["turbofanRulClassifier"].pid;
+        if now.is_some_and(|p| p != pid) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for &(i, row) in &e1[40..60] {
+        let cid = ask(&probe, "engine-1", row).await;
+        let (v, _) = answer(&mut answers, &cid).await;
+        assert_reference(&v, reference[i], row.cycle, &format!("{cid} after kill -9"));
+    }
+
+    // Per-row mode, switched at run time.
+    let patch = json!({"ScoringMode": "row"});
+    t.rt.hub
+        .patch_desired("turbofanRulClassifier", patch.as_object().unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while reported(&t, "ScoringMode").await["ScoringMode"] != json!("row") {
+        assert!(tokio::time::Instant::now() < deadline, "mode not switched");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (i, row) = e2[40];
+    let cid = ask(&probe, "engine-2", row).await;
+    let (v, m) = answer(&mut answers, &cid).await;
+    let p = v["PredictedRul"].as_f64().unwrap() as f32;
+    assert!((p - reference_fd003()[i]).abs() <= 1e-4, "row mode: {p}");
+    assert!(
+        v.get("PredictedRulLow").is_none() && v.get("HistoryCycles").is_none(),
+        "{v}"
+    );
+    assert_eq!(m.property("ModelName"), Some("rul.onnx"));
+    probe.close(Duration::from_secs(2)).await;
     t.rt.shutdown().await;
 }

@@ -9,6 +9,7 @@
 //!   `DeadLetterReason`.
 
 use crate::numeric;
+use crate::scoring::{HISTORY_CYCLES, PREDICTED_RUL_HIGH, PREDICTED_RUL_LOW};
 use crate::PREDICTED_RUL;
 use bytes::Bytes;
 use edge_protocol::{CompactString, Message};
@@ -35,6 +36,9 @@ pub const CLASSIFIER_ERROR: &str = "ClassifierError";
 /// How a `ClassifierError` starts when the message was scored but its answer was too large
 /// to send (and went without its body).
 pub const ANSWER_TOO_LARGE: &str = "the answer is too large to send";
+
+/// Property the classifier sets on its answers: the name of the model that scored them.
+pub const MODEL_NAME: &str = "ModelName";
 
 const CORRELATION_ID: &str = "CorrelationId";
 const CONNECTION_DEVICE_ID: &str = "ConnectionDeviceId";
@@ -161,17 +165,46 @@ fn push_num(out: &mut Vec<u8>, v: f64) {
     out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
 }
 
-/// The short RUL message operators read in IoT Hub.
-fn hub_body(device: &str, cid: &str, rul: f64, cycle: f64) -> Bytes {
-    let mut b = Vec::with_capacity(128);
+/// What a classified object says, for the RUL message.
+struct Scored<'a> {
+    row: &'a str,
+    rul: f64,
+    cycle: f64,
+    /// `PredictedRulLow`, `PredictedRulHigh`, `HistoryCycles` (history mode).
+    extra: [(&'static str, Option<f64>); 3],
+}
+
+/// Fields of the history model's answer that the RUL message carries on, when present.
+const HISTORY_FIELDS: [&str; 3] = [PREDICTED_RUL_LOW, PREDICTED_RUL_HIGH, HISTORY_CYCLES];
+
+/// The short RUL message operators read in IoT Hub: the tutorial's four fields, then the
+/// history model's interval and history length, and the model's name, when given.
+fn hub_body(device: &str, cid: &str, s: &Scored<'_>, model: Option<&str>) -> Bytes {
+    let mut b = Vec::with_capacity(192);
     b.extend_from_slice(b"{\"ConnectionDeviceId\":");
     push_str(&mut b, device);
     b.extend_from_slice(b",\"CorrelationId\":");
     push_str(&mut b, cid);
     b.extend_from_slice(b",\"PredictedRul\":");
-    push_num(&mut b, rul);
+    push_num(&mut b, s.rul);
     b.extend_from_slice(b",\"CycleTime\":");
-    push_num(&mut b, cycle);
+    push_num(&mut b, s.cycle);
+    for (name, v) in s.extra {
+        if let Some(v) = v {
+            b.extend_from_slice(b",\"");
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(b"\":");
+            if name == HISTORY_CYCLES && v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&v) {
+                b.extend_from_slice((v as u32).to_string().as_bytes());
+            } else {
+                push_num(&mut b, v);
+            }
+        }
+    }
+    if let Some(m) = model {
+        b.extend_from_slice(b",\"ModelName\":");
+        push_str(&mut b, m);
+    }
     b.push(b'}');
     b.into()
 }
@@ -235,7 +268,12 @@ pub fn rul_input(m: Message, threshold: Option<f64>) -> Outgoing {
             drop(objects);
             return vec![(DEAD_OUTPUT, dead_letter(m, reason))];
         };
-        scored.push((*row, rul, cycle));
+        scored.push(Scored {
+            row,
+            rul,
+            cycle,
+            extra: HISTORY_FIELDS.map(|f| (f, o.get(f))),
+        });
     }
     let p = |k| m.property(k).unwrap_or_default();
     let (cid, device, created, enqueued) = (
@@ -244,12 +282,16 @@ pub fn rul_input(m: Message, threshold: Option<f64>) -> Outgoing {
         p(CREATION_TIME),
         p(ENQUEUED_TIME),
     );
+    let model = m.property(MODEL_NAME);
     let mut out = Vec::with_capacity(scored.len() * 2);
-    for (row, rul, cycle) in scored {
-        if threshold.is_none_or(|t| rul < t) {
-            out.push((HUB_OUTPUT, hub_body(device, cid, rul, cycle)));
+    for s in scored {
+        if threshold.is_none_or(|t| s.rul < t) {
+            out.push((HUB_OUTPUT, hub_body(device, cid, &s, model)));
         }
-        out.push((AVRO_OUTPUT, avro_body(cid, device, created, enqueued, row)));
+        out.push((
+            AVRO_OUTPUT,
+            avro_body(cid, device, created, enqueued, s.row),
+        ));
     }
     let cid = CompactString::from(cid);
     drop(objects);
@@ -409,6 +451,28 @@ mod tests {
         assert_eq!(record.body["Sensor1"], 518.67);
         assert_eq!(record.body["OperationalSetting1"], -0.0007);
         assert_eq!(out[1].1.property("Origin"), Some("test"));
+    }
+
+    #[test]
+    fn a_history_answer_carries_its_interval_history_and_model_to_iot_hub() {
+        let mut m = classified(87.25);
+        let mut v = body(&m)[0].clone();
+        v["PredictedRulLow"] = json!(70.5);
+        v["PredictedRulHigh"] = json!(110.0);
+        v["HistoryCycles"] = json!(42);
+        m.body = Bytes::from(json!([v]).to_string());
+        m.set_property(MODEL_NAME, "rul-history-hgb");
+        let out = rul_input(m, None);
+        assert_eq!(
+            body(&out[0].1),
+            json!({"ConnectionDeviceId": "Client_001", "CorrelationId": "corr-1", "PredictedRul": 87.25,
+                   "CycleTime": 42.0, "PredictedRulLow": 70.5, "PredictedRulHigh": 110.0,
+                   "HistoryCycles": 42, "ModelName": "rul-history-hgb"})
+        );
+        // The Avro record holds the row as classified; the writer keeps the schema's fields.
+        let record: EngineRecord = serde_json::from_slice(&out[1].1.body).unwrap();
+        assert_eq!(record.body["PredictedRulLow"], 70.5);
+        assert_eq!(out[1].1.property(MODEL_NAME), Some("rul-history-hgb"));
     }
 
     #[test]

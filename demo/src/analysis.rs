@@ -155,6 +155,10 @@ pub struct EngineResult {
     pub actual: f64,
     /// `predicted − actual`.
     pub error: f64,
+    /// The interval given with the prediction (history model).
+    pub interval: Option<(f64, f64)>,
+    /// Cycles of history behind the prediction (history model).
+    pub history_cycles: Option<u32>,
 }
 
 /// Maps devices to engine units: from the sent log, else from the `Client_NNN` name.
@@ -194,9 +198,38 @@ pub fn engine_results(
                 predicted: r.predicted_rul,
                 actual,
                 error: r.predicted_rul - actual,
+                interval: r.interval,
+                history_cycles: r.history_cycles,
             })
         })
         .collect()
+}
+
+/// One engine's prediction intervals over its cycles, in cycle order.
+pub fn interval_series(ruls: &[&RulMessage], device: &str) -> Vec<(u32, f64, f64)> {
+    let by_cycle: BTreeMap<u32, (f64, f64)> = ruls
+        .iter()
+        .filter(|r| r.device == device)
+        .filter_map(|r| r.interval.map(|i| (r.cycle, i)))
+        .collect();
+    by_cycle.into_iter().map(|(c, (l, h))| (c, l, h)).collect()
+}
+
+/// Fraction of engines whose true RUL lies in the interval given with their prediction,
+/// and how many had one.
+pub fn interval_coverage(engines: &[EngineResult]) -> Option<(f64, usize)> {
+    let with: Vec<&EngineResult> = engines.iter().filter(|e| e.interval.is_some()).collect();
+    if with.is_empty() {
+        return None;
+    }
+    let inside = with
+        .iter()
+        .filter(|e| {
+            e.interval
+                .is_some_and(|(l, h)| l <= e.actual && e.actual <= h)
+        })
+        .count();
+    Some((inside as f64 / with.len() as f64, with.len()))
 }
 
 /// Root mean square of the errors; `None` without errors.
@@ -282,6 +315,7 @@ mod tests {
             device: device.into(),
             cycle,
             predicted_rul: v,
+            ..Default::default()
         }
     }
 

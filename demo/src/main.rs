@@ -57,6 +57,15 @@ struct Cli {
     /// No progress bar while waiting.
     #[arg(long)]
     quiet: bool,
+    /// The per-row model to compare with: it scores the same rows the judged predictions
+    /// came from (skipped, with a note, if it cannot be loaded).
+    #[arg(
+        long,
+        env = "ROW_MODEL_PATH",
+        default_value = "models/rul.onnx",
+        value_name = "FILE"
+    )]
+    row_model: PathBuf,
 }
 
 #[tokio::main]
@@ -65,6 +74,53 @@ async fn main() {
         eprintln!("demo-report: {e:#}");
         std::process::exit(2);
     }
+}
+
+/// The per-row model's prediction at each judged engine's row (same unit and cycle of the
+/// replayed file), with its RMSE and PHM08 score against the same truth.
+fn compare_row_model(
+    model: &std::path::Path,
+    data_file: &std::path::Path,
+    engines: &[demo_report::analysis::EngineResult],
+) -> Result<Option<demo_report::report::RowComparison>> {
+    use demo_report::analysis;
+    if engines.is_empty() {
+        return Ok(None);
+    }
+    let rows = turbofan_domain::cmapss::read_rows(data_file)?;
+    let by_key: std::collections::HashMap<(u32, u32), [f32; 21]> = rows
+        .iter()
+        .map(|r| ((r.unit, r.cycle), r.features()))
+        .collect();
+    let mut features = Vec::with_capacity(engines.len() * 21);
+    for e in engines {
+        let f = by_key.get(&(e.unit, e.cycle)).with_context(|| {
+            format!(
+                "{} has no row for engine {} cycle {}",
+                data_file.display(),
+                e.unit,
+                e.cycle
+            )
+        })?;
+        features.extend_from_slice(f);
+    }
+    let mut m = rul_model::RulModel::load(model, 1)?;
+    let predicted: Vec<f64> = m.predict(&features)?.into_iter().map(f64::from).collect();
+    let errors: Vec<f64> = predicted
+        .iter()
+        .zip(engines)
+        .map(|(p, e)| p - e.actual)
+        .collect();
+    Ok(Some(demo_report::report::RowComparison {
+        model: model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        engines: engines.len(),
+        rmse: analysis::rmse(&errors).unwrap_or(f64::NAN),
+        phm08_score: analysis::phm08_score(&errors).unwrap_or(f64::NAN),
+        predicted,
+    }))
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration> {
@@ -123,7 +179,7 @@ async fn run(cli: Cli) -> Result<()> {
     };
 
     let now = chrono::Utc::now();
-    let (report, plot) = demo_report::report::build(
+    let (mut report, mut plot) = demo_report::report::build(
         &snapshot,
         &truth,
         &sources,
@@ -131,6 +187,19 @@ async fn run(cli: Cli) -> Result<()> {
         waited,
         &now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     );
+    match compare_row_model(&cli.row_model, &sources.data_file, &report.engines) {
+        Ok(Some(c)) => {
+            plot.last_row = report
+                .engines
+                .iter()
+                .zip(&c.predicted)
+                .map(|(e, p)| (e.actual, *p))
+                .collect();
+            report.row_model = Some(c);
+        }
+        Ok(None) => {}
+        Err(e) => report.notes.push(format!("no per-row comparison: {e:#}")),
+    }
     let out = cli.out.unwrap_or_else(|| {
         PathBuf::from("out").join(format!("demo-{}", now.format("%Y%m%dT%H%M%SZ")))
     });

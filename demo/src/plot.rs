@@ -12,6 +12,7 @@ type DrawResult = Result<(), DrawingAreaErrorKind<std::io::Error>>;
 
 const PREDICTED: RGBColor = RGBColor(31, 119, 180);
 const LAST: RGBColor = RGBColor(214, 39, 40);
+const ROW: RGBColor = RGBColor(127, 127, 127);
 
 /// Draws `plot` into the SVG file `path`.
 pub fn draw(plot: &PlotData, path: &Path) -> Result<(), ReportError> {
@@ -35,7 +36,7 @@ pub fn draw(plot: &PlotData, path: &Path) -> Result<(), ReportError> {
         engine_panel(area, engine).map_err(fail)?;
     }
     if let Some(area) = areas.get(plot.engines.len()) {
-        last_panel(area, &plot.last).map_err(fail)?;
+        last_panel(area, plot).map_err(fail)?;
     }
     root.present().map_err(fail)?;
     Ok(())
@@ -66,7 +67,14 @@ fn engine_panel(area: &Area<'_>, e: &EngineSeries) -> DrawResult {
         .map(|p| p.0)
         .max()
         .unwrap_or(1);
-    let (lo, hi) = range(e.predicted.iter().chain(&e.actual).map(|p| p.1), 0.0);
+    let (lo, hi) = range(
+        e.predicted
+            .iter()
+            .chain(&e.actual)
+            .map(|p| p.1)
+            .chain(e.band.iter().flat_map(|b| [b.1, b.2])),
+        0.0,
+    );
     let mut chart = ChartBuilder::on(area)
         .caption(
             format!("engine {} ({})", e.unit, e.device),
@@ -86,6 +94,23 @@ fn engine_panel(area: &Area<'_>, e: &EngineSeries) -> DrawResult {
         .label_style(("sans-serif", 12))
         .draw()?;
     let to_xy = |&(c, v): &(u32, f64)| (f64::from(c), v);
+    if !e.band.is_empty() {
+        let outline: Vec<(f64, f64)> = e
+            .band
+            .iter()
+            .map(|&(c, _, h)| (f64::from(c), h))
+            .chain(e.band.iter().rev().map(|&(c, l, _)| (f64::from(c), l)))
+            .collect();
+        chart
+            .draw_series(std::iter::once(Polygon::new(
+                outline,
+                PREDICTED.mix(0.15).filled(),
+            )))?
+            .label("80 % interval")
+            .legend(|(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 18, y + 5)], PREDICTED.mix(0.15).filled())
+            });
+    }
     chart
         .draw_series(LineSeries::new(
             e.actual.iter().map(to_xy),
@@ -115,8 +140,16 @@ fn engine_panel(area: &Area<'_>, e: &EngineSeries) -> DrawResult {
     Ok(())
 }
 
-fn last_panel(area: &Area<'_>, points: &[(f64, f64)]) -> DrawResult {
-    let (lo, hi) = range(points.iter().flat_map(|&(a, p)| [a, p]), 0.0);
+fn last_panel(area: &Area<'_>, plot: &PlotData) -> DrawResult {
+    let points = &plot.last;
+    let (lo, hi) = range(
+        points
+            .iter()
+            .chain(&plot.last_row)
+            .flat_map(|&(a, p)| [a, p])
+            .chain(plot.last_band.iter().flat_map(|b| [b.1, b.2])),
+        0.0,
+    );
     let mut chart = ChartBuilder::on(area)
         .caption(
             format!("all {} engines, last prediction", points.len()),
@@ -139,6 +172,29 @@ fn last_panel(area: &Area<'_>, points: &[(f64, f64)]) -> DrawResult {
         .draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.mix(0.5)))?
         .label("perfect prediction")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.5)));
+    if !plot.last_band.is_empty() {
+        chart
+            .draw_series(plot.last_band.iter().map(|&(a, l, h)| {
+                PathElement::new(vec![(a, l), (a, h)], LAST.mix(0.3).stroke_width(2))
+            }))?
+            .label("80 % interval")
+            .legend(|(x, y)| {
+                PathElement::new(
+                    vec![(x + 9, y - 6), (x + 9, y + 6)],
+                    LAST.mix(0.3).stroke_width(2),
+                )
+            });
+    }
+    if !plot.last_row.is_empty() {
+        chart
+            .draw_series(
+                plot.last_row
+                    .iter()
+                    .map(|&(a, p)| Cross::new((a, p), 3, ROW.stroke_width(1))),
+            )?
+            .label("per-row model")
+            .legend(|(x, y)| Cross::new((x + 9, y), 3, ROW.stroke_width(1)));
+    }
     chart
         .draw_series(
             points
@@ -172,8 +228,11 @@ mod tests {
                 device: "Client_024".into(),
                 predicted: vec![(1, 150.0), (2, 140.0), (3, 149.0)],
                 actual: vec![(1, 22.0), (2, 21.0), (3, 20.0)],
+                band: vec![(1, 100.0, 190.0), (2, 95.0, 180.0), (3, 90.0, 170.0)],
             }],
             last: vec![(20.0, 149.0), (80.0, 70.0)],
+            last_band: vec![(20.0, 120.0, 170.0), (80.0, 50.0, 90.0)],
+            last_row: vec![(20.0, 60.0), (80.0, 75.0)],
         };
         draw(&plot, &path).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
@@ -183,6 +242,8 @@ mod tests {
             "all 2 engines",
             "true RUL",
             "predicted RUL",
+            "80 % interval",
+            "per-row model",
         ] {
             assert!(svg.contains(want), "{want}");
         }
@@ -190,6 +251,8 @@ mod tests {
             title: "nothing".into(),
             engines: vec![],
             last: vec![],
+            last_band: vec![],
+            last_row: vec![],
         };
         draw(&empty, &path).unwrap();
     }

@@ -44,6 +44,27 @@ pub struct Accuracy {
     pub rmse: f64,
     /// PHM08 score (lower is better).
     pub phm08_score: f64,
+    /// The model named in the RUL messages (`ModelName`), if one.
+    pub model: Option<String>,
+    /// Fraction of engines whose true RUL lies in the interval of their prediction, and how
+    /// many engines had an interval.
+    pub interval_coverage: Option<(f64, usize)>,
+}
+
+/// What the per-row model says at the same engines and cycles, for comparison.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RowComparison {
+    /// The per-row model (file name).
+    pub model: String,
+    /// Engines scored.
+    pub engines: usize,
+    /// RMSE, cycles.
+    pub rmse: f64,
+    /// PHM08 score.
+    pub phm08_score: f64,
+    /// Its prediction per engine unit, in the order of the report's engines.
+    pub predicted: Vec<f64>,
 }
 
 /// Everything the report says.
@@ -74,6 +95,8 @@ pub struct Report {
     pub engines: Vec<EngineResult>,
     /// RMSE and PHM08 score over the engines.
     pub accuracy: Option<Accuracy>,
+    /// The per-row model at the same engines and cycles (set by the caller, which runs it).
+    pub row_model: Option<RowComparison>,
     /// edgeHub's module queues when the report was made.
     pub modules: Vec<ModuleStatus>,
     /// Engines drawn in rul.svg.
@@ -93,6 +116,8 @@ pub struct EngineSeries {
     pub device: String,
     /// Predicted RUL per cycle.
     pub predicted: Vec<(u32, f64)>,
+    /// The prediction interval per cycle (history model).
+    pub band: Vec<(u32, f64, f64)>,
     /// True RUL per cycle, over the same cycles.
     pub actual: Vec<(u32, f64)>,
 }
@@ -106,6 +131,10 @@ pub struct PlotData {
     pub engines: Vec<EngineSeries>,
     /// Every judged engine: (true, predicted) at its last prediction.
     pub last: Vec<(f64, f64)>,
+    /// Every judged engine with an interval: (true, low, high).
+    pub last_band: Vec<(f64, f64, f64)>,
+    /// The per-row model at the same engines: (true, predicted).
+    pub last_row: Vec<(f64, f64)>,
 }
 
 /// Builds the report from a snapshot of the run and the truth. `plot_units` chooses the
@@ -137,6 +166,13 @@ pub fn build(
             engines_at_last_cycle: engines.iter().filter(|e| e.cycle == e.last_cycle).count(),
             rmse,
             phm08_score,
+            model: {
+                let mut names: Vec<&str> = ruls.iter().filter_map(|r| r.model.as_deref()).collect();
+                names.sort_unstable();
+                names.dedup();
+                (!names.is_empty()).then(|| names.join(", "))
+            },
+            interval_coverage: analysis::interval_coverage(&engines),
         }),
         _ => None,
     };
@@ -173,6 +209,7 @@ pub fn build(
             Some(EngineSeries {
                 unit: *u,
                 device: device.clone(),
+                band: analysis::interval_series(&ruls, device),
                 predicted,
                 actual,
             })
@@ -187,6 +224,11 @@ pub fn build(
         title: format!("Predicted vs true RUL ({file_name})"),
         engines: series,
         last: engines.iter().map(|e| (e.actual, e.predicted)).collect(),
+        last_band: engines
+            .iter()
+            .filter_map(|e| e.interval.map(|(l, h)| (e.actual, l, h)))
+            .collect(),
+        last_row: Vec::new(),
     };
 
     let avro = snapshot
@@ -214,6 +256,7 @@ pub fn build(
         uploads: snapshot.uploads.clone(),
         engines,
         accuracy,
+        row_model: None,
         modules,
         plotted_engines: plotted,
         wait,
@@ -420,6 +463,37 @@ impl Report {
                     "Each engine is judged on its last prediction (the RUL message with the highest CycleTime from its device). The true RUL at cycle c is the engine's RUL in `{}` plus its last test cycle minus c; {} of {} engines were judged at their last test cycle.\n",
                     self.rul_file, a.engines_at_last_cycle, a.engines
                 );
+                let model = a.model.as_deref().unwrap_or("(not named in the messages)");
+                let _ = writeln!(
+                    s,
+                    "| predictions | engines | RMSE | PHM08 |\n|---|---:|---:|---:|"
+                );
+                let _ = writeln!(
+                    s,
+                    "| what reached IoT Hub (`{}`) | {} | {:.2} | {:.1} |",
+                    md_escape(model),
+                    a.engines,
+                    a.rmse,
+                    a.phm08_score
+                );
+                if let Some(r) = &self.row_model {
+                    let _ = writeln!(
+                        s,
+                        "| the per-row model `{}` on the same rows (this run's telemetry, scored by the report) | {} | {:.2} | {:.1} |",
+                        md_escape(&r.model),
+                        r.engines,
+                        r.rmse,
+                        r.phm08_score
+                    );
+                }
+                s.push('\n');
+                if let Some((share, n)) = a.interval_coverage {
+                    let _ = writeln!(
+                        s,
+                        "The true RUL lies inside the interval [PredictedRulLow, PredictedRulHigh] for **{:.0} %** of the {n} engines with one (the model's nominal coverage is 80 %; see models/MODEL_CARD.md).\n",
+                        share * 100.0
+                    );
+                }
             }
             None => {
                 let _ = writeln!(s, "No RUL message of this run reached IoT Hub.\n");
@@ -431,13 +505,30 @@ impl Report {
         if !self.engines.is_empty() {
             let _ = writeln!(
                 s,
-                "| engine | device | judged at cycle | last test cycle | predicted RUL | true RUL | error |\n|---:|---|---:|---:|---:|---:|---:|"
+                "| engine | device | judged at cycle | last test cycle | history cycles | predicted RUL | interval | true RUL | error | per-row model |\n|---:|---|---:|---:|---:|---:|---|---:|---:|---:|"
             );
-            for e in &self.engines {
+            let row = |i: usize| {
+                self.row_model
+                    .as_ref()
+                    .and_then(|r| r.predicted.get(i))
+                    .map_or_else(|| "–".to_owned(), |p| format!("{p:.1}"))
+            };
+            for (i, e) in self.engines.iter().enumerate() {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {:.1} | {:.0} | {:+.1} |",
-                    e.unit, e.device, e.cycle, e.last_cycle, e.predicted, e.actual, e.error
+                    "| {} | {} | {} | {} | {} | {:.1} | {} | {:.0} | {:+.1} | {} |",
+                    e.unit,
+                    e.device,
+                    e.cycle,
+                    e.last_cycle,
+                    e.history_cycles
+                        .map_or_else(|| "–".to_owned(), |n| n.to_string()),
+                    e.predicted,
+                    e.interval
+                        .map_or_else(|| "–".to_owned(), |(l, h)| format!("{l:.0}–{h:.0}")),
+                    e.actual,
+                    e.error,
+                    row(i)
                 );
             }
         }
@@ -513,9 +604,29 @@ impl Report {
             Some(a) => {
                 let _ = writeln!(
                     s,
-                    "  accuracy      RMSE {:.2} cycles over {} engines; PHM08 score {:.1}",
-                    a.rmse, a.engines, a.phm08_score
+                    "  accuracy      RMSE {:.2} cycles over {} engines; PHM08 score {:.1}{}",
+                    a.rmse,
+                    a.engines,
+                    a.phm08_score,
+                    a.model
+                        .as_ref()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default()
                 );
+                if let Some((share, n)) = a.interval_coverage {
+                    let _ = writeln!(
+                        s,
+                        "                true RUL inside the 80 % interval for {:.0} % of {n} engines",
+                        share * 100.0
+                    );
+                }
+                if let Some(r) = &self.row_model {
+                    let _ = writeln!(
+                        s,
+                        "                per-row model {} on the same rows: RMSE {:.2}; PHM08 score {:.1}",
+                        r.model, r.rmse, r.phm08_score
+                    );
+                }
             }
             None => {
                 let _ = writeln!(s, "  accuracy      no predictions to judge");
@@ -553,12 +664,16 @@ mod tests {
                 device: "Client_001".into(),
                 cycle: 1,
                 predicted_rul: 120.0,
+                ..Default::default()
             },
             RulMessage {
                 correlation_id: "c2".into(),
                 device: "Client_001".into(),
                 cycle: 2,
                 predicted_rul: 110.0,
+                interval: Some((95.0, 150.0)),
+                history_cycles: Some(2),
+                model: Some("rul-history-hgb".into()),
             },
         ];
         Snapshot {
@@ -608,6 +723,13 @@ mod tests {
         assert!(md.contains("| classified: RUL messages in IoT Hub from turbofanRouter | 2 |"));
         assert!(md.contains("RMSE over 1 engines: **7.00 cycles**"), "{md}");
         assert!(md.contains("![Predicted vs true RUL](rul.svg)"));
+        // The history model's interval and name reach the report; 103 is inside 95–150.
+        assert_eq!(a.interval_coverage, Some((1.0, 1)));
+        assert_eq!(a.model.as_deref(), Some("rul-history-hgb"));
+        assert!(md.contains("for **100 %** of the 1 engines with one"), "{md}");
+        assert!(md.contains("| 1 | Client_001 | 2 | 5 | 2 | 110.0 | 95–150 | 103 | +7.0 | – |"), "{md}");
+        assert_eq!(plot.last_band, vec![(103.0, 95.0, 150.0)]);
+        assert_eq!(plot.engines[0].band, vec![(2, 95.0, 150.0)]);
         let text = r.summary();
         assert!(text.contains("RMSE 7.00 cycles over 1 engines"), "{text}");
         let json = serde_json::to_value(&r).unwrap();

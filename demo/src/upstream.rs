@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 pub const ROUTER: &str = "turbofanRouter";
 
 /// A RUL message as operators see it in IoT Hub.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RulMessage {
     /// The telemetry's correlation id.
     pub correlation_id: String,
@@ -20,6 +20,12 @@ pub struct RulMessage {
     pub cycle: u32,
     /// The prediction.
     pub predicted_rul: f64,
+    /// `PredictedRulLow` and `PredictedRulHigh` (history model).
+    pub interval: Option<(f64, f64)>,
+    /// `HistoryCycles` (history model).
+    pub history_cycles: Option<u32>,
+    /// `ModelName`.
+    pub model: Option<String>,
 }
 
 /// A message the router could not handle.
@@ -81,12 +87,21 @@ pub fn classify(record: &Value) -> Upstream {
         text(p, "/CorrelationId").or_else(|| text(record, "/properties/system/correlationId"));
     let device = text(p, "/ConnectionDeviceId");
     match (rul, cycle, cid, device) {
-        (Some(predicted_rul), Some(cycle), Some(cid), Some(device)) => Upstream::Rul(RulMessage {
-            correlation_id: cid.to_owned(),
-            device: device.to_owned(),
-            cycle: cycle as u32,
-            predicted_rul,
-        }),
+        (Some(predicted_rul), Some(cycle), Some(cid), Some(device)) => {
+            let num = |k: &str| p.get(k).and_then(Value::as_f64);
+            Upstream::Rul(RulMessage {
+                correlation_id: cid.to_owned(),
+                device: device.to_owned(),
+                cycle: cycle as u32,
+                predicted_rul,
+                interval: num("PredictedRulLow").zip(num("PredictedRulHigh")),
+                history_cycles: p
+                    .get("HistoryCycles")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok()),
+                model: text(p, "/ModelName").map(str::to_owned),
+            })
+        }
         _ => Upstream::Other,
     }
 }
@@ -186,7 +201,8 @@ mod tests {
                 correlation_id: "c1".into(),
                 device: "Client_001".into(),
                 cycle: 7,
-                predicted_rul: 112.5
+                predicted_rul: 112.5,
+                ..Default::default()
             })
         );
         let dead = json!({"module": "turbofanRouter", "payload": {"Sensor1": 1},

@@ -21,6 +21,12 @@ pub struct RulMessage {
     pub cycle: f64,
     /// When edgeHub took the message (`enqueuedTimeUtc`).
     pub enqueued: Option<String>,
+    /// The body's `PredictedRulLow` and `PredictedRulHigh` (history mode).
+    pub interval: Option<(f64, f64)>,
+    /// The body's `HistoryCycles` (history mode).
+    pub history_cycles: Option<u64>,
+    /// The body's `ModelName`.
+    pub model: Option<String>,
 }
 
 /// A dead letter: a message `turbofanRouter` sent to `deadMessages`.
@@ -84,6 +90,9 @@ impl Outcomes {
                     predicted_rul,
                     cycle,
                     enqueued: text(&record["enqueuedTimeUtc"]),
+                    interval: p["PredictedRulLow"].as_f64().zip(p["PredictedRulHigh"].as_f64()),
+                    history_cycles: p["HistoryCycles"].as_u64(),
+                    model: text(&p["ModelName"]),
                 })
             }
             _ => self.other.push(record),

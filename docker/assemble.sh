@@ -135,7 +135,8 @@ for m in "${MODULES[@]}"; do
     fi
     work="$OUT/.work/$m"
     bash "$ROOT/docker/rootfs.sh" --module "$m" --binary "$BIN_DIR/$m" --pkgroot "$pkgroot" \
-        --triple "$TRIPLE" --out "$work" --ort-lib "$ort_lib" --model "$ROOT/models/rul.onnx"
+        --triple "$TRIPLE" --out "$work" --ort-lib "$ort_lib" --model "$ROOT/models/rul.onnx" \
+        --history-model "$ROOT/models/rul_history.onnx"
     # The image strips its binaries (CARGO_PROFILE_RELEASE_STRIP=symbols): so does the tree.
     strip --strip-all "$work/rootfs/app/$m"
     tree="$OUT/$m"

@@ -4,7 +4,7 @@
 # build stage AND by docker/assemble.sh, so the tree a test runs is made by the same steps.
 #
 #   docker/rootfs.sh --module NAME --binary FILE --pkgroot DIR --triple GNU_TRIPLE --out DIR \
-#                    [--ort-lib FILE] [--model FILE]
+#                    [--ort-lib FILE] [--model FILE] [--history-model FILE]
 #
 # --pkgroot   the target's Debian runtime packages (libc6, libgcc-s1, libstdc++6) unpacked
 #             (`dpkg-deb -x`) into one folder: the shared libraries come only from there.
@@ -16,7 +16,7 @@
 # module needs (also through dlopen'ed ONNX Runtime) is not in the packages.
 set -euo pipefail
 
-module="" binary="" pkgroot="" triple="" out="" ort_lib="" model=""
+module="" binary="" pkgroot="" triple="" out="" ort_lib="" model="" history_model=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --module) module="$2"; shift 2 ;;
@@ -26,6 +26,7 @@ while [ $# -gt 0 ]; do
         --out) out="$2"; shift 2 ;;
         --ort-lib) ort_lib="$2"; shift 2 ;;
         --model) model="$2"; shift 2 ;;
+        --history-model) history_model="$2"; shift 2 ;;
         *) echo "rootfs.sh: unknown argument $1" >&2; exit 64 ;;
     esac
 done
@@ -39,6 +40,8 @@ case "$module" in
         [ -n "$ort_lib" ] && [ -f "$ort_lib" ] ||
             fail "the classifier needs --ort-lib (libonnxruntime.so from the onnxruntime wheel); got '${ort_lib}'"
         [ -n "$model" ] && [ -f "$model" ] || fail "the classifier needs --model (models/rul.onnx); got '${model}'"
+        [ -n "${history_model}" ] && [ -f "$history_model" ] ||
+            fail "the classifier needs --history-model (models/rul_history.onnx); got '${history_model}'"
         ;;
     *) fail "unknown module '$module'" ;;
 esac
@@ -54,6 +57,7 @@ ln -s "$module" "$rootfs/app/module"
 elves=("$rootfs/app/$module")
 if [ "$module" = turbofanRulClassifier ]; then
     install -m 0644 "$model" "$rootfs/app/rul.onnx"
+    install -m 0644 "$history_model" "$rootfs/app/rul_history.onnx"
     install -m 0755 "$ort_lib" "$rootfs/app/libonnxruntime.so"
     elves+=("$rootfs/app/libonnxruntime.so")
 fi

@@ -121,11 +121,11 @@ def test_build_context_has_the_workspace_and_the_model_and_no_build_output():
         assert folder + "/Cargo.toml" in listed, folder
         for f in listed:
             assert f in included, "%s (workspace member %s) would not be in the build context" % (f, folder)
-    for f in ("Cargo.toml", "Cargo.lock", "models/rul.onnx", "docker/rootfs.sh"):
+    for f in ("Cargo.toml", "Cargo.lock", "models/rul.onnx", "models/rul_history.onnx", "docker/rootfs.sh"):
         assert f in included, f
     for f in included:
         assert not f.startswith(("target/", ".venv", ".git/", "out/", ".edge-state", "config/")), f
-        assert not (f.startswith("models/") and f != "models/rul.onnx"), f
+        assert not (f.startswith("models/") and f not in ("models/rul.onnx", "models/rul_history.onnx")), f
 
 
 # ---- the amd64 file tree, assembled and run ---------------------------------------------------
@@ -142,7 +142,7 @@ def test_tree_has_the_image_layout(tree):
         have = set(files_of(root))
         want = {"app/" + m, "app/module", "lib64/ld-linux-x86-64.so.2", *libs, *base}
         if m == "turbofanRulClassifier":
-            want |= {"app/rul.onnx", "app/libonnxruntime.so"}
+            want |= {"app/rul.onnx", "app/rul_history.onnx", "app/libonnxruntime.so"}
             want |= {"usr/lib/%s/%s" % (TRIPLE, n) for n in ("libstdc++.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1")}
         assert have == want, (m, sorted(have ^ want))
         assert os.readlink(root / "app" / "module") == m
@@ -151,6 +151,8 @@ def test_tree_has_the_image_layout(tree):
         assert (root / "tmp").stat().st_mode & 0o1777 == 0o1777
     model = ROOT / "models" / "rul.onnx"
     assert (tree / "turbofanRulClassifier" / "app" / "rul.onnx").read_bytes() == model.read_bytes()
+    history = ROOT / "models" / "rul_history.onnx"
+    assert (tree / "turbofanRulClassifier" / "app" / "rul_history.onnx").read_bytes() == history.read_bytes()
     avro = tree / "avroFileWriter" / "avrofiles"
     if "avroFileWriter" not in BUILT_MODULES:
         return
@@ -235,7 +237,10 @@ def test_modules_run_from_their_trees(tree, tmp_path):
         classifier = reported.get("turbofanRulClassifier", {})
         assert classifier.get("ModelStatus") == "loaded", (classifier, logs)
         sha = hashlib.sha256((ROOT / "models" / "rul.onnx").read_bytes()).hexdigest()
-        assert classifier["Model"]["Sha256"] == sha
+        assert classifier["Models"]["row"]["Sha256"] == sha
+        # The manifest asks for history mode: the live model is the history model of the tree.
+        sha = hashlib.sha256((ROOT / "models" / "rul_history.onnx").read_bytes()).hexdigest()
+        assert (classifier["ScoringMode"], classifier["Model"]["Sha256"]) == ("history", sha)
         for m in BUILT_MODULES:
             assert reported[m].get("LoggingLevel") == "info", (m, reported[m], logs)
 

@@ -53,6 +53,9 @@ OUTPUTS = ["PredictedRul", "PredictedRulLow", "PredictedRulHigh"]
 SEED = 0
 HGB_PARAMS = dict(max_iter=300, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=20,
                   max_features=0.7)
+# The percentile models are smaller (100 trees at a higher rate): a third of the model's ONNX
+# Runtime time each instead of a full one, for the same coverage (checked against 300 trees).
+QUANTILE_PARAMS = dict(HGB_PARAMS, max_iter=100, learning_rate=0.15)
 QUANTILES = (0.1, 0.9)
 COVERAGE = QUANTILES[1] - QUANTILES[0]
 FOLDS = 5
@@ -98,8 +101,10 @@ def true_rul_rows(frame, rul_file: np.ndarray | None) -> np.ndarray:
 def make(loss: str, quantile: float | None = None, seed: int = SEED):
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    extra = {"quantile": quantile} if quantile is not None else {}
-    return HistGradientBoostingRegressor(loss=loss, random_state=seed, **extra, **HGB_PARAMS)
+    if quantile is None:
+        return HistGradientBoostingRegressor(loss=loss, random_state=seed, **HGB_PARAMS)
+    return HistGradientBoostingRegressor(loss=loss, quantile=quantile, random_state=seed,
+                                         **QUANTILE_PARAMS)
 
 
 def fit_all(x, y_capped, y_true, groups):
@@ -204,7 +209,8 @@ def export_onnx(point, low, high, widen: float):
         "interval": f"{QUANTILES[0]:.2f}-{QUANTILES[1]:.2f} quantiles, conformal widening {widen:.3f}",
         "trained_on": "train_FD001",
         "model_name": "rul-history-hgb",
-        "estimator": "HistGradientBoostingRegressor " + json.dumps(HGB_PARAMS, sort_keys=True),
+        "estimator": "HistGradientBoostingRegressor " + json.dumps(HGB_PARAMS, sort_keys=True)
+        + "; percentiles " + json.dumps(QUANTILE_PARAMS, sort_keys=True),
     }
     for key, value in meta.items():
         prop = model.metadata_props.add()
@@ -313,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                  "sha256": hashlib.sha256(onnx_bytes).hexdigest()},
         "versions": {"scikit-learn": sklearn.__version__, "onnxruntime": onnxruntime.__version__},
         "feature_set": hf.FEATURE_SET, "sensors": hf.SENSORS, "window": hf.WINDOW,
-        "lambda": hf.LAMBDA, "hgb": HGB_PARAMS, "seed": SEED, "cv": cv,
+        "lambda": hf.LAMBDA, "hgb": HGB_PARAMS, "hgb_percentiles": QUANTILE_PARAMS,
+        "seed": SEED, "cv": cv,
         "max_abs_diff_onnx_vs_sklearn": diff_sklearn, "max_abs_diff_ort_batch_sizes": diff_batches,
         "test": results, "published_last_cycle_rmse": PUBLISHED,
     }

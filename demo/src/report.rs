@@ -726,8 +726,14 @@ mod tests {
         // The history model's interval and name reach the report; 103 is inside 95–150.
         assert_eq!(a.interval_coverage, Some((1.0, 1)));
         assert_eq!(a.model.as_deref(), Some("rul-history-hgb"));
-        assert!(md.contains("for **100 %** of the 1 engines with one"), "{md}");
-        assert!(md.contains("| 1 | Client_001 | 2 | 5 | 2 | 110.0 | 95–150 | 103 | +7.0 | – |"), "{md}");
+        assert!(
+            md.contains("for **100 %** of the 1 engines with one"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1 | Client_001 | 2 | 5 | 2 | 110.0 | 95–150 | 103 | +7.0 | – |"),
+            "{md}"
+        );
         assert_eq!(plot.last_band, vec![(103.0, 95.0, 150.0)]);
         assert_eq!(plot.engines[0].band, vec![(2, 95.0, 150.0)]);
         let text = r.summary();

@@ -90,7 +90,9 @@ impl Outcomes {
                     predicted_rul,
                     cycle,
                     enqueued: text(&record["enqueuedTimeUtc"]),
-                    interval: p["PredictedRulLow"].as_f64().zip(p["PredictedRulHigh"].as_f64()),
+                    interval: p["PredictedRulLow"]
+                        .as_f64()
+                        .zip(p["PredictedRulHigh"].as_f64()),
                     history_cycles: p["HistoryCycles"].as_u64(),
                     model: text(&p["ModelName"]),
                 })

@@ -33,21 +33,31 @@ fn reference() -> HashMap<(u32, u32), [f32; 3]> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_engines_in_history_mode_end_with_the_reference_predictions() {
     let manifest = pipeline::deployment_manifest(&[]).expect("the deployment manifest");
-    let p = Pipeline::start(&manifest, false).await.expect("the runtime starts");
-    p.wait_connected(Duration::from_secs(60)).await.expect("modules up");
+    let p = Pipeline::start(&manifest, false)
+        .await
+        .expect("the runtime starts");
+    p.wait_connected(Duration::from_secs(60))
+        .await
+        .expect("modules up");
 
     let log = p.dir().join("sent.jsonl");
     let mut cfg = SimConfig::new(p.state(), pipeline::data_file("test_FD003.txt"));
     cfg.devices = Some(DEVICES);
     cfg.rate = 400.0;
     cfg.sent_log = Some(log.clone());
-    let summary = simulate(&cfg, Progress::new()).await.expect("the simulator runs");
+    let summary = simulate(&cfg, Progress::new())
+        .await
+        .expect("the simulator runs");
     assert!(summary.is_complete(), "{summary}");
     let (sent, _) = sent_log::read(&log).expect("the sent log");
-    wait_for("a RUL message for every sent message", Duration::from_secs(120), || {
-        let o = p.upstream()?;
-        Ok((o.ruls.len() + o.dead.len() >= sent.len()).then_some(()))
-    })
+    wait_for(
+        "a RUL message for every sent message",
+        Duration::from_secs(120),
+        || {
+            let o = p.upstream()?;
+            Ok((o.ruls.len() + o.dead.len() >= sent.len()).then_some(()))
+        },
+    )
     .await
     .unwrap();
     let up = p.upstream().unwrap();
@@ -69,13 +79,24 @@ async fn ten_engines_in_history_mode_end_with_the_reference_predictions() {
     assert_eq!(last.len(), DEVICES);
     for (device, r) in last {
         let unit = unit_of[device];
-        let last_cycle = reference.keys().filter(|k| k.0 == unit).map(|k| k.1).max().unwrap();
-        assert_eq!(r.cycle as u32, last_cycle, "{device}: its last cycle reached IoT Hub");
+        let last_cycle = reference
+            .keys()
+            .filter(|k| k.0 == unit)
+            .map(|k| k.1)
+            .max()
+            .unwrap();
+        assert_eq!(
+            r.cycle as u32, last_cycle,
+            "{device}: its last cycle reached IoT Hub"
+        );
         let want = reference[&(unit, last_cycle)];
         let (low, high) = r.interval.unwrap();
         let got = [r.predicted_rul as f32, low as f32, high as f32];
         for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() <= 1e-4, "{device} (unit {unit}): {got:?} vs reference {want:?}");
+            assert!(
+                (g - w).abs() <= 1e-4,
+                "{device} (unit {unit}): {got:?} vs reference {want:?}"
+            );
         }
     }
     p.shutdown().await;

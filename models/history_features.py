@@ -36,6 +36,7 @@ SCALE = 256.0
 MIN_FIT = 8
 SLOPE_SPAN = 30.0
 MAX_DECAY_STEPS = 2000
+MAX_GAP = 1 << 16  # a longer gap starts a new history (the classifier keeps 16-bit cycles)
 N_FEATURES = 7 * len(SENSORS) + 1
 BINOM = [[1.0], [1.0, 1.0], [1.0, 2.0, 1.0], [1.0, 3.0, 3.0, 1.0], [1.0, 4.0, 6.0, 4.0, 1.0]]
 PARTS = ["fit_level", "fit_slope", "line_slope", "line_level",
@@ -59,6 +60,8 @@ class History:
     def absorb(self, cycle: int, x32: np.ndarray) -> None:
         """Adds the row of `cycle` (later than the last one) with the sensors `x32` (float32)."""
         x = np.asarray(x32, dtype=np.float32).astype(np.float64)
+        if self.n > 0 and cycle - self.last >= MAX_GAP:
+            self.__init__()
         if self.n > 0:
             gap = cycle - self.last
             decay = 1.0

@@ -41,6 +41,12 @@ pub const MIN_FIT: u32 = 8;
 pub const SLOPE_SPAN: f64 = 30.0;
 /// A gap longer than this decays the old history as if it were this long.
 pub const MAX_DECAY_STEPS: u32 = 2000;
+/// A gap of this many cycles or more starts a new history (the window keeps the low 16 bits
+/// of its cycles).
+pub const MAX_GAP: u32 = 1 << 16;
+/// Answers kept for redeliveries: those of the last this many cycles of the window.
+pub const ANSWERS_KEPT: usize = 6;
+const _: () = assert!(WINDOW % ANSWERS_KEPT == 0);
 /// Features per row.
 pub const N_FEATURES: usize = 7 * N_SENSORS + 1;
 
@@ -68,8 +74,9 @@ pub struct Prediction {
     pub high: f32,
 }
 
-/// One engine's history. About 1.8 KB.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One engine's history: 1,480 bytes (so that with its device entry it fits mimalloc's
+/// 1,536-byte size class; a test checks).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EngineHistory {
     n: u32,
     last: u32,
@@ -77,9 +84,36 @@ pub struct EngineHistory {
     q: [[f64; N_SENSORS]; 3],
     start: u8,
     len: u8,
-    cycles: [u32; WINDOW],
+    /// Low 16 bits of each window row's cycle (a window never spans [`MAX_GAP`]).
+    cycles: [u16; WINDOW],
     rows: [[f32; N_SENSORS]; WINDOW],
-    scored: [Option<Prediction>; WINDOW],
+    /// By window slot modulo [`ANSWERS_KEPT`]: the answer for that slot's cycle, `rul` NaN
+    /// when none (yet).
+    scored: [Prediction; ANSWERS_KEPT],
+}
+
+const UNSCORED: Prediction = Prediction {
+    rul: f32::NAN,
+    low: f32::NAN,
+    high: f32::NAN,
+};
+
+impl PartialEq for EngineHistory {
+    /// Field by field, floats by their bits (an unscored slot's NaN equals itself).
+    fn eq(&self, o: &Self) -> bool {
+        let bits = |p: &[Prediction; ANSWERS_KEPT]| {
+            p.map(|p| [p.rul.to_bits(), p.low.to_bits(), p.high.to_bits()])
+        };
+        self.n == o.n
+            && self.last == o.last
+            && self.p.map(f64::to_bits) == o.p.map(f64::to_bits)
+            && self.q.map(|r| r.map(f64::to_bits)) == o.q.map(|r| r.map(f64::to_bits))
+            && self.start == o.start
+            && self.len == o.len
+            && self.cycles == o.cycles
+            && self.rows.map(|r| r.map(f32::to_bits)) == o.rows.map(|r| r.map(f32::to_bits))
+            && bits(&self.scored) == bits(&o.scored)
+    }
 }
 
 impl Default for EngineHistory {
@@ -93,7 +127,7 @@ impl Default for EngineHistory {
             len: 0,
             cycles: [0; WINDOW],
             rows: [[0.0; N_SENSORS]; WINDOW],
-            scored: [None; WINDOW],
+            scored: [UNSCORED; ANSWERS_KEPT],
         }
     }
 }
@@ -118,19 +152,32 @@ impl EngineHistory {
 
     /// The oldest cycle still in the window.
     pub fn oldest_cycle(&self) -> Option<u32> {
-        (self.len > 0).then(|| self.cycles[self.start as usize])
+        (self.len > 0).then(|| self.cycle_at(self.start as usize))
     }
 
     fn slot(&self, i: usize) -> usize {
         (self.start as usize + i) % WINDOW
     }
 
+    /// The cycle of window slot `slot`, from its low 16 bits and the last cycle.
+    fn cycle_at(&self, slot: usize) -> u32 {
+        self.last - u32::from((self.last as u16).wrapping_sub(self.cycles[slot]))
+    }
+
+    /// Cycles from window slot `slot` to the last one.
+    fn age_at(&self, slot: usize) -> u32 {
+        u32::from((self.last as u16).wrapping_sub(self.cycles[slot]))
+    }
+
     fn position_of(&self, cycle: u32) -> Option<usize> {
-        (0..self.len as usize).find(|&i| self.cycles[self.slot(i)] == cycle)
+        if cycle > self.last || self.last - cycle >= MAX_GAP {
+            return None;
+        }
+        (0..self.len as usize).find(|&i| self.cycle_at(self.slot(i)) == cycle)
     }
 
     /// Adds the row of `cycle`, which must be later than [`last_cycle`](Self::last_cycle)
-    /// (the store checks).
+    /// by less than [`MAX_GAP`] (the store checks: a longer gap starts a new history).
     pub fn absorb(&mut self, cycle: u32, sensors: &[f32; N_SENSORS]) {
         if self.n > 0 {
             let gap = cycle.saturating_sub(self.last);
@@ -178,9 +225,9 @@ impl EngineHistory {
             self.start = ((s + 1) % WINDOW) as u8;
             s
         };
-        self.cycles[slot] = cycle;
+        self.cycles[slot] = cycle as u16;
         self.rows[slot] = *sensors;
-        self.scored[slot] = None;
+        self.scored[slot % ANSWERS_KEPT] = UNSCORED;
     }
 
     /// The model's features of the history as it stands.
@@ -215,7 +262,7 @@ impl EngineHistory {
         let mut sum_x = [0.0f64; N_SENSORS];
         for i in 0..k {
             let slot = self.slot(i);
-            sum_t += -((self.last - self.cycles[slot]) as f64);
+            sum_t += -(self.age_at(slot) as f64);
             for (acc, x) in sum_x.iter_mut().zip(&self.rows[slot]) {
                 *acc += *x as f64;
             }
@@ -229,7 +276,7 @@ impl EngineHistory {
             let mut stx = [0.0f64; N_SENSORS];
             for i in 0..k {
                 let slot = self.slot(i);
-                let dt = -((self.last - self.cycles[slot]) as f64) - tbar;
+                let dt = -(self.age_at(slot) as f64) - tbar;
                 stt += dt * dt;
                 for s in 0..N_SENSORS {
                     stx[s] += dt * (self.rows[slot][s] as f64 - mean[s]);
@@ -250,19 +297,22 @@ impl EngineHistory {
         out
     }
 
-    /// Remembers what the model said for `cycle` (if it is still in the window).
+    /// Remembers what the model said for `cycle` (if it is among the last
+    /// [`ANSWERS_KEPT`] cycles of the window).
     pub fn record(&mut self, cycle: u32, prediction: Prediction) {
         if let Some(i) = self.position_of(cycle) {
-            let slot = self.slot(i);
-            self.scored[slot] = Some(prediction);
+            if (self.len as usize - 1 - i) < ANSWERS_KEPT {
+                self.scored[self.slot(i) % ANSWERS_KEPT] = prediction;
+            }
         }
     }
 
     /// What was said for `cycle`, and the history's length then.
     fn recorded(&self, cycle: u32) -> Option<(Prediction, u32)> {
         let i = self.position_of(cycle)?;
-        let p = self.scored[self.slot(i)]?;
-        Some((p, self.n - (self.len as u32 - 1 - i as u32)))
+        let back = self.len as usize - 1 - i;
+        let p = self.scored[self.slot(i) % ANSWERS_KEPT];
+        (back < ANSWERS_KEPT && !p.rul.is_nan()).then_some((p, self.n - back as u32))
     }
 }
 
@@ -415,6 +465,14 @@ impl HistoryStore {
         };
         d.seen_at = now;
         let h = &mut d.history;
+        if cycle > h.last && cycle - h.last >= MAX_GAP {
+            *h = EngineHistory::single(cycle, sensors);
+            return Observation {
+                seen: Seen::Restart,
+                history_cycles: 1,
+                answer: Answer::Score(Box::new(h.features())),
+            };
+        }
         if cycle > h.last {
             h.absorb(cycle, sensors);
             return Observation {
@@ -553,6 +611,28 @@ mod tests {
         assert!((at(5) - 15.0).abs() < 1e-3, "window slope {}", at(5));
         assert!((at(6) - 120.0).abs() < 1e-3, "window end {}", at(6));
         assert_eq!(f[N_FEATURES - 1], 30.0);
+    }
+
+    #[test]
+    fn a_device_fits_mimallocs_1536_byte_class() {
+        let entry = std::mem::size_of::<Device>() + std::mem::size_of::<Box<str>>() + 16;
+        assert!(entry <= 1536, "{entry} bytes per device entry");
+    }
+
+    #[test]
+    fn cycles_past_16_bits_and_huge_gaps() {
+        let mut s = HistoryStore::new(10, 3600);
+        for c in 65_530..65_545u32 {
+            s.observe("d", c, &row(c as f32), 0);
+        }
+        let h = s.get("d").unwrap();
+        assert_eq!(
+            (h.oldest_cycle(), h.last_cycle(), h.cycles()),
+            (Some(65_530), 65_544, 15)
+        );
+        assert_eq!(s.observe("d", 65_536, &row(65_536.0), 0).seen, Seen::Repeat);
+        let o = s.observe("d", 65_544 + MAX_GAP, &row(0.0), 0);
+        assert_eq!((o.seen, o.history_cycles), (Seen::Restart, 1));
     }
 
     #[test]

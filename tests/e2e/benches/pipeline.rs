@@ -149,6 +149,9 @@ struct Leaves {
     ids: Vec<String>,
     rows: Vec<Row>,
     bodies: Vec<Bytes>,
+    /// Per device, the rows of its engine in cycle order (device `d` is engine
+    /// `d % engines`): the classifier sees each device's history as a real engine sends it.
+    engine_rows: Vec<Vec<usize>>,
     sends: mpsc::UnboundedSender<(usize, Message)>,
 }
 
@@ -163,6 +166,18 @@ impl Leaves {
         failures: Arc<AtomicU64>,
     ) -> Leaves {
         let bodies = rows.iter().map(|r| Bytes::from(r.to_json())).collect();
+        let mut units: Vec<u32> = rows.iter().map(|r| r.unit).collect();
+        units.sort_unstable();
+        units.dedup();
+        let engine_rows = (0..clients.len())
+            .map(|d| {
+                let unit = units[d % units.len().max(1)];
+                let mut idx: Vec<usize> =
+                    (0..rows.len()).filter(|&i| rows[i].unit == unit).collect();
+                idx.sort_by_key(|&i| rows[i].cycle);
+                idx
+            })
+            .collect();
         let (sends, mut queued) = mpsc::unbounded_channel::<(usize, Message)>();
         let senders = clients.clone();
         // One task sends everything; nothing waits per message (a future each, or a task
@@ -185,15 +200,18 @@ impl Leaves {
             ids,
             rows,
             bodies,
+            engine_rows,
             sends,
         }
     }
 
-    /// Sends message number `n` from device `n % devices`, with [`correlation_id`]`(n)`.
+    /// Sends message number `n` from device `d = n % devices`, with [`correlation_id`]`(n)`:
+    /// the next cycle of the device's engine (from its first cycle again after its last).
     /// The message is the simulator's, with the body rendered in advance.
     fn send(&self, n: usize, ledger: &Ledger) {
         let d = n % self.clients.len();
-        let r = n % self.rows.len();
+        let own = &self.engine_rows[d];
+        let r = own[(n / self.clients.len()) % own.len()];
         let message = leaf_simulator::plan::telemetry_with_body(
             &self.ids[d],
             &self.rows[r],

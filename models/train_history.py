@@ -53,9 +53,10 @@ OUTPUTS = ["PredictedRul", "PredictedRulLow", "PredictedRulHigh"]
 SEED = 0
 HGB_PARAMS = dict(max_iter=300, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=20,
                   max_features=0.7)
-# The percentile models are smaller (100 trees at a higher rate): a third of the model's ONNX
-# Runtime time each instead of a full one, for the same coverage (checked against 300 trees).
-QUANTILE_PARAMS = dict(HGB_PARAMS, max_iter=100, learning_rate=0.15)
+# The percentile models are smaller (50 trees at a higher rate): a sixth of the model's ONNX
+# Runtime time each instead of a third, for the same coverage after the conformal widening
+# (checked against 300 and 100 trees).
+QUANTILE_PARAMS = dict(HGB_PARAMS, max_iter=50, learning_rate=0.3)
 QUANTILES = (0.1, 0.9)
 COVERAGE = QUANTILES[1] - QUANTILES[0]
 FOLDS = 5

@@ -6,7 +6,7 @@
 //! ```sh
 //! cargo build --release --workspace
 //! cargo bench -p e2e-tests --bench pipeline -- [--runs 3] [--devices 100] [--messages 200000]
-//!     [--window 4000] [--rate 2000] [--paced-secs 15] [--hub-window N]
+//!     [--window 4000] [--rate 2000] [--paced-secs 15] [--hub-window N] [--row-mode 1]
 //! ```
 //!
 //! Per run (a fresh runtime each):
@@ -444,7 +444,12 @@ async fn run(k: u64) -> Result<RunResult> {
     let paced_n = (rate * paced_secs) as usize;
     let total = warmup + paced_n + sustained_n;
 
-    let manifest = pipeline::deployment_manifest(&[])?;
+    let mut manifest = pipeline::deployment_manifest(&[])?;
+    // `--row-mode 1`: the classifier's per-row model instead of the manifest's history mode.
+    if arg("--row-mode", 0) == 1 {
+        manifest["modulesContent"][CLASSIFIER]["properties.desired"]["ScoringMode"] =
+            serde_json::json!("row");
+    }
     // edgeHub's window (messages in flight per module): the runtime's default unless told.
     let hub_window = arg("--hub-window", 0) as usize;
     let p = Pipeline::start_with(&manifest, false, |o| {

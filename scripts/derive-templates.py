@@ -42,6 +42,9 @@ MODULE_UID = 65532
 # on Azure Stack Edge, the name of an Edge local share; elsewhere, a persistent volume claim.
 MOUNTS = {
     "/data/avrofiles:/avrofiles": {"Type": "volume", "Source": "avrofiles", "Target": "/avrofiles"},
+    # The classifier's engine histories (state file), so they survive a pod restart.
+    "/data/turbofanRulClassifier:/state": {
+        "Type": "volume", "Source": "classifier-state", "Target": "/state"},
     # config.toml is a file: its folder is mounted instead, from a volume holding config.toml.
     "/etc/aziot/config.toml:/etc/aziot/config.toml:ro": {
         "Type": "volume", "Source": "aziot-config", "Target": "/etc/aziot", "ReadOnly": True},

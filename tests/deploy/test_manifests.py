@@ -32,7 +32,11 @@ WRITER_BINDS = ["/data/avrofiles:/avrofiles", "/etc/aziot/config.toml:/etc/aziot
 DESIRED = {
     "turbofanRouter": {"LoggingLevel": str, "RulThreshold": (type(None), int, float)},
     "turbofanRulClassifier": {"LoggingLevel": str, "MaxBatchSize": (1, 4096),
-                              "MaxBatchWaitMs": (0, 1000), "MaxBodyBytes": (1024, 16 << 20)},
+                              "MaxBatchWaitMs": (0, 1000), "MaxBodyBytes": (1024, 16 << 20),
+                              "ScoringMode": {"history", "row"},
+                              "HistoryMaxDevices": (1, 10_000_000),
+                              "HistoryIdleSeconds": (60, 10 * 365 * 24 * 3600),
+                              "HistorySnapshotSeconds": (1, 3600)},
     "avroFileWriter": {"LoggingLevel": str, "QuietPeriodSecs": (0, 30 * 86400),
                        "CheckIntervalSecs": (0.1, 86400), "MaxDiskMB": (0, 1e9),
                        "SyncIntervalMs": (1, 60000), "SyncRecords": (1, 1000000)},
@@ -76,6 +80,8 @@ def test_every_module_gets_the_desired_properties_it_supports(template):
             value = desired[key]
             if key == "LoggingLevel":
                 assert value in LOG_LEVELS, (module, value)
+            elif isinstance(rule, set):
+                assert value in rule, (module, key, value)
             elif isinstance(rule, tuple) and isinstance(rule[0], type):
                 assert isinstance(value, rule), (module, key, value)
             else:

@@ -193,16 +193,31 @@ fn crypto_provider() -> rustls::crypto::CryptoProvider {
     provider
 }
 
-/// Capped exponential backoff: 100 ms, 200 ms, … up to 30 s.
+/// Capped exponential backoff with jitter: attempt n waits a random time between half and all
+/// of min(100 ms × 2ⁿ, 30 s), so modules that lost edgeHub together do not reconnect together.
 struct Backoff {
     attempt: u32,
+    rng: fastrand::Rng,
 }
 
 impl Backoff {
+    fn new() -> Backoff {
+        Backoff::with_rng(fastrand::Rng::new())
+    }
+
+    fn with_rng(rng: fastrand::Rng) -> Backoff {
+        Backoff { attempt: 0, rng }
+    }
+
+    /// After a successful connection: the next failure waits the shortest time again.
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
     fn next(&mut self) -> Duration {
-        let ms = 100u64.saturating_mul(1 << self.attempt.min(9));
-        self.attempt += 1;
-        Duration::from_millis(ms.min(30_000))
+        let ceiling = 100u64.saturating_mul(1 << self.attempt.min(9)).min(30_000);
+        self.attempt = self.attempt.saturating_add(1);
+        Duration::from_millis(self.rng.u64(ceiling / 2..=ceiling))
     }
 }
 
@@ -737,7 +752,7 @@ impl Driver {
     }
 
     async fn run(mut self) {
-        let mut backoff = Backoff { attempt: 0 };
+        let mut backoff = Backoff::new();
         loop {
             if self.inner.closing.load(Ordering::SeqCst) {
                 break;
@@ -750,7 +765,7 @@ impl Driver {
                 Ok((stream, buf, session_present)) => {
                     self.epoch += 1;
                     self.inner.acks.set_epoch(self.epoch);
-                    backoff.attempt = 0;
+                    backoff.reset();
                     info!(epoch = self.epoch, session_present, "connected to edgeHub");
                     match self.session(stream, buf).await {
                         Ended::Stop => break,
@@ -1069,5 +1084,41 @@ mod tests {
         a.sort_by_key(|s| u16::from(*s));
         b.sort_by_key(|s| u16::from(*s));
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn backoff_doubles_to_30_s_with_jitter_and_restarts_after_a_connection() {
+        let mut b = Backoff::with_rng(fastrand::Rng::with_seed(7));
+        for n in 0..14u32 {
+            let ceiling = (100u64 << n.min(9)).min(30_000);
+            let wait = b.next().as_millis() as u64;
+            assert!(
+                (ceiling / 2..=ceiling).contains(&wait),
+                "attempt {n}: {wait} ms outside {}..={ceiling}",
+                ceiling / 2
+            );
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn clients_failing_together_spread_their_retries() {
+        // 100 clients at the same attempt (the fleet after an outage): their waits differ.
+        let waits: std::collections::HashSet<u128> = (0..100u64)
+            .map(|seed| {
+                let mut b = Backoff::with_rng(fastrand::Rng::with_seed(seed));
+                for _ in 0..5 {
+                    b.next();
+                }
+                b.next().as_millis()
+            })
+            .collect();
+        assert!(
+            waits.len() > 50,
+            "only {} distinct waits of 100",
+            waits.len()
+        );
+        assert!(waits.iter().all(|w| (1600..=3200).contains(w)));
     }
 }

@@ -9,7 +9,8 @@
 //!   each only after it was handled,
 //! - reads its twin, receives desired-property patches and reports properties.
 //!
-//! The connection reconnects with capped exponential backoff and renews its SAS token
+//! The connection reconnects with capped exponential backoff (jittered, so a fleet does not
+//! reconnect in step) and renews its SAS token
 //! before expiry; [`shutdown_signal`] and [`ModuleClient::close`] stop it cleanly.
 //!
 //! The same client serves a leaf device ([`Settings::from_device_connection_string`],

@@ -3,12 +3,14 @@
 //! - [`numeric`]: a flat JSON object of numbers, parsed without copying keys;
 //! - [`scoring`]: the AML scoring contract the classifier honours (features `Sensor1`..`Sensor21`,
 //!   output echoing each input object with `PredictedRul`);
+//! - [`ports`]: the modules' names, inputs, outputs and shared properties, and the route graph;
 //! - [`router`]: what `turbofanRouter` does with `deviceInput` and `rulInput`;
 //! - [`record`]: the Avro record (`turbofan.EngineData`) and its JSON input.
 
 pub mod cmapss;
 pub mod history;
 pub mod numeric;
+pub mod ports;
 pub mod record;
 pub mod router;
 pub mod scoring;

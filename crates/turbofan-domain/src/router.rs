@@ -9,41 +9,19 @@
 //!   `DeadLetterReason`.
 
 use crate::numeric;
+use crate::ports::properties::{
+    CLASSIFIER_ERROR, CONNECTION_DEVICE_ID, CORRELATION_ID, CREATION_TIME, DEAD_LETTER,
+    DEAD_LETTER_REASON, ENQUEUED_TIME, MODEL_NAME,
+};
+use crate::ports::router::{AVRO_OUTPUT, CLASS_OUTPUT, DEAD_OUTPUT, HUB_OUTPUT};
 use crate::scoring::{HISTORY_CYCLES, PREDICTED_RUL_HIGH, PREDICTED_RUL_LOW};
 use crate::PREDICTED_RUL;
 use bytes::Bytes;
 use edge_protocol::{CompactString, Message};
 
-/// Output to the classifier.
-pub const CLASS_OUTPUT: &str = "classOutput";
-/// Output to IoT Hub (RUL messages).
-pub const HUB_OUTPUT: &str = "hubOutput";
-/// Output to the Avro writer.
-pub const AVRO_OUTPUT: &str = "avroOutput";
-/// Output for bad messages.
-pub const DEAD_OUTPUT: &str = "deadMessages";
-/// Input from leaf devices.
-pub const DEVICE_INPUT: &str = "deviceInput";
-/// Input from the classifier.
-pub const RUL_INPUT: &str = "rulInput";
-
-/// Property marking a dead letter.
-pub const DEAD_LETTER: &str = "DeadLetter";
-/// Property saying why a message is a dead letter.
-pub const DEAD_LETTER_REASON: &str = "DeadLetterReason";
-/// Property the classifier sets on messages it could not score.
-pub const CLASSIFIER_ERROR: &str = "ClassifierError";
 /// How a `ClassifierError` starts when the message was scored but its answer was too large
 /// to send (and went without its body).
 pub const ANSWER_TOO_LARGE: &str = "the answer is too large to send";
-
-/// Property the classifier sets on its answers: the name of the model that scored them.
-pub const MODEL_NAME: &str = "ModelName";
-
-const CORRELATION_ID: &str = "CorrelationId";
-const CONNECTION_DEVICE_ID: &str = "ConnectionDeviceId";
-const CREATION_TIME: &str = "CreationTimeUtc";
-const ENQUEUED_TIME: &str = "EnqueuedTimeUtc";
 
 /// Messages to send for one input, each with its output name.
 pub type Outgoing = Vec<(&'static str, Message)>;

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 /// The module's input.
-pub const INPUT: &str = "avroModuleInput";
+pub use turbofan_domain::ports::writer::INPUT;
 
 /// What became of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]

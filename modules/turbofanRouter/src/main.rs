@@ -14,6 +14,8 @@ use edge_client::{logging, Message, ModuleClient};
 use serde_json::{json, Value};
 use std::sync::{Arc, RwLock};
 use tracing::{error, info, warn};
+use turbofan_domain::ports::properties::DEAD_LETTER_REASON;
+use turbofan_domain::ports::router::{DEAD_OUTPUT, DEVICE_INPUT, RUL_INPUT};
 use turbofan_domain::router;
 
 /// Settings from desired properties.
@@ -57,12 +59,12 @@ fn handle(
     m: Message,
 ) -> Vec<edge_client::Prepared> {
     let outgoing = match input {
-        router::DEVICE_INPUT => router::device_input(
+        DEVICE_INPUT => router::device_input(
             m,
             || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             || uuid::Uuid::new_v4().to_string(),
         ),
-        router::RUL_INPUT => {
+        RUL_INPUT => {
             let threshold = settings
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
@@ -70,16 +72,16 @@ fn handle(
             router::rul_input(m, threshold)
         }
         other => vec![(
-            router::DEAD_OUTPUT,
+            DEAD_OUTPUT,
             router::dead_letter(m, format!("unknown input '{other}'")),
         )],
     };
     for (output, m) in &outgoing {
-        if *output == router::DEAD_OUTPUT {
+        if *output == DEAD_OUTPUT {
             warn!(
                 correlation_id = m.correlation_id.as_deref().unwrap_or(""),
                 message_id = m.message_id.as_deref().unwrap_or(""),
-                reason = m.property(router::DEAD_LETTER_REASON).unwrap_or(""),
+                reason = m.property(DEAD_LETTER_REASON).unwrap_or(""),
                 "dead letter"
             );
         }
@@ -102,10 +104,10 @@ fn prepare(client: &ModuleClient, output: &str, m: Message) -> Option<edge_clien
     warn!(
         correlation_id = dead.correlation_id.as_deref().unwrap_or(""),
         message_id = dead.message_id.as_deref().unwrap_or(""),
-        reason = dead.property(router::DEAD_LETTER_REASON).unwrap_or(""),
+        reason = dead.property(DEAD_LETTER_REASON).unwrap_or(""),
         "dead letter without its body"
     );
-    match client.prepare_output(router::DEAD_OUTPUT, dead) {
+    match client.prepare_output(DEAD_OUTPUT, dead) {
         Ok(p) => Some(p),
         // Even without its body (its properties alone are over MQTT's topic limit).
         Err(u) => {

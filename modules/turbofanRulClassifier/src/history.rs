@@ -9,10 +9,8 @@ use crate::scoring::apply_answers;
 use edge_client::Message;
 use rul_model::{Interval, ModelError};
 use turbofan_domain::history::{self, Answer, HistoryStore, Prediction, Seen};
+use turbofan_domain::ports::properties::CONNECTION_DEVICE_ID;
 use turbofan_domain::scoring::{Request, RowAnswer, CYCLE_TIME};
-
-/// The property naming the leaf device (set by the router from the hub's stamp).
-pub const CONNECTION_DEVICE_ID: &str = "ConnectionDeviceId";
 
 /// A row's cycle: a whole number from 1.
 fn cycle_of(row: usize, c: Option<f64>) -> Result<u32, String> {
@@ -151,7 +149,7 @@ pub fn score_batch(
 mod tests {
     use super::*;
     use serde_json::{json, Value};
-    use turbofan_domain::router::CLASSIFIER_ERROR;
+    use turbofan_domain::ports::properties::CLASSIFIER_ERROR;
 
     fn telemetry(device: &str, cycle: u32, v: f64) -> Message {
         let mut m = serde_json::Map::new();

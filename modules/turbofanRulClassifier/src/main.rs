@@ -43,13 +43,8 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tracing::{error, info, warn, Instrument};
 use turbofan_domain::history::HistoryStore;
 
-/// The output the classifier answers on.
-pub const AML_OUTPUT: &str = "amlOutput";
-/// The input it listens on.
-pub const AML_INPUT: &str = "amlInput";
-
-/// The property every answer carries: the name of the model that scored it.
-pub const MODEL_NAME: &str = "ModelName";
+use turbofan_domain::ports::classifier::{AML_INPUT, AML_OUTPUT};
+use turbofan_domain::ports::properties::{CLASSIFIER_ERROR, MODEL_NAME};
 
 /// State shared by the batcher, the snapshot task and the HTTP endpoint.
 pub struct Shared {
@@ -239,10 +234,7 @@ async fn score_and_send(batch: Vec<InputMessage>, s: &Shared, client: &ModuleCli
     for m in batch {
         let (input, mut message, token) = m.into_parts();
         if input != AML_INPUT {
-            message.set_property(
-                turbofan_domain::router::CLASSIFIER_ERROR,
-                format!("unknown input '{input}'"),
-            );
+            message.set_property(CLASSIFIER_ERROR, format!("unknown input '{input}'"));
         }
         messages.push(message);
         tokens.push(token);
@@ -287,7 +279,7 @@ async fn score_and_send(batch: Vec<InputMessage>, s: &Shared, client: &ModuleCli
 /// saying so (the router dead-letters it: sent again, it would fail again); `None` if not
 /// even that can be sent.
 fn prepare_answer(client: &ModuleClient, m: Message) -> Option<Prepared> {
-    if let Some(e) = m.property(turbofan_domain::router::CLASSIFIER_ERROR) {
+    if let Some(e) = m.property(CLASSIFIER_ERROR) {
         warn!(
             correlation_id = m.correlation_id.as_deref().unwrap_or(""),
             error = e,
@@ -301,7 +293,7 @@ fn prepare_answer(client: &ModuleClient, m: Message) -> Option<Prepared> {
     let m = scoring::unsendable_answer(*u.message, &u.reason);
     warn!(
         correlation_id = m.correlation_id.as_deref().unwrap_or(""),
-        error = m.property(turbofan_domain::router::CLASSIFIER_ERROR),
+        error = m.property(CLASSIFIER_ERROR),
         "answer too large to send"
     );
     match client.prepare_output(AML_OUTPUT, m) {

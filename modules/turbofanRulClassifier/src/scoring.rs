@@ -7,7 +7,8 @@
 use bytes::Bytes;
 use edge_client::Message;
 use rul_model::ModelError;
-use turbofan_domain::router::{ANSWER_TOO_LARGE, CLASSIFIER_ERROR};
+use turbofan_domain::ports::properties::CLASSIFIER_ERROR;
+use turbofan_domain::router::ANSWER_TOO_LARGE;
 use turbofan_domain::scoring::Request;
 
 /// Scores `messages` in place with one call of `predict` over all their rows.

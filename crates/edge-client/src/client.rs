@@ -412,6 +412,38 @@ impl ModuleClient {
         }
     }
 
+    /// The ladder every module needs for an answer MQTT may not carry: `message` made ready
+    /// for `output`; else what `instead` makes of it (given the message and why it did not
+    /// fit: usually the message without its body, saying so, and the output it goes to);
+    /// else nothing, logged as an error with the message's ids. Sent again, a message that
+    /// does not fit would fail again, so the caller acknowledges its input either way.
+    pub fn prepare_or_instead<'o>(
+        &self,
+        output: &'o str,
+        message: Message,
+        instead: impl FnOnce(Message, &str) -> (&'o str, Message),
+    ) -> Option<Prepared> {
+        let u = match self.prepare_output(output, message) {
+            Ok(p) => return Some(p),
+            Err(u) => u,
+        };
+        let (output, message) = instead(*u.message, &u.reason);
+        match self.prepare_output(output, message) {
+            Ok(p) => Some(p),
+            Err(u) => {
+                tracing::error!(
+                    output,
+                    correlation_id = u.message.correlation_id.as_deref().unwrap_or(""),
+                    message_id = u.message.message_id.as_deref().unwrap_or(""),
+                    "message dropped: even without its body it cannot be sent ({}); its \
+                     properties are over MQTT's limits",
+                    u.reason
+                );
+                None
+            }
+        }
+    }
+
     /// Sends device telemetry (`devices/{d}/messages/events`); for a device identity.
     pub fn send_event(&self, message: Message) -> impl Future<Output = Result<(), Error>> + '_ {
         let topic = topic::device_events(&self.inner.settings.device_id, &message);

@@ -96,31 +96,16 @@ fn handle(
 /// `m` made ready for `output`; if MQTT cannot carry it, its dead letter without the body
 /// instead (sent again, it would fail again); `None` if not even that can be sent.
 fn prepare(client: &ModuleClient, output: &str, m: Message) -> Option<edge_client::Prepared> {
-    let u = match client.prepare_output(output, m) {
-        Ok(p) => return Some(p),
-        Err(u) => u,
-    };
-    let dead = router::unsendable(*u.message, output, &u.reason);
-    warn!(
-        correlation_id = dead.correlation_id.as_deref().unwrap_or(""),
-        message_id = dead.message_id.as_deref().unwrap_or(""),
-        reason = dead.property(DEAD_LETTER_REASON).unwrap_or(""),
-        "dead letter without its body"
-    );
-    match client.prepare_output(DEAD_OUTPUT, dead) {
-        Ok(p) => Some(p),
-        // Even without its body (its properties alone are over MQTT's topic limit).
-        Err(u) => {
-            error!(
-                correlation_id = u.message.correlation_id.as_deref().unwrap_or(""),
-                message_id = u.message.message_id.as_deref().unwrap_or(""),
-                "message dropped: even without its body its dead letter cannot be sent ({}); \
-                 its properties are over MQTT's limits",
-                u.reason
-            );
-            None
-        }
-    }
+    client.prepare_or_instead(output, m, |m, reason| {
+        let dead = router::unsendable(m, output, reason);
+        warn!(
+            correlation_id = dead.correlation_id.as_deref().unwrap_or(""),
+            message_id = dead.message_id.as_deref().unwrap_or(""),
+            reason = dead.property(DEAD_LETTER_REASON).unwrap_or(""),
+            "dead letter without its body"
+        );
+        (DEAD_OUTPUT, dead)
+    })
 }
 
 #[global_allocator]

@@ -286,28 +286,15 @@ fn prepare_answer(client: &ModuleClient, m: Message) -> Option<Prepared> {
             "not scored"
         );
     }
-    let u = match client.prepare_output(AML_OUTPUT, m) {
-        Ok(p) => return Some(p),
-        Err(u) => u,
-    };
-    let m = scoring::unsendable_answer(*u.message, &u.reason);
-    warn!(
-        correlation_id = m.correlation_id.as_deref().unwrap_or(""),
-        error = m.property(CLASSIFIER_ERROR),
-        "answer too large to send"
-    );
-    match client.prepare_output(AML_OUTPUT, m) {
-        Ok(p) => Some(p),
-        Err(u) => {
-            error!(
-                correlation_id = u.message.correlation_id.as_deref().unwrap_or(""),
-                "message dropped: even without its body its answer cannot be sent ({}); \
-                 its properties are over MQTT's limits",
-                u.reason
-            );
-            None
-        }
-    }
+    client.prepare_or_instead(AML_OUTPUT, m, |m, reason| {
+        let m = scoring::unsendable_answer(m, reason);
+        warn!(
+            correlation_id = m.correlation_id.as_deref().unwrap_or(""),
+            error = m.property(CLASSIFIER_ERROR),
+            "answer too large to send"
+        );
+        (AML_OUTPUT, m)
+    })
 }
 
 /// Writes the histories when they changed, every `HistorySnapshotSeconds`.

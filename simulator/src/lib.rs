@@ -1,7 +1,7 @@
 //! Leaf devices that replay NASA C-MAPSS engines through the edge gateway, as the tutorial's
 //! device simulator does: engine unit N of a test file becomes device `Client_{N:03}`, which
 //! sends its engine's rows, one per engine cycle and in cycle order, as device-to-cloud
-//! telemetry (DESIGN §2).
+//! telemetry (docs/architecture.md §2).
 //!
 //! Every device is a real leaf device of the local runtime: it is registered in the runtime's
 //! device registry, signs its own SAS tokens with its own key, connects over MQTT/TLS to

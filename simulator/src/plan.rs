@@ -53,7 +53,7 @@ pub fn plan(rows: Vec<Row>, devices: Option<usize>, max_messages: Option<u64>) -
         .collect()
 }
 
-/// The telemetry message of one row (DESIGN §2): the row as JSON, content type
+/// The telemetry message of one row (docs/architecture.md §2): the row as JSON, content type
 /// `application/json`, encoding `utf-8`, message id `{device}-{cycle}`, and the given
 /// correlation id.
 pub fn telemetry(device: &str, row: &Row, correlation_id: impl Into<CompactString>) -> Message {

@@ -17,7 +17,7 @@ import schemas
 
 SCHEMAS = ROOT / ".venv-deploy" / "schemas"
 
-# The tutorial's routes, exactly (DESIGN.md §1), including the mixed-case turboFanRouter.
+# The tutorial's routes, exactly (docs/architecture.md §1), including the mixed-case turboFanRouter.
 TUTORIAL_ROUTES = {
     "leafMessagesToRouter": 'FROM /messages/* WHERE NOT IS_DEFINED($connectionModuleId) INTO BrokeredEndpoint("/modules/turbofanRouter/inputs/deviceInput")',
     "classifierToRouter": 'FROM /messages/modules/turbofanRulClassifier/outputs/amlOutput INTO BrokeredEndpoint("/modules/turbofanRouter/inputs/rulInput")',

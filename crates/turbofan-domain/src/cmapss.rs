@@ -106,7 +106,7 @@ pub fn read_rul(path: &Path) -> Result<Vec<f64>, CmapssError> {
 }
 
 impl Row {
-    /// The row as a leaf device's telemetry body (DESIGN §2).
+    /// The row as a leaf device's telemetry body (docs/architecture.md §2).
     pub fn to_json(&self) -> String {
         use std::fmt::Write;
         // Written in place (`write!` into a `String` cannot fail): the simulator renders a

@@ -1,4 +1,4 @@
-//! The message contracts of the turbofan RUL pipeline (DESIGN §2, §3), as pure functions:
+//! The message contracts of the turbofan RUL pipeline (docs/architecture.md §2, §3), as pure functions:
 //!
 //! - [`numeric`]: a flat JSON object of numbers, parsed without copying keys;
 //! - [`scoring`]: the AML scoring contract the classifier honours (features `Sensor1`..`Sensor21`,

@@ -1,5 +1,5 @@
 //! Where a record goes: `<root>/<year>/<month>/<day>/<hour>/<minute rounded down to 5>.avro`,
-//! in UTC, without zero padding (DESIGN §3), and the clock that decides it.
+//! in UTC, without zero padding (docs/architecture.md §3), and the clock that decides it.
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use std::path::{Path, PathBuf};

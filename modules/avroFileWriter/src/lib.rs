@@ -1,7 +1,7 @@
 //! The `avroFileWriter` module's core: the router's records archived as Avro object container
 //! files, one per five-minute bucket (`<root>/<year>/<month>/<day>/<hour>/<minute>.avro`,
-//! DESIGN §3), each message acknowledged only once its record is synced to disk; bad records
-//! quarantined; quiet files handed to an uploader and deleted once it succeeded.
+//! docs/architecture.md §3), each message acknowledged only once its record is synced to
+//! disk; bad records quarantined; quiet files handed to an uploader and deleted once it succeeded.
 //!
 //! | module | what it does |
 //! |---|---|

@@ -435,7 +435,7 @@ impl ModuleClient {
                     output,
                     correlation_id = u.message.correlation_id.as_deref().unwrap_or(""),
                     message_id = u.message.message_id.as_deref().unwrap_or(""),
-                    "message dropped: even without its body it cannot be sent ({}); its \
+                    "message dropped: what stands in for it cannot be sent either ({}); its \
                      properties are over MQTT's limits",
                     u.reason
                 );

@@ -4,8 +4,8 @@
 use crate::analysis::Truth;
 use crate::error::ReportError;
 use crate::upstream::UpstreamReader;
-use edge_runtime::runtime::layout;
 use leaf_simulator::SentRecord;
+use runtime_state::layout;
 use serde::Serialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,7 @@ impl Sources {
 
     /// IoT Hub's upstream store.
     pub fn upstream(&self) -> PathBuf {
-        edge_runtime::upstream::store_path(&self.state_dir)
+        runtime_state::layout::upstream_store(&self.state_dir)
     }
 
     /// IoT Hub's file-upload notifications.
@@ -202,14 +202,16 @@ pub fn module_statuses(status: &Value) -> Vec<ModuleStatus> {
 /// Both are `None` when the runtime does not answer (not running).
 pub async fn runtime_view(state_dir: &Path) -> (Option<Value>, Option<Value>) {
     let socket = layout::control_socket(state_dir);
-    let status = edge_runtime::mgmt::call(&socket, "GET", "/status", None)
+    let status = runtime_state::control::call(&socket, "GET", "/status", None)
         .await
         .ok();
     let twin = match status {
-        Some(_) => edge_runtime::mgmt::call(&socket, "GET", &format!("/twins/{AVRO_WRITER}"), None)
-            .await
-            .ok()
-            .map(|t| t["reported"].clone()),
+        Some(_) => {
+            runtime_state::control::call(&socket, "GET", &format!("/twins/{AVRO_WRITER}"), None)
+                .await
+                .ok()
+                .map(|t| t["reported"].clone())
+        }
         None => None,
     };
     (status, twin)

@@ -4,9 +4,9 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use edge_protocol::ConnectionString;
-use edge_runtime::identity::KeyStore;
-use edge_runtime::runtime::layout;
-use edge_runtime::{mgmt, upstream, Options, Runtime};
+use edge_runtime::{Options, Runtime};
+use runtime_state::layout;
+use runtime_state::KeyStore;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{BufRead, Seek, Write};
@@ -145,12 +145,12 @@ fn parse_exec(items: &[String]) -> Result<HashMap<String, String>> {
 }
 
 #[global_allocator]
-static ALLOC: edge_client::Allocator = edge_client::Allocator;
+static ALLOC: edge_process::Allocator = edge_process::Allocator;
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    edge_client::logging::init_or("info");
+    edge_process::logging::init_or("info");
     if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -221,7 +221,7 @@ async fn run(cli: Cli) -> Result<()> {
             command: TwinCommand::Set { module, patch },
         } => {
             let patch: Value = serde_json::from_str(&patch).context("the patch is not JSON")?;
-            let r = mgmt::call(
+            let r = runtime_state::control::call(
                 &layout::control_socket(&state),
                 "PATCH",
                 &format!("/twins/{module}/desired"),
@@ -233,7 +233,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Twin {
             command: TwinCommand::Get { module },
         } => {
-            let r = mgmt::call(
+            let r = runtime_state::control::call(
                 &layout::control_socket(&state),
                 "GET",
                 &format!("/twins/{module}"),
@@ -243,7 +243,13 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
         Command::Status => {
-            let r = mgmt::call(&layout::control_socket(&state), "GET", "/status", None).await?;
+            let r = runtime_state::control::call(
+                &layout::control_socket(&state),
+                "GET",
+                "/status",
+                None,
+            )
+            .await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
         Command::Monitor {
@@ -260,7 +266,7 @@ async fn run(cli: Cli) -> Result<()> {
                 rul_below,
             };
             monitor(
-                &upstream::store_path(&state),
+                &layout::upstream_store(&state),
                 &filter,
                 from_start,
                 count,

@@ -1,15 +1,17 @@
 //! Assembles the runtime from a manifest: state folder, identities, TLS, edgeHub, workload
 //! sockets, edgeAgent, management API.
 
+use crate::agent::manifest::Manifest;
 use crate::agent::{self, Agent, Launch};
-use crate::hub::{Hub, HubConfig, RouteError};
-use crate::identity::KeyStore;
-use crate::journal::{self, Journal};
-use crate::manifest::Manifest;
-use crate::twin::Twins;
-use crate::upstream::Upstream;
-use crate::{broker, certs, mgmt, workload};
+use crate::control;
+use crate::edgehub::broker;
+use crate::edgehub::hub::{Hub, HubConfig, RouteError};
+use crate::edgehub::journal::{self, Journal};
+use crate::edgehub::twin::Twins;
+use crate::iothub::upstream::Upstream;
+use crate::workload::{self, certs};
 use anyhow::{bail, Context, Result};
+use runtime_state::{layout, KeyStore};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -78,43 +80,6 @@ impl Options {
     }
 }
 
-/// The files of a state folder.
-pub mod layout {
-    use std::path::{Path, PathBuf};
-    /// Leaf-device registry.
-    pub fn registry(state: &Path) -> PathBuf {
-        state.join("registry.json")
-    }
-    /// Module keys.
-    pub fn module_keys(state: &Path) -> PathBuf {
-        state.join("identities").join("modules.json")
-    }
-    /// Management socket.
-    pub fn control_socket(state: &Path) -> PathBuf {
-        state.join("runtime.sock")
-    }
-    /// Written when the runtime is ready.
-    pub fn ready_file(state: &Path) -> PathBuf {
-        state.join("runtime.json")
-    }
-    /// A module's workload socket.
-    pub fn workload_socket(state: &Path, module: &str) -> PathBuf {
-        state.join("workload").join(format!("{module}.sock"))
-    }
-    /// A module's log file.
-    pub fn module_log(state: &Path, module: &str) -> PathBuf {
-        state.join("logs").join(format!("{module}.log"))
-    }
-    /// TLS material.
-    pub fn certs(state: &Path) -> PathBuf {
-        state.join("certs")
-    }
-    /// File-upload notifications received by IoT Hub.
-    pub fn file_notifications(state: &Path) -> PathBuf {
-        state.join("files").join("notifications.jsonl")
-    }
-}
-
 /// A running runtime.
 pub struct Runtime {
     /// edgeHub's state.
@@ -126,10 +91,10 @@ pub struct Runtime {
     /// PEM of the CA that edgeHub's certificate chains to.
     pub ca_pem: String,
     /// IoT Hub's file-upload service.
-    pub files: Arc<crate::files::FileService>,
+    pub files: Arc<crate::iothub::files::FileService>,
     /// Where uploaded files are stored.
-    pub blob_store: crate::files::BlobStore,
-    azurite: Option<crate::files::Azurite>,
+    pub blob_store: crate::iothub::files::BlobStore,
+    azurite: Option<crate::iothub::files::Azurite>,
     envs: HashMap<String, Vec<(String, String)>>,
     agent: Option<Agent>,
     tasks: Vec<JoinHandle<()>>,
@@ -289,7 +254,7 @@ impl Runtime {
                 sweeper.expire();
             }
         }));
-        tasks.push(mgmt::serve(layout::control_socket(&state), hub.clone()).await?);
+        tasks.push(control::serve(layout::control_socket(&state), hub.clone()).await?);
 
         // IoT Hub's HTTPS side (file upload), reached with the edge device's own identity,
         // whose connection string the IoT Edge config files hold, as on a device.
@@ -308,7 +273,7 @@ impl Runtime {
         let certs_dir = layout::certs(&state);
         let (blob_store, azurite) = match &opts.azurite {
             Some(bin) => {
-                let az = crate::files::Azurite::start(
+                let az = crate::iothub::files::Azurite::start(
                     bin,
                     &state.join("azurite"),
                     &certs_dir.join("server.pem"),
@@ -319,28 +284,28 @@ impl Runtime {
                 )
                 .await?;
                 (
-                    crate::files::BlobStore::Azurite {
+                    crate::iothub::files::BlobStore::Azurite {
                         host: az.host.clone(),
                     },
                     Some(az),
                 )
             }
             None => (
-                crate::files::BlobStore::Directory(state.join("blobs")),
+                crate::iothub::files::BlobStore::Directory(state.join("blobs")),
                 None,
             ),
         };
-        let files = Arc::new(crate::files::FileService::new(
+        let files = Arc::new(crate::iothub::files::FileService::new(
             authority.clone(),
             registry,
             &opts.upload_container,
             blob_store.clone(),
             layout::file_notifications(&state),
         )?);
-        tasks.push(tokio::spawn(crate::files::serve_https(
+        tasks.push(tokio::spawn(crate::iothub::files::serve_https(
             https,
             certs::server_config(&tls)?,
-            crate::files::router(files.clone()),
+            crate::iothub::files::router(files.clone()),
         )));
 
         let mut envs = HashMap::new();
@@ -421,9 +386,9 @@ impl Runtime {
             "deviceId": opts.device_id,
             "gatewayHostname": opts.gateway_hostname,
             "caCert": layout::certs(&state).join("ca.pem"),
-            "upstream": crate::upstream::store_path(&state),
+            "upstream": layout::upstream_store(&state),
             "hubHttps": authority,
-            "blobStore": match &blob_store { crate::files::BlobStore::Azurite { host } => format!("https://{host}"), crate::files::BlobStore::Directory(d) => d.display().to_string() },
+            "blobStore": match &blob_store { crate::iothub::files::BlobStore::Azurite { host } => format!("https://{host}"), crate::iothub::files::BlobStore::Directory(d) => d.display().to_string() },
             "fileNotifications": layout::file_notifications(&state),
             "routeErrors": route_errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
         });

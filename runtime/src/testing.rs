@@ -104,7 +104,7 @@ impl TestRuntime {
 
     /// Upstream records stored so far.
     pub fn upstream(&self) -> Vec<Value> {
-        let path = crate::upstream::store_path(self.rt.state_dir());
+        let path = runtime_state::layout::upstream_store(self.rt.state_dir());
         std::fs::read_to_string(path)
             .unwrap_or_default()
             .lines()

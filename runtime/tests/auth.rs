@@ -4,13 +4,13 @@
 //! MQTT clients also check what edgeHub does with packets that arrive together.
 
 use edge_protocol::sas;
-use edge_runtime::identity::KeyStore;
-use edge_runtime::runtime::layout;
 use edge_runtime::testing::{manifest, start, TestRuntime};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
     SubscribeReasonCode, TlsConfiguration, Transport,
 };
+use runtime_state::layout;
+use runtime_state::KeyStore;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 use std::sync::Arc;
@@ -115,7 +115,7 @@ async fn refuses_wrong_keys_expired_tokens_and_borrowed_identities() {
     .await;
     assert!(ok.is_ok(), "valid token accepted");
 
-    let wrong = edge_runtime::identity::new_key();
+    let wrong = runtime_state::new_key();
     let ghost = sas::make_token(&sas::resource_uri(HUB, "ghost", None), &key, now() + 600).unwrap();
     let cases = [
         (
@@ -385,7 +385,7 @@ async fn next_raw(
 ) -> Packet {
     tokio::time::timeout(
         Duration::from_secs(10),
-        edge_client::wire::read_packet(tls, buf),
+        edge_protocol::mqtt::read_packet(tls, buf),
     )
     .await
     .expect("a packet within 10 s")

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use edge_client::upload::{find_connection_string, FileUploader};
-use edge_runtime::files::{read_blob, BlobStore};
+use edge_runtime::iothub::files::{read_blob, BlobStore};
 use edge_runtime::testing::{start_with, TestRuntime};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -56,7 +56,7 @@ async fn upload_and_check(t: &TestRuntime) {
 
     // The hub refuses a device that cannot prove its identity, and nothing is stored.
     let mut forged = cs;
-    forged.shared_access_key = edge_runtime::identity::new_key();
+    forged.shared_access_key = runtime_state::new_key();
     let e = FileUploader::new(forged, Some(&t.rt.ca_pem))
         .unwrap()
         .upload("x.avro", data)

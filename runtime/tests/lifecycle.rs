@@ -272,11 +272,9 @@ async fn modules_get_a_device_environment_with_binds_and_no_keys() {
         "{binds}"
     );
     assert!(host.is_dir());
-    let key = edge_runtime::identity::KeyStore::new(edge_runtime::runtime::layout::module_keys(
-        rt.state_dir(),
-    ))
-    .key("avroFileWriter")
-    .unwrap();
+    let key = runtime_state::KeyStore::new(runtime_state::layout::module_keys(rt.state_dir()))
+        .key("avroFileWriter")
+        .unwrap();
     assert!(
         env.values().all(|v| !v.contains(&key)),
         "the module key must not be in the environment"

@@ -2,7 +2,8 @@
 //! at-least-once redelivery.
 
 use bytes::Bytes;
-use edge_client::{wire, Message};
+use edge_client::Message;
+use edge_protocol::mqtt;
 use edge_runtime::testing::{largest_sendable, manifest, next_input, start};
 use serde_json::json;
 use std::time::Duration;
@@ -89,7 +90,7 @@ async fn a_message_mqtt_cannot_carry_fails_at_once_and_the_client_goes_on() {
     let receiver = t.client("receiver").await;
     let mut inputs = receiver.inputs().unwrap();
 
-    let huge = Message::json(vec![b' '; edge_client::wire::MAX_PACKET]);
+    let huge = Message::json(vec![b' '; edge_protocol::mqtt::MAX_PACKET]);
     let err = tokio::time::timeout(Duration::from_secs(5), sender.send_output("out", huge))
         .await
         .expect("refused at once, not left waiting for a PUBACK")
@@ -127,8 +128,8 @@ async fn the_largest_message_is_delivered_and_one_whose_delivery_cannot_be_is_no
     // A body as large as the sender's packet allows: its delivery, under a longer topic
     // with edgeHub's stamps, is a packet over MAX_PACKET, and arrives whole.
     let body = |n: usize| Message::json(vec![b' '; n]);
-    let largest = largest_sendable(&sender, "out", (0, wire::MAX_PACKET), body);
-    assert!(largest > wire::MAX_PACKET - 200, "{largest}");
+    let largest = largest_sendable(&sender, "out", (0, mqtt::MAX_PACKET), body);
+    assert!(largest > mqtt::MAX_PACKET - 200, "{largest}");
     sender.send_output("out", body(largest)).await.unwrap();
     let got = next_input(&mut inputs).await;
     assert_eq!(got.message.body.len(), largest);
@@ -296,11 +297,9 @@ async fn messages_wait_for_a_module_that_connects_late_and_expire_after_the_ttl(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaf_device_connects_through_the_gateway_with_its_connection_string() {
     let t = start(manifest(&["sender", "receiver"], ROUTES, 7200, json!({}))).await;
-    let key = edge_runtime::identity::KeyStore::new(edge_runtime::runtime::layout::registry(
-        t.rt.state_dir(),
-    ))
-    .ensure("Client_007")
-    .unwrap();
+    let key = runtime_state::KeyStore::new(runtime_state::layout::registry(t.rt.state_dir()))
+        .ensure("Client_007")
+        .unwrap();
     let cs = format!("HostName=local-hub.azure-devices.net;DeviceId=Client_007;SharedAccessKey={key};GatewayHostName=localhost");
     let mut settings = edge_client::Settings::from_device_connection_string(&cs).unwrap();
     settings.port = t.rt.mqtt_port;

@@ -5,7 +5,7 @@ use crate::error::SimError;
 use edge_client::settings::TrustSource;
 use edge_client::Settings;
 use edge_protocol::ConnectionString;
-use edge_runtime::runtime::layout;
+use runtime_state::layout;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 

@@ -17,29 +17,26 @@
 //! [`ModuleClient::send_event`]), as a device connects through the gateway.
 
 mod acks;
+mod backoff;
 mod client;
+mod driver;
 mod error;
-pub mod logging;
 mod run;
 pub mod settings;
+mod tls;
+mod token;
 pub mod upload;
-pub mod wire;
 pub mod workload;
 
 pub use acks::AckToken;
 pub use client::{InputMessage, ModuleClient, Prepared, Unsendable};
 pub use edge_protocol::{CompactString, Message};
 pub use error::Error;
-pub use run::{forward_inputs, next_input, run_inputs, shutdown_signal};
+pub use run::{forward_inputs, next_input, run_inputs, shutdown_signal, start_module};
 pub use settings::Settings;
 
-/// The memory allocator of the project's processes (the modules, the runtime, the leaf
-/// simulator): mimalloc, built without transparent huge pages. A binary declares it with
+/// Logging, with the `LoggingLevel` desired property (see [`edge_process::logging`]).
+pub use edge_process::logging;
+/// The project's global allocator (see [`edge_process::Allocator`]); a module declares
 /// `#[global_allocator] static ALLOC: edge_client::Allocator = edge_client::Allocator;`.
-///
-/// Every message costs a few dozen small allocations in the client and in edgeHub, made and
-/// freed in bursts and, in edgeHub, across threads; glibc's allocator spends a quarter of a
-/// module's CPU on them (bin consolidation, cross-thread frees), mimalloc far less. Without
-/// huge pages its resident memory stays within a megabyte or two of glibc's
-/// (docs/decisions.md).
-pub use mimalloc::MiMalloc as Allocator;
+pub use edge_process::Allocator;

@@ -1,5 +1,5 @@
-//! A module's main loop: handle inputs until SIGTERM/SIGINT, then finish what is in flight
-//! and close. [`run_inputs`] runs asynchronous handlers concurrently; [`forward_inputs`]
+//! A module's process: [`start_module`] sets it up and connects; its main loop handles
+//! inputs until SIGTERM/SIGINT, then finishes what is in flight and closes. [`run_inputs`] runs asynchronous handlers concurrently; [`forward_inputs`]
 //! runs a plain handler that turns each input into outputs, and needs no future per
 //! message.
 
@@ -37,6 +37,21 @@ pub async fn next_input<S: Future<Output = ()>>(
         biased;
         _ = stop => None,
         m = inputs.recv() => m,
+    }
+}
+
+/// Starts a module's process: logging at `RUST_LOG`'s level (else `info`), then the client
+/// from the IoT Edge environment ([`ModuleClient::from_env`]). If it cannot connect, logs
+/// why and exits with status 1, so that the runtime restarts the module. The
+/// [`LogLevel`](crate::logging::LogLevel) applies `LoggingLevel` desired properties.
+pub async fn start_module() -> (ModuleClient, crate::logging::LogLevel) {
+    let log = crate::logging::init();
+    match ModuleClient::from_env().await {
+        Ok(client) => (client, log),
+        Err(e) => {
+            tracing::error!("cannot connect to edgeHub: {e}");
+            std::process::exit(1)
+        }
     }
 }
 

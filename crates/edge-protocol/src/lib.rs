@@ -1,7 +1,8 @@
 //! Wire facts of Azure IoT Edge, shared by the edge module client and the local runtime.
 //!
-//! Nothing here does I/O. The crate knows:
+//! Nothing here opens a connection. The crate knows:
 //! - [`Message`]: a telemetry/module message with its system and application properties;
+//! - [`mqtt`]: MQTT 3.1.1 framing over any byte stream, and the packet size limits;
 //! - [`properties`]: the URL-encoded property bag carried at the end of MQTT topics;
 //! - [`topic`]: the MQTT topic scheme of IoT Hub and edgeHub (outputs, inputs, twin);
 //! - [`sas`]: shared access signature tokens (make and verify);
@@ -9,6 +10,7 @@
 
 pub mod connection_string;
 pub mod message;
+pub mod mqtt;
 pub mod properties;
 pub mod sas;
 pub mod topic;

@@ -59,15 +59,8 @@ struct Live {
 
 impl Live {
     fn apply_desired(&self, desired: &Value) {
-        if let Some(level) = desired.get("LoggingLevel") {
-            match level.as_str().map(|l| (l, self.log.set(l))) {
-                Some((l, Ok(()))) => {
-                    *self.logging_level.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(l.to_owned())
-                }
-                Some((_, Err(e))) => warn!("{e}"),
-                None => warn!(value = %level, "LoggingLevel must be a string"),
-            }
+        if let Some(level) = self.log.apply_desired(desired) {
+            *self.logging_level.lock().unwrap_or_else(|p| p.into_inner()) = Some(level.to_owned());
         }
         let mut c = self.config.lock().unwrap_or_else(|p| p.into_inner());
         for problem in c.apply_desired(desired, &self.base) {
@@ -101,7 +94,7 @@ impl Live {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
         {
-            r["LoggingLevel"] = json!(l);
+            r[logging::LOGGING_LEVEL] = json!(l);
         }
         r
     }
@@ -140,11 +133,7 @@ static ALLOC: edge_client::Allocator = edge_client::Allocator;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let log = logging::init();
-    let client = match ModuleClient::from_env().await {
-        Ok(c) => c,
-        Err(e) => fail(format!("cannot connect to edgeHub: {e}")),
-    };
+    let (client, log) = edge_client::start_module().await;
     let root = client.settings().container_path(Path::new(ROOT));
     let (base, problems) = Config::from_vars(env);
     for p in problems {

@@ -27,14 +27,8 @@ struct Settings {
 /// Applies a desired document or patch; returns what to report.
 fn apply_desired(desired: &Value, settings: &RwLock<Settings>, log: &logging::LogLevel) -> Value {
     let mut reported = serde_json::Map::new();
-    if let Some(level) = desired.get("LoggingLevel") {
-        match level.as_str().map(|l| log.set(l)) {
-            Some(Ok(())) => {
-                reported.insert("LoggingLevel".into(), level.clone());
-            }
-            Some(Err(e)) => warn!("{e}"),
-            None => warn!(value = %level, "LoggingLevel must be a string"),
-        }
+    if let Some(level) = log.apply_desired(desired) {
+        reported.insert(logging::LOGGING_LEVEL.into(), json!(level));
     }
     if let Some(t) = desired.get("RulThreshold") {
         let mut s = settings.write().unwrap_or_else(|p| p.into_inner());
@@ -113,14 +107,7 @@ static ALLOC: edge_client::Allocator = edge_client::Allocator;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let log = logging::init();
-    let client = match ModuleClient::from_env().await {
-        Ok(c) => c,
-        Err(e) => {
-            error!("cannot connect to edgeHub: {e}");
-            std::process::exit(1);
-        }
-    };
+    let (client, log) = edge_client::start_module().await;
     let settings = Arc::new(RwLock::new(Settings::default()));
     let s = settings.clone();
     client

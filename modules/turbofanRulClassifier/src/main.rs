@@ -132,13 +132,8 @@ impl Shared {
 
 fn apply_desired(desired: &Value, s: &Shared, log: &logging::LogLevel) -> Value {
     let mut reported = serde_json::Map::new();
-    if let Some(level) = desired.get("LoggingLevel").and_then(Value::as_str) {
-        match log.set(level) {
-            Ok(()) => {
-                reported.insert("LoggingLevel".into(), json!(level));
-            }
-            Err(e) => warn!("{e}"),
-        }
+    if let Some(level) = log.apply_desired(desired) {
+        reported.insert(logging::LOGGING_LEVEL.into(), json!(level));
     }
     let mut number = |key: &str, min: u64, max: u64, apply: &dyn Fn(u64)| {
         if let Some(v) = desired.get(key) {
@@ -327,14 +322,7 @@ static ALLOC: edge_client::Allocator = edge_client::Allocator;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let log = logging::init();
-    let client = match ModuleClient::from_env().await {
-        Ok(c) => c,
-        Err(e) => {
-            error!("cannot connect to edgeHub: {e}");
-            std::process::exit(1);
-        }
-    };
+    let (client, log) = edge_client::start_module().await;
     let (path, _) = model_path("MODEL_PATH", "rul.onnx");
     let loaded = RulModel::load(&path, 1).and_then(|row| {
         let (hpath, explicit) = model_path("HISTORY_MODEL_PATH", "rul_history.onnx");

@@ -116,7 +116,7 @@ impl Tail {
     /// Follows the upstream store of the runtime with state folder `state_dir`, from its start.
     pub fn new(state_dir: &Path) -> Tail {
         Tail {
-            path: edge_runtime::upstream::store_path(state_dir),
+            path: runtime_state::layout::upstream_store(state_dir),
             file: None,
             partial: Vec::new(),
         }
@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn sorts_records_and_follows_the_file_line_by_line() {
         let dir = tempfile::tempdir().unwrap();
-        let path = edge_runtime::upstream::store_path(dir.path());
+        let path = runtime_state::layout::upstream_store(dir.path());
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let rul = json!({"module": "turbofanRouter", "enqueuedTimeUtc": "t",
             "payload": {"CorrelationId": "c1", "ConnectionDeviceId": "Client_001", "PredictedRul": 80.5, "CycleTime": 3},

@@ -7,7 +7,8 @@
 
 use e2e::pipeline::{self, wait_for};
 use e2e::{Pipeline, MODULES};
-use edge_client::{wire, Message};
+use edge_client::Message;
+use edge_protocol::mqtt;
 use rumqttc::QoS;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -47,8 +48,8 @@ fn at_packet_limit(body: &str) -> Message {
     let mut m = Message::json(body.to_owned());
     m.correlation_id = Some("bad-00".into());
     let topic = edge_protocol::topic::device_events("Client_666", &m);
-    let size = wire::publish_size(topic.len(), QoS::AtLeastOnce, body.len()).unwrap();
-    let pad = wire::MAX_PACKET - 16 - size;
+    let size = mqtt::publish_size(topic.len(), QoS::AtLeastOnce, body.len()).unwrap();
+    let pad = mqtt::MAX_PACKET - 16 - size;
     Message::json(format!("{body}{}", " ".repeat(pad)))
 }
 

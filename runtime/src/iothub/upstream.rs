@@ -2,7 +2,8 @@
 //! durable file (synced before the sender is acknowledged), in the shape operators see when
 //! they monitor device-to-cloud messages.
 
-use crate::hub_message::HubMessage;
+use crate::edgehub::durable::{Appended, SYNC_INTERVAL};
+use crate::edgehub::hub_message::HubMessage;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use edge_protocol::{CompactString, Message};
@@ -16,24 +17,12 @@ use tokio::sync::{mpsc, oneshot};
 /// A message for the store, and where to say once it is on disk.
 type Append = (Arc<HubMessage>, oneshot::Sender<Result<(), String>>);
 
-/// Result of a durable append.
-pub type Appended = oneshot::Receiver<Result<(), String>>;
-
-/// The stores a message was handed to, one receiver each (kept inline for up to two sinks,
-/// so taking a message allocates no list).
-pub type Stored = smallvec::SmallVec<[Appended; 2]>;
-
 /// Handle of the upstream store.
 #[derive(Clone)]
 pub struct Upstream {
     tx: mpsc::UnboundedSender<Append>,
     count: Arc<AtomicU64>,
     path: PathBuf,
-}
-
-/// The store's file under a state folder.
-pub fn store_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("upstream").join("messages.jsonl")
 }
 
 /// The body as a store line carries it: JSON as it is (when it fits on one line), other
@@ -161,7 +150,7 @@ fn existing_lines(path: &Path) -> u64 {
 impl Upstream {
     /// Opens (or creates) the store in `state_dir` and starts its writer thread.
     pub fn open(state_dir: &Path) -> std::io::Result<Upstream> {
-        let path = store_path(state_dir);
+        let path = runtime_state::layout::upstream_store(state_dir);
         std::fs::create_dir_all(path.parent().unwrap_or(state_dir))?;
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -203,7 +192,7 @@ fn writer(file: std::fs::File, mut rx: mpsc::UnboundedReceiver<Append>, count: A
     let mut waiting = Vec::new();
     let mut last_sync = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
-        if let Some(rest) = crate::journal::SYNC_INTERVAL.checked_sub(last_sync.elapsed()) {
+        if let Some(rest) = SYNC_INTERVAL.checked_sub(last_sync.elapsed()) {
             std::thread::sleep(rest);
         }
         let mut next = Some(first);
@@ -325,7 +314,8 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let text = std::fs::read_to_string(store_path(dir.path())).unwrap();
+        let text =
+            std::fs::read_to_string(runtime_state::layout::upstream_store(dir.path())).unwrap();
         let lines: Vec<Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())

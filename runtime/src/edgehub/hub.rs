@@ -1,18 +1,19 @@
 //! edgeHub's core, independent of the network: who may connect, where each message goes
 //! (routes), the module queues, client sessions and twin delivery.
 
-use crate::endpoint::{Conn, Endpoint, EndpointStats};
-use crate::hub_message::HubMessage;
-use crate::identity::KeyStore;
-use crate::journal::{Journal, Replayed};
-use crate::manifest::Manifest;
-use crate::twin::Twins;
-use crate::upstream::{Appended, Stored, Upstream};
+use crate::agent::manifest::Manifest;
+use crate::edgehub::durable::{Appended, Stored};
+use crate::edgehub::endpoint::{Conn, Endpoint, EndpointStats};
+use crate::edgehub::hub_message::HubMessage;
+use crate::edgehub::journal::{Journal, Replayed};
+use crate::edgehub::twin::Twins;
+use crate::iothub::upstream::Upstream;
 use bytes::Bytes;
 use edge_protocol::properties::{self, Restamped};
 use edge_protocol::{sas, topic, CompactString, SasToken, SystemProperty};
 use edge_routes::{MessageView, Route, Sink};
 use rumqttc::{ConnectReturnCode, Packet, Publish, QoS};
+use runtime_state::KeyStore;
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 use smallvec::SmallVec;

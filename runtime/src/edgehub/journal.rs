@@ -15,8 +15,8 @@
 //! one hold no pending message (so a "done" record never outlives the message it closes).
 //! A torn or corrupt record ends the replay of its segment, with a warning.
 
-use crate::hub_message::HubMessage;
-use crate::upstream::Appended;
+use crate::edgehub::durable::{Appended, SYNC_INTERVAL};
+use crate::edgehub::hub_message::HubMessage;
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
@@ -30,11 +30,6 @@ use tracing::{info, warn};
 
 /// Segment size at which a new segment is started.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Shortest time between two syncs. A sync costs about the same however much it carries,
-/// so under load waiting this long gathers a larger group for one `fdatasync` (less CPU),
-/// while a lone message waits at most this long.
-pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 
 const ENQUEUE: u8 = 1;
 const DONE: u8 = 2;

@@ -1,7 +1,7 @@
-//! The runtime's management API on `runtime.sock` (used by the `twin` and `status`
-//! commands), and its client.
+//! The runtime's management API on its control socket (`runtime.sock`, used by the `twin`
+//! and `status` commands; the client is `runtime_state::control`).
 
-use crate::hub::Hub;
+use crate::edgehub::hub::Hub;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -66,37 +66,4 @@ async fn status(State(hub): State<Arc<Hub>>) -> Response {
         "modules": hub.endpoint_stats(),
     }))
     .into_response()
-}
-
-/// Calls the management API of the runtime whose socket is `socket`.
-pub async fn call(
-    socket: &std::path::Path,
-    method: &str,
-    path: &str,
-    body: Option<String>,
-) -> anyhow::Result<Value> {
-    use anyhow::Context;
-    use http_body_util::{BodyExt, Full};
-    let stream = tokio::net::UnixStream::connect(socket).await.with_context(|| {
-        format!("cannot reach the runtime at {} (is `iotedge-local run` running with this --state?)", socket.display())
-    })?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    let conn = tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    conn.abort();
-    let value: Value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::from(String::from_utf8_lossy(&bytes).into_owned()));
-    if !status.is_success() {
-        anyhow::bail!("runtime answered {status}: {value}");
-    }
-    Ok(value)
 }

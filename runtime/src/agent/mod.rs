@@ -1,8 +1,11 @@
 //! edgeAgent: starts each module of the manifest as a local process with the environment a
 //! real runtime gives it, restarts it per its `restartPolicy` with exponential backoff, and
-//! stops it with SIGTERM (then SIGKILL after a grace period).
+//! stops it with SIGTERM (then SIGKILL after a grace period). [`manifest`] reads the
+//! deployment manifest it runs.
 
-use crate::manifest::RestartPolicy;
+pub mod manifest;
+
+use manifest::RestartPolicy;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;

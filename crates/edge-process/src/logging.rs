@@ -1,6 +1,8 @@
-//! Logging for modules: `tracing` to stderr (the container log), with the level changeable at
-//! run time through the `LoggingLevel` desired property, as the tutorial's modules allow.
+//! Logging: `tracing` to stderr (the container log; `iotedge-local` writes each module's to
+//! `logs/<module>.log` in its state folder), at `RUST_LOG`'s level, with the level changeable
+//! at run time through the `LoggingLevel` desired property, as the tutorial's modules allow.
 
+use serde_json::Value;
 use std::io::IsTerminal;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -58,7 +60,28 @@ impl LogLevel {
             .reload(EnvFilter::new(d))
             .map_err(|e| e.to_string())
     }
+
+    /// Applies the `LoggingLevel` of a desired-properties document or patch, if it has one,
+    /// and returns the level applied, to report. A value that is not a level (or not a
+    /// string) is logged as a warning and the level stays as it was.
+    pub fn apply_desired<'a>(&self, desired: &'a Value) -> Option<&'a str> {
+        let value = desired.get(LOGGING_LEVEL)?;
+        let Some(level) = value.as_str() else {
+            tracing::warn!(%value, "{LOGGING_LEVEL} must be a string");
+            return None;
+        };
+        match self.set(level) {
+            Ok(()) => Some(level),
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        }
+    }
 }
+
+/// The desired property that sets a module's log level.
+pub const LOGGING_LEVEL: &str = "LoggingLevel";
 
 #[cfg(test)]
 mod tests {
@@ -69,5 +92,29 @@ mod tests {
         assert_eq!(level_directive("Debug"), Some("debug"));
         assert_eq!(level_directive(" warning "), Some("warn"));
         assert_eq!(level_directive("loud"), None);
+    }
+
+    #[test]
+    fn desired_logging_level_is_applied_or_refused() {
+        let log = init_or("info");
+        let patch = serde_json::json!({"LoggingLevel": "Debug"});
+        assert_eq!(log.apply_desired(&patch), Some("Debug"));
+        assert!(tracing::enabled!(tracing::Level::DEBUG));
+        assert_eq!(
+            log.apply_desired(&serde_json::json!({"LoggingLevel": "loud"})),
+            None
+        );
+        assert_eq!(
+            log.apply_desired(&serde_json::json!({"LoggingLevel": 3})),
+            None
+        );
+        assert_eq!(log.apply_desired(&serde_json::json!({"Other": 1})), None);
+        // The refused values left the level where it was.
+        assert!(tracing::enabled!(tracing::Level::DEBUG));
+        assert_eq!(
+            log.apply_desired(&serde_json::json!({"LoggingLevel": "error"})),
+            Some("error")
+        );
+        assert!(!tracing::enabled!(tracing::Level::WARN));
     }
 }

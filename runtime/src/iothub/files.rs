@@ -8,7 +8,6 @@
 //!
 //! As IoT Hub does, blobs are named `{deviceId}/{blobName}`.
 
-use crate::identity::KeyStore;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +16,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use edge_protocol::{sas, SasToken};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use runtime_state::KeyStore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -135,7 +135,7 @@ impl FileService {
             devices,
             container: container.to_owned(),
             store,
-            local_key: crate::identity::new_key(),
+            local_key: runtime_state::new_key(),
             pending: Mutex::new(HashMap::new()),
             log: Mutex::new(log),
             uploaded: AtomicU64::new(0),

@@ -4,11 +4,11 @@
 //! Every message is also in the [`Journal`], which learns when it is delivered or dropped,
 //! so a restarted runtime starts with the same queue.
 
-use crate::hub_message::HubMessage;
-use crate::journal::{Journal, Pending};
-use crate::upstream::{Appended, Stored};
+use crate::edgehub::durable::{Appended, Stored};
+use crate::edgehub::hub_message::HubMessage;
+use crate::edgehub::journal::{Journal, Pending};
 use bytes::BytesMut;
-use edge_client::wire;
+use edge_protocol::mqtt;
 use edge_protocol::{properties, topic};
 use rumqttc::{Packet, QoS};
 use rustc_hash::FxHashMap;
@@ -51,7 +51,7 @@ impl Delivery {
     /// fits in `max_packet` bytes; else why not.
     pub fn check_size(&self, max_packet: usize) -> Result<usize, String> {
         let topic_len = self.topic().iter().map(|p| p.len()).sum();
-        wire::check_publish(
+        mqtt::check_publish(
             topic_len,
             self.qos,
             self.queued.message.body().len(),
@@ -63,7 +63,7 @@ impl Delivery {
     /// over `max_packet` bytes is not written.
     pub fn encode(&self, out: &mut BytesMut, max_packet: usize) -> Result<(), String> {
         let topic = self.topic();
-        wire::write_publish(
+        mqtt::write_publish(
             out,
             &topic,
             self.qos,
@@ -117,7 +117,7 @@ pub struct EndpointStats {
     pub delivered: u64,
     /// Dropped because older than the time-to-live.
     pub expired: u64,
-    /// Dropped because their delivery would be over [`wire::MAX_DELIVERY`] (each logged).
+    /// Dropped because their delivery would be over [`mqtt::MAX_DELIVERY`] (each logged).
     pub undeliverable: u64,
     /// Whether the module is connected and subscribed to its inputs.
     pub connected: bool,
@@ -255,7 +255,7 @@ impl Endpoint {
             // client reads, unless its property bag is near MQTT's 64 KiB topic limit,
             // edgeHub's re-encoding of a bag it did not get in plain form made it longer by
             // more than the headroom, or the input's name is very long.
-            if let Err(why) = delivery.check_size(wire::MAX_DELIVERY) {
+            if let Err(why) = delivery.check_size(mqtt::MAX_DELIVERY) {
                 // It could never be written: waiting, it would hold a place in the window
                 // for good (and its journal segment on disk).
                 self.undeliverable += 1;
@@ -345,7 +345,7 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::SEGMENT_BYTES;
+    use crate::edgehub::journal::SEGMENT_BYTES;
     use bytes::Bytes;
     use rumqttc::Publish;
 
@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn a_delivery_encodes_as_rumqttc_encodes_its_publish() {
-        // The framing's cases (lengths, packet ids, the limit) are edge_client::wire's
+        // The framing's cases (lengths, packet ids, the limit) are edge_protocol::mqtt's
         // tests; here, the delivery's topic, packet id and payload.
         let mut m = edge_protocol::Message::new("x".repeat(300));
         m.correlation_id = Some("c/1 &".into());
@@ -524,8 +524,8 @@ mod tests {
                 qos,
             };
             let mut out = BytesMut::new();
-            d.encode(&mut out, wire::MAX_DELIVERY).unwrap();
-            assert_eq!(d.check_size(wire::MAX_DELIVERY), Ok(out.len()), "{qos:?}");
+            d.encode(&mut out, mqtt::MAX_DELIVERY).unwrap();
+            assert_eq!(d.check_size(mqtt::MAX_DELIVERY), Ok(out.len()), "{qos:?}");
         }
     }
 
@@ -534,7 +534,7 @@ mod tests {
         let (mut e, j, dir) = endpoint(2, Duration::from_secs(60));
         // Over MAX_DELIVERY by its body; over MQTT's topic limit by its bag.
         let large: Arc<HubMessage> =
-            Arc::new(edge_protocol::Message::new(vec![b' '; wire::MAX_DELIVERY]).into());
+            Arc::new(edge_protocol::Message::new(vec![b' '; mqtt::MAX_DELIVERY]).into());
         let mut long_bag = edge_protocol::Message::json("{}");
         long_bag.properties = vec![("k".into(), "v".repeat(65_535).into())];
         e.enqueue("in", msg(0));
@@ -557,7 +557,7 @@ mod tests {
         assert_eq!(replayed["m"].len(), 2, "the two in flight");
         let mut oversize = replayed["m"][0].clone();
         oversize.message =
-            Arc::new(edge_protocol::Message::new(vec![b' '; wire::MAX_DELIVERY]).into());
+            Arc::new(edge_protocol::Message::new(vec![b' '; mqtt::MAX_DELIVERY]).into());
         let mut e = Endpoint::new("edge", "m", 10, Duration::from_secs(60), j2);
         e.restore(vec![oversize, replayed["m"][1].clone()]);
         let (c, mut rx) = conn(2);

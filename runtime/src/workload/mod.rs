@@ -3,8 +3,11 @@
 //!
 //! - `POST /modules/{module}/genid/{genid}/sign` `{"keyId":"primary","algo":"HMACSHA256","data":b64}` → `{"digest":b64}`
 //! - `GET /trust-bundle` → `{"certificate": PEM}`
+//!
+//! [`certs`] makes the CA and edgeHub's server certificate the trust bundle carries.
 
-use crate::identity::KeyStore;
+pub mod certs;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -13,6 +16,7 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use bytes::Bytes;
+use runtime_state::KeyStore;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;

@@ -5,12 +5,12 @@
 //! queues' journal and the `$upstream` store. PUBACKs leave in the order the messages
 //! arrived.
 
-use crate::endpoint::{Conn, Outgoing};
-use crate::hub::{Hub, Identity};
-use crate::upstream::Stored;
+use crate::edgehub::durable::Stored;
+use crate::edgehub::endpoint::{Conn, Outgoing};
+use crate::edgehub::hub::{Hub, Identity};
 use bytes::{Bytes, BytesMut};
-pub use edge_client::wire::MAX_PACKET;
-use edge_client::wire::{read_packet, Incoming, PacketReader, PublishIn, MAX_DELIVERY};
+pub use edge_protocol::mqtt::MAX_PACKET;
+use edge_protocol::mqtt::{read_packet, Incoming, PacketReader, PublishIn, MAX_DELIVERY};
 use edge_protocol::properties;
 use edge_protocol::topic::{self, Topic};
 use rumqttc::{

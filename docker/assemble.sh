@@ -167,7 +167,7 @@ if [ -z "$RT" ]; then
     RT="$BIN_DIR/iotedge-local"
     [ -x "$RT" ] || RT="$ROOT/target/release/iotedge-local"
 fi
-[ -x "$RT" ] || fail "no iotedge-local at $RT (cargo build --release -p edge-runtime)"
+[ -x "$RT" ] || fail "no iotedge-local at $RT (cargo build --release -p iotedge-local)"
 STATE="${STATE:-$OUT/.edge-state}"
 args=(--state "$STATE" run --manifest "$MANIFEST" --mqtt-port "${MQTT_PORT:-0}")
 for m in "${MODULES[@]}"; do

@@ -84,7 +84,7 @@ BUILD_STARTED=$SECONDS
 build_failed=()
 if ! cargo build --release --workspace --locked; then
     note "the workspace build failed (see above): building the runtime, simulator and report, then each module on its own"
-    cargo build --release --locked -p edge-runtime -p leaf-simulator -p demo-report
+    cargo build --release --locked -p iotedge-local -p leaf-simulator -p demo-report
     for m in "${MODULES[@]}"; do
         if [ -f "modules/$m/Cargo.toml" ] && ! cargo build --release --locked -p "$m"; then
             build_failed+=("$m")

@@ -28,7 +28,7 @@ if [ -z "${DEPLOY_BIN_DIR:-}" ]; then
     for m in ${DEPLOY_MODULES:-turbofanRouter turbofanRulClassifier avroFileWriter}; do
         modules+=(-p "$m")
     done
-    cargo build --release --locked "${modules[@]}" -p edge-runtime
+    cargo build --release --locked "${modules[@]}" -p iotedge-local
     export DEPLOY_BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 fi
 export DEPLOY_RUNTIME="${DEPLOY_RUNTIME:-$DEPLOY_BIN_DIR/iotedge-local}"

@@ -6,7 +6,7 @@ from edge_harness import EdgeRuntime, _LIVE_RUNTIMES
 
 
 @pytest.fixture(scope="module")
-def edge_runtime_factory(tmp_path_factory):
+def iotedge_local_factory(tmp_path_factory):
     """Start runtimes for a test module; all are stopped when it ends."""
     started = []
 

@@ -35,14 +35,14 @@ def template_modules():
 
 
 @pytest.fixture(scope="module")
-def edge(edge_runtime_factory, tmp_path_factory):
+def edge(iotedge_local_factory, tmp_path_factory):
     modules = template_modules()
     for name in (ROUTER,) + SKIPPED:
         assert name in modules, "%s has no module %r (has %r)" % (TEMPLATE, name, sorted(modules))
     ready = tmp_path_factory.mktemp("router") / "router.ready"
     command = python_command("sdk_module.py", "--input", "deviceInput", "--output", "hubOutput",
                              "--ready-file", ready)
-    rt = edge_runtime_factory("sdk-leaf", TEMPLATE, execs={ROUTER: command}, skips=SKIPPED)
+    rt = iotedge_local_factory("sdk-leaf", TEMPLATE, execs={ROUTER: command}, skips=SKIPPED)
     assert wait_until(ready.exists, timeout=READY_TIMEOUT), \
         "turbofanRouter (sdk_module.py) did not get ready within %.0f s" % READY_TIMEOUT
     return rt

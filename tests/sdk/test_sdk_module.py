@@ -78,11 +78,11 @@ MANIFEST = {
 
 
 @pytest.fixture(scope="module")
-def edge(edge_runtime_factory, tmp_path_factory):
+def edge(iotedge_local_factory, tmp_path_factory):
     manifest = tmp_path_factory.mktemp("manifest") / "deployment.json"
     manifest.write_text(json.dumps(MANIFEST, indent=2))
     command = python_command("sdk_module.py", "--input", "input1", "--output", "output1")
-    return edge_runtime_factory("sdk-module", manifest, execs={MODULE: command})
+    return iotedge_local_factory("sdk-module", manifest, execs={MODULE: command})
 
 
 def from_module(record):

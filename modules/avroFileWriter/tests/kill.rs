@@ -6,7 +6,7 @@ use avro_file_writer::container;
 use avro_file_writer::record::read_file;
 use avro_file_writer::tree;
 use edge_client::Message;
-use edge_runtime::testing::{start_with, TestRuntime};
+use iotedge_local::testing::{start_with, TestRuntime};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};

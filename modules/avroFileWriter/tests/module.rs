@@ -13,7 +13,7 @@ use avro_file_writer::tree;
 use avro_file_writer::writer::open_container;
 use chrono::Utc;
 use edge_client::Message;
-use edge_runtime::testing::{start_with, TestRuntime};
+use iotedge_local::testing::{start_with, TestRuntime};
 use serde_json::{json, Value};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! and the classifier's side of the conversation.
 
 use edge_client::Message;
-use edge_runtime::testing::{next_input, start_with};
+use iotedge_local::testing::{next_input, start_with};
 use serde_json::{json, Value};
 use std::time::Duration;
 use turbofan_domain::record::EngineRecord;

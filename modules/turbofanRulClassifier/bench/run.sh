@@ -42,7 +42,7 @@ print(f"ratio single message: {rs/py:.0f}x  target >= 100x")
 PYEOF
 
 echo "== resident memory of the running module (model loaded)"
-cargo build -q --release -p turbofanRulClassifier -p edge-runtime
+cargo build -q --release -p turbofanRulClassifier -p iotedge-local
 STATE="$(mktemp -d)"
 "$ROOT/target/release/iotedge-local" --state "$STATE" run --manifest deployment.template.json \
     --mqtt-port 0 --skip turbofanRouter --skip avroFileWriter >"$STATE/runtime.log" 2>&1 &

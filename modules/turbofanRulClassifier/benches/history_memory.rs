@@ -11,8 +11,8 @@
 //! three hundred do.
 
 use edge_client::Message;
-use edge_runtime::testing::bench::arg;
-use edge_runtime::testing::{next_input, start_with};
+use iotedge_local::testing::bench::arg;
+use iotedge_local::testing::{next_input, start_with};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};

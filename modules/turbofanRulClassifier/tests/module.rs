@@ -2,7 +2,7 @@
 //! C-MAPSS rows in ONNX Runtime through edgeHub, with a probe module on the other side.
 
 use edge_client::Message;
-use edge_runtime::testing::{largest_sendable, next_input, start_with, TestRuntime};
+use iotedge_local::testing::{largest_sendable, next_input, start_with, TestRuntime};
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::io::{Read, Write};

@@ -30,7 +30,7 @@ use e2e::procfs::{self, Sample};
 use e2e::upstream::Tail;
 use e2e::{CLASSIFIER, MODULES, ROUTER, WRITER};
 use edge_client::{CompactString, Message, ModuleClient};
-use edge_runtime::testing::bench::{arg, percentile};
+use iotedge_local::testing::bench::{arg, percentile};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

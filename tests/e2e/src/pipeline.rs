@@ -5,7 +5,7 @@ use crate::upstream::{self, Outcomes};
 use anyhow::{anyhow, bail, Context, Result};
 use avro_file_writer::record::{read_file, ArchivedRecord};
 use edge_client::{ModuleClient, Settings};
-use edge_runtime::{Options, Runtime};
+use iotedge_local::{Options, Runtime};
 use runtime_state::layout;
 use runtime_state::KeyStore;
 use serde_json::{json, Value};
@@ -380,7 +380,7 @@ impl Pipeline {
     /// Reads blob `blob` back from the blob store (Azurite or the folder) and parses it as
     /// an Avro container file of the tutorial's schema.
     pub async fn read_uploaded(&self, blob: &str) -> Result<Vec<ArchivedRecord>> {
-        let bytes = edge_runtime::iothub::files::read_blob(
+        let bytes = iotedge_local::iothub::files::read_blob(
             &self.rt.blob_store,
             &self.opts.upload_container,
             blob,

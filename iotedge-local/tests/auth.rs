@@ -4,7 +4,7 @@
 //! MQTT clients also check what edgeHub does with packets that arrive together.
 
 use edge_protocol::sas;
-use edge_runtime::testing::{manifest, start, TestRuntime};
+use iotedge_local::testing::{manifest, start, TestRuntime};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
     SubscribeReasonCode, TlsConfiguration, Transport,
@@ -281,7 +281,7 @@ async fn a_registered_leaf_device_sends_telemetry_through_the_routes() {
     .unwrap();
     let receiver = t.client("receiver").await;
     let mut inputs = receiver.inputs().unwrap();
-    let m = edge_runtime::testing::next_input(&mut inputs).await;
+    let m = iotedge_local::testing::next_input(&mut inputs).await;
     assert_eq!(m.input, "leaf");
     assert_eq!(
         m.message.connection_device_id.as_deref(),

@@ -1,15 +1,15 @@
 //! Load benchmark of one module→module route hop through edgeHub: QoS 1 over TLS, with the
 //! project's module client on both ends, in one process on this machine.
 //!
-//! `cargo bench -p edge-runtime --bench hop -- [--messages N] [--rate R] [--window W]`
+//! `cargo bench -p iotedge-local --bench hop -- [--messages N] [--rate R] [--window W]`
 //!
 //! Phase 1 (sustained): N messages as fast as the sender's window allows; reports
 //! messages/s from the first send to the last receipt, and hop latency percentiles.
 //! Phase 2 (paced): N/4 messages at R messages/s; reports hop latency percentiles.
 
 use edge_client::{Message, ModuleClient, Settings};
-use edge_runtime::testing::bench::{arg, percentile};
-use edge_runtime::{Options, Runtime};
+use iotedge_local::testing::bench::{arg, percentile};
+use iotedge_local::{Options, Runtime};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The simulator against an in-process runtime: leaf devices registered in its registry,
 //! connected through its edgeHub with its CA, their telemetry routed to `$upstream`.
 
-use edge_runtime::testing::{manifest, start_with};
+use iotedge_local::testing::{manifest, start_with};
 use leaf_simulator::{sent_log, simulate, Progress, SimConfig, SimError};
 use runtime_state::layout;
 use runtime_state::KeyStore;

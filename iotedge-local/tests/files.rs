@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use edge_client::upload::{find_connection_string, FileUploader};
-use edge_runtime::iothub::files::{read_blob, BlobStore};
-use edge_runtime::testing::{start_with, TestRuntime};
+use iotedge_local::iothub::files::{read_blob, BlobStore};
+use iotedge_local::testing::{start_with, TestRuntime};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

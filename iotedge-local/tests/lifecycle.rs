@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use edge_client::{Message, ModuleClient};
-use edge_runtime::testing::{manifest, next_input, start};
-use edge_runtime::{Options, Runtime};
+use iotedge_local::testing::{manifest, next_input, start};
+use iotedge_local::{Options, Runtime};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use edge_client::Message;
 use edge_protocol::mqtt;
-use edge_runtime::testing::{largest_sendable, manifest, next_input, start};
+use iotedge_local::testing::{largest_sendable, manifest, next_input, start};
 use serde_json::json;
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use edge_protocol::ConnectionString;
-use edge_runtime::{Options, Runtime};
+use iotedge_local::{Options, Runtime};
 use runtime_state::layout;
 use runtime_state::KeyStore;
 use serde_json::Value;

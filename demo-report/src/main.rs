@@ -17,14 +17,8 @@ use std::time::Duration;
     about = "Report on a demo run: messages sent, classified and dead-lettered, Avro records and uploads, and predicted against true RUL per engine (RMSE, PHM08 score, rul.svg)."
 )]
 struct Cli {
-    /// State folder of the runtime the run went through.
-    #[arg(
-        long,
-        default_value = ".edge-state",
-        env = "IOTEDGE_LOCAL_STATE",
-        value_name = "DIR"
-    )]
-    state: PathBuf,
+    #[command(flatten)]
+    state: runtime_state::StateArg,
     /// The simulator's sent log (default: leaf-simulator/sent.jsonl in the state folder).
     #[arg(long, value_name = "FILE")]
     sent_log: Option<PathBuf>,
@@ -130,7 +124,7 @@ fn secs(v: f64, what: &str) -> Result<Duration> {
 async fn run(cli: Cli) -> Result<()> {
     let data = cli.data.unwrap_or_else(turbofan_domain::cmapss::data_dir);
     let data = std::fs::canonicalize(&data).unwrap_or(data);
-    let mut sources = Sources::new(&cli.state, &data.join(&cli.file));
+    let mut sources = Sources::new(&cli.state.dir, &data.join(&cli.file));
     if let Some(p) = cli.sent_log {
         sources.sent_log = p;
     }

@@ -20,14 +20,8 @@ use std::time::Duration;
     about = "A local IoT Edge runtime: edgeHub, workload API, edgeAgent and the IoT Hub side, for one deployment manifest, without Docker or Azure."
 )]
 struct Cli {
-    /// Folder holding all runtime state.
-    #[arg(
-        long,
-        global = true,
-        default_value = ".edge-state",
-        env = "IOTEDGE_LOCAL_STATE"
-    )]
-    state: PathBuf,
+    #[command(flatten)]
+    state: runtime_state::StateArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -158,7 +152,7 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let state = cli.state;
+    let state = cli.state.dir;
     match cli.command {
         Command::Run {
             manifest,

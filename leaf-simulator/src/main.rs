@@ -17,14 +17,8 @@ use std::time::Duration;
     about = "Replay NASA C-MAPSS engines as leaf devices (engine N = device Client_{N:03}) through the local IoT Edge runtime, over MQTT/TLS with each device's own identity."
 )]
 struct Cli {
-    /// State folder of the running runtime (`iotedge-local --state`).
-    #[arg(
-        long,
-        default_value = ".edge-state",
-        env = "IOTEDGE_LOCAL_STATE",
-        value_name = "DIR"
-    )]
-    state: PathBuf,
+    #[command(flatten)]
+    state: runtime_state::StateArg,
     /// Folder of the C-MAPSS files (default: ../shared/data/cmapss next to the workspace).
     #[arg(long, env = "CMAPSS_DIR", value_name = "DIR")]
     data: Option<PathBuf>,
@@ -98,13 +92,13 @@ async fn run(cli: Cli) -> Result<Outcome> {
     let data = cli.data.unwrap_or_else(turbofan_domain::cmapss::data_dir);
     let file = data.join(&cli.file);
     let file = std::fs::canonicalize(&file).unwrap_or(file);
-    let mut cfg = SimConfig::new(&cli.state, file);
+    let mut cfg = SimConfig::new(&cli.state.dir, file);
     cfg.devices = cli.devices;
     cfg.rate = cli.rate;
     cfg.max_messages = cli.max_messages;
     cfg.sent_log = Some(
         cli.sent_log
-            .unwrap_or_else(|| sent_log::default_path(&cli.state)),
+            .unwrap_or_else(|| sent_log::default_path(&cli.state.dir)),
     );
 
     let progress = Progress::new();

@@ -14,3 +14,11 @@ pub type Stored = smallvec::SmallVec<[Appended; 2]>;
 /// so under load waiting this long gathers a larger group for one `fdatasync` (less CPU),
 /// while a lone message waits at most this long.
 pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Blocks a store's writer thread until [`SYNC_INTERVAL`] has passed since `last_sync`, so
+/// that what arrives meanwhile joins the next sync.
+pub fn pace(last_sync: std::time::Instant) {
+    if let Some(rest) = SYNC_INTERVAL.checked_sub(last_sync.elapsed()) {
+        std::thread::sleep(rest);
+    }
+}

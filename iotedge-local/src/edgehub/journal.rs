@@ -15,7 +15,7 @@
 //! one hold no pending message (so a "done" record never outlives the message it closes).
 //! A torn or corrupt record ends the replay of its segment, with a warning.
 
-use crate::edgehub::durable::{Appended, SYNC_INTERVAL};
+use crate::edgehub::durable::{self, Appended};
 use crate::edgehub::hub_message::HubMessage;
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
@@ -387,9 +387,7 @@ impl WriterState {
         let mut waiting = Vec::new();
         let mut last_sync = std::time::Instant::now();
         while let Some(first) = rx.blocking_recv() {
-            if let Some(rest) = SYNC_INTERVAL.checked_sub(last_sync.elapsed()) {
-                std::thread::sleep(rest);
-            }
+            durable::pace(last_sync);
             let mut next = Some(first);
             while let Some(op) = next.take() {
                 match op {

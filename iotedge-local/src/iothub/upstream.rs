@@ -2,7 +2,7 @@
 //! durable file (synced before the sender is acknowledged), in the shape operators see when
 //! they monitor device-to-cloud messages.
 
-use crate::edgehub::durable::{Appended, SYNC_INTERVAL};
+use crate::edgehub::durable::{self, Appended};
 use crate::edgehub::hub_message::HubMessage;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -192,9 +192,7 @@ fn writer(file: std::fs::File, mut rx: mpsc::UnboundedReceiver<Append>, count: A
     let mut waiting = Vec::new();
     let mut last_sync = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
-        if let Some(rest) = SYNC_INTERVAL.checked_sub(last_sync.elapsed()) {
-            std::thread::sleep(rest);
-        }
+        durable::pace(last_sync);
         let mut next = Some(first);
         let mut result: Result<(), String> = Ok(());
         while let Some((m, ack)) = next.take() {

@@ -58,6 +58,11 @@ enum Command {
         /// (scripts/setup-node.sh prints it); default: a folder of the state.
         #[arg(long, value_name = "PATH")]
         azurite: Option<PathBuf>,
+        /// Where edgeHub serves Prometheus metrics (`/metrics`), or `off`; each module
+        /// serves its own metrics and health checks on the ports after it, in manifest order
+        /// (port 0: free ports). `iotedge-local status` and the state's runtime.json list them.
+        #[arg(long, default_value = "127.0.0.1:9600", value_name = "ADDR")]
+        metrics: String,
     },
     /// Leaf devices in the registry.
     Device {
@@ -164,6 +169,7 @@ async fn run(cli: Cli) -> Result<()> {
             exec,
             skip,
             azurite,
+            metrics,
         } => {
             let mut opts = Options::new(manifest, &state);
             opts.mqtt_port = mqtt_port;
@@ -174,7 +180,11 @@ async fn run(cli: Cli) -> Result<()> {
             opts.exec = parse_exec(&exec)?;
             opts.skip = skip;
             opts.azurite = azurite;
+            opts.metrics = edge_process::observe::parse_addr(Some(&metrics))?;
             let rt = Runtime::start(opts).await?;
+            for (name, addr) in &rt.metrics {
+                eprintln!("iotedge-local: {name} metrics on http://{addr}/metrics");
+            }
             eprintln!(
                 "iotedge-local: edgeHub on mqtts://localhost:{}, state in {}; Ctrl-C to stop",
                 rt.mqtt_port,

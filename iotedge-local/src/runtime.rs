@@ -11,8 +11,9 @@ use crate::edgehub::twin::Twins;
 use crate::iothub::upstream::Upstream;
 use crate::workload::{self, certs};
 use anyhow::{bail, Context, Result};
+use edge_process::observe::{self, Exporter};
 use runtime_state::{layout, KeyStore};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +56,10 @@ pub struct Options {
     pub azurite: Option<PathBuf>,
     /// Blob container of file uploads.
     pub upload_container: String,
+    /// Where edgeHub serves its Prometheus metrics (`None`: nowhere, and modules get
+    /// `METRICS_ADDR=off`). Each module gets the next port (port 0: a free one each), unless
+    /// its manifest `env` sets `METRICS_ADDR`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Options {
@@ -76,6 +81,7 @@ impl Options {
             hub_https_port: 0,
             azurite: None,
             upload_container: "avrofiles".into(),
+            metrics: None,
         }
     }
 }
@@ -94,6 +100,8 @@ pub struct Runtime {
     pub files: Arc<crate::iothub::files::FileService>,
     /// Where uploaded files are stored.
     pub blob_store: crate::iothub::files::BlobStore,
+    /// Where edgeHub (`edgeHub`) and each module serve metrics and health checks.
+    pub metrics: BTreeMap<String, SocketAddr>,
     azurite: Option<crate::iothub::files::Azurite>,
     envs: HashMap<String, Vec<(String, String)>>,
     agent: Option<Agent>,
@@ -149,6 +157,21 @@ fn bind_dir(state: &Path, host: &str, container: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating bind folder {}", dir.display()))?;
     Ok(local)
+}
+
+/// Where module number `i` of the manifest serves its metrics: the port after edgeHub's and
+/// the modules before it, or a free port if edgeHub's is 0.
+fn module_metrics_addr(base: SocketAddr, i: usize) -> Result<SocketAddr> {
+    let port = if base.port() == 0 {
+        std::net::TcpListener::bind(SocketAddr::new(base.ip(), 0))
+            .and_then(|l| l.local_addr())
+            .context("finding a free port for a module's metrics")?
+            .port()
+    } else {
+        u16::try_from(usize::from(base.port()) + 1 + i)
+            .context("the modules' metrics ports run past 65535: pick a lower --metrics port")?
+    };
+    Ok(SocketAddr::new(base.ip(), port))
 }
 
 impl Runtime {
@@ -308,9 +331,25 @@ impl Runtime {
             crate::iothub::files::router(files.clone()),
         )));
 
+        let mut metrics = BTreeMap::new();
+        if let Some(addr) = opts.metrics {
+            let exporter = Arc::new(Exporter::with_labels(vec![
+                ("iothub".into(), opts.hub_hostname.clone()),
+                ("edge_device".into(), opts.device_id.clone()),
+                ("instance_number".into(), uuid::Uuid::new_v4().to_string()),
+            ]));
+            hub.prometheus.register(&exporter);
+            let h = hub.clone();
+            exporter.on_scrape(move || h.refresh_metrics());
+            let (bound, task) = observe::serve(addr, exporter)
+                .await
+                .context("edgeHub's metrics endpoint (--metrics)")?;
+            tasks.push(task);
+            metrics.insert("edgeHub".to_owned(), bound);
+        }
         let mut envs = HashMap::new();
         let mut launches = Vec::new();
-        for m in &manifest.modules {
+        for (i, m) in manifest.modules.iter().enumerate() {
             let generation_id = uuid::Uuid::new_v4().simple().to_string();
             let socket = layout::workload_socket(&state, &m.name);
             tasks.push(
@@ -331,6 +370,24 @@ impl Runtime {
                 .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
                 .collect();
             env.extend(m.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            match m.env.get(observe::METRICS_ADDR_VAR) {
+                Some(v) => {
+                    if let Ok(Some(a)) = observe::parse_addr(Some(v)) {
+                        metrics.insert(m.name.clone(), a);
+                    }
+                }
+                None => {
+                    let value = match opts.metrics {
+                        Some(base) => {
+                            let a = module_metrics_addr(base, i)?;
+                            metrics.insert(m.name.clone(), a);
+                            a.to_string()
+                        }
+                        None => "off".to_owned(),
+                    };
+                    env.push((observe::METRICS_ADDR_VAR.to_owned(), value));
+                }
+            }
             let mut binds = Vec::new();
             for (host, container) in &m.binds {
                 binds.push(format!(
@@ -391,6 +448,7 @@ impl Runtime {
             "blobStore": match &blob_store { crate::iothub::files::BlobStore::Azurite { host } => format!("https://{host}"), crate::iothub::files::BlobStore::Directory(d) => d.display().to_string() },
             "fileNotifications": layout::file_notifications(&state),
             "routeErrors": route_errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            "metrics": metrics.iter().map(|(k, a)| (k.clone(), format!("http://{a}/metrics"))).collect::<BTreeMap<_, _>>(),
         });
         std::fs::write(
             layout::ready_file(&state),
@@ -404,6 +462,7 @@ impl Runtime {
             ca_pem: tls.ca_pem,
             files,
             blob_store,
+            metrics,
             azurite,
             envs,
             agent,

@@ -6,6 +6,7 @@
 use crate::acks::{AckSequencer, AckToken, Done, Forwarded, Outbound, OutputOf, SendTracker, Then};
 use crate::driver::Driver;
 use crate::error::Error;
+use crate::metrics::ClientMetrics;
 use crate::settings::Settings;
 use crate::tls::tls_config;
 use crate::token::TokenSource;
@@ -78,6 +79,7 @@ pub(crate) struct Inner {
     pub(crate) closing: AtomicBool,
     pub(crate) stop: Notify,
     pub(crate) driver: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) metrics: ClientMetrics,
 }
 
 /// A message ready to send ([`ModuleClient::prepare_output`]): its topic, with the property
@@ -142,6 +144,7 @@ impl ModuleClient {
             closing: AtomicBool::new(false),
             stop: Notify::new(),
             driver: Mutex::new(None),
+            metrics: ClientMetrics::default(),
         });
 
         let (first_tx, first_rx) = oneshot::channel();
@@ -189,6 +192,16 @@ impl ModuleClient {
         &self.inner.trust_pem
     }
 
+    /// What the client counted (messages per input and output, connections).
+    pub fn metrics(&self) -> &ClientMetrics {
+        &self.inner.metrics
+    }
+
+    /// Whether the client is connected to edgeHub now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.metrics.connected.get() == 1
+    }
+
     /// The settings this client was made with.
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
@@ -220,6 +233,9 @@ impl ModuleClient {
         // The topic is made here, not in the future: waiting for edgeHub, a send holds its
         // topic and body only, not the whole message (a module has hundreds waiting).
         let topic = self.output_topic(output, &mut message);
+        if fits(&topic, &message.body).is_ok() {
+            self.inner.metrics.sent.inc(output);
+        }
         self.publish_tracked(topic, message.body)
     }
 
@@ -242,10 +258,13 @@ impl ModuleClient {
     ) -> Result<Prepared, Unsendable> {
         let topic = self.output_topic(output, &mut message);
         match fits(&topic, &message.body) {
-            Ok(()) => Ok(Prepared {
-                topic,
-                payload: message.body,
-            }),
+            Ok(()) => {
+                self.inner.metrics.sent.inc(output);
+                Ok(Prepared {
+                    topic,
+                    payload: message.body,
+                })
+            }
             Err(reason) => Err(Unsendable {
                 message: Box::new(message),
                 reason,

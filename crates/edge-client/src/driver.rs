@@ -191,7 +191,11 @@ impl Driver {
                     self.inner.acks.set_epoch(self.epoch);
                     backoff.reset();
                     info!(epoch = self.epoch, session_present, "connected to edgeHub");
-                    match self.session(stream, buf).await {
+                    self.inner.metrics.connections.inc();
+                    self.inner.metrics.connected.set(1);
+                    let ended = self.session(stream, buf).await;
+                    self.inner.metrics.connected.set(0);
+                    match ended {
                         Ended::Stop => break,
                         Ended::Renew => {
                             info!("SAS token near expiry: reconnecting with a fresh one");
@@ -455,6 +459,7 @@ impl Driver {
                 let mut message = properties::decode(bag);
                 message.body = p.payload;
                 message.input_name = Some(input.into());
+                self.inner.metrics.received.inc(input);
                 let m = InputMessage {
                     input: input.into(),
                     message,

@@ -21,6 +21,7 @@ mod backoff;
 mod client;
 mod driver;
 mod error;
+pub mod metrics;
 mod run;
 pub mod settings;
 mod tls;
@@ -32,7 +33,9 @@ pub use acks::AckToken;
 pub use client::{InputMessage, ModuleClient, Prepared, Unsendable};
 pub use edge_protocol::{CompactString, Message};
 pub use error::Error;
-pub use run::{forward_inputs, next_input, run_inputs, shutdown_signal, start_module};
+pub use run::{
+    forward_inputs, next_input, run_inputs, shutdown_signal, start_module, ModuleProcess,
+};
 pub use settings::Settings;
 
 /// Logging, with the `LoggingLevel` desired property (see [`edge_process::logging`]).
@@ -40,3 +43,5 @@ pub use edge_process::logging;
 /// The project's global allocator (see [`edge_process::Allocator`]); a module declares
 /// `#[global_allocator] static ALLOC: edge_client::Allocator = edge_client::Allocator;`.
 pub use edge_process::Allocator;
+/// Metrics and health checks (see [`edge_process::observe`]).
+pub use edge_process::{observe, prometheus_client};

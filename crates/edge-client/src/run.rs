@@ -1,13 +1,15 @@
-//! A module's process: [`start_module`] sets it up and connects; its main loop handles
+//! A module's process: [`start_module`] sets it up (logging, metrics, health) and connects; its main loop handles
 //! inputs until SIGTERM/SIGINT, then finishes what is in flight and closes. [`run_inputs`] runs asynchronous handlers concurrently; [`forward_inputs`]
 //! runs a plain handler that turns each input into outputs, and needs no future per
 //! message.
 
 use crate::client::{InputMessage, ModuleClient, Prepared};
 use crate::error::Error;
+use edge_process::observe::{self, Exporter};
 use edge_protocol::{CompactString, Message};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
@@ -40,18 +42,73 @@ pub async fn next_input<S: Future<Output = ()>>(
     }
 }
 
-/// Starts a module's process: logging at `RUST_LOG`'s level (else `info`), then the client
-/// from the IoT Edge environment ([`ModuleClient::from_env`]). If it cannot connect, logs
-/// why and exits with status 1, so that the runtime restarts the module. The
-/// [`LogLevel`](crate::logging::LogLevel) applies `LoggingLevel` desired properties.
-pub async fn start_module() -> (ModuleClient, crate::logging::LogLevel) {
+/// A started module: its client, its log level, and its metrics and health endpoint (where
+/// the module registers its own metrics and readiness conditions).
+pub struct ModuleProcess {
+    /// The connection to edgeHub.
+    pub client: ModuleClient,
+    /// Applies `LoggingLevel` desired properties.
+    pub log: crate::logging::LogLevel,
+    /// The metrics served on `METRICS_ADDR` (`/metrics`, `/health/live`, `/health/ready`).
+    pub metrics: Arc<Exporter>,
+}
+
+/// Starts a module's process, the same way for every module:
+///
+/// 1. run as `<module> --health` (a container's `HEALTHCHECK`), asks the running module's
+///    readiness endpoint and exits 0 if it is ready, else 1;
+/// 2. logging at `RUST_LOG`'s level (else `info`);
+/// 3. the metrics and health endpoint on `METRICS_ADDR` (default `0.0.0.0:9600`, `off` for
+///    none): live at once, ready once connected to edgeHub (and whatever the module adds);
+///    a port it cannot bind is a warning, not a failure;
+/// 4. the client from the IoT Edge environment ([`ModuleClient::from_env`]), its counters
+///    registered. If it cannot connect, logs why and exits with status 1, so that the
+///    runtime restarts the module.
+pub async fn start_module() -> ModuleProcess {
+    if std::env::args().nth(1).as_deref() == Some("--health") {
+        match observe::probe() {
+            Ok(()) => std::process::exit(0),
+            Err(why) => {
+                eprintln!("not healthy: {why}");
+                std::process::exit(1)
+            }
+        }
+    }
     let log = crate::logging::init();
-    match ModuleClient::from_env().await {
-        Ok(client) => (client, log),
+    let metrics = Arc::new(Exporter::new());
+    let client_slot: Arc<OnceLock<ModuleClient>> = Arc::new(OnceLock::new());
+    let slot = client_slot.clone();
+    metrics.ready_when(move || match slot.get() {
+        None => Err("connecting to edgeHub".into()),
+        Some(c) if !c.is_connected() => Err("not connected to edgeHub".into()),
+        Some(_) => Ok(()),
+    });
+    match observe::addr_from_env() {
+        Ok(Some(addr)) => match observe::serve(addr, metrics.clone()).await {
+            Ok((bound, _)) => {
+                info!("metrics on http://{bound}/metrics, health on /health/live and /health/ready")
+            }
+            Err(e) => warn!("{e}; running without metrics and health checks"),
+        },
+        Ok(None) => info!(
+            "metrics and health checks are off ({})",
+            observe::METRICS_ADDR_VAR
+        ),
+        Err(e) => warn!("{e}; running without metrics and health checks"),
+    }
+    let client = match ModuleClient::from_env().await {
+        Ok(client) => client,
         Err(e) => {
             tracing::error!("cannot connect to edgeHub: {e}");
             std::process::exit(1)
         }
+    };
+    client.metrics().register(&metrics);
+    let _ = client_slot.set(client.clone());
+    ModuleProcess {
+        client,
+        log,
+        metrics,
     }
 }
 

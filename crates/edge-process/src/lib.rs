@@ -3,11 +3,15 @@
 //!
 //! - [`Allocator`], the global allocator;
 //! - [`logging`]: `tracing` to stderr at `RUST_LOG`'s level, changeable at run time by the
-//!   `LoggingLevel` desired property.
+//!   `LoggingLevel` desired property;
+//! - [`observe`]: Prometheus metrics and liveness/readiness checks on one HTTP endpoint.
 //!
 //! A module starts with `edge_client::start_module`, which sets up logging and connects.
 
 pub mod logging;
+pub mod observe;
+
+pub use prometheus_client;
 
 /// The memory allocator of the project's processes: mimalloc, built without transparent huge
 /// pages. A binary declares it with

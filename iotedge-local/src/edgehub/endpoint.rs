@@ -7,7 +7,9 @@
 use crate::edgehub::durable::{Appended, Stored};
 use crate::edgehub::hub_message::HubMessage;
 use crate::edgehub::journal::{Journal, Pending};
+use crate::edgehub::metrics::HubMetrics;
 use bytes::BytesMut;
+use edge_process::prometheus_client::metrics::histogram::Histogram;
 use edge_protocol::mqtt;
 use edge_protocol::{properties, topic};
 use rumqttc::{Packet, QoS};
@@ -140,6 +142,16 @@ pub struct Endpoint {
     delivered: u64,
     expired: u64,
     undeliverable: u64,
+    metrics: Option<EndpointMetrics>,
+}
+
+/// What an endpoint counts into edgeHub's metrics.
+#[derive(Debug, Clone)]
+pub struct EndpointMetrics {
+    /// The hub's metrics (drops).
+    pub hub: Arc<HubMetrics>,
+    /// This module's time from acceptance to acknowledgement.
+    pub process: Histogram,
 }
 
 impl Endpoint {
@@ -159,6 +171,7 @@ impl Endpoint {
             delivered: 0,
             expired: 0,
             undeliverable: 0,
+            metrics: None,
         }
     }
 
@@ -203,6 +216,19 @@ impl Endpoint {
         }
     }
 
+    /// Counts into `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: EndpointMetrics) {
+        self.metrics = Some(metrics);
+    }
+
+    /// Observes the time `q` took from acceptance to acknowledgement.
+    fn observe_done(&self, q: &Queued) {
+        if let Some(m) = &self.metrics {
+            let ms = now_ms().saturating_sub(q.at_ms);
+            m.process.observe(ms as f64 / 1000.0);
+        }
+    }
+
     /// Drops expired messages from the head of the queue; returns how many.
     pub fn expire(&mut self) -> u64 {
         let mut n = 0;
@@ -215,6 +241,9 @@ impl Endpoint {
         {
             if let Some(q) = self.queue.pop_front() {
                 self.journal.done(q.seq);
+                if let Some(m) = &self.metrics {
+                    m.hub.dropped("ttl_expiry", q.message.message());
+                }
             }
             n += 1;
         }
@@ -260,6 +289,9 @@ impl Endpoint {
                 // for good (and its journal segment on disk).
                 self.undeliverable += 1;
                 self.journal.done(q.seq);
+                if let Some(m) = &self.metrics {
+                    m.hub.dropped("too_large", q.message.message());
+                }
                 tracing::error!(
                     module = %self.module,
                     input = %q.input,
@@ -277,6 +309,7 @@ impl Endpoint {
             if qos == QoS::AtMostOnce {
                 self.delivered += 1;
                 self.journal.done(q.seq);
+                self.observe_done(&q);
             } else {
                 self.in_flight.insert(pkid, q);
             }
@@ -294,6 +327,7 @@ impl Endpoint {
             if let Some(q) = self.in_flight.remove(pkid) {
                 self.journal.done(q.seq);
                 self.delivered += 1;
+                self.observe_done(&q);
             }
         }
         if self.delivered != before {

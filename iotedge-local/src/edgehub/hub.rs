@@ -3,9 +3,10 @@
 
 use crate::agent::manifest::Manifest;
 use crate::edgehub::durable::{Appended, Stored};
-use crate::edgehub::endpoint::{Conn, Endpoint, EndpointStats};
+use crate::edgehub::endpoint::{Conn, Endpoint, EndpointMetrics, EndpointStats};
 use crate::edgehub::hub_message::HubMessage;
 use crate::edgehub::journal::{Journal, Replayed};
+use crate::edgehub::metrics::{HubMetrics, SinkLabels};
 use crate::edgehub::twin::Twins;
 use crate::iothub::upstream::Upstream;
 use bytes::Bytes;
@@ -121,8 +122,10 @@ pub struct Hub {
     pub upstream: Upstream,
     module_keys: KeyStore,
     device_keys: KeyStore,
-    /// Counters.
+    /// Counters (the control socket's `status`).
     pub metrics: Metrics,
+    /// The Prometheus metrics, under IoT Edge's edgeHub names.
+    pub prometheus: Arc<HubMetrics>,
     next_conn: AtomicU64,
     stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -132,6 +135,9 @@ pub struct Hub {
 struct RouteEntry {
     route: Route,
     target: Target,
+    /// Its index among the routes, and its sink as metric labels.
+    index: usize,
+    labels: SinkLabels,
 }
 
 /// Where a route's messages go.
@@ -248,6 +254,7 @@ impl Hub {
             module_keys,
             device_keys,
             metrics: Metrics::default(),
+            prometheus: Arc::new(HubMetrics::default()),
             next_conn: AtomicU64::new(1),
             stopping: tokio::sync::watch::channel(false).0,
         };
@@ -256,15 +263,33 @@ impl Hub {
         }
         hub.routes = parsed
             .into_iter()
-            .map(|route| {
-                let target = match &route.sink {
-                    Sink::Upstream => Target::Upstream,
-                    Sink::Module { module, input } => Target::Queue {
-                        queue: hub.endpoint(module),
-                        input: input.clone(),
-                    },
+            .enumerate()
+            .map(|(index, route)| {
+                let (target, labels) = match &route.sink {
+                    Sink::Upstream => (
+                        Target::Upstream,
+                        SinkLabels {
+                            to: "upstream".into(),
+                            to_route_input: String::new(),
+                        },
+                    ),
+                    Sink::Module { module, input } => (
+                        Target::Queue {
+                            queue: hub.endpoint(module),
+                            input: input.clone(),
+                        },
+                        SinkLabels {
+                            to: module.clone(),
+                            to_route_input: input.clone(),
+                        },
+                    ),
                 };
-                RouteEntry { route, target }
+                RouteEntry {
+                    route,
+                    target,
+                    index,
+                    labels,
+                }
             })
             .collect();
         for (module, pending) in replayed {
@@ -302,13 +327,18 @@ impl Hub {
         endpoints
             .entry(module.to_owned())
             .or_insert_with(|| {
-                Arc::new(Mutex::new(Endpoint::new(
+                let mut e = Endpoint::new(
                     &self.cfg.device_id,
                     module,
                     self.cfg.window,
                     self.cfg.ttl,
                     self.journal.clone(),
-                )))
+                );
+                e.set_metrics(EndpointMetrics {
+                    hub: self.prometheus.clone(),
+                    process: self.prometheus.process_duration(module),
+                });
+                Arc::new(Mutex::new(e))
             })
             .clone()
     }
@@ -523,6 +553,13 @@ impl Hub {
                     body: OnceLock::new(),
                 },
             );
+            self.prometheus.message(
+                source,
+                module.unwrap_or(device),
+                output_name.as_deref().unwrap_or(""),
+                m.body().len(),
+                sinks.iter().map(|r| (r.index, &r.labels)),
+            );
             self.store(sinks, m)
         })
     }
@@ -603,6 +640,13 @@ impl Hub {
         let endpoints: Vec<_> = lock(&self.endpoints).values().cloned().collect();
         for e in endpoints {
             lock(&e).expire();
+        }
+    }
+
+    /// Sets the queue-length gauges (before a scrape).
+    pub fn refresh_metrics(&self) {
+        for (module, s) in self.endpoint_stats() {
+            self.prometheus.queue(&module, s.queued + s.in_flight);
         }
     }
 

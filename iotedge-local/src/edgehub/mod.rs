@@ -10,6 +10,7 @@
 //! | [`journal`] | the durable store of the module queues, replayed after a restart |
 //! | [`durable`] | what the journal and the `$upstream` store share |
 //! | [`twin`] | module and device twins |
+//! | [`metrics`] | its Prometheus metrics, under IoT Edge's edgeHub names |
 
 pub mod broker;
 pub mod durable;
@@ -17,4 +18,5 @@ pub mod endpoint;
 pub mod hub;
 pub mod hub_message;
 pub mod journal;
+pub mod metrics;
 pub mod twin;

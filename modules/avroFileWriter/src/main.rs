@@ -133,7 +133,11 @@ static ALLOC: edge_client::Allocator = edge_client::Allocator;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let (client, log) = edge_client::start_module().await;
+    let edge_client::ModuleProcess {
+        client,
+        log,
+        metrics,
+    } = edge_client::start_module().await;
     let root = client.settings().container_path(Path::new(ROOT));
     let (base, problems) = Config::from_vars(env);
     for p in problems {
@@ -179,6 +183,17 @@ async fn main() {
 
     let schema = Arc::new(RecordSchema::tutorial());
     let budget = Arc::new(DiskBudget::new(base.max_disk_bytes(), used));
+    stats.register(&metrics);
+    let disk_used = edge_client::prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    metrics.register(
+        "avro_disk_used_bytes",
+        "Bytes the archive (Avro files and quarantine) takes on disk, of MaxDiskMB.",
+        disk_used.clone(),
+    );
+    let b = budget.clone();
+    metrics.on_scrape(move || {
+        disk_used.set(i64::try_from(b.used()).unwrap_or(i64::MAX));
+    });
     let tree_lock = Arc::new(TreeLock::with_ledger(&root));
     let (writer, threads) = match writer::start(
         WriterConfig {

@@ -269,6 +269,8 @@ struct SyncJob {
     targets: Vec<Arc<Target>>,
     waiters: Vec<Done>,
     records: u64,
+    /// Bytes of Avro blocks in the job.
+    bytes: u64,
     quarantined: u64,
 }
 
@@ -478,6 +480,7 @@ impl State {
             targets: Vec::with_capacity(2),
             waiters: Vec::new(),
             records: 0,
+            bytes: 0,
             quarantined: 0,
         };
         if self.group.count > 0 {
@@ -498,6 +501,7 @@ impl State {
                             job.targets.push(a.target.clone());
                             job.waiters.extend(waiters);
                             job.records = self.group.count;
+                            job.bytes = self.out.len() as u64;
                         }
                         Err(e) => {
                             let err = WriteError::Io(format!(
@@ -746,6 +750,7 @@ fn run_syncer(rx: mpsc::Receiver<SyncJob>, stats: Arc<Stats>, failed: Arc<Atomic
             }
         }
         let mut result = Ok(());
+        let started = std::time::Instant::now();
         for t in &targets {
             if let Err(e) = t.file.sync_data() {
                 result = Err(WriteError::Io(format!("syncing {}: {e}", t.path.display())));
@@ -755,8 +760,10 @@ fn run_syncer(rx: mpsc::Receiver<SyncJob>, stats: Arc<Stats>, failed: Arc<Atomic
         drop(targets);
         match result {
             Ok(()) => {
+                stats.sync_seconds.observe(started.elapsed().as_secs_f64());
                 for j in jobs {
                     Stats::add(&stats.records_written, j.records);
+                    Stats::add(&stats.bytes_written, j.bytes);
                     Stats::add(&stats.records_quarantined, j.quarantined);
                     for w in j.waiters {
                         let _ = w.send(Ok(()));
@@ -866,7 +873,7 @@ mod tests {
             r.unwrap().unwrap();
         }
         assert_eq!(
-            h.stats.records_written.load(Ordering::SeqCst),
+            h.stats.records_written.get(),
             1000,
             "every append returned after its sync"
         );
@@ -1113,7 +1120,7 @@ mod tests {
         threads.close();
         let path = quarantine_path(&h.root(), clock.now().date_naive());
         assert_eq!(std::fs::read(&path).unwrap(), b"{\"n\":1}\n{\"n\":2}\n");
-        assert_eq!(h.stats.records_quarantined.load(Ordering::SeqCst), 2);
+        assert_eq!(h.stats.records_quarantined.get(), 2);
         // A crash in the middle of a line; the next writer cuts it off.
         let mut torn = std::fs::read(&path).unwrap();
         torn.extend_from_slice(b"{\"n\":3, \"bo");

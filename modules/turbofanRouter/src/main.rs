@@ -107,7 +107,9 @@ static ALLOC: edge_client::Allocator = edge_client::Allocator;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let (client, log) = edge_client::start_module().await;
+    // The router's metrics are the client's: messages in per input, out per output (its
+    // dead letters are those on deadMessages).
+    let edge_client::ModuleProcess { client, log, .. } = edge_client::start_module().await;
     let settings = Arc::new(RwLock::new(Settings::default()));
     let s = settings.clone();
     client

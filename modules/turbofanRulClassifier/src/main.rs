@@ -28,6 +28,7 @@
 
 mod history;
 mod http;
+mod metrics;
 mod scoring;
 mod state;
 
@@ -63,6 +64,7 @@ pub struct Shared {
     max_batch: AtomicUsize,
     max_wait_ms: AtomicU64,
     max_body: AtomicUsize,
+    metrics: metrics::ClassifierMetrics,
 }
 
 /// Defaults of the history bounds (desired properties override them).
@@ -234,23 +236,34 @@ async fn score_and_send(batch: Vec<InputMessage>, s: &Shared, client: &ModuleCli
         messages.push(message);
         tokens.push(token);
     }
-    let (scored, model_name) = match (&s.history_model, s.history_mode.load(Ordering::Relaxed)) {
-        (Some(h), true) => {
-            let mut store = s.store.lock().unwrap_or_else(|p| p.into_inner());
-            let mut model = h.lock().unwrap_or_else(|p| p.into_inner());
-            let n =
-                history::score_batch(&mut messages, s.max_body(), &mut store, state::now(), |f| {
-                    model.predict(f)
-                });
-            s.dirty.store(true, Ordering::Relaxed);
-            (n, model.info().name.clone())
-        }
-        _ => {
-            let mut model = s.model.lock().unwrap_or_else(|p| p.into_inner());
-            let n = scoring::score_batch(&mut messages, s.max_body(), |f| model.predict(f));
-            (n, model.info().name.clone())
-        }
-    };
+    let started = std::time::Instant::now();
+    let (scored, model_name, mode) =
+        match (&s.history_model, s.history_mode.load(Ordering::Relaxed)) {
+            (Some(h), true) => {
+                let mut store = s.store.lock().unwrap_or_else(|p| p.into_inner());
+                let mut model = h.lock().unwrap_or_else(|p| p.into_inner());
+                let n = history::score_batch(
+                    &mut messages,
+                    s.max_body(),
+                    &mut store,
+                    state::now(),
+                    |f| model.predict(f),
+                );
+                s.dirty.store(true, Ordering::Relaxed);
+                (n, model.info().name.clone(), "history")
+            }
+            _ => {
+                let mut model = s.model.lock().unwrap_or_else(|p| p.into_inner());
+                let n = scoring::score_batch(&mut messages, s.max_body(), |f| model.predict(f));
+                (n, model.info().name.clone(), "row")
+            }
+        };
+    s.metrics.batch(
+        mode,
+        messages.len(),
+        scored,
+        started.elapsed().as_secs_f64(),
+    );
     for m in &mut messages {
         m.set_property(MODEL_NAME, model_name.as_str());
     }
@@ -322,7 +335,17 @@ static ALLOC: edge_client::Allocator = edge_client::Allocator;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let (client, log) = edge_client::start_module().await;
+    let edge_client::ModuleProcess {
+        client,
+        log,
+        metrics,
+    } = edge_client::start_module().await;
+    let models_loaded = Arc::new(AtomicBool::new(false));
+    let loaded_flag = models_loaded.clone();
+    metrics.ready_when(move || match loaded_flag.load(Ordering::SeqCst) {
+        true => Ok(()),
+        false => Err("loading the models".into()),
+    });
     let (path, _) = model_path("MODEL_PATH", "rul.onnx");
     let loaded = RulModel::load(&path, 1).and_then(|row| {
         let (hpath, explicit) = model_path("HISTORY_MODEL_PATH", "rul_history.onnx");
@@ -354,6 +377,7 @@ async fn main() {
     let model_info = describe_model(model.info());
     let history_info = history_model.as_ref().map(|h| describe_model(h.info()));
     info!(model = %model_info, history_model = ?history_info, "models loaded");
+    models_loaded.store(true, Ordering::SeqCst);
     // An explicit path, or the bind of the manifest, may create the folder; the bare
     // container path is only used where the volume is mounted.
     let container = std::path::Path::new(state::CONTAINER_PATH);
@@ -390,6 +414,13 @@ async fn main() {
         max_batch: AtomicUsize::new(64),
         max_wait_ms: AtomicU64::new(0),
         max_body: AtomicUsize::new(256 * 1024),
+        metrics: metrics::ClassifierMetrics::default(),
+    });
+    shared.metrics.register(&metrics);
+    let s = shared.clone();
+    metrics.on_scrape(move || {
+        let devices = s.store.lock().unwrap_or_else(|p| p.into_inner()).len();
+        s.metrics.history_devices.set(devices as i64);
     });
     let s = shared.clone();
     client

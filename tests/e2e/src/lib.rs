@@ -9,6 +9,7 @@
 //! - [`tally`]: matching what was sent with what came out, counting losses and duplicates;
 //! - [`procfs`]: memory and CPU of module processes, from `/proc`.
 
+pub mod metrics;
 pub mod pipeline;
 pub mod procfs;
 pub mod tally;

@@ -187,11 +187,26 @@ impl Pipeline {
         if azurite {
             opts.azurite = Some(azurite_launcher()?);
         }
+        // edgeHub's metrics and each module's on free ports.
+        opts.metrics = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         adjust(&mut opts);
         let rt = Runtime::start(opts.clone()).await?;
         // A restart keeps the port, as a device's edgeHub does.
         opts.mqtt_port = rt.mqtt_port;
         Ok(Pipeline { rt, dir, opts })
+    }
+
+    /// What `name` (`edgeHub` or a module) serves on `path` of its metrics endpoint
+    /// (`/metrics`, `/health/live`, `/health/ready`); an error for anything but a 200.
+    pub async fn scrape(&self, name: &str, path: &str) -> Result<String> {
+        let addr = self
+            .rt
+            .metrics
+            .get(name)
+            .with_context(|| format!("{name} has no metrics endpoint"))?;
+        edge_client::observe::get(*addr, path, Duration::from_secs(5))
+            .await
+            .map_err(|e| anyhow!("{name} {path}: {e}"))
     }
 
     /// Stops the runtime (modules with SIGTERM, then the servers and Azurite) and starts it

@@ -6,9 +6,10 @@
 //! the devices stop, its file goes quiet and is uploaded through IoT Hub file upload to
 //! Azurite, where the test reads it back.
 
+use e2e::metrics::sum;
 use e2e::pipeline::{self, body_index, wait_for};
 use e2e::upstream::RulMessage;
-use e2e::{Pipeline, Tally, Uploads, WRITER};
+use e2e::{Pipeline, Tally, Uploads, CLASSIFIER, MODULES, ROUTER, WRITER};
 use leaf_simulator::{sent_log, simulate, Progress, SimConfig};
 use serde_json::json;
 use std::collections::HashMap;
@@ -118,6 +119,7 @@ async fn every_message_yields_one_rul_message_and_one_avro_record_uploaded_to_az
     )
     .await
     .unwrap();
+    check_metrics(&p, sent.len() as f64).await;
     let notes = p.notifications().unwrap();
     assert!(
         notes.iter().all(|n| n["isSuccess"] == true
@@ -158,4 +160,127 @@ async fn every_message_yields_one_rul_message_and_one_avro_record_uploaded_to_az
         started.elapsed().as_secs_f64()
     );
     p.shutdown().await;
+}
+
+/// Each endpoint, scraped after the run, counted what the run did: `n` leaf messages in,
+/// `n` RUL messages out, no drops, `n` records archived, the files uploaded; every module is
+/// live and ready.
+async fn check_metrics(p: &Pipeline, n: f64) {
+    let hub = p.scrape("edgeHub", "/metrics").await.unwrap();
+    let leaf = [("route_output", "")];
+    assert_eq!(
+        sum(&hub, "edgehub_messages_received_total", &leaf),
+        n,
+        "{hub}"
+    );
+    for (from, output, to, input) in [
+        ("turbofanRouter", "classOutput", CLASSIFIER, "amlInput"),
+        (CLASSIFIER, "amlOutput", ROUTER, "rulInput"),
+        (ROUTER, "hubOutput", "upstream", ""),
+        (ROUTER, "avroOutput", WRITER, "avroModuleInput"),
+    ] {
+        let labels = [
+            ("from", from),
+            ("from_route_output", output),
+            ("to", to),
+            ("to_route_input", input),
+        ];
+        assert_eq!(
+            sum(&hub, "edgehub_messages_sent_total", &labels),
+            n,
+            "{labels:?} in {hub}"
+        );
+    }
+    assert_eq!(
+        sum(&hub, "edgehub_messages_dropped_total", &[]),
+        0.0,
+        "{hub}"
+    );
+    assert_eq!(sum(&hub, "edgehub_queue_length", &[]), 0.0, "{hub}");
+    assert_eq!(
+        sum(
+            &hub,
+            "edgehub_message_process_duration_seconds_count",
+            &[("to", WRITER)]
+        ),
+        n,
+        "{hub}"
+    );
+    assert!(hub.contains("edge_device=\"edge-device\""), "{hub}");
+
+    let router = p.scrape(ROUTER, "/metrics").await.unwrap();
+    for (metric, label, name) in [
+        (
+            "edge_module_messages_received_total",
+            "input",
+            "deviceInput",
+        ),
+        ("edge_module_messages_received_total", "input", "rulInput"),
+        ("edge_module_messages_sent_total", "output", "classOutput"),
+        ("edge_module_messages_sent_total", "output", "hubOutput"),
+        ("edge_module_messages_sent_total", "output", "avroOutput"),
+    ] {
+        assert_eq!(
+            sum(&router, metric, &[(label, name)]),
+            n,
+            "{metric} {name}: {router}"
+        );
+    }
+    let dead = [("output", "deadMessages")];
+    assert_eq!(sum(&router, "edge_module_messages_sent_total", &dead), 0.0);
+    assert_eq!(sum(&router, "edge_module_connected", &[]), 1.0, "{router}");
+
+    let classifier = p.scrape(CLASSIFIER, "/metrics").await.unwrap();
+    let scored = sum(
+        &classifier,
+        "turbofan_classifier_messages_scored_total",
+        &[],
+    );
+    assert_eq!(scored, n, "{classifier}");
+    assert_eq!(
+        sum(
+            &classifier,
+            "turbofan_classifier_messages_unscored_total",
+            &[]
+        ),
+        0.0
+    );
+    assert_eq!(
+        sum(&classifier, "turbofan_classifier_batch_size_sum", &[]),
+        n,
+        "{classifier}"
+    );
+    assert_eq!(
+        sum(&classifier, "turbofan_classifier_history_devices", &[]),
+        10.0
+    );
+
+    let writer = p.scrape(WRITER, "/metrics").await.unwrap();
+    assert_eq!(
+        sum(&writer, "avro_records_written_total", &[]),
+        n,
+        "{writer}"
+    );
+    assert!(
+        sum(&writer, "avro_bytes_written_total", &[]) > n * 100.0,
+        "{writer}"
+    );
+    assert!(
+        sum(&writer, "avro_files_uploaded_total", &[]) >= 1.0,
+        "{writer}"
+    );
+    assert_eq!(
+        sum(&writer, "avro_upload_failures_total", &[]),
+        0.0,
+        "{writer}"
+    );
+    assert!(
+        sum(&writer, "avro_sync_seconds_count", &[]) >= 1.0,
+        "{writer}"
+    );
+
+    for m in MODULES {
+        assert_eq!(p.scrape(m, "/health/live").await.unwrap(), "live\n");
+        assert_eq!(p.scrape(m, "/health/ready").await.unwrap(), "ready\n");
+    }
 }

@@ -13,7 +13,9 @@
 #
 # Environment: CMAPSS_DIR (data folder, default ../shared/data/cmapss), CARGO_TARGET_DIR,
 #   DEMO_STATE (runtime state folder, default .edge-state; emptied first), DEMO_MQTT_PORT
-#   (edgeHub's port, default 8883), DEMO_WAIT (seconds to wait for the pipeline, default 120),
+#   (edgeHub's port, default 8883), DEMO_METRICS (edgeHub's metrics address, default
+#   127.0.0.1:9600; the modules' follow it; off for none), DEMO_WAIT (seconds to wait for
+#   the pipeline, default 120),
 #   MODEL_PATH (the classifier's model, default models/rul.onnx), ORT_DYLIB_PATH.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -136,7 +138,7 @@ RUNTIME_LOG="$STATE/logs/runtime.log"
 launcher=()
 command -v setsid >/dev/null && launcher=(setsid)
 "${launcher[@]}" "$BIN/iotedge-local" --state "$STATE" run --manifest deployment.template.json \
-    --mqtt-port "$MQTT_PORT" "${runtime_args[@]}" >"$RUNTIME_LOG" 2>&1 &
+    --mqtt-port "$MQTT_PORT" --metrics "${DEMO_METRICS:-127.0.0.1:9600}" "${runtime_args[@]}" >"$RUNTIME_LOG" 2>&1 &
 RT_PID=$!
 for _ in $(seq 1 300); do
     [ -f "$STATE/runtime.json" ] && break
@@ -154,6 +156,8 @@ if [ ! -f "$STATE/runtime.json" ]; then
     exit 1
 fi
 note "runtime ready (pid $RT_PID; log $RUNTIME_LOG); modules started: ${running[*]:-none}"
+note "module logs: $STATE/logs/<module>.log; Prometheus metrics while it runs (health: /health/ready):"
+grep -o '"[A-Za-z]*": "http://[^"]*/metrics"' "$STATE/runtime.json" | sed 's/"\([^"]*\)": "\(.*\)"/    \1  curl -s \2/' >&2 || true
 
 # Operator action: upload Avro files 5 s after they stop changing (default 10 min), so the
 # demo sees its uploads. Harmless when the writer does not run: the patch waits in its twin.

@@ -1,11 +1,11 @@
 //! The runtime's management API on its control socket (`runtime.sock`, used by the `twin`
 //! and `status` commands; the client is `runtime_state::control`).
 
-use crate::edgehub::hub::Hub;
+use crate::edgehub::hub::{Hub, MethodError};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -23,6 +23,7 @@ pub async fn serve(
         .route("/twins/{module}/desired", patch(patch_desired))
         .route("/twins/{module}", get(get_twin))
         .route("/status", get(status))
+        .route("/methods/{module}", post(invoke))
         .with_state(hub);
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -44,6 +45,50 @@ async fn patch_desired(
         _ => (
             StatusCode::BAD_REQUEST,
             Json(json!({"message": "the patch must be a JSON object"})),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /methods/{module}` `{"methodName", "payload", "responseTimeoutInSeconds"}`, as IoT
+/// Hub's "invoke module method": `{"status", "payload"}` from the module; 404 if it does not
+/// listen, 504 if it does not answer in time.
+async fn invoke(State(hub): State<Arc<Hub>>, Path(module): Path<String>, body: Bytes) -> Response {
+    let bad =
+        |msg: String| (StatusCode::BAD_REQUEST, Json(json!({ "message": msg }))).into_response();
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad(format!("the call must be JSON: {e}")),
+    };
+    let Some(method) = req.get("methodName").and_then(Value::as_str) else {
+        return bad("the call needs a \"methodName\" string".into());
+    };
+    let timeout = req
+        .get("responseTimeoutInSeconds")
+        .and_then(Value::as_f64)
+        .filter(|t| *t > 0.0 && *t <= 300.0)
+        .unwrap_or(30.0);
+    let payload = req.get("payload").cloned().unwrap_or(Value::Null);
+    match hub
+        .invoke_method(
+            &module,
+            method,
+            &payload,
+            std::time::Duration::from_secs_f64(timeout),
+        )
+        .await
+    {
+        Ok((status, payload)) => {
+            Json(json!({ "status": status, "payload": payload })).into_response()
+        }
+        Err(e @ MethodError::NotListening(_)) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "message": e.to_string() })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Json(json!({ "message": e.to_string() })),
         )
             .into_response(),
     }

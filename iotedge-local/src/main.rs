@@ -97,6 +97,20 @@ enum Command {
     },
     /// Counters and queues of the running runtime.
     Status,
+    /// Call a module's direct method and print its answer (`{"status", "payload"}`); every
+    /// module answers `ping` and `status`. Exits 1 if the status is not 2xx.
+    Invoke {
+        /// The module.
+        module: String,
+        /// The method's name.
+        method: String,
+        /// The JSON payload.
+        #[arg(default_value = "null")]
+        payload: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -245,6 +259,34 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Command::Invoke {
+            module,
+            method,
+            payload,
+            timeout,
+        } => {
+            let payload: Value = serde_json::from_str(&payload)
+                .with_context(|| format!("the payload '{payload}' is not JSON"))?;
+            let call = serde_json::json!({
+                "methodName": method,
+                "payload": payload,
+                "responseTimeoutInSeconds": timeout,
+            });
+            let r = runtime_state::control::call(
+                &layout::control_socket(&state),
+                "POST",
+                &format!("/methods/{module}"),
+                Some(call.to_string()),
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            if !r["status"]
+                .as_u64()
+                .is_some_and(|s| (200..300).contains(&s))
+            {
+                std::process::exit(1);
+            }
         }
         Command::Status => {
             let r = runtime_state::control::call(

@@ -323,3 +323,48 @@ async fn a_leaf_device_connects_through_the_gateway_with_its_connection_string()
     receiver.close(Duration::from_secs(2)).await;
     t.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_methods_reach_the_module_and_its_answer_comes_back() {
+    use iotedge_local::edgehub::hub::MethodError;
+    let t = start(manifest(&["sender", "receiver"], ROUTES, 7200, json!({}))).await;
+    let hub = t.rt.hub.clone();
+    let timeout = Duration::from_secs(10);
+
+    // Nobody connected as `receiver`: edgeHub says so at once, as IoT Hub does (404).
+    let e = hub
+        .invoke_method("receiver", "ping", &json!(null), timeout)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MethodError::NotListening(_)), "{e}");
+
+    let receiver = t.client("receiver").await;
+    // Connected, no handler: the client answers 501 itself. (Its subscription to methods
+    // follows the connection: until edgeHub has it, the call is refused as above.)
+    let mut tries = 0;
+    let (status, answer) = loop {
+        match hub.invoke_method("receiver", "ping", &json!(null), timeout).await {
+            Err(MethodError::NotListening(_)) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => break other.unwrap(),
+        }
+    };
+    assert_eq!(status, 501, "{answer}");
+
+    receiver.on_methods(|method, payload| match method {
+        "echo" => (200, json!({"got": payload})),
+        other => (404, json!({"message": format!("no {other}")})),
+    });
+    let (status, answer) = hub
+        .invoke_method("receiver", "echo", &json!({"n": 1}), timeout)
+        .await
+        .unwrap();
+    assert_eq!((status, answer), (200, json!({"got": {"n": 1}})));
+    let (status, _) = hub
+        .invoke_method("receiver", "other", &json!(null), timeout)
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+}

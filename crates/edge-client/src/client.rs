@@ -80,7 +80,13 @@ pub(crate) struct Inner {
     pub(crate) stop: Notify,
     pub(crate) driver: Mutex<Option<JoinHandle<()>>>,
     pub(crate) metrics: ClientMetrics,
+    pub(crate) methods: std::sync::RwLock<Option<MethodHandler>>,
 }
+
+/// Answers a direct method: given the method's name and its JSON payload (`Null` if none),
+/// the status (200 for success; IoT Hub passes it to the caller) and the JSON answer. Called
+/// on the connection's task: it must be quick.
+pub type MethodHandler = Arc<dyn Fn(&str, &Value) -> (u16, Value) + Send + Sync>;
 
 /// A message ready to send ([`ModuleClient::prepare_output`]): its topic, with the property
 /// bag, and its body.
@@ -145,6 +151,7 @@ impl ModuleClient {
             stop: Notify::new(),
             driver: Mutex::new(None),
             metrics: ClientMetrics::default(),
+            methods: std::sync::RwLock::new(None),
         });
 
         let (first_tx, first_rx) = oneshot::channel();
@@ -195,6 +202,30 @@ impl ModuleClient {
     /// What the client counted (messages per input and output, connections).
     pub fn metrics(&self) -> &ClientMetrics {
         &self.inner.metrics
+    }
+
+    /// Answers direct methods with `handler` from now on (replacing any earlier one). A
+    /// method called while there is none is answered 501.
+    pub fn on_methods(
+        &self,
+        handler: impl Fn(&str, &Value) -> (u16, Value) + Send + Sync + 'static,
+    ) {
+        *self
+            .inner
+            .methods
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(handler));
+    }
+
+    /// Sends the answer to method call `rid`.
+    pub(crate) async fn answer_method(&self, status: u16, rid: &str, body: &Value) {
+        let topic = topic::method_response(status, rid);
+        if let Err(e) = self
+            .publish_tracked(topic, Bytes::from(body.to_string()))
+            .await
+        {
+            warn!(error = %e, rid, "method answer not sent");
+        }
     }
 
     /// Whether the client is connected to edgeHub now.

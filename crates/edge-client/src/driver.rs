@@ -19,7 +19,7 @@ use rumqttc::{
     ConnectReturnCode, Login, Packet, PubAck, QoS, Subscribe, SubscribeFilter, SubscribeReasonCode,
 };
 use rustls_pki_types::ServerName;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -419,6 +419,7 @@ impl Driver {
         let mut filters = vec![
             topic::TWIN_RESPONSES_FILTER.to_owned(),
             topic::TWIN_DESIRED_FILTER.to_owned(),
+            topic::METHODS_FILTER.to_owned(),
         ];
         if !s.is_device() {
             filters.push(topic::module_inputs_filter(&s.device_id, &s.module_id));
@@ -474,6 +475,35 @@ impl Driver {
                     let _ = w.send((status, p.payload));
                 }
                 token.ack();
+            }
+            Ok(Topic::MethodRequest { method, rid }) => {
+                token.ack();
+                let payload = match p.payload.as_ref() {
+                    b"" => Ok(Value::Null),
+                    bytes => serde_json::from_slice::<Value>(bytes),
+                };
+                let handler = self
+                    .inner
+                    .methods
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let (status, answer) = match (payload, handler) {
+                    (Err(e), _) => (
+                        400,
+                        json!({"message": format!("the payload is not JSON: {e}")}),
+                    ),
+                    (Ok(_), None) => (
+                        501,
+                        json!({"message": format!("this module answers no direct methods ('{method}' called)")}),
+                    ),
+                    (Ok(v), Some(h)) => h(method, &v),
+                };
+                debug!(method, status, "direct method answered");
+                let client = ModuleClient {
+                    inner: self.inner.clone(),
+                };
+                tokio::spawn(async move { client.answer_method(status, &rid, &answer).await });
             }
             Ok(Topic::TwinDesiredPatch { version }) => {
                 match serde_json::from_slice::<Value>(&p.payload) {

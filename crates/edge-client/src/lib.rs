@@ -30,7 +30,7 @@ pub mod upload;
 pub mod workload;
 
 pub use acks::AckToken;
-pub use client::{InputMessage, ModuleClient, Prepared, Unsendable};
+pub use client::{InputMessage, MethodHandler, ModuleClient, Prepared, Unsendable};
 pub use edge_protocol::{CompactString, Message};
 pub use error::Error;
 pub use run::{

@@ -47,6 +47,14 @@ impl PerName {
         seen.push((name.into(), c));
     }
 
+    /// Every name counted so far, with its count.
+    pub fn snapshot(&self) -> serde_json::Map<String, serde_json::Value> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.iter()
+            .map(|(n, c)| (n.to_string(), c.get().into()))
+            .collect()
+    }
+
     /// The count for `name` (0 if never counted).
     pub fn get(&self, name: &str) -> u64 {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());

@@ -8,6 +8,7 @@ use crate::error::Error;
 use edge_process::observe::{self, Exporter};
 use edge_protocol::{CompactString, Message};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde_json::json;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -105,11 +106,46 @@ pub async fn start_module() -> ModuleProcess {
     };
     client.metrics().register(&metrics);
     let _ = client_slot.set(client.clone());
+    answer_ping_and_status(&client, metrics.clone());
     ModuleProcess {
         client,
         log,
         metrics,
     }
+}
+
+/// Answers the direct methods every module has: `ping` (`{"pong": true, "module": …}`) and
+/// `status` (uptime, connection, readiness, messages per input and output); 404 for others.
+fn answer_ping_and_status(client: &ModuleClient, metrics: Arc<Exporter>) {
+    let started = std::time::Instant::now();
+    // A weak reference: the handler lives in the client and must not keep it alive.
+    let weak = Arc::downgrade(&client.inner);
+    let module = client.settings().module_id.clone();
+    client.on_methods(move |method, _payload| match method {
+        "ping" => (200, json!({"pong": true, "module": module})),
+        "status" => {
+            let Some(inner) = weak.upgrade() else {
+                return (503, json!({"message": "the module is stopping"}));
+            };
+            let m = &inner.metrics;
+            (
+                200,
+                json!({
+                    "module": module,
+                    "uptimeSecs": started.elapsed().as_secs(),
+                    "connected": m.connected.get() == 1,
+                    "connections": m.connections.get(),
+                    "ready": metrics.ready().err().map_or(json!(true), |why| json!(why)),
+                    "messagesReceived": m.received.snapshot(),
+                    "messagesSent": m.sent.snapshot(),
+                }),
+            )
+        }
+        other => (
+            404,
+            json!({"message": format!("no method '{other}': this module answers ping and status")}),
+        ),
+    });
 }
 
 /// Resolves on SIGTERM (how a runtime stops a module) or SIGINT.

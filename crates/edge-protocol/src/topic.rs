@@ -68,6 +68,20 @@ pub enum Topic<'a> {
         /// Desired version after the patch.
         version: Option<u64>,
     },
+    /// A direct method call to the client: `$iothub/methods/POST/{method}/?$rid={rid}`.
+    MethodRequest {
+        /// The method's name.
+        method: &'a str,
+        /// Request id, to answer with.
+        rid: String,
+    },
+    /// The client's answer to a method call: `$iothub/methods/res/{status}/?$rid={rid}`.
+    MethodResponse {
+        /// The method's status (200, 404…), chosen by the client.
+        status: u16,
+        /// Request id it answers.
+        rid: String,
+    },
 }
 
 /// A topic that does not follow the scheme.
@@ -117,6 +131,24 @@ impl<'a> Topic<'a> {
                     }),
                     None => Err(err("unknown twin operation")),
                 },
+            };
+        }
+        if let Some(rest) = topic.strip_prefix("$iothub/methods/") {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let path = path.trim_end_matches('/');
+            let rid = query_param(query, "$rid").ok_or_else(|| err("missing $rid"))?;
+            if let Some(method) = path.strip_prefix("POST/") {
+                if method.is_empty() || method.contains('/') {
+                    return Err(err("bad method name"));
+                }
+                return Ok(Topic::MethodRequest { method, rid });
+            }
+            return match path.strip_prefix("res/") {
+                Some(status) => Ok(Topic::MethodResponse {
+                    status: status.parse().map_err(|_| err("bad method status"))?,
+                    rid,
+                }),
+                None => Err(err("unknown method operation")),
             };
         }
         let rest = topic
@@ -258,6 +290,16 @@ pub const TWIN_DESIRED_FILTER: &str = "$iothub/twin/PATCH/properties/desired/#";
 /// Filter for direct method requests.
 pub const METHODS_FILTER: &str = "$iothub/methods/POST/#";
 
+/// A direct method call to `method`.
+pub fn method_request(method: &str, rid: &str) -> String {
+    format!("$iothub/methods/POST/{method}/?$rid={rid}")
+}
+
+/// The answer to method call `rid`.
+pub fn method_response(status: u16, rid: &str) -> String {
+    format!("$iothub/methods/res/{status}/?$rid={rid}")
+}
+
 /// Topic of a twin read request.
 pub fn twin_get(rid: &str) -> String {
     format!("$iothub/twin/GET/?$rid={rid}")
@@ -299,6 +341,33 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_topics_round_trip_and_bad_ones_are_refused() {
+        let t = method_request("ping", "7");
+        assert_eq!(t, "$iothub/methods/POST/ping/?$rid=7");
+        assert_eq!(
+            Topic::parse(&t).unwrap(),
+            Topic::MethodRequest {
+                method: "ping",
+                rid: "7".into()
+            }
+        );
+        assert_eq!(
+            Topic::parse(&method_response(404, "7")).unwrap(),
+            Topic::MethodResponse {
+                status: 404,
+                rid: "7".into()
+            }
+        );
+        assert!(filter_matches(METHODS_FILTER, &t));
+        assert!(
+            Topic::parse("$iothub/methods/POST/ping/").is_err(),
+            "no $rid"
+        );
+        assert!(Topic::parse("$iothub/methods/res/ok/?$rid=1").is_err());
+        assert!(Topic::parse("$iothub/methods/POST//?$rid=1").is_err());
+    }
 
     #[test]
     fn parses_client_topics() {

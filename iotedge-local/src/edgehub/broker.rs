@@ -281,6 +281,11 @@ impl Session {
                 }
                 Stored::new()
             }
+            (_, Topic::MethodResponse { status, rid }) => {
+                self.hub
+                    .method_answered(&self.identity, &rid, status, p.payload);
+                Stored::new()
+            }
             _ => return Err("publish not allowed for this identity"),
         };
         if p.qos == QoS::AtLeastOnce {

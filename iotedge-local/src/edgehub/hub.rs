@@ -109,6 +109,24 @@ struct Session {
     conn: Option<Conn>,
 }
 
+/// A direct method call waiting for its answer: the client called, and where the answer
+/// (status, body) goes.
+type MethodCall = (String, tokio::sync::oneshot::Sender<(u16, Bytes)>);
+
+/// Why a direct method call got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum MethodError {
+    /// The module is not connected, or not subscribed to methods.
+    #[error("module '{0}' is not connected or does not listen for direct methods")]
+    NotListening(String),
+    /// No answer within the timeout.
+    #[error("module '{0}' did not answer within {1:?}")]
+    Timeout(String, std::time::Duration),
+    /// The runtime stopped waiting (shutting down).
+    #[error("the call to '{0}' was abandoned")]
+    Gone(String),
+}
+
 /// edgeHub's state.
 pub struct Hub {
     cfg: HubConfig,
@@ -127,6 +145,10 @@ pub struct Hub {
     /// The Prometheus metrics, under IoT Edge's edgeHub names.
     pub prometheus: Arc<HubMetrics>,
     next_conn: AtomicU64,
+    /// Direct method calls waiting for their answer, by request id: the client asked, and
+    /// where the answer goes.
+    method_calls: Mutex<HashMap<String, MethodCall>>,
+    next_rid: AtomicU64,
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
@@ -256,6 +278,8 @@ impl Hub {
             metrics: Metrics::default(),
             prometheus: Arc::new(HubMetrics::default()),
             next_conn: AtomicU64::new(1),
+            method_calls: Mutex::new(HashMap::new()),
+            next_rid: AtomicU64::new(1),
             stopping: tokio::sync::watch::channel(false).0,
         };
         for m in &manifest.modules {
@@ -628,6 +652,74 @@ impl Hub {
         }
         info!(module, version, "desired properties patched");
         version
+    }
+
+    /// Calls direct method `method` of `module` with `payload` and waits up to `timeout` for
+    /// its answer: `(status, answer)` as the module gave them, as IoT Hub's "invoke module
+    /// method" does.
+    pub async fn invoke_method(
+        &self,
+        module: &str,
+        method: &str,
+        payload: &Value,
+        timeout: std::time::Duration,
+    ) -> Result<(u16, Value), MethodError> {
+        let identity = Identity::Module {
+            device: self.cfg.device_id.clone(),
+            module: module.to_owned(),
+        };
+        let client_id = identity.client_id();
+        let rid = self.next_rid.fetch_add(1, Ordering::Relaxed).to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let sessions = lock(&self.sessions);
+            let conn = sessions.get(&client_id).and_then(|s| {
+                let listening = s
+                    .subscriptions
+                    .iter()
+                    .any(|(f, _)| f == topic::METHODS_FILTER);
+                s.conn.as_ref().filter(|_| listening)
+            });
+            let Some(conn) = conn else {
+                return Err(MethodError::NotListening(module.to_owned()));
+            };
+            lock(&self.method_calls).insert(rid.clone(), (client_id.clone(), tx));
+            let p = Publish::new(
+                topic::method_request(method, &rid),
+                QoS::AtMostOnce,
+                payload.to_string(),
+            );
+            let _ = conn.tx.send(Packet::Publish(p).into());
+        }
+        let answer = tokio::time::timeout(timeout, rx).await;
+        lock(&self.method_calls).remove(&rid);
+        match answer {
+            Ok(Ok((status, body))) => {
+                let value = match body.as_ref() {
+                    b"" => Value::Null,
+                    b => serde_json::from_slice(b)
+                        .unwrap_or_else(|_| Value::from(String::from_utf8_lossy(b).into_owned())),
+                };
+                Ok((status, value))
+            }
+            Ok(Err(_)) => Err(MethodError::Gone(module.to_owned())),
+            Err(_) => Err(MethodError::Timeout(module.to_owned(), timeout)),
+        }
+    }
+
+    /// The answer `identity` gave to method call `rid`; ignored unless the call went to it.
+    pub fn method_answered(&self, identity: &Identity, rid: &str, status: u16, body: Bytes) {
+        let mut calls = lock(&self.method_calls);
+        if calls
+            .get(rid)
+            .is_some_and(|(client, _)| *client == identity.client_id())
+        {
+            if let Some((_, tx)) = calls.remove(rid) {
+                let _ = tx.send((status, body));
+            }
+        } else {
+            debug!(rid, client = %identity.client_id(), "method answer for no call of this client; ignored");
+        }
     }
 
     /// Resolves once the message store has written and synced everything sent to it.

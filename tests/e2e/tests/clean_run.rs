@@ -282,5 +282,26 @@ async fn check_metrics(p: &Pipeline, n: f64) {
     for m in MODULES {
         assert_eq!(p.scrape(m, "/health/live").await.unwrap(), "live\n");
         assert_eq!(p.scrape(m, "/health/ready").await.unwrap(), "ready\n");
+        // Every module answers the operator's direct methods.
+        let hub = &p.rt.hub;
+        let t = Duration::from_secs(10);
+        let (status, pong) = hub.invoke_method(m, "ping", &json!(null), t).await.unwrap();
+        assert_eq!((status, &pong["module"]), (200, &json!(m)), "{pong}");
+        let (status, s) = hub
+            .invoke_method(m, "status", &json!(null), t)
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, &s["connected"], &s["ready"]),
+            (200, &json!(true), &json!(true)),
+            "{s}"
+        );
     }
+    let hub = &p.rt.hub;
+    let (_, s) = hub
+        .invoke_method(ROUTER, "status", &json!(null), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(s["messagesReceived"]["deviceInput"], json!(n as u64), "{s}");
+    assert_eq!(s["messagesSent"]["hubOutput"], json!(n as u64), "{s}");
 }

@@ -1,6 +1,7 @@
 //! The runtime's management API on its control socket (`runtime.sock`, used by the `twin`
 //! and `status` commands; the client is `runtime_state::control`).
 
+use crate::agent::AgentHandle;
 use crate::edgehub::hub::{Hub, MethodError};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -10,12 +11,16 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// The module supervisor, once it runs (it starts after the control socket).
+pub type AgentSlot = Arc<OnceLock<AgentHandle>>;
 
 /// Serves the management API.
 pub async fn serve(
     socket: std::path::PathBuf,
     hub: Arc<Hub>,
+    agent: AgentSlot,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)?;
@@ -24,7 +29,13 @@ pub async fn serve(
         .route("/twins/{module}", get(get_twin))
         .route("/status", get(status))
         .route("/methods/{module}", post(invoke))
-        .with_state(hub);
+        .with_state(hub)
+        .merge(
+            Router::new()
+                .route("/modules", get(processes))
+                .route("/modules/{module}/restart", post(restart))
+                .with_state(agent),
+        );
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "management API stopped");
@@ -91,6 +102,24 @@ async fn invoke(State(hub): State<Arc<Hub>>, Path(module): Path<String>, body: B
             Json(json!({ "message": e.to_string() })),
         )
             .into_response(),
+    }
+}
+
+/// `GET /modules`: each module process (pid, restarts, last exit).
+async fn processes(State(agent): State<AgentSlot>) -> Response {
+    let status = agent.get().map(AgentHandle::status).unwrap_or_default();
+    Json(json!(status)).into_response()
+}
+
+/// `POST /modules/{module}/restart`: restarts the module's process now.
+async fn restart(State(agent): State<AgentSlot>, Path(module): Path<String>) -> Response {
+    let Some(agent) = agent.get() else {
+        let msg = "this runtime starts no module processes (--skip, or none in the manifest)";
+        return (StatusCode::NOT_FOUND, Json(json!({ "message": msg }))).into_response();
+    };
+    match agent.restart(&module) {
+        Ok(()) => Json(json!({ "restarting": module })).into_response(),
+        Err(msg) => (StatusCode::NOT_FOUND, Json(json!({ "message": msg }))).into_response(),
     }
 }
 

@@ -95,8 +95,25 @@ enum Command {
         #[arg(long)]
         timeout: Option<f64>,
     },
-    /// Counters and queues of the running runtime.
+    /// Counters and queues of the running runtime, and each module process.
     Status,
+    /// Print a module's log (its stdout and stderr, `logs/<module>.log` in the state).
+    Logs {
+        /// The module.
+        module: String,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Keep printing what the module writes (Ctrl-C to stop).
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Restart a module's process now (SIGTERM, then started again), whatever its
+    /// restartPolicy.
+    Restart {
+        /// The module.
+        module: String,
+    },
     /// Call a module's direct method and print its answer (`{"status", "payload"}`); every
     /// module answers `ping` and `status`. Exits 1 if the status is not 2xx.
     Invoke {
@@ -289,10 +306,24 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Status => {
+            let socket = layout::control_socket(&state);
+            let mut r = runtime_state::control::call(&socket, "GET", "/status", None).await?;
+            r["processes"] = runtime_state::control::call(&socket, "GET", "/modules", None).await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Command::Logs {
+            module,
+            tail,
+            follow,
+        } => {
+            let path = layout::module_log(&state, &module);
+            iotedge_local::logs::print(&path, &module, tail, follow).await?;
+        }
+        Command::Restart { module } => {
             let r = runtime_state::control::call(
                 &layout::control_socket(&state),
-                "GET",
-                "/status",
+                "POST",
+                &format!("/modules/{module}/restart"),
                 None,
             )
             .await?;

@@ -277,7 +277,15 @@ impl Runtime {
                 sweeper.expire();
             }
         }));
-        tasks.push(control::serve(layout::control_socket(&state), hub.clone()).await?);
+        let agent_slot = control::AgentSlot::default();
+        tasks.push(
+            control::serve(
+                layout::control_socket(&state),
+                hub.clone(),
+                agent_slot.clone(),
+            )
+            .await?,
+        );
 
         // IoT Hub's HTTPS side (file upload), reached with the edge device's own identity,
         // whose connection string the IoT Edge config files hold, as on a device.
@@ -435,6 +443,9 @@ impl Runtime {
             envs.insert(m.name.clone(), env);
         }
         let agent = (!launches.is_empty()).then(|| Agent::start(launches));
+        if let Some(a) = &agent {
+            let _ = agent_slot.set(a.handle());
+        }
 
         let ready = serde_json::json!({
             "pid": std::process::id(),

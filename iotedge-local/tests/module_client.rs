@@ -343,7 +343,10 @@ async fn direct_methods_reach_the_module_and_its_answer_comes_back() {
     // follows the connection: until edgeHub has it, the call is refused as above.)
     let mut tries = 0;
     let (status, answer) = loop {
-        match hub.invoke_method("receiver", "ping", &json!(null), timeout).await {
+        match hub
+            .invoke_method("receiver", "ping", &json!(null), timeout)
+            .await
+        {
             Err(MethodError::NotListening(_)) if tries < 50 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;

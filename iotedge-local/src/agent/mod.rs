@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -62,6 +62,43 @@ pub struct Agent {
     tasks: Vec<JoinHandle<()>>,
     /// Status per module.
     pub status: Arc<Mutex<HashMap<String, ProcessStatus>>>,
+    restarts: Arc<HashMap<String, Arc<Notify>>>,
+}
+
+/// What the control socket may ask of the supervisor: process status, and restarts.
+#[derive(Clone)]
+pub struct AgentHandle {
+    status: Arc<Mutex<HashMap<String, ProcessStatus>>>,
+    restarts: Arc<HashMap<String, Arc<Notify>>>,
+}
+
+impl AgentHandle {
+    /// Restarts `module`'s process now (SIGTERM, then SIGKILL after [`STOP_GRACE`], then
+    /// started again at once, whatever its restart policy), as `iotedge restart` does.
+    pub fn restart(&self, module: &str) -> Result<(), String> {
+        match self.restarts.get(module) {
+            Some(n) => {
+                n.notify_one();
+                Ok(())
+            }
+            None => {
+                let mut known: Vec<&str> = self.restarts.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                Err(format!(
+                    "no module process '{module}' (running here: {})",
+                    known.join(", ")
+                ))
+            }
+        }
+    }
+
+    /// Status of every module process.
+    pub fn status(&self) -> HashMap<String, ProcessStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// How long a module gets to stop after SIGTERM.
@@ -122,6 +159,7 @@ async fn supervise(
     l: Launch,
     mut stop: watch::Receiver<bool>,
     status: Arc<Mutex<HashMap<String, ProcessStatus>>>,
+    restart_now: Arc<Notify>,
 ) {
     let mut backoff = Duration::from_secs(1);
     let set = |f: &dyn Fn(&mut ProcessStatus)| {
@@ -148,6 +186,17 @@ async fn supervise(
                 set(&|s| s.pid = None);
                 return;
             }
+            _ = restart_now.notified() => {
+                info!(module = %l.name, "restart asked for: stopping the module");
+                stop_child(&l.name, &mut child).await;
+                set(&|s| {
+                    s.pid = None;
+                    s.last_exit = Some("restarted on request".into());
+                    s.restarts += 1;
+                });
+                backoff = Duration::from_secs(1);
+                continue;
+            }
         };
         let (text, failed) = match &exit {
             Ok(s) => (s.to_string(), !s.success()),
@@ -164,7 +213,15 @@ async fn supervise(
         };
         if !restart {
             info!(module = %l.name, exit = %text, "module exited; not restarted (restartPolicy)");
-            return;
+            // Stopped until the operator restarts it.
+            tokio::select! {
+                _ = restart_now.notified() => {
+                    info!(module = %l.name, "restart asked for: starting the module");
+                    set(&|s| s.restarts += 1);
+                    continue;
+                }
+                _ = stop.changed() => return,
+            }
         }
         if started.elapsed() > Duration::from_secs(60) {
             backoff = Duration::from_secs(1);
@@ -184,14 +241,30 @@ impl Agent {
     pub fn start(launches: Vec<Launch>) -> Agent {
         let (stop, rx) = watch::channel(false);
         let status = Arc::new(Mutex::new(HashMap::new()));
+        let restarts: HashMap<String, Arc<Notify>> = launches
+            .iter()
+            .map(|l| (l.name.clone(), Arc::new(Notify::new())))
+            .collect();
         let tasks = launches
             .into_iter()
-            .map(|l| tokio::spawn(supervise(l, rx.clone(), status.clone())))
+            .map(|l| {
+                let now = restarts[&l.name].clone();
+                tokio::spawn(supervise(l, rx.clone(), status.clone(), now))
+            })
             .collect();
         Agent {
             stop,
             tasks,
             status,
+            restarts: Arc::new(restarts),
+        }
+    }
+
+    /// A handle for the control socket.
+    pub fn handle(&self) -> AgentHandle {
+        AgentHandle {
+            status: self.status.clone(),
+            restarts: self.restarts.clone(),
         }
     }
 

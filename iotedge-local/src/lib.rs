@@ -11,10 +11,11 @@
 //!
 //! [`runtime::Runtime`] assembles them from an [`agent::manifest::Manifest`] on a state
 //! folder (its layout and key stores are the `runtime-state` crate's); [`control`] serves
-//! the operator's commands on the control socket, [`logs`] reads module logs. With the `testing` feature, `testing`
+//! the operator's commands on the control socket, [`logs`] reads module logs, [`check`] checks a machine as `iotedge check` does. With the `testing` feature, `testing`
 //! starts a runtime on a temporary folder for tests and benchmarks.
 
 pub mod agent;
+pub mod check;
 pub mod control;
 pub mod edgehub;
 pub mod iothub;

@@ -97,6 +97,28 @@ enum Command {
     },
     /// Counters and queues of the running runtime, and each module process.
     Status,
+    /// Check this machine for `run`, as `iotedge check` does a device: configuration,
+    /// certificates, ports, models, disk, clock; a verdict each. Exits 1 on an error.
+    Check {
+        /// Deployment manifest.
+        #[arg(long, default_value = "deployment.template.json")]
+        manifest: PathBuf,
+        /// edgeHub's MQTT/TLS port.
+        #[arg(long, default_value_t = 8883)]
+        mqtt_port: u16,
+        /// edgeHub's metrics address, or `off`.
+        #[arg(long, default_value = "127.0.0.1:9600", value_name = "ADDR")]
+        metrics: String,
+        /// Gateway host name edgeHub's certificate must carry.
+        #[arg(long, default_value = "localhost")]
+        gateway_hostname: String,
+        /// Folder with the module binaries (default: next to this program).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Modules that need no program here (run with --exec, or --skip).
+        #[arg(long, value_name = "MODULE")]
+        skip: Vec<String>,
+    },
     /// Print a module's log (its stdout and stderr, `logs/<module>.log` in the state).
     Logs {
         /// The module.
@@ -310,6 +332,36 @@ async fn run(cli: Cli) -> Result<()> {
             let mut r = runtime_state::control::call(&socket, "GET", "/status", None).await?;
             r["processes"] = runtime_state::control::call(&socket, "GET", "/modules", None).await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Command::Check {
+            manifest,
+            mqtt_port,
+            metrics,
+            gateway_hostname,
+            bin_dir,
+            skip,
+        } => {
+            let bin_dir = match bin_dir {
+                Some(d) => d,
+                None => std::env::current_exe()?
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
+            };
+            let inputs = iotedge_local::check::Inputs {
+                manifest,
+                state: state.clone(),
+                bin_dir,
+                models_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"),
+                bind: std::net::IpAddr::from([127, 0, 0, 1]),
+                mqtt_port,
+                metrics: edge_process::observe::parse_addr(Some(&metrics))?,
+                gateway_hostname,
+                no_program: skip,
+            };
+            if !iotedge_local::check::print(&iotedge_local::check::run(&inputs)) {
+                std::process::exit(1);
+            }
         }
         Command::Logs {
             module,

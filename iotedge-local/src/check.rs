@@ -53,7 +53,7 @@ pub struct Inputs {
 
 /// Runs every check.
 pub fn run(i: &Inputs) -> Vec<Outcome> {
-    let running = running_runtime(&i.state);
+    let running = runtime_state::running_runtime(&i.state);
     vec![
         Outcome {
             name: "configuration",
@@ -115,17 +115,6 @@ fn configuration(i: &Inputs) -> Verdict {
         m.routes.len(),
         i.bin_dir.display()
     ))
-}
-
-/// The runtime running on this state folder, if any: its pid and ready file.
-fn running_runtime(state: &Path) -> Option<(u32, serde_json::Value)> {
-    let ready: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout::ready_file(state)).ok()?).ok()?;
-    let pid = u32::try_from(ready["pid"].as_u64()?).ok()?;
-    Path::new("/proc")
-        .join(pid.to_string())
-        .exists()
-        .then_some((pid, ready))
 }
 
 fn certificates(state: &Path, gateway: &str) -> Verdict {

@@ -41,12 +41,6 @@ fn text(ready: &Value, name: &str, path: &Path) -> Result<String, SimError> {
         })
 }
 
-/// Whether process `pid` exists (checked where `/proc` is available; assumed elsewhere).
-fn process_exists(pid: u32) -> bool {
-    let proc = Path::new("/proc");
-    !proc.is_dir() || proc.join(pid.to_string()).exists()
-}
-
 impl Gateway {
     /// Reads the ready file of the runtime running with state folder `state_dir`.
     pub fn from_state(state_dir: &Path) -> Result<Gateway, SimError> {
@@ -74,7 +68,7 @@ impl Gateway {
             .and_then(Value::as_u64)
             .and_then(|p| u32::try_from(p).ok())
         {
-            if !process_exists(pid) {
+            if !runtime_state::process_exists(pid) {
                 return Err(SimError::Stale {
                     state: state_dir.to_path_buf(),
                     pid,

@@ -1,5 +1,6 @@
-//! A module's process: [`start_module`] sets it up (logging, metrics, health) and connects; its main loop handles
-//! inputs until SIGTERM/SIGINT, then finishes what is in flight and closes. [`run_inputs`] runs asynchronous handlers concurrently; [`forward_inputs`]
+//! A module's process: [`start_module`] sets it up (logging, metrics, health) and connects;
+//! its main loop handles inputs until SIGTERM/SIGINT, then finishes what is in flight and
+//! closes. [`run_inputs`] runs asynchronous handlers concurrently; [`forward_inputs`]
 //! runs a plain handler that turns each input into outputs, and needs no future per
 //! message.
 

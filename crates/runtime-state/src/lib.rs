@@ -13,7 +13,22 @@ pub mod layout;
 
 pub use keys::{new_key, KeyStore};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Whether process `pid` exists (checked where `/proc` is available; assumed elsewhere).
+pub fn process_exists(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.is_dir() || proc.join(pid.to_string()).exists()
+}
+
+/// The ready file of the runtime running on `state`, if one is running: the file says so and
+/// its process exists.
+pub fn running_runtime(state: &Path) -> Option<(u32, serde_json::Value)> {
+    let ready: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout::ready_file(state)).ok()?).ok()?;
+    let pid = u32::try_from(ready["pid"].as_u64()?).ok()?;
+    process_exists(pid).then_some((pid, ready))
+}
 
 /// The state folder when none is given.
 pub const DEFAULT_STATE: &str = ".edge-state";

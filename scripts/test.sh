@@ -19,15 +19,18 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 mkdir -p "$TARGET"
 free_mb=$(df -Pm "$TARGET" | awk 'NR==2 {print $4}')
 if [ "${free_mb:-0}" -lt 4000 ]; then
-    printf 'warning: %s MB free for %s; a clean run of the suite needs about 2.5 GB (target) and 0.6 GB (.venv, .venv-deploy, .tools). Free some space or point CARGO_TARGET_DIR elsewhere.\n' \
+    printf 'warning: %s MB free for %s; a clean run of the suite needs about 2.5 GB (target) and 0.9 GB (.venv, .venv-deploy, .tools). Free some space or point CARGO_TARGET_DIR elsewhere.\n' \
         "$free_mb" "$TARGET" >&2
 fi
 
-step "python environment (.venv) and Azurite (.tools)"
+step "python environment (.venv), Azurite and the GPU build of ONNX Runtime (.tools)"
 PY="$(scripts/setup-python.sh)"
 scripts/setup-node.sh >/dev/null
 # The classifier and its tests load ONNX Runtime from the pinned wheel in .venv.
 export ORT_DYLIB_PATH="$ROOT/.venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1"
+# ONNX Runtime's GPU build (.tools/onnxruntime-gpu): the CUDA fallback test needs it.
+ORT_GPU_DYLIB_PATH="$(scripts/setup-onnxruntime-gpu.sh)"
+export ORT_GPU_DYLIB_PATH REQUIRE_ORT_GPU=1
 
 step "format and lints"
 cargo fmt --all -- --check

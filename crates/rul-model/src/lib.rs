@@ -6,6 +6,10 @@
 //! — and fails with an error that says what was expected and what was found, so a wrong or
 //! missing model stops the module at start-up instead of crash-looping on the first message.
 
+mod provider;
+
+pub use provider::{BadProvider, Provider, ProviderUse, PROVIDER_VAR};
+
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -37,6 +41,9 @@ pub enum ModelError {
         /// Expected vs found.
         problem: String,
     },
+    /// The configured execution provider is not one there is.
+    #[error(transparent)]
+    Provider(#[from] BadProvider),
     /// Running the model failed.
     #[error("model run failed: {0}")]
     Run(String),
@@ -108,6 +115,8 @@ pub struct ModelInfo {
     pub input: String,
     /// Output name and signature.
     pub output: String,
+    /// The execution provider asked for and the one in use.
+    pub provider: ProviderUse,
 }
 
 fn file_name(path: &Path) -> String {
@@ -144,9 +153,14 @@ fn describe(name: &str, ty: &ort::value::ValueType) -> String {
     }
 }
 
-/// Reads, hashes and opens a model file.
-fn open(path: &Path, threads: usize) -> Result<(ort::session::Session, String), ModelError> {
-    let (_, env) = init()?;
+/// Reads, hashes and opens a model file on `provider`, falling back to the CPU when the CUDA
+/// provider is asked for and cannot run (see [`ProviderUse::fallback`]).
+fn open(
+    path: &Path,
+    threads: usize,
+    provider: Provider,
+) -> Result<(ort::session::Session, String, ProviderUse), ModelError> {
+    let (library, env) = init()?;
     let file_err = |reason: String| ModelError::File {
         path: path.to_path_buf(),
         reason,
@@ -160,14 +174,51 @@ fn open(path: &Path, threads: usize) -> Result<(ort::session::Session, String), 
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect::<String>();
-    let build = || -> Result<ort::session::Session, ort::Error> {
+    let build = |cuda: Option<i32>| -> Result<ort::session::Session, ort::Error> {
         let mut b = ort::session::Session::builder(&env)?
             .with_intra_threads(threads.max(1))?
             .with_inter_threads(1)?;
+        if let Some(device) = cuda {
+            b = b.with_execution_providers([ort::ep::CUDA::default()
+                .with_device_id(device)
+                .build()
+                .error_on_failure()])?;
+        }
         b.commit_from_memory(&bytes)
     };
-    let session = build().map_err(|e| file_err(format!("not a loadable ONNX model: {e}")))?;
-    Ok((session, sha256))
+    let cpu = |fallback: Option<String>| -> Result<_, ModelError> {
+        let session =
+            build(None).map_err(|e| file_err(format!("not a loadable ONNX model: {e}")))?;
+        let used = ProviderUse {
+            requested: provider,
+            used: Provider::Cpu,
+            fallback,
+        };
+        Ok((session, sha256.clone(), used))
+    };
+    let Provider::Cuda { device } = provider else {
+        return cpu(None);
+    };
+    match <ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available() {
+        Ok(true) => {}
+        Ok(false) => return cpu(Some(provider::cuda_not_built(&library))),
+        Err(e) => return cpu(Some(provider::cuda_failed(&library, &e.to_string()))),
+    }
+    if let Err(why) = provider::preload_cuda_beside(&library) {
+        return cpu(Some(why));
+    }
+    match build(Some(device)) {
+        Ok(session) => Ok((
+            session,
+            sha256.clone(),
+            ProviderUse {
+                requested: provider,
+                used: provider,
+                fallback: None,
+            },
+        )),
+        Err(e) => cpu(Some(provider::cuda_failed(&library, &e.to_string()))),
+    }
 }
 
 /// Producer, version and the custom metadata entry `key` of a session.
@@ -192,10 +243,20 @@ fn is_f32_matrix(ty: &ort::value::ValueType, columns: Option<i64>) -> bool {
 }
 
 impl RulModel {
-    /// Loads and checks the model at `path`, with `threads` intra-op threads (1 for a module
-    /// on a small device).
+    /// Loads and checks the model at `path` on the CPU, with `threads` intra-op threads (1 for
+    /// a module on a small device).
     pub fn load(path: &Path, threads: usize) -> Result<RulModel, ModelError> {
-        let (session, sha256) = open(path, threads)?;
+        RulModel::load_on(path, threads, Provider::Cpu)
+    }
+
+    /// [`RulModel::load`] on `provider`; when CUDA cannot run, the model runs on the CPU and
+    /// [`ModelInfo::provider`] says why.
+    pub fn load_on(
+        path: &Path,
+        threads: usize,
+        provider: Provider,
+    ) -> Result<RulModel, ModelError> {
+        let (session, sha256, provider) = open(path, threads, provider)?;
         let sig = |problem: String| ModelError::Signature {
             path: path.to_path_buf(),
             problem,
@@ -230,6 +291,7 @@ impl RulModel {
             version,
             input: describe(i.name(), i.dtype()),
             output: describe(o.name(), o.dtype()),
+            provider,
         };
         Ok(RulModel {
             input: i.name().to_owned(),
@@ -305,7 +367,18 @@ impl HistoryModel {
         features: usize,
         feature_set: &str,
     ) -> Result<HistoryModel, ModelError> {
-        let (session, sha256) = open(path, threads)?;
+        HistoryModel::load_on(path, threads, Provider::Cpu, features, feature_set)
+    }
+
+    /// [`HistoryModel::load`] on `provider` (see [`RulModel::load_on`]).
+    pub fn load_on(
+        path: &Path,
+        threads: usize,
+        provider: Provider,
+        features: usize,
+        feature_set: &str,
+    ) -> Result<HistoryModel, ModelError> {
+        let (session, sha256, provider) = open(path, threads, provider)?;
         let sig = |problem: String| ModelError::Signature {
             path: path.to_path_buf(),
             problem,
@@ -357,6 +430,7 @@ impl HistoryModel {
                 .map(|o| describe(o.name(), o.dtype()))
                 .collect::<Vec<_>>()
                 .join(", "),
+            provider,
         };
         Ok(HistoryModel {
             input: inputs[0].name().to_owned(),

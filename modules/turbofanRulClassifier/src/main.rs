@@ -19,11 +19,14 @@
 //! Environment: `MODEL_PATH` (default: `rul.onnx` next to the binary, else the workspace's
 //! `models/rul.onnx`), `HISTORY_MODEL_PATH` (likewise `rul_history.onnx`; a missing default
 //! file means row mode only), `HISTORY_STATE_PATH` (default: `/state/history.cbor` through
-//! the manifest's bind), `ORT_DYLIB_PATH` (ONNX Runtime library), `SCORING_HTTP_ADDR`
+//! the manifest's bind), `ORT_DYLIB_PATH` (ONNX Runtime library), `ORT_EXECUTION_PROVIDER` (`cpu`, the default, or
+//! `cuda`/`cuda:<device>`: ONNX Runtime's CUDA provider, with the GPU image; when CUDA cannot
+//! run the models run on the CPU, and the log and `ExecutionProvider` say why), `SCORING_HTTP_ADDR`
 //! (enables the debug endpoint, per-row model). Desired properties: `LoggingLevel`,
 //! `MaxBatchSize`, `MaxBatchWaitMs`, `MaxBodyBytes`, `ScoringMode`, `HistoryMaxDevices`,
 //! `HistoryIdleSeconds`, `HistorySnapshotSeconds`. Reported: `ScoringMode`, the live
-//! `Model` (name, hash, signature), both `Models`, and the desired values applied.
+//! `Model` (name, hash, signature, execution provider), both `Models`, `ExecutionProvider`
+//! (`Requested`, `Used`, `Fallback`), and the desired values applied.
 #![allow(non_snake_case)] // the binary is named after the module, as the manifest names it
 
 mod history;
@@ -33,7 +36,7 @@ mod scoring;
 mod state;
 
 use edge_client::{logging, AckToken, InputMessage, Message, ModuleClient, Prepared};
-use rul_model::{HistoryModel, ModelInfo, RulModel};
+use rul_model::{HistoryModel, ModelInfo, Provider, ProviderUse, RulModel};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -102,6 +105,17 @@ fn describe_model(i: &ModelInfo) -> Value {
         "Name": i.name, "File": i.path.file_name().map(|n| n.to_string_lossy().into_owned()),
         "Sha256": i.sha256, "Producer": i.producer, "Version": i.version,
         "Input": i.input, "Output": i.output,
+        "ExecutionProvider": i.provider.used.ort_name(),
+    })
+}
+
+/// The reported `ExecutionProvider`: what the configuration asked for, what the models run on
+/// and, when they differ, why.
+fn describe_provider(p: &ProviderUse) -> Value {
+    json!({
+        "Requested": p.requested.to_string(),
+        "Used": p.used.to_string(),
+        "Fallback": p.fallback,
     })
 }
 
@@ -347,15 +361,19 @@ async fn main() {
         false => Err("loading the models".into()),
     });
     let (path, _) = model_path("MODEL_PATH", "rul.onnx");
-    let loaded = RulModel::load(&path, 1).and_then(|row| {
+    let loaded = Provider::from_env()
+        .map_err(rul_model::ModelError::from)
+        .and_then(|provider| Ok((provider, RulModel::load_on(&path, 1, provider)?)));
+    let loaded = loaded.and_then(|(provider, row)| {
         let (hpath, explicit) = model_path("HISTORY_MODEL_PATH", "rul_history.onnx");
         if !explicit && !hpath.is_file() {
             info!(path = %hpath.display(), "no history model: scoring per row only");
             return Ok((row, None));
         }
-        let h = HistoryModel::load(
+        let h = HistoryModel::load_on(
             &hpath,
             1,
+            provider,
             turbofan_domain::history::N_FEATURES,
             turbofan_domain::history::FEATURE_SET,
         )?;
@@ -374,6 +392,11 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let provider = model.info().provider.clone();
+    match &provider.fallback {
+        Some(why) => warn!(requested = %provider.requested, "{why}"),
+        None => info!(provider = provider.used.ort_name(), "execution provider"),
+    }
     let model_info = describe_model(model.info());
     let history_info = history_model.as_ref().map(|h| describe_model(h.info()));
     info!(model = %model_info, history_model = ?history_info, "models loaded");
@@ -430,6 +453,7 @@ async fn main() {
                 "ScoringMode": shared.mode_name(),
                 "Model": shared.live_model(),
                 "Models": {"row": model_info, "history": history_info},
+                "ExecutionProvider": describe_provider(&provider),
             }),
             move |d| apply_desired(d, &s, &log),
         )

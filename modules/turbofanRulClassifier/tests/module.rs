@@ -38,11 +38,15 @@ async fn start(model: &Path, http: Option<&str>, restart: &str) -> TestRuntime {
 }
 
 async fn start_in(model: &Path, http: Option<&str>, restart: &str, mode: &str) -> TestRuntime {
+    start_manifest(manifest(model, http, restart, mode)).await
+}
+
+async fn start_manifest(manifest: Value) -> TestRuntime {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_turbofanRulClassifier"))
         .parent()
         .unwrap()
         .to_path_buf();
-    start_with(manifest(model, http, restart, mode), |o| {
+    start_with(manifest, |o| {
         o.start_modules = true;
         o.bin_dir = Some(bin_dir);
         o.skip = vec!["probe".into()];
@@ -113,6 +117,15 @@ async fn scores_real_rows_like_the_reference_and_returns_bad_input_marked() {
     assert_eq!(r["ModelStatus"], json!("loaded"));
     assert!(r["Model"]["Input"].as_str().unwrap().contains("21]"), "{r}");
     assert_eq!(r["MaxBatchSize"], json!(16));
+    assert_eq!(
+        r["ExecutionProvider"],
+        json!({"Requested": "cpu", "Used": "cpu"}),
+        "no Fallback (a null property is absent from a twin)"
+    );
+    assert_eq!(
+        r["Model"]["ExecutionProvider"],
+        json!("CPUExecutionProvider")
+    );
 
     // Real rows, one per message, and one message holding three rows.
     let rows = cmapss::read_rows(&cmapss::data_dir().join("test_FD003.txt")).unwrap();
@@ -280,6 +293,65 @@ async fn an_answer_too_large_for_mqtt_comes_back_without_its_body_and_the_module
     assert!(answer[0]["PredictedRul"].is_number(), "{answer}");
     got.ack();
     probe.close(Duration::from_secs(2)).await;
+    t.rt.shutdown().await;
+}
+
+/// The manifest of [`manifest`] (row mode) with `ORT_EXECUTION_PROVIDER` set.
+fn with_provider(provider: &str) -> Value {
+    let mut m = manifest(&repo().join("models/rul.onnx"), None, "never", "row");
+    m["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["turbofanRulClassifier"]
+        ["env"]["ORT_EXECUTION_PROVIDER"] = json!({"value": provider});
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asked_for_cuda_without_it_the_module_scores_on_the_cpu_and_reports_why() {
+    // The tests' ONNX Runtime is the CPU build, as in the CPU image: CUDA is absent.
+    let t = start_manifest(with_provider("cuda")).await;
+    let probe = t.client("probe").await;
+    let mut answers = probe.inputs().unwrap();
+    let r = reported(&t, "ExecutionProvider").await;
+    assert_eq!(r["ModelStatus"], json!("loaded"));
+    let p = &r["ExecutionProvider"];
+    assert_eq!(
+        (&p["Requested"], &p["Used"]),
+        (&json!("cuda"), &json!("cpu")),
+        "{p}"
+    );
+    let why = p["Fallback"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("no CUDA execution provider") && why.contains("onnxruntime-gpu"),
+        "{why}"
+    );
+    assert_eq!(
+        r["Model"]["ExecutionProvider"],
+        json!("CPUExecutionProvider")
+    );
+
+    // And it scores, as on the CPU.
+    let rows = cmapss::read_rows(&cmapss::data_dir().join("test_FD003.txt")).unwrap();
+    let mut m = Message::json(rows[0].to_json());
+    m.correlation_id = Some("row-0".into());
+    probe.send_output("aml", m).await.unwrap();
+    let a = next_input(&mut answers).await;
+    let v: Value = serde_json::from_slice(&a.message.body).unwrap();
+    let got = v[0]["PredictedRul"].as_f64().unwrap() as f32;
+    assert!((got - reference_fd003()[0]).abs() <= 1e-3, "{got}");
+    a.ack();
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_execution_provider_stops_the_module_with_the_reason_in_its_twin() {
+    let t = start_manifest(with_provider("tpu")).await;
+    let r = reported(&t, "ModelError").await;
+    assert_eq!(r["ModelStatus"], json!("error"));
+    let e = r["ModelError"].as_str().unwrap();
+    assert!(
+        e.contains("ORT_EXECUTION_PROVIDER=\"tpu\"")
+            && e.contains("use cpu, cuda or cuda:<device id>"),
+        "{e}"
+    );
     t.rt.shutdown().await;
 }
 

@@ -4,7 +4,7 @@
 # and optionally runs the modules from it on the local runtime. For a machine without a
 # container engine: it exercises the image recipe and shows the modules work from that tree.
 #
-#   docker/assemble.sh [--bin-dir DIR] [--out DIR]                  assemble only
+#   docker/assemble.sh [--bin-dir DIR] [--out DIR] [--gpu]          assemble only
 #   docker/assemble.sh [--bin-dir DIR] [--out DIR] --run [--state DIR] [--manifest FILE]
 #                      [--runtime FILE]
 #                                                                   then run the manifest with
@@ -17,7 +17,10 @@
 # --bin-dir  release binaries (default: $CARGO_TARGET_DIR/release, else target/release); a
 #            module without a binary there is left out.
 # --runtime  iotedge-local for --run (default: the one in --bin-dir, else target/release).
-# --out      default: out/image-tree
+# --out      default: out/image-tree (out/image-tree-gpu with --gpu)
+# --gpu      the classifier's GPU image (docker/Dockerfile.amd64.gpu) instead: onnxruntime-gpu
+#            and NVIDIA's CUDA and cuDNN wheels (about 1.6 GB to download, cached in the out
+#            folder; 2.6 GB of tree).
 #
 # Needs a Debian 12 (bookworm) amd64 machine: the image's shared libraries are bookworm's
 # libc6, libgcc-s1 and libstdc++6, taken here from the installed packages (the Dockerfile
@@ -29,7 +32,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-OUT="$ROOT/out/image-tree"
+OUT=""
+GPU=0
 RUN=0
 STATE=""
 MANIFEST="$ROOT/deployment.template.json"
@@ -39,14 +43,16 @@ while [ $# -gt 0 ]; do
         --bin-dir) BIN_DIR="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --run) RUN=1; shift ;;
+        --gpu) GPU=1; shift ;;
         --state) STATE="$2"; shift 2 ;;
         --manifest) MANIFEST="$2"; shift 2 ;;
         --runtime) RT="$2"; shift 2 ;;
-        -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "assemble.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
 note() { printf 'assemble: %s\n' "$*" >&2; }
+[ -n "$OUT" ] || OUT="$ROOT/out/image-tree$([ "$GPU" = 0 ] || echo -gpu)"
 fail() { note "$*"; exit 1; }
 
 # Kept in step with docker/Dockerfile.amd64 (tests/deploy checks it).
@@ -55,8 +61,16 @@ ORT_VERSION=1.31.1
 ORT_WHEEL_PLATFORM=manylinux_2_28_x86_64
 ORT_WHEEL_SHA256=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
 MODULE_UID=65532
-MODULES=(turbofanRouter turbofanRulClassifier avroFileWriter)
+ALL_MODULES=(turbofanRouter turbofanRulClassifier avroFileWriter)
+MODULES=("${ALL_MODULES[@]}")
 RUNTIME_PACKAGES=(libc6 libgcc-s1 libstdc++6)
+# Kept in step with docker/Dockerfile.amd64.gpu (tests/deploy checks it).
+GPU_ORT_WHEEL_SHA256=e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6
+GPU_EXTRA_PACKAGES=(zlib1g)
+if [ "$GPU" = 1 ]; then
+    MODULES=(turbofanRulClassifier)
+    RUNTIME_PACKAGES+=("${GPU_EXTRA_PACKAGES[@]}")
+fi
 # What distroless static-debian12 is made of (for the size estimate and the emulated base).
 BASE_PACKAGES=(base-files netbase tzdata ca-certificates media-types)
 
@@ -83,22 +97,19 @@ for p in "${RUNTIME_PACKAGES[@]}"; do
     done
 done
 
-# ---- libonnxruntime.so from the pinned wheel (as the Dockerfile does) ----------------------
-ort_lib=""
+# ---- libonnxruntime.so from the pinned wheel, by the Dockerfile's own script -----------------
+ort_lib="" ort_extra=""
 if [ -x "$BIN_DIR/turbofanRulClassifier" ]; then
-    wheel_dir="$OUT/.wheel"
-    wheel="$(ls "$wheel_dir"/onnxruntime-"$ORT_VERSION"-*.whl 2>/dev/null | head -n 1 || true)"
-    if [ -z "$wheel" ]; then
-        "${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: \
-            --platform "$ORT_WHEEL_PLATFORM" --python-version 3.11 --implementation cp --abi cp311 \
-            -d "$wheel_dir" "onnxruntime==$ORT_VERSION" >&2 ||
-            fail "could not download onnxruntime==$ORT_VERSION for $ORT_WHEEL_PLATFORM"
-        wheel="$(ls "$wheel_dir"/onnxruntime-"$ORT_VERSION"-*.whl | head -n 1)"
+    ort=(--package onnxruntime --sha256 "$ORT_WHEEL_SHA256")
+    if [ "$GPU" = 1 ]; then
+        ort=(--package onnxruntime-gpu --sha256 "$GPU_ORT_WHEEL_SHA256"
+            --cuda-requirements "$ROOT/docker/gpu-requirements.txt")
+        ort_extra="$OUT/.ort/extra"
     fi
-    echo "$ORT_WHEEL_SHA256  $wheel" | sha256sum -c --quiet - || fail "$wheel does not have the pinned sha256"
-    ort_lib="$OUT/.wheel/libonnxruntime.so"
-    "${PYTHON:-python3}" -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); open(sys.argv[3], 'wb').write(z.read('onnxruntime/capi/libonnxruntime.so.' + sys.argv[2]))" \
-        "$wheel" "$ORT_VERSION" "$ort_lib"
+    bash "$ROOT/docker/ort-libs.sh" "${ort[@]}" --version "$ORT_VERSION" \
+        --platform "$ORT_WHEEL_PLATFORM" --out "$OUT/.ort" --cache "$OUT/.wheel" ||
+        fail "could not get ONNX Runtime $ORT_VERSION (docker/ort-libs.sh)"
+    ort_lib="$OUT/.ort/libonnxruntime.so"
 fi
 
 # ---- the emulated base image: distroless static's files the modules can touch ---------------
@@ -135,7 +146,8 @@ for m in "${MODULES[@]}"; do
     fi
     work="$OUT/.work/$m"
     bash "$ROOT/docker/rootfs.sh" --module "$m" --binary "$BIN_DIR/$m" --pkgroot "$pkgroot" \
-        --triple "$TRIPLE" --out "$work" --ort-lib "$ort_lib" --model "$ROOT/models/rul.onnx" \
+        --triple "$TRIPLE" --out "$work" --ort-lib "$ort_lib" --ort-extra "$ort_extra" \
+        --model "$ROOT/models/rul.onnx" \
         --history-model "$ROOT/models/rul_history.onnx"
     # The image strips its binaries (CARGO_PROFILE_RELEASE_STRIP=symbols): so does the tree.
     strip --strip-all "$work/rootfs/app/$m"
@@ -170,7 +182,7 @@ fi
 [ -x "$RT" ] || fail "no iotedge-local at $RT (cargo build --release -p iotedge-local)"
 STATE="${STATE:-$OUT/.edge-state}"
 args=(--state "$STATE" run --manifest "$MANIFEST" --mqtt-port "${MQTT_PORT:-0}")
-for m in "${MODULES[@]}"; do
+for m in "${ALL_MODULES[@]}"; do
     if [[ " ${built[*]} " == *" $m "* ]]; then
         args+=(--exec "$m=env LD_LIBRARY_PATH=$OUT/$m/usr/lib/$TRIPLE ${MODULE_ENV:-} $OUT/$m/app/module")
     else

@@ -4,19 +4,23 @@
 # build stage AND by docker/assemble.sh, so the tree a test runs is made by the same steps.
 #
 #   docker/rootfs.sh --module NAME --binary FILE --pkgroot DIR --triple GNU_TRIPLE --out DIR \
-#                    [--ort-lib FILE] [--model FILE] [--history-model FILE]
+#                    [--ort-lib FILE] [--ort-extra DIR] [--model FILE] [--history-model FILE]
 #
 # --pkgroot   the target's Debian runtime packages (libc6, libgcc-s1, libstdc++6) unpacked
 #             (`dpkg-deb -x`) into one folder: the shared libraries come only from there.
 # --triple    the multiarch triple of the target: x86_64-linux-gnu, aarch64-linux-gnu,
 #             arm-linux-gnueabihf.
+# --ort-extra the GPU image's libraries for the classifier, put beside libonnxruntime.so in
+#             /app: ONNX Runtime's CUDA provider and the CUDA and cuDNN runtime libraries of
+#             NVIDIA's wheels (the classifier loads them from there). libcuda.so.1, which they
+#             need, is the NVIDIA driver's: the host gives it to the container, never the image.
 #
 # Writes OUT/rootfs (owned by root in the image) and OUT/owned (owned by the module user in
 # the image: the writer's empty /avrofiles). Exits non-zero, saying which, when a library the
 # module needs (also through dlopen'ed ONNX Runtime) is not in the packages.
 set -euo pipefail
 
-module="" binary="" pkgroot="" triple="" out="" ort_lib="" model="" history_model=""
+module="" binary="" pkgroot="" triple="" out="" ort_lib="" ort_extra="" model="" history_model=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --module) module="$2"; shift 2 ;;
@@ -25,6 +29,7 @@ while [ $# -gt 0 ]; do
         --triple) triple="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --ort-lib) ort_lib="$2"; shift 2 ;;
+        --ort-extra) ort_extra="$2"; shift 2 ;;
         --model) model="$2"; shift 2 ;;
         --history-model) history_model="$2"; shift 2 ;;
         *) echo "rootfs.sh: unknown argument $1" >&2; exit 64 ;;
@@ -60,6 +65,13 @@ if [ "$module" = turbofanRulClassifier ]; then
     install -m 0644 "$history_model" "$rootfs/app/rul_history.onnx"
     install -m 0755 "$ort_lib" "$rootfs/app/libonnxruntime.so"
     elves+=("$rootfs/app/libonnxruntime.so")
+    if [ -n "$ort_extra" ]; then
+        [ -d "$ort_extra" ] || fail "--ort-extra $ort_extra is not a folder"
+        for f in "$ort_extra"/*.so*; do
+            install -m 0755 "$f" "$rootfs/app/$(basename "$f")"
+            elves+=("$rootfs/app/$(basename "$f")")
+        done
+    fi
 fi
 if [ "$module" = avroFileWriter ]; then
     mkdir -p "$out/owned/avrofiles"
@@ -90,6 +102,8 @@ while [ "${#queue[@]}" -gt 0 ]; do
         [ -n "$soname" ] || continue
         [ -z "${have[$soname]:-}" ] || continue
         [ "$soname" != libonnxruntime.so.1 ] || continue # the classifier dlopens /app/libonnxruntime.so
+        [ ! -e "$rootfs/app/$soname" ] || continue       # the GPU image's CUDA libraries, in /app
+        [ "$soname" != libcuda.so.1 ] || continue        # the NVIDIA driver's, from the host
         src="$(find_lib "$soname")" ||
             fail "$(basename "$f") needs $soname, which the packages in $pkgroot do not have"
         cp -L "$src" "$rootfs/usr/lib/$triple/$soname"

@@ -23,10 +23,10 @@ import genconfig  # noqa: E402
 
 MODULES = ("turbofanRouter", "turbofanRulClassifier", "avroFileWriter")
 # Platforms each module has an image for (module.json); the classifier has no arm32v7 image
-# because ONNX Runtime publishes no armv7 wheel (docs/deploy.md).
+# because ONNX Runtime publishes no armv7 wheel (docs/deploy.md), and a GPU image for amd64.
 IMAGE_PLATFORMS = {
     "turbofanRouter": ("amd64", "arm64v8", "arm32v7"),
-    "turbofanRulClassifier": ("amd64", "arm64v8"),
+    "turbofanRulClassifier": ("amd64", "arm64v8", "amd64.gpu"),
     "avroFileWriter": ("amd64", "arm64v8", "arm32v7"),
 }
 MODULE_UID = 65532
@@ -86,6 +86,19 @@ def tree():
     env = dict(os.environ, PYTHON=str(ROOT / ".venv-deploy" / "bin" / "python"))
     proc = subprocess.run(["bash", str(ROOT / "docker" / "assemble.sh"), "--bin-dir", str(bin_dir()),
                            "--out", str(out)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def gpu_tree():
+    """The classifier's GPU image tree (docker/assemble.sh --gpu, once per session): about 1.6 GB
+    of wheels, cached in the out folder."""
+    assert (bin_dir() / "turbofanRulClassifier").is_file(), "no classifier in %s" % bin_dir()
+    out = Path(os.environ.get("DEPLOY_GPU_TREE_DIR") or ROOT / "out" / "image-tree-gpu")
+    env = dict(os.environ, PYTHON=str(ROOT / ".venv-deploy" / "bin" / "python"))
+    proc = subprocess.run(["bash", str(ROOT / "docker" / "assemble.sh"), "--gpu", "--bin-dir",
+                           str(bin_dir()), "--out", str(out)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     return out
 

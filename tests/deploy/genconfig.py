@@ -24,10 +24,16 @@ import schemas  # noqa: E402
 TEMPLATES = (
     "deployment.template.json",
     "deployment.debug.template.json",
-    "deployment.k8s.template.json",
-    "deployment.k8s.gpu.template.json",
+    "deployment.gpu.template.json",
 )
 PLATFORMS = ("amd64", "arm64v8", "arm32v7")
+# The GPU image is amd64 only (docker/Dockerfile.amd64.gpu).
+TEMPLATE_PLATFORMS = {"deployment.gpu.template.json": ("amd64",)}
+
+
+def pairs(templates=TEMPLATES, platforms=PLATFORMS):
+    """(template, platform) for each manifest genconfig makes."""
+    return [(t, p) for t in templates for p in platforms if p in TEMPLATE_PLATFORMS.get(t, p)]
 # Dummy registry settings for .env (from .env.template; nothing is pushed).
 DUMMY_ENV = {
     "CONTAINER_REGISTRY_ADDRESS": "turbofanci.azurecr.io",
@@ -91,26 +97,25 @@ def run(out_dir, venv=None, templates=TEMPLATES, platforms=PLATFORMS):
     with tempfile.TemporaryDirectory() as tmp, schemas.SchemaProxy(venv / "schemas") as proxy:
         solution_copy(tmp)
         env = iotedgedev_env(venv, proxy.url)
-        for t in templates:
-            for p in platforms:
-                cmd = [str(venv / "bin" / "iotedgedev"), "solution", "genconfig", "-f", t, "-P", p,
-                       "--fail-on-validation-error"]
-                before = len(proxy.served)
-                proc = subprocess.run(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, timeout=300)
-                text = proc.stdout
-                log.append("$ %s\n%s" % (" ".join(cmd[1:]), text))
-                generated = Path(tmp) / "config" / output_name(t, p)
-                if proc.returncode != 0 or not generated.is_file():
-                    problems.append("%s -P %s: exit %d" % (t, p, proc.returncode))
-                elif "ERROR" in text or "schema error" in text or "validation failed" in text.lower():
-                    problems.append("%s -P %s: iotedgedev reported a problem" % (t, p))
-                elif len(proxy.served) == before or "Deployment manifest schema validation passed" not in text:
-                    problems.append("%s -P %s: the manifest was not validated against the schema" % (t, p))
-                else:
-                    shutil.copy(generated, out / generated.name)
-                results[(t, p)] = (out / generated.name, text)
+        for t, p in pairs(templates, platforms):
+            cmd = [str(venv / "bin" / "iotedgedev"), "solution", "genconfig", "-f", t, "-P", p,
+                   "--fail-on-validation-error"]
+            before = len(proxy.served)
+            proc = subprocess.run(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, timeout=300)
+            text = proc.stdout
+            log.append("$ %s\n%s" % (" ".join(cmd[1:]), text))
+            generated = Path(tmp) / "config" / output_name(t, p)
+            if proc.returncode != 0 or not generated.is_file():
+                problems.append("%s -P %s: exit %d" % (t, p, proc.returncode))
+            elif "ERROR" in text or "schema error" in text or "validation failed" in text.lower():
+                problems.append("%s -P %s: iotedgedev reported a problem" % (t, p))
+            elif len(proxy.served) == before or "Deployment manifest schema validation passed" not in text:
+                problems.append("%s -P %s: the manifest was not validated against the schema" % (t, p))
+            else:
+                shutil.copy(generated, out / generated.name)
+            results[(t, p)] = (out / generated.name, text)
     (out / "genconfig.log").write_text("\n".join(log))
     if problems:
         raise RuntimeError("iotedgedev genconfig: %s (see %s)" % ("; ".join(problems), out / "genconfig.log"))

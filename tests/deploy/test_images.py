@@ -14,12 +14,14 @@ import urllib.request
 from pathlib import Path
 
 import dockerfile
+import pytest
 
 from conftest import (BUILT_MODULES, IMAGE_PLATFORMS, MODULE_UID, MODULES, ROOT, TRIPLE,
                       bin_dir, load_json, runtime_path, stop)
 
-PLATFORMS = ("amd64", "arm64v8", "arm32v7")
-MARKER = "# ---- identical in the three Dockerfiles below this line"
+PLATFORMS = ("amd64", "arm64v8", "arm32v7", "amd64.gpu")
+MARKER = "# ---- identical in the four Dockerfiles below this line"
+GPU_ORT_SHA256 = "e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6"
 # Size targets of the issue, in MB (10^6 bytes), for the images' uncompressed file trees.
 SIZE_TARGETS_MB = {"turbofanRouter": 30, "avroFileWriter": 30, "turbofanRulClassifier": 80}
 
@@ -48,7 +50,7 @@ def stages(platform):
 
 # ---- the Dockerfiles -------------------------------------------------------------------------
 
-def test_the_three_dockerfiles_differ_only_in_their_header():
+def test_the_four_dockerfiles_differ_only_in_their_header():
     bodies = {p: dockerfile_path(p).read_text().split(MARKER, 1) for p in PLATFORMS}
     assert all(len(b) == 2 for b in bodies.values())
     assert len({b[1] for b in bodies.values()}) == 1
@@ -56,12 +58,21 @@ def test_the_three_dockerfiles_differ_only_in_their_header():
         "amd64": ("x86_64-unknown-linux-gnu", "x86_64-linux-gnu", "amd64", "nonroot-amd64", "manylinux_2_28_x86_64"),
         "arm64v8": ("aarch64-unknown-linux-gnu", "aarch64-linux-gnu", "arm64", "nonroot-arm64", "manylinux_2_28_aarch64"),
         "arm32v7": ("armv7-unknown-linux-gnueabihf", "arm-linux-gnueabihf", "armhf", "nonroot-arm", ""),
+        "amd64.gpu": ("x86_64-unknown-linux-gnu", "x86_64-linux-gnu", "amd64", "nonroot-amd64", "manylinux_2_28_x86_64"),
     }
     for p, (target, triple, deb, tag, wheel) in expected.items():
         a = header_args(p)
         assert (a["RUST_TARGET"], a["GNU_TRIPLE"], a["DEB_ARCH"], a["ORT_WHEEL_PLATFORM"]) == (target, triple, deb, wheel)
         assert a["BASE_IMAGE"] == "gcr.io/distroless/static-debian12:" + tag
         assert bool(a["ORT_WHEEL_SHA256"]) == bool(wheel)
+        gpu = p.endswith(".gpu")
+        assert a["ORT_PACKAGE"] == ("onnxruntime-gpu" if gpu else "onnxruntime"), p
+        assert a["CUDA_REQUIREMENTS"] == ("gpu-requirements.txt" if gpu else ""), p
+        assert a["EXTRA_PACKAGES"] == ("zlib1g" if gpu else ""), p
+    # The GPU image is the amd64 one with the GPU build of ONNX Runtime and CUDA: nothing else.
+    cpu, gpu = header_args("amd64"), header_args("amd64.gpu")
+    differ = {k for k in cpu if cpu[k] != gpu[k]}
+    assert differ == {"ORT_PACKAGE", "ORT_WHEEL_SHA256", "CUDA_REQUIREMENTS", "EXTRA_PACKAGES"}
 
 
 def test_stages_cross_compile_and_the_image_only_copies_files():
@@ -95,6 +106,16 @@ def test_onnxruntime_pins_agree_everywhere():
     assert "TRIPLE=%s\n" % a["GNU_TRIPLE"] in assemble
     assert "MODULE_UID=%d\n" % MODULE_UID in assemble
     assert "static-debian12:" + a["BASE_IMAGE"].rsplit(":", 1)[1] in assemble
+    gpu = header_args("amd64.gpu")
+    assert gpu["ORT_WHEEL_SHA256"] == GPU_ORT_SHA256
+    assert "GPU_ORT_WHEEL_SHA256=%s\n" % GPU_ORT_SHA256 in assemble
+    assert "SHA256=%s\n" % GPU_ORT_SHA256 in (ROOT / "scripts" / "setup-onnxruntime-gpu.sh").read_text()
+    # NVIDIA's wheels: each pinned to one version and hash, the CUDA major the provider links.
+    reqs = [l for l in (ROOT / "docker" / "gpu-requirements.txt").read_text().splitlines()
+            if l and not l.startswith("#")]
+    assert reqs and all(re.fullmatch(r"nvidia-[a-z0-9-]+==[0-9.]+ --hash=sha256:[0-9a-f]{64}", l) for l in reqs)
+    names = {l.split("==")[0] for l in reqs}
+    assert {"nvidia-cuda-runtime", "nvidia-cublas", "nvidia-cudnn-cu13"} <= names
     arm32 = header_args("arm32v7")
     assert arm32["ORT_WHEEL_PLATFORM"] == "" and "arm32v7" not in IMAGE_PLATFORMS["turbofanRulClassifier"]
 
@@ -273,3 +294,88 @@ def test_modules_run_from_their_trees(tree, tmp_path):
     finally:
         stop(proc)
         log.close()
+
+
+# ---- the classifier's GPU image (docker/Dockerfile.amd64.gpu) -------------------------------
+
+def needed(path):
+    out = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True).stdout
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", out)
+
+
+def test_gpu_tree_carries_onnxruntime_gpu_and_cuda_and_needs_only_the_driver(gpu_tree):
+    root = gpu_tree / "turbofanRulClassifier"
+    app = {p.name for p in (root / "app").iterdir()}
+    assert {"turbofanRulClassifier", "module", "rul.onnx", "rul_history.onnx", "libonnxruntime.so",
+            "libonnxruntime_providers_cuda.so", "libonnxruntime_providers_shared.so",
+            "libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10",
+            "libcufft.so.12", "libcudnn.so.9"} <= app
+    # Every library any file of the tree links is in the tree, but the NVIDIA driver's.
+    here = app | {p.name for p in (root / "usr" / "lib" / TRIPLE).iterdir()}
+    missing = {}
+    for f in [*(root / "app").iterdir(), *(root / "usr" / "lib" / TRIPLE).iterdir()]:
+        if f.is_symlink() or f.suffix == ".onnx" or f.name == "module":
+            continue
+        lost = [n for n in needed(f) if n not in here and n != "libonnxruntime.so.1"]
+        if lost:
+            missing[f.name] = lost
+    assert all(lost == ["libcuda.so.1"] for lost in missing.values()), missing
+    assert "libonnxruntime_providers_cuda.so" in missing and "libcuda.so.1" not in here
+    sizes = load_json(gpu_tree / "sizes.json")
+    estimate = sizes["modules"]["turbofanRulClassifier"]["imageBytesEstimate"] / 1e6
+    assert 2000 < estimate <= 2700, "%.0f MB estimated (docs/deploy.md says about 2.5 GB)" % estimate
+
+
+def test_gpu_image_without_a_gpu_scores_on_the_cpu_and_says_why(gpu_tree, tmp_path):
+    """deployment.gpu.template.json on the local runtime, the classifier from the GPU tree, on a
+    machine without an NVIDIA driver (a GPU image scheduled where no GPU was given): it loads,
+    reports that CUDA cannot start and why, and scores on the CPU."""
+    if Path("/dev/nvidia0").exists():
+        pytest.skip("this machine has an NVIDIA GPU")
+    state = tmp_path / "state"
+    port = free_port()
+    env = dict(os.environ, MODULE_ENV="SCORING_HTTP_ADDR=127.0.0.1:%d" % port)
+    log = open(tmp_path / "assemble-gpu-run.log", "wb")
+    proc = subprocess.Popen(["bash", str(ROOT / "docker" / "assemble.sh"), "--gpu", "--bin-dir",
+                             str(bin_dir()), "--out", str(gpu_tree), "--run", "--state", str(state),
+                             "--manifest", str(ROOT / "deployment.gpu.template.json"),
+                             "--runtime", str(runtime_path())],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        reported = {}
+        while time.monotonic() < deadline and "ExecutionProvider" not in reported:
+            assert proc.poll() is None, (tmp_path / "assemble-gpu-run.log").read_text()[-3000:]
+            if (state / "runtime.json").is_file():
+                reported = twin(state, "turbofanRulClassifier").get("reported", {})
+            time.sleep(0.5)
+        assert reported.get("ModelStatus") == "loaded", reported
+        p = reported["ExecutionProvider"]
+        assert (p["Requested"], p["Used"]) == ("cuda", "cpu"), p
+        assert "NVIDIA driver (libcuda.so.1) is not there" in p["Fallback"], p
+        assert reported["Model"]["ExecutionProvider"] == "CPUExecutionProvider"
+        logfile = state / "logs" / "turbofanRulClassifier.log"
+        assert "libcuda.so.1" in logfile.read_text()
+        row = {"Sensor%d" % i: 500.0 + i for i in range(1, 22)}
+        req = urllib.request.Request("http://127.0.0.1:%d/score" % port, data=json.dumps(row).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert 0 <= json.load(r)[0]["PredictedRul"] <= 125
+        pid = [pid for d in Path("/proc").iterdir() if d.name.isdigit()
+               for pid in [int(d.name)] if _exe(d) == str(gpu_tree / "turbofanRulClassifier" / "app" / "turbofanRulClassifier")]
+        assert len(pid) == 1
+        libs = mapped_libraries(pid[0])
+        assert str(gpu_tree / "turbofanRulClassifier" / "app" / "libonnxruntime.so") in libs
+        # Nothing of CUDA was half loaded: the driver check comes first.
+        assert not [l for l in libs if "libcudart" in l or "providers_cuda" in l], libs
+    finally:
+        stop(proc)
+        log.close()
+
+
+def _exe(proc_dir):
+    try:
+        return os.readlink(proc_dir / "exe")
+    except OSError:
+        return None

@@ -13,7 +13,14 @@ the local runtime runs), so they never drift apart:
                                     toolkit, including IoT Edge in a KubeVirt VM with a GPU
                                     passed through (deploy/kubevirt, docs/deploy.md)
 
-    scripts/derive-templates.py           rewrite the two files
+    deployment.blobstorage.template.json
+                                    the writer uploads without the device's key: to the
+                                    Azure Blob Storage on IoT Edge module added beside it
+                                    (local account, Shared Key), which copies the files to a
+                                    cloud storage account; no config.toml bind (for devices
+                                    provisioned with DPS or X.509; docs/deploy.md)
+
+    scripts/derive-templates.py           rewrite the three files
     scripts/derive-templates.py --check   exit 1 if they differ from what this script makes
 
 The Kubernetes templates of IoT Edge's retired Kubernetes preview (`k8s-experimental`) were
@@ -48,6 +55,66 @@ def make_gpu(base):
     return doc
 
 
+# Azure Blob Storage on IoT Edge (Microsoft's module; docs/deploy.md has the source). Its
+# name is lowercase because storage clients lowercase host names; it listens on 11002 inside
+# the device's network only (no port is published on the host).
+BLOB_MODULE = "azureblobstorageoniotedge"
+BLOB_IMAGE = "mcr.microsoft.com/azure-blob-storage:latest"
+BLOB_PORT = "11002"
+BLOB_CONTAINER = "avrofiles"
+WRITER = "avroFileWriter"
+
+
+def make_blobstorage(base):
+    doc = copy.deepcopy(base)
+    content = doc["modulesContent"]
+    agent = content["$edgeAgent"]["properties.desired"]
+    agent["modules"][BLOB_MODULE] = {
+        "version": "1.0",
+        "type": "docker",
+        "status": "running",
+        "restartPolicy": "always",
+        "env": {
+            "LOCAL_STORAGE_ACCOUNT_NAME": {"value": "${LOCAL_STORAGE_ACCOUNT_NAME}"},
+            "LOCAL_STORAGE_ACCOUNT_KEY": {"value": "${LOCAL_STORAGE_ACCOUNT_KEY}"},
+        },
+        "settings": {
+            "image": BLOB_IMAGE,
+            # Its user (uid 11000) must own the folder: docs/deploy.md.
+            "createOptions": {"HostConfig": {"Binds": ["/data/blobroot:/blobroot"]}},
+        },
+    }
+    writer = agent["modules"][WRITER]
+    host = writer["settings"]["createOptions"]["HostConfig"]
+    host["Binds"] = [b for b in host["Binds"] if not b.startswith("/etc/aziot/")]
+    writer.setdefault("env", {}).update({
+        "AVRO_UPLOAD_STORAGE_CONNECTION_STRING": {"value": (
+            "DefaultEndpointsProtocol=http;"
+            "BlobEndpoint=http://%s:%s/${LOCAL_STORAGE_ACCOUNT_NAME};"
+            "AccountName=${LOCAL_STORAGE_ACCOUNT_NAME};AccountKey=${LOCAL_STORAGE_ACCOUNT_KEY}"
+            % (BLOB_MODULE, BLOB_PORT))},
+        "AVRO_UPLOAD_CONTAINER": {"value": BLOB_CONTAINER},
+    })
+    content[BLOB_MODULE] = {"properties.desired": {
+        # Each file goes to the cloud once, then leaves the device.
+        "deviceToCloudUploadProperties": {
+            "uploadOn": True,
+            "uploadOrder": "OldestFirst",
+            "cloudStorageConnectionString": "${CLOUD_STORAGE_CONNECTION_STRING}",
+            "storageContainersForUpload": {BLOB_CONTAINER: {"target": BLOB_CONTAINER}},
+            "deleteAfterUpload": True,
+        },
+        # A cloud outage must not fill the device: the oldest blobs go after a week, unless
+        # they are still being uploaded.
+        "deviceAutoDeleteProperties": {
+            "deleteOn": True,
+            "deleteAfterMinutes": 10080,
+            "retainWhileUploading": True,
+        },
+    }}
+    return doc
+
+
 def make_debug(base):
     doc = copy.deepcopy(base)
     content = doc["modulesContent"]
@@ -70,6 +137,7 @@ def make_debug(base):
 OUTPUTS = {
     "deployment.debug.template.json": make_debug,
     "deployment.gpu.template.json": make_gpu,
+    "deployment.blobstorage.template.json": make_blobstorage,
 }
 
 

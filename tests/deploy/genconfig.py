@@ -25,6 +25,7 @@ TEMPLATES = (
     "deployment.template.json",
     "deployment.debug.template.json",
     "deployment.gpu.template.json",
+    "deployment.blobstorage.template.json",
 )
 PLATFORMS = ("amd64", "arm64v8", "arm32v7")
 # The GPU image is amd64 only (docker/Dockerfile.amd64.gpu).
@@ -39,6 +40,9 @@ DUMMY_ENV = {
     "CONTAINER_REGISTRY_ADDRESS": "turbofanci.azurecr.io",
     "CONTAINER_REGISTRY_USERNAME": "turbofanci",
     "CONTAINER_REGISTRY_PASSWORD": "not-a-secret",
+    "LOCAL_STORAGE_ACCOUNT_NAME": "turbofanedge",
+    "LOCAL_STORAGE_ACCOUNT_KEY": "bm90LWEtc2VjcmV0LWJ1dC02NC1ieXRlcy1sb25nLW5vdC1hLXNlY3JldC1idXQtNjQtYnl0ZXMtbG9uZw==",
+    "CLOUD_STORAGE_CONNECTION_STRING": "DefaultEndpointsProtocol=https;AccountName=turbofanci;AccountKey=bm90LWEtc2VjcmV0;EndpointSuffix=core.windows.net",
 }
 
 

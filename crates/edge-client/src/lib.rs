@@ -18,6 +18,7 @@
 
 mod acks;
 mod backoff;
+pub mod blob;
 mod client;
 mod driver;
 mod error;

@@ -120,7 +120,7 @@ pub fn find_connection_string(settings: &Settings) -> Result<ConnectionString, U
 
 /// An HTTPS client trusting the system's roots plus `extra_roots_pem` (the edge trust
 /// bundle, when the hub or the storage is local).
-fn https_client(extra_roots_pem: Option<&str>) -> Result<reqwest::Client, UploadError> {
+pub(crate) fn https_client(extra_roots_pem: Option<&str>) -> Result<reqwest::Client, UploadError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for c in native.certs {

@@ -11,8 +11,9 @@
 //! | `CheckIntervalSecs` | time between upload scans | 60 |
 //! | `QuietPeriodSecs` | a file not modified for this long is uploaded | 600 |
 //!
-//! `LoggingLevel` (desired property) is handled by `edge_client::logging`; `AVRO_UPLOAD_DIR`
-//! (environment) by [`crate::upload`].
+//! `LoggingLevel` (desired property) is handled by `edge_client::logging`; the upload target's
+//! environment (`AVRO_UPLOAD_DIR`, `AVRO_UPLOAD_CONTAINER_SAS_URL`,
+//! `AVRO_UPLOAD_STORAGE_CONNECTION_STRING`, `AVRO_UPLOAD_CONTAINER`) by [`crate::upload`].
 
 use crate::budget::MIB;
 use crate::scanner::ScanPolicy;

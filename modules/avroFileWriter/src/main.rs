@@ -5,10 +5,18 @@
 //! | `avroModuleInput` (`EngineRecord` JSON) | appended to `/avrofiles/Y/M/D/H/mm.avro`, acknowledged once synced |
 //! | a bad record | appended to `/avrofiles/quarantine/Y-M-D.jsonl` with the reason, then acknowledged |
 //!
-//! Quiet files are uploaded (IoT Hub file upload with the device identity from the bind-mounted
-//! IoT Edge config, or `AVRO_UPLOAD_CONTAINER_SAS_URL`, or `AVRO_UPLOAD_DIR`) and removed. Settings: see
-//! [`avro_file_writer::config`]; also `LoggingLevel`. Reported: the settings, counters,
-//! `DiskFull`, `AvroTreeMB`, `UploadTarget`.
+//! Quiet files are uploaded and then removed. The first target the environment configures wins
+//! (see [`avro_file_writer::upload`]):
+//!
+//! | environment | target |
+//! |---|---|
+//! | `AVRO_UPLOAD_DIR` | a folder (container path) |
+//! | `AVRO_UPLOAD_CONTAINER_SAS_URL` | a blob container, through its SAS URL |
+//! | `AVRO_UPLOAD_STORAGE_CONNECTION_STRING` (+ `AVRO_UPLOAD_CONTAINER`, default `avrofiles`) | a storage account's container, signed with its key: Blob Storage on IoT Edge or a cloud account; no IoT Hub identity needed |
+//! | none of these | IoT Hub file upload with the device identity from the bind-mounted IoT Edge config (manual provisioning only) |
+//!
+//! Settings: see [`avro_file_writer::config`]; also `LoggingLevel`. Reported: the settings,
+//! counters, `DiskFull`, `AvroTreeMB`, `UploadTarget` (where files go, without keys or tokens).
 #![allow(non_snake_case)] // the binary is named after the module, as the manifest names it
 
 use avro_file_writer::archive::{self, Archive};

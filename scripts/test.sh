@@ -45,5 +45,5 @@ cargo test --workspace --locked
 step "Azure IoT Python SDK conformance (tests/sdk; uses port 8883), reference Avro readers (tests/avro)"
 "$PY" -m pytest tests/sdk tests/avro -q -p no:cacheprovider
 
-step "containers and deployment (tests/deploy: iotedgedev manifests, Kubernetes variant, image trees, linkage)"
+step "containers and deployment (tests/deploy: iotedgedev manifests, GPU and blob storage variants, KubeVirt, image trees, linkage)"
 tests/deploy/run.sh

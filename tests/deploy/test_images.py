@@ -206,7 +206,8 @@ def mapped_libraries(pid):
     return libs
 
 
-def module_processes(tree):
+def module_processes(tree, modules=BUILT_MODULES):
+    """{module: pid} of the processes running each module's binary from TREE."""
     found = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -215,7 +216,7 @@ def module_processes(tree):
             exe = os.readlink(d / "exe")
         except OSError:
             continue
-        for m in BUILT_MODULES:
+        for m in modules:
             if exe == str(tree / m / "app" / m):
                 found[m] = int(d.name)
     return found
@@ -229,19 +230,35 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_modules_run_from_their_trees(tree, tmp_path):
-    """deployment.template.json on the local runtime, every module started from its tree's
-    /app/module with the tree's libraries: the classifier loads its model and ONNX Runtime from
-    beside itself, every module gets its twin, and no library outside the trees is used."""
+def run_from_tree(tree, tmp_path, *args):
+    """`docker/assemble.sh --out TREE --run` (ARGS: its other options) in the background, the
+    classifier's scoring endpoint on a free port: (process, log file, state folder, port)."""
     state = tmp_path / "state"
     port = free_port()
     env = dict(os.environ, MODULE_ENV="SCORING_HTTP_ADDR=127.0.0.1:%d" % port)
     log = open(tmp_path / "assemble-run.log", "wb")
-    proc = subprocess.Popen(["bash", str(ROOT / "docker" / "assemble.sh"), "--bin-dir", str(bin_dir()),
-                             "--out", str(tree), "--run", "--state", str(state),
+    proc = subprocess.Popen(["bash", str(ROOT / "docker" / "assemble.sh"), *args, "--bin-dir",
+                             str(bin_dir()), "--out", str(tree), "--run", "--state", str(state),
                              "--runtime", str(runtime_path())],
                             stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
                             start_new_session=True)
+    return proc, log, state, port
+
+
+def score_one_row(port):
+    """One row through the classifier's debug endpoint: its PredictedRul."""
+    row = {"Sensor%d" % i: 500.0 + i for i in range(1, 22)}
+    req = urllib.request.Request("http://127.0.0.1:%d/score" % port, data=json.dumps(row).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)[0]["PredictedRul"]
+
+
+def test_modules_run_from_their_trees(tree, tmp_path):
+    """deployment.template.json on the local runtime, every module started from its tree's
+    /app/module with the tree's libraries: the classifier loads its model and ONNX Runtime from
+    beside itself, every module gets its twin, and no library outside the trees is used."""
+    proc, log, state, port = run_from_tree(tree, tmp_path)
     try:
         deadline = time.monotonic() + 120
         reported = {}
@@ -268,12 +285,7 @@ def test_modules_run_from_their_trees(tree, tmp_path):
         # The health endpoint and one scoring request, on the model from the tree.
         with urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=10) as r:
             assert json.load(r)["status"] == "healthy"
-        row = {"Sensor%d" % i: 500.0 + i for i in range(1, 22)}
-        req = urllib.request.Request("http://127.0.0.1:%d/score" % port, data=json.dumps(row).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            answer = json.load(r)
-        assert 0 <= answer[0]["PredictedRul"] <= 125
+        assert 0 <= score_one_row(port) <= 125
 
         procs = module_processes(tree)
         assert set(procs) == set(BUILT_MODULES), procs
@@ -332,21 +344,13 @@ def test_gpu_image_without_a_gpu_scores_on_the_cpu_and_says_why(gpu_tree, tmp_pa
     reports that CUDA cannot start and why, and scores on the CPU."""
     if Path("/dev/nvidia0").exists():
         pytest.skip("this machine has an NVIDIA GPU")
-    state = tmp_path / "state"
-    port = free_port()
-    env = dict(os.environ, MODULE_ENV="SCORING_HTTP_ADDR=127.0.0.1:%d" % port)
-    log = open(tmp_path / "assemble-gpu-run.log", "wb")
-    proc = subprocess.Popen(["bash", str(ROOT / "docker" / "assemble.sh"), "--gpu", "--bin-dir",
-                             str(bin_dir()), "--out", str(gpu_tree), "--run", "--state", str(state),
-                             "--manifest", str(ROOT / "deployment.gpu.template.json"),
-                             "--runtime", str(runtime_path())],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc, log, state, port = run_from_tree(gpu_tree, tmp_path, "--gpu", "--manifest",
+                                           str(ROOT / "deployment.gpu.template.json"))
     try:
         deadline = time.monotonic() + 120
         reported = {}
         while time.monotonic() < deadline and "ExecutionProvider" not in reported:
-            assert proc.poll() is None, (tmp_path / "assemble-gpu-run.log").read_text()[-3000:]
+            assert proc.poll() is None, (tmp_path / "assemble-run.log").read_text()[-3000:]
             if (state / "runtime.json").is_file():
                 reported = twin(state, "turbofanRulClassifier").get("reported", {})
             time.sleep(0.5)
@@ -357,15 +361,9 @@ def test_gpu_image_without_a_gpu_scores_on_the_cpu_and_says_why(gpu_tree, tmp_pa
         assert reported["Model"]["ExecutionProvider"] == "CPUExecutionProvider"
         logfile = state / "logs" / "turbofanRulClassifier.log"
         assert "libcuda.so.1" in logfile.read_text()
-        row = {"Sensor%d" % i: 500.0 + i for i in range(1, 22)}
-        req = urllib.request.Request("http://127.0.0.1:%d/score" % port, data=json.dumps(row).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            assert 0 <= json.load(r)[0]["PredictedRul"] <= 125
-        pid = [pid for d in Path("/proc").iterdir() if d.name.isdigit()
-               for pid in [int(d.name)] if _exe(d) == str(gpu_tree / "turbofanRulClassifier" / "app" / "turbofanRulClassifier")]
-        assert len(pid) == 1
-        libs = mapped_libraries(pid[0])
+        assert 0 <= score_one_row(port) <= 125
+        pid = module_processes(gpu_tree, ["turbofanRulClassifier"])["turbofanRulClassifier"]
+        libs = mapped_libraries(pid)
         assert str(gpu_tree / "turbofanRulClassifier" / "app" / "libonnxruntime.so") in libs
         # Nothing of CUDA was half loaded: the driver check comes first.
         assert not [l for l in libs if "libcudart" in l or "providers_cuda" in l], libs
@@ -373,9 +371,3 @@ def test_gpu_image_without_a_gpu_scores_on_the_cpu_and_says_why(gpu_tree, tmp_pa
         stop(proc)
         log.close()
 
-
-def _exe(proc_dir):
-    try:
-        return os.readlink(proc_dir / "exe")
-    except OSError:
-        return None

@@ -252,6 +252,19 @@ fn query_escape(s: &str) -> String {
         .collect()
 }
 
+/// The container SAS target for Azurite's `avrofiles` over https, its create+write SAS signed
+/// with `key`.
+fn sas_target(az: &Azurite, key: &str, ca_pem: &str) -> UploadTarget {
+    let url = format!(
+        "{}/avrofiles?{}",
+        az.endpoint("https"),
+        container_sas(key, "avrofiles", "cw")
+    );
+    UploadTarget::storage_from_vars(vars(vec![(CONTAINER_SAS_VAR, url)]), ca_pem)
+        .unwrap()
+        .expect("a container SAS target")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sas_and_account_targets_store_blobs_over_https() {
     let certs = tempfile::tempdir().unwrap();
@@ -289,15 +302,7 @@ async fn the_sas_and_account_targets_store_blobs_over_https() {
     assert_eq!(stored, data);
 
     // The container SAS target, with a create+write service SAS for that container.
-    let url = format!(
-        "{}/avrofiles?{}",
-        az.endpoint("https"),
-        container_sas(AZURITE_KEY, "avrofiles", "cw")
-    );
-    let sas =
-        UploadTarget::storage_from_vars(vars(vec![(CONTAINER_SAS_VAR, url.clone())]), &tls.ca_pem)
-            .unwrap()
-            .unwrap();
+    let sas = sas_target(&az, AZURITE_KEY, &tls.ca_pem);
     assert!(matches!(sas, UploadTarget::Container(..)), "{sas:?}");
     assert!(!sas.describe().contains("sig="), "{}", sas.describe());
     let data = sample("sas");
@@ -310,15 +315,7 @@ async fn the_sas_and_account_targets_store_blobs_over_https() {
     assert_eq!(stored, data);
 
     // A SAS signed with another key is refused, and nothing is stored.
-    let forged_url = format!(
-        "{}/avrofiles?{}",
-        az.endpoint("https"),
-        container_sas(WRONG_KEY, "avrofiles", "cw")
-    );
-    let forged =
-        UploadTarget::storage_from_vars(vars(vec![(CONTAINER_SAS_VAR, forged_url)]), &tls.ca_pem)
-            .unwrap()
-            .unwrap();
+    let forged = sas_target(&az, WRONG_KEY, &tls.ca_pem);
     let e = upload(&forged, files.path(), "x/forged.avro", b"forged")
         .await
         .unwrap_err();

@@ -77,8 +77,10 @@ pip_download --require-hashes -r "$cuda_req" || fail "could not download the whe
 for w in "$cache"/nvidia_*.whl; do
     name="$(basename "$w" | cut -d- -f1 | tr _ -)==$(basename "$w" | cut -d- -f2)"
     grep -q "^$name " "$cuda_req" || continue
-    mapfile -t libs < <("$PY" -c 'import sys, zipfile; [print(n) for n in zipfile.ZipFile(sys.argv[1]).namelist() if "/lib/" in n and ".so" in n.rsplit("/", 1)[1] and not n.rsplit("/", 1)[1].startswith(("libnvblas", "libcufftw"))]' "$w")
-    [ "${#libs[@]}" -eq 0 ] || unzip_members "$w" "$out/extra" "${libs[@]}"
+    listed="$("$PY" -c 'import sys, zipfile; [print(n) for n in zipfile.ZipFile(sys.argv[1]).namelist() if "/lib/" in n and ".so" in n.rsplit("/", 1)[1] and not n.rsplit("/", 1)[1].startswith(("libnvblas", "libcufftw"))]' "$w")" ||
+        fail "cannot read $w"
+    mapfile -t libs <<<"$listed"
+    [ -z "$listed" ] || unzip_members "$w" "$out/extra" "${libs[@]}"
 done
 for need in libcudart.so.13 libcublasLt.so.13 libcudnn.so.9; do
     [ -f "$out/extra/$need" ] || fail "$need is not in the wheels of $cuda_req"

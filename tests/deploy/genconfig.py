@@ -35,6 +35,7 @@ TEMPLATE_PLATFORMS = {"deployment.gpu.template.json": ("amd64",)}
 def pairs(templates=TEMPLATES, platforms=PLATFORMS):
     """(template, platform) for each manifest genconfig makes."""
     return [(t, p) for t in templates for p in platforms if p in TEMPLATE_PLATFORMS.get(t, p)]
+
 # Dummy registry settings for .env (from .env.template; nothing is pushed).
 DUMMY_ENV = {
     "CONTAINER_REGISTRY_ADDRESS": "turbofanci.azurecr.io",

@@ -4,6 +4,7 @@ machine), as written and as iotedgedev generates them. The retired IoT Edge on K
 preview (`k8s-experimental`) must not come back."""
 import copy
 import re
+import tomllib
 
 import yaml
 
@@ -80,12 +81,24 @@ def test_cloud_init_installs_iot_edge_and_prepares_the_manifests_binds():
     ci = yaml.safe_load(text)
     files = {f["path"]: f for f in ci["write_files"]}
     config = files["/etc/aziot/config.toml"]
-    assert config["permissions"] == "0600" and "[provisioning]" in config["content"]
-    assert 'source = "dps"' in config["content"]  # the fleet's way, shown
+    assert config["permissions"] == "0600"
+    toml = tomllib.loads(config["content"])
+    assert toml["provisioning"]["source"] == "manual"
+    # The DPS example, uncommented in place of the manual block, is a valid DPS X.509 config.
+    lines = config["content"].splitlines()
+    dps = [l.strip()[1:].strip() for l in lines if l.strip().startswith("#   ")]
+    kept = [l for l in lines if not l.strip().startswith("#")]
+    manual = kept.index("[provisioning]")
+    dps_config = tomllib.loads("\n".join(kept[:manual] + dps))
+    assert dps_config["provisioning"]["source"] == "dps"
+    assert dps_config["provisioning"]["attestation"]["method"] == "x509"
     commands = [c if isinstance(c, str) else " ".join(c) for c in ci["runcmd"]]
     joined = "\n".join(commands)
     assert "apt-get install -y moby-engine aziot-edge" in joined
     assert commands[-1] == "iotedge config apply -c /etc/aziot/config.toml"
+    # The tutorial's writer (uid 65532) reads the device connection string from config.toml.
+    assert "setfacl -m u:%d:r /etc/aziot/config.toml" % MODULE_UID in joined
+    assert "nvidia:580-server" in joined
     # Every host folder the manifest binds exists on the data disk and belongs to the modules.
     base = load_json(ROOT / "deployment.template.json")
     folders = set()

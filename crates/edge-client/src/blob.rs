@@ -45,6 +45,12 @@ const PATH_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'/');
 
+/// A blob path as it goes into a URL: every character but letters, digits, `-._~` and `/`
+/// percent-encoded (a device id may hold `#`, `?` or `%`).
+pub fn escape_path(path: &str) -> String {
+    utf8_percent_encode(path, PATH_ESCAPES).to_string()
+}
+
 /// What is wrong with a storage connection string. Messages never include the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectionStringError {
@@ -191,7 +197,7 @@ impl StorageAccount {
 
     /// The URL of `path` (e.g. `container/blob`, escaped here) under the blob endpoint.
     pub fn url(&self, path: &str) -> Result<Url, UploadError> {
-        let escaped = utf8_percent_encode(path.trim_start_matches('/'), PATH_ESCAPES);
+        let escaped = escape_path(path.trim_start_matches('/'));
         let text = format!("{}/{escaped}", self.blob_endpoint());
         Url::parse(&text).map_err(|e| UploadError::Config(format!("{text}: {e}")))
     }

@@ -161,7 +161,8 @@ async fn put_block_blob(
         .body(data)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        // Without the URL: it holds the SAS token.
+        .map_err(|e| e.without_url().to_string())?;
     let status = r.status();
     let text = r.text().await.unwrap_or_default();
     Ok((
@@ -287,7 +288,8 @@ impl FileUploader {
                     },
                 )
             }
-            Err(e) => (false, 500, e.to_string()),
+            // Without the URL: it holds the SAS token.
+            Err(e) => (false, 500, e.without_url().to_string()),
         };
         let note = json!({"correlationId": sas.correlation_id, "isSuccess": ok, "statusCode": code, "statusDescription": description});
         let notified = self
@@ -347,7 +349,7 @@ impl ContainerUploader {
 
     /// Uploads `data` as `blob_name` in the container.
     pub async fn upload(&self, blob_name: &str, data: Bytes) -> Result<Uploaded, UploadError> {
-        let url = format!("{}/{blob_name}", self.base);
+        let url = format!("{}/{}", self.base, crate::blob::escape_path(blob_name));
         match put_block_blob(&self.http, &url, &self.token, data).await {
             Ok((code, _)) if (200..300).contains(&code) => Ok(Uploaded { url }),
             Ok((code, text)) => Err(UploadError::Step {
@@ -365,6 +367,23 @@ impl ContainerUploader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_sas_upload_names_the_blob_but_not_the_token() {
+        // Nothing listens on port 9 here: the connection fails before any answer.
+        let u = ContainerUploader::new("https://127.0.0.1:9/avro?sv=2017-04-17&sig=c2VjcmV0", None)
+            .unwrap();
+        let e = u
+            .upload("edge#1/2026/11/21/5/15.avro", Bytes::from_static(b"x"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("sig=") && !e.contains("c2VjcmV0"), "{e}");
+        assert!(
+            e.contains("https://127.0.0.1:9/avro/edge%231/2026/11/21/5/15.avro"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn reads_both_config_file_generations() {

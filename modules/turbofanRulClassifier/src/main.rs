@@ -392,7 +392,13 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let provider = model.info().provider.clone();
+    // Both models are asked for the same provider; a fallback of either is the one to report.
+    let provider = history_model
+        .as_ref()
+        .map(|h| &h.info().provider)
+        .filter(|h| h.fallback.is_some())
+        .unwrap_or(&model.info().provider)
+        .clone();
     match &provider.fallback {
         Some(why) => warn!(requested = %provider.requested, "{why}"),
         None => info!(provider = provider.used.ort_name(), "execution provider"),

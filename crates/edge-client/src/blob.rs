@@ -107,19 +107,12 @@ impl std::fmt::Debug for StorageAccount {
 /// The connection string's settings, names matched without regard to case.
 fn settings(text: &str) -> Result<BTreeMap<String, String>, ConnectionStringError> {
     let mut map = BTreeMap::new();
-    for (i, part) in text.split(';').enumerate() {
-        let part = part.trim();
-        if part.is_empty() {
-            continue;
-        }
-        let (name, value) = part
-            .split_once('=')
-            .ok_or(ConnectionStringError::Malformed(i + 1))?;
-        let name = name.trim();
+    for field in edge_protocol::connection_string::fields(text) {
+        let (name, value) = field.map_err(|bad| ConnectionStringError::Malformed(bad.position))?;
         if value.to_ascii_lowercase().contains("accountkey=") {
             return Err(ConnectionStringError::KeyInValue(name.to_owned()));
         }
-        map.insert(name.to_ascii_lowercase(), value.trim().to_owned());
+        map.insert(name.to_ascii_lowercase(), value.to_owned());
     }
     Ok(map)
 }

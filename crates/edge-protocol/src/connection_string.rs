@@ -14,6 +14,33 @@ pub enum ConnectionStringError {
     BadPart(String),
 }
 
+/// A part of a connection string that is not `Name=value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadField<'a> {
+    /// Its position among the non-blank parts, from 1 (safe to show: never holds a key).
+    pub position: usize,
+    /// The part itself (may hold a secret: show it only where that is acceptable).
+    pub text: &'a str,
+}
+
+/// The `Name=value` parts of a `;`-separated connection string (IoT Hub's or Azure Storage's),
+/// names and values trimmed, blank parts skipped. A value may itself contain `=` (base64
+/// padding).
+pub fn fields(text: &str) -> impl Iterator<Item = Result<(&str, &str), BadField<'_>>> {
+    text.split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .enumerate()
+        .map(|(i, part)| {
+            part.split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or(BadField {
+                    position: i + 1,
+                    text: part,
+                })
+        })
+}
+
 /// A parsed device or module connection string.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnectionString {
@@ -35,12 +62,11 @@ impl ConnectionString {
     pub fn parse(text: &str) -> Result<Self, ConnectionStringError> {
         let (mut host, mut device, mut module, mut key, mut gateway) =
             (None, None, None, None, None);
-        for part in text.trim().split(';').filter(|p| !p.trim().is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| ConnectionStringError::BadPart(part.to_owned()))?;
-            let v = Some(v.trim().to_owned());
-            match k.trim() {
+        for field in fields(text) {
+            let (k, v) =
+                field.map_err(|bad| ConnectionStringError::BadPart(bad.text.to_owned()))?;
+            let v = Some(v.to_owned());
+            match k {
                 "HostName" => host = v,
                 "DeviceId" => device = v,
                 "ModuleId" => module = v,
@@ -88,6 +114,22 @@ impl fmt::Debug for ConnectionString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_split_on_the_first_equals_and_count_the_bad_part() {
+        let got: Vec<_> = fields(" AccountName = a1 ;; AccountKey=a2V5==; oops ;").collect();
+        assert_eq!(
+            got,
+            vec![
+                Ok(("AccountName", "a1")),
+                Ok(("AccountKey", "a2V5==")),
+                Err(BadField {
+                    position: 3,
+                    text: "oops"
+                }),
+            ]
+        );
+    }
 
     #[test]
     fn parses_and_prints_module_strings() {

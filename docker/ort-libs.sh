@@ -8,8 +8,8 @@
 #
 # Writes DIR/libonnxruntime.so (from the wheel, checked against HASH). With onnxruntime-gpu
 # also DIR/extra/: its CUDA and shared provider libraries and, from --cuda-requirements (a
-# pip requirements file with --hash pins: docker/gpu-requirements.txt), the CUDA and cuDNN
-# runtime libraries of NVIDIA's wheels. Wheels are kept in --cache (default DIR/wheels).
+# pip requirements file with --hash pins: docker/gpu-requirements.txt; the image always gives
+# it), the CUDA and cuDNN runtime libraries of NVIDIA's wheels. Wheels are kept in --cache (default DIR/wheels).
 # Environment: PYTHON (with pip; default python3).
 set -euo pipefail
 package="" version="" platform="" sha256="" out="" cuda_req="" cache=""
@@ -30,7 +30,7 @@ fail() { echo "ort-libs.sh: $*" >&2; exit 1; }
     fail "--package, --version, --platform, --sha256 and --out are required"
 case "$package" in
     onnxruntime) [ -z "$cuda_req" ] || fail "--cuda-requirements goes with onnxruntime-gpu" ;;
-    onnxruntime-gpu) [ -n "$cuda_req" ] || fail "onnxruntime-gpu needs --cuda-requirements" ;;
+    onnxruntime-gpu) ;;
     *) fail "unknown package '$package' (onnxruntime or onnxruntime-gpu)" ;;
 esac
 PY="${PYTHON:-python3}"
@@ -71,6 +71,7 @@ rm -rf "$out/extra"
 mkdir -p "$out/extra"
 unzip_members "$cache/$wheel_name" "$out/extra" \
     onnxruntime/capi/libonnxruntime_providers_cuda.so onnxruntime/capi/libonnxruntime_providers_shared.so
+[ -n "$cuda_req" ] || exit 0
 pip_download --require-hashes -r "$cuda_req" || fail "could not download the wheels of $cuda_req"
 # Each pinned wheel's shared libraries, without the two the provider never loads (NVBLAS, the
 # FFTW interface).

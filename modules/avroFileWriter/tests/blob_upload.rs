@@ -13,7 +13,7 @@ use avro_file_writer::upload::{
     UploadError, UploadTarget, Uploader, CONTAINER_SAS_VAR, CONTAINER_VAR,
     STORAGE_CONNECTION_STRING_VAR,
 };
-use edge_client::blob::{StorageAccount, BLOB_API_VERSION};
+use edge_client::blob::{escape_path, StorageAccount, BLOB_API_VERSION};
 use iotedge_local::iothub::files::{
     https_client, read_blob, BlobStore, AZURITE_ACCOUNT, AZURITE_KEY,
 };
@@ -237,19 +237,9 @@ fn container_sas(key: &str, container: &str, permissions: &str) -> String {
     let sig = edge_client::blob::sign(key, &to_sign).unwrap();
     format!(
         "sv={BLOB_API_VERSION}&sr=c&sp={permissions}&se={}&spr=https&sig={}",
-        query_escape(&se),
-        query_escape(&sig)
+        escape_path(&se),
+        escape_path(&sig)
     )
-}
-
-/// Escapes everything but letters and digits for a query value.
-fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The container SAS target for Azurite's `avrofiles` over https, its create+write SAS signed

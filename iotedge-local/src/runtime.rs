@@ -442,6 +442,8 @@ impl Runtime {
             }
             envs.insert(m.name.clone(), env);
         }
+        // Processes a crashed runtime left on this state go first: never two of one module.
+        agent::stop_leftovers(&launches).await;
         let agent = (!launches.is_empty()).then(|| Agent::start(launches));
         if let Some(a) = &agent {
             let _ = agent_slot.set(a.handle());

@@ -67,6 +67,20 @@ pub mod properties {
     pub const CLASSIFIER_ERROR: &str = "ClassifierError";
     /// Set by the classifier on its answers: the name of the model that scored them.
     pub const MODEL_NAME: &str = "ModelName";
+
+    /// Every property the pipeline itself sets. A leaf device's message never brings them
+    /// in: the router removes them on `deviceInput` before it sets its own, so no device
+    /// speaks for another engine or passes for a dead letter or an answer.
+    pub const SET_BY_PIPELINE: [&str; 8] = [
+        CONNECTION_DEVICE_ID,
+        CORRELATION_ID,
+        CREATION_TIME,
+        ENQUEUED_TIME,
+        DEAD_LETTER,
+        DEAD_LETTER_REASON,
+        CLASSIFIER_ERROR,
+        MODEL_NAME,
+    ];
 }
 
 /// Where a module output's messages go.

@@ -2,7 +2,8 @@
 //!
 //! - `deviceInput`: telemetry from a leaf device goes to `classOutput` unchanged, with the
 //!   tutorial's properties (`CorrelationId`, `ConnectionDeviceId`, `CreationTimeUtc`,
-//!   `EnqueuedTimeUtc`) added when absent.
+//!   `EnqueuedTimeUtc`) set from what edgeHub stamped; whatever the device wrote under those
+//!   names, or under any other name the pipeline sets, is removed.
 //! - `rulInput`: a classified message goes to `hubOutput` (the short RUL message operators
 //!   read; only below `RulThreshold` when set) and to `avroOutput` (the full record).
 //! - Anything else goes to `deadMessages`, body unchanged, with `DeadLetter=true` and
@@ -11,7 +12,7 @@
 use crate::numeric;
 use crate::ports::properties::{
     CLASSIFIER_ERROR, CONNECTION_DEVICE_ID, CORRELATION_ID, CREATION_TIME, DEAD_LETTER,
-    DEAD_LETTER_REASON, ENQUEUED_TIME, MODEL_NAME,
+    DEAD_LETTER_REASON, ENQUEUED_TIME, MODEL_NAME, SET_BY_PIPELINE,
 };
 use crate::ports::router::{AVRO_OUTPUT, CLASS_OUTPUT, DEAD_OUTPUT, HUB_OUTPUT};
 use crate::scoring::{HISTORY_CYCLES, PREDICTED_RUL_HIGH, PREDICTED_RUL_LOW};
@@ -81,14 +82,25 @@ fn content_problem(m: &Message) -> Option<String> {
 }
 
 /// `deviceInput`: validates leaf telemetry and forwards it to the classifier.
-/// `now_utc` gives the time that stands in for missing times (asked only when the message
-/// has no enqueued time, which the hub always stamps); `new_id` makes a correlation id when
-/// the message has none.
+///
+/// Identity comes only from what edgeHub authenticated: every property the pipeline sets
+/// ([`SET_BY_PIPELINE`]) is removed from the leaf's message first, then set from the
+/// message's system properties: `ConnectionDeviceId` from the connection device id edgeHub
+/// stamped (a message without one is dead-lettered), `CorrelationId` from the message's
+/// correlation id (else `new_id`), `CreationTimeUtc` from its creation time (else the
+/// enqueued time), `EnqueuedTimeUtc` from edgeHub's enqueued time (else `now_utc`).
 pub fn device_input(
     mut m: Message,
     now_utc: impl FnOnce() -> String,
     new_id: impl FnOnce() -> String,
 ) -> Outgoing {
+    for name in SET_BY_PIPELINE {
+        while m.remove_property(name).is_some() {}
+    }
+    if let Some(d) = m.connection_device_id.clone() {
+        // on the dead letter too: operators see which device sent a bad message
+        m.set_property(CONNECTION_DEVICE_ID, d);
+    }
     let problem = content_problem(&m).or_else(|| match numeric::parse_objects(&m.body) {
         Err(e) => Some(e.to_string()),
         Ok(objects) if objects.len() != 1 => Some(format!(
@@ -100,33 +112,21 @@ pub fn device_input(
         }
         Ok(_) => None,
     });
+    let problem = problem.or_else(|| {
+        m.connection_device_id
+            .is_none()
+            .then(|| "no connection device id: edgeHub did not say which device sent it".into())
+    });
     if let Some(reason) = problem {
         return vec![(DEAD_OUTPUT, dead_letter(m, reason))];
     }
-    if m.property(CORRELATION_ID).is_none() {
-        let cid = m.correlation_id.clone().unwrap_or_else(|| new_id().into());
-        m.set_property(CORRELATION_ID, cid);
-    }
-    if m.property(CONNECTION_DEVICE_ID).is_none() {
-        if let Some(d) = m.connection_device_id.clone() {
-            m.set_property(CONNECTION_DEVICE_ID, d);
-        }
-    }
-    let (no_creation, no_enqueued) = (
-        m.property(CREATION_TIME).is_none(),
-        m.property(ENQUEUED_TIME).is_none(),
-    );
-    if no_creation || no_enqueued {
-        let enqueued = m.enqueued_time.clone().unwrap_or_else(|| now_utc().into());
-        if no_creation {
-            let t = m.creation_time.clone().unwrap_or_else(|| enqueued.clone());
-            m.set_property(CREATION_TIME, t);
-        }
-        if no_enqueued {
-            m.set_property(ENQUEUED_TIME, enqueued);
-        }
-    }
-    m.correlation_id = m.property(CORRELATION_ID).map(CompactString::from);
+    let cid = m.correlation_id.clone().unwrap_or_else(|| new_id().into());
+    m.set_property(CORRELATION_ID, cid.clone());
+    let enqueued = m.enqueued_time.clone().unwrap_or_else(|| now_utc().into());
+    let created = m.creation_time.clone().unwrap_or_else(|| enqueued.clone());
+    m.set_property(CREATION_TIME, created);
+    m.set_property(ENQUEUED_TIME, enqueued);
+    m.correlation_id = Some(cid);
     json_headers(&mut m);
     clear_hub_stamps(&mut m);
     vec![(CLASS_OUTPUT, m)]
@@ -352,11 +352,11 @@ mod tests {
     }
 
     #[test]
-    fn device_input_makes_a_correlation_id_and_keeps_existing_properties() {
+    fn device_input_makes_a_correlation_id_and_takes_times_from_system_properties() {
         let mut m = leaf(&format!("[{}]", telemetry()));
         m.correlation_id = None;
         m.enqueued_time = None;
-        m.set_property("CreationTimeUtc", "earlier");
+        m.creation_time = Some("earlier".into());
         let out = device_input(m, || NOW.into(), || "new-id".into());
         let (name, m) = &out[0];
         assert_eq!(*name, CLASS_OUTPUT, "a one-element array is accepted");
@@ -364,6 +364,79 @@ mod tests {
         assert_eq!(m.correlation_id.as_deref(), Some("new-id"));
         assert_eq!(m.property("CreationTimeUtc"), Some("earlier"));
         assert_eq!(m.property("EnqueuedTimeUtc"), Some(NOW));
+    }
+
+    #[test]
+    fn a_leaf_device_cannot_set_what_the_pipeline_sets() {
+        let mut m = leaf(&telemetry());
+        for (name, forged) in [
+            ("ConnectionDeviceId", "Client_099"),
+            ("CorrelationId", "forged-corr"),
+            ("CreationTimeUtc", "1999-01-01T00:00:00Z"),
+            ("EnqueuedTimeUtc", "1999-01-01T00:00:00Z"),
+            ("DeadLetter", "true"),
+            ("DeadLetterReason", "forged"),
+            ("ClassifierError", "forged"),
+            ("ModelName", "forged"),
+        ] {
+            m.properties.push((name.into(), forged.into()));
+            // twice: a bag may carry a name more than once
+            m.properties.push((name.into(), forged.into()));
+        }
+        let out = device_input(m, || NOW.into(), || unreachable!());
+        let (name, m) = &out[0];
+        assert_eq!(*name, CLASS_OUTPUT);
+        let props = |n: &str| m.properties.iter().filter(|(k, _)| k == n).count();
+        assert_eq!(m.property("ConnectionDeviceId"), Some("Client_001"));
+        assert_eq!(props("ConnectionDeviceId"), 1);
+        assert_eq!(m.property("CorrelationId"), Some("corr-1"));
+        assert_eq!(
+            m.property("EnqueuedTimeUtc"),
+            Some("2026-11-21T04:59:59.500Z")
+        );
+        assert_eq!(
+            m.property("CreationTimeUtc"),
+            Some("2026-11-21T04:59:59.500Z")
+        );
+        for gone in [
+            "DeadLetter",
+            "DeadLetterReason",
+            "ClassifierError",
+            "ModelName",
+        ] {
+            assert_eq!(props(gone), 0, "{gone} removed");
+        }
+        assert_eq!(m.property("Origin"), Some("test"), "other properties kept");
+    }
+
+    #[test]
+    fn a_dead_letter_from_a_leaf_device_carries_no_forged_pipeline_property() {
+        let mut m = leaf("not json");
+        m.set_property("ClassifierError", "forged");
+        m.set_property("ModelName", "forged");
+        m.set_property("ConnectionDeviceId", "Client_099");
+        let out = device_input(m, || NOW.into(), || "x".into());
+        let (name, d) = &out[0];
+        assert_eq!(*name, DEAD_OUTPUT);
+        for gone in ["ClassifierError", "ModelName"] {
+            assert_eq!(d.property(gone), None, "{gone} removed");
+        }
+        assert_eq!(d.property("ConnectionDeviceId"), Some("Client_001"));
+    }
+
+    #[test]
+    fn a_message_without_an_authenticated_device_is_a_dead_letter() {
+        let mut m = leaf(&telemetry());
+        m.connection_device_id = None;
+        m.set_property("ConnectionDeviceId", "Client_001");
+        let out = device_input(m, || NOW.into(), || "x".into());
+        let (name, d) = &out[0];
+        assert_eq!(*name, DEAD_OUTPUT);
+        assert!(d
+            .property(DEAD_LETTER_REASON)
+            .unwrap()
+            .contains("no connection device id"));
+        assert_eq!(d.property("ConnectionDeviceId"), None);
     }
 
     #[test]

@@ -2,6 +2,12 @@
 //! real runtime gives it, restarts it per its `restartPolicy` with exponential backoff, and
 //! stops it with SIGTERM (then SIGKILL after a grace period). [`manifest`] reads the
 //! deployment manifest it runs.
+//!
+//! A module never outlives its runtime unnoticed: each process is started with the
+//! parent-death signal SIGTERM (it stops as on `iotedge-local` stop when the runtime dies,
+//! even by `kill -9`), and its pid and start time are written to `<workdir>/pid`; a runtime
+//! started on the same state stops any process an earlier one left there before it starts
+//! its own ([`stop_leftovers`]), so two copies of a module never run on one state.
 
 pub mod manifest;
 
@@ -116,6 +122,65 @@ pub fn image_binary_name(image: &str) -> String {
     last.split(':').next().unwrap_or(last).to_owned()
 }
 
+/// The file in a module's working folder that names its running process: `<pid> <start
+/// time in clock ticks since boot>` (the start time tells a reused pid apart).
+pub const PID_FILE: &str = "pid";
+
+/// The start time of process `pid` (field 22 of `/proc/<pid>/stat`), if it exists.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn write_pid_file(workdir: &Path, pid: u32) {
+    let Some(started) = start_time(pid) else {
+        return; // already gone
+    };
+    if let Err(e) = std::fs::write(workdir.join(PID_FILE), format!("{pid} {started}\n")) {
+        warn!(dir = %workdir.display(), error = %e, "cannot record the module's pid; a crash of the runtime could leave it running");
+    }
+}
+
+/// The process a pid file names, if it is still that process.
+fn recorded_process(workdir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(workdir.join(PID_FILE)).ok()?;
+    let mut parts = text.split_whitespace();
+    let pid: u32 = parts.next()?.parse().ok()?;
+    let started: u64 = parts.next()?.parse().ok()?;
+    (pid != std::process::id() && start_time(pid) == Some(started)).then_some(pid)
+}
+
+/// Stops every module process an earlier runtime on this state left running (named by the
+/// pid files of `launches`' working folders): SIGTERM, then SIGKILL after [`STOP_GRACE`].
+/// Returns the modules whose processes were stopped.
+pub async fn stop_leftovers(launches: &[Launch]) -> Vec<String> {
+    let mut stopped = Vec::new();
+    for l in launches {
+        let Some(pid) = recorded_process(&l.workdir) else {
+            continue;
+        };
+        warn!(module = %l.name, pid, "a process of this module from an earlier runtime is still running; stopping it before starting a new one");
+        let target = Pid::from_raw(pid as i32);
+        let _ = kill(target, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        while recorded_process(&l.workdir) == Some(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if recorded_process(&l.workdir) == Some(pid) {
+            warn!(module = %l.name, pid, "it did not stop within the grace period; killing it");
+            let _ = kill(target, Signal::SIGKILL);
+            while recorded_process(&l.workdir) == Some(pid) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let _ = std::fs::remove_file(l.workdir.join(PID_FILE));
+        stopped.push(l.name.clone());
+    }
+    stopped
+}
+
 fn spawn(l: &Launch) -> std::io::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -136,7 +201,27 @@ fn spawn(l: &Launch) -> std::io::Result<Child> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true);
-    cmd.spawn()
+    let runtime = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and only makes two
+    // async-signal-safe system calls (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            // Die with the runtime: SIGTERM when the thread that started us ends (the
+            // runtime's worker threads live as long as the runtime).
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            if nix::unistd::getppid().as_raw() as u32 != runtime {
+                return Err(std::io::Error::other(
+                    "the runtime ended while starting the module",
+                ));
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    if let Some(pid) = child.id() {
+        write_pid_file(&l.workdir, pid);
+    }
+    Ok(child)
 }
 
 async fn stop_child(name: &str, child: &mut Child) {
@@ -183,6 +268,7 @@ async fn supervise(
             r = child.wait() => r,
             _ = stop.changed() => {
                 stop_child(&l.name, &mut child).await;
+                let _ = std::fs::remove_file(l.workdir.join(PID_FILE));
                 set(&|s| s.pid = None);
                 return;
             }

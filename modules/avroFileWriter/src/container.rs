@@ -314,6 +314,105 @@ pub fn scan<R: Read + Seek>(r: R, file_len: u64) -> io::Result<Result<Scan, Head
     }))
 }
 
+/// What [`verify`] read of a whole file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// Blocks read.
+    pub blocks: u64,
+    /// Records decoded.
+    pub records: u64,
+}
+
+/// Reads every block of the container file at `path` and decodes every record in it with
+/// `decode` (which must consume exactly one datum from the front of the slice), before the
+/// file may leave the device: the header is whole with the `null` codec, each block's count
+/// and size are sane, each block ends with the file's sync marker, its data holds exactly
+/// `count` records, and the last block ends where the file does. Returns what was read, or
+/// [`FileError::NotAvro`] naming the first block that fails.
+pub fn verify(
+    path: &Path,
+    mut decode: impl FnMut(&mut &[u8]) -> Result<(), String>,
+) -> Result<Verified, FileError> {
+    let io = |e| FileError::io(path, e);
+    let damaged = |reason: String| FileError::NotAvro {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut r = BufReader::with_capacity(256 * 1024, file);
+    let header = read_header(&mut (&mut r).take(MAX_HEADER))
+        .map_err(io)?
+        .map_err(|e| damaged(e.to_string()))?;
+    if header.codec.as_deref().is_some_and(|c| c != "null") {
+        return Err(damaged(format!(
+            "codec '{}' is not the writer's (null)",
+            header.codec.unwrap_or_default()
+        )));
+    }
+    let mut pos = header.len;
+    let mut done = Verified {
+        blocks: 0,
+        records: 0,
+    };
+    let mut data = Vec::new();
+    while pos < file_len {
+        let block = done.blocks + 1;
+        let mut counted = Counted {
+            inner: &mut r,
+            n: 0,
+        };
+        let count = read_long(&mut counted).map_err(io)?;
+        let size = read_long(&mut counted).map_err(io)?;
+        let (count, size) = match (count, size) {
+            (Ok(c), Ok(s)) if c >= 0 && s >= 0 => (c as u64, s as u64),
+            _ => {
+                return Err(damaged(format!(
+                    "block {block} at byte {pos}: bad record count or size"
+                )))
+            }
+        };
+        let data_at = pos + counted.n;
+        let end = data_at
+            .checked_add(size)
+            .and_then(|e| e.checked_add(SYNC_LEN as u64))
+            .unwrap_or(u64::MAX);
+        if end > file_len {
+            return Err(damaged(format!(
+                "block {block} at byte {pos}: {size} bytes announced, the file ends first"
+            )));
+        }
+        data.resize(size as usize, 0);
+        r.read_exact(&mut data).map_err(io)?;
+        let mut marker = [0u8; SYNC_LEN];
+        r.read_exact(&mut marker).map_err(io)?;
+        if marker != header.marker {
+            return Err(damaged(format!(
+                "block {block} at byte {pos}: not followed by the file's sync marker"
+            )));
+        }
+        let mut rest = data.as_slice();
+        for i in 0..count {
+            decode(&mut rest).map_err(|e| {
+                damaged(format!(
+                    "block {block} at byte {pos}: record {} of {count} does not decode: {e}",
+                    i + 1
+                ))
+            })?;
+        }
+        if !rest.is_empty() {
+            return Err(damaged(format!(
+                "block {block} at byte {pos}: {} bytes left after its {count} records",
+                rest.len()
+            )));
+        }
+        pos = end;
+        done.blocks += 1;
+        done.records += count;
+    }
+    Ok(done)
+}
+
 /// What [`repair`] did to a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Repaired {
@@ -518,5 +617,63 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((s.records, s.valid_len), (0, header_len));
+    }
+
+    /// Decodes one Avro `long` (the schema of the test files).
+    fn one_long(data: &mut &[u8]) -> Result<(), String> {
+        match read_long(data) {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err("not a long".into()),
+        }
+    }
+
+    fn write(dir: &Path, bytes: &[u8]) -> PathBuf {
+        let p = dir.join("f.avro");
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn verify_reads_every_block_and_names_the_first_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = [9u8; 16];
+        let mut f = encode_header("\"long\"", &marker);
+        encode_block(&mut f, 2, &[2, 4], &marker);
+        let second = f.len();
+        encode_block(&mut f, 1, &[6], &marker);
+        let good = f.clone();
+        let v = verify(&write(dir.path(), &good), one_long).unwrap();
+        assert_eq!((v.blocks, v.records), (2, 3));
+
+        // A block whose count says more records than its data holds (two writers' blocks
+        // interleaved, a torn write in the middle) is found, wherever it is.
+        let mut wrong_count = good.clone();
+        wrong_count[second] = 4; // count 2 instead of 1
+        let e = verify(&write(dir.path(), &wrong_count), one_long).unwrap_err();
+        assert!(e.to_string().contains("block 2"), "{e}");
+
+        // A middle block not followed by the marker: repair() looks only at the end.
+        let mut bad_marker = good.clone();
+        bad_marker[second - 1] ^= 0xff;
+        assert!(matches!(
+            repair(&write(dir.path(), &bad_marker)).unwrap(),
+            Repaired::Intact(_)
+        ));
+        let e = verify(&write(dir.path(), &bad_marker), one_long).unwrap_err();
+        assert!(e.to_string().contains("block 1"), "{e}");
+        assert!(e.to_string().contains("sync marker"), "{e}");
+
+        // Bytes after the last block, and a datum that does not decode.
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(&[1, 2, 3]);
+        assert!(verify(&write(dir.path(), &trailing), one_long).is_err());
+        let mut undecodable = encode_header("\"long\"", &marker);
+        encode_block(&mut undecodable, 1, &[0x80], &marker);
+        let e = verify(&write(dir.path(), &undecodable), one_long).unwrap_err();
+        assert!(e.to_string().contains("does not decode"), "{e}");
+        let mut left_over = encode_header("\"long\"", &marker);
+        encode_block(&mut left_over, 1, &[2, 4], &marker);
+        let e = verify(&write(dir.path(), &left_over), one_long).unwrap_err();
+        assert!(e.to_string().contains("left after"), "{e}");
     }
 }

@@ -180,6 +180,12 @@ async fn main() {
             root.display()
         ));
     }
+    // One writer per archive, before anything is repaired or written: two would interleave
+    // their blocks in the same files.
+    let _archive_lock = match tree::ArchiveLock::acquire(&root) {
+        Ok(l) => l,
+        Err(e) => fail(e),
+    };
     let stats = Arc::new(Stats::default());
     let used = match tree::repair_tree(&root, &stats) {
         Ok(u) => u,

@@ -4,9 +4,14 @@
 //! deletes it — and folders left empty — only after the uploader said `Ok`; the uploaded name
 //! is recorded so that the writer never writes a file of that name again. A failed upload is retried with capped
 //! exponential backoff; its file is never deleted.
+//!
+//! Before a file leaves the device every block of it is read back and every record decoded
+//! ([`container::verify`]); a file that fails is set aside as `*.avro.damaged` (kept, never
+//! uploaded nor deleted) and the error names the block.
 
 use crate::budget::DiskBudget;
 use crate::container;
+use crate::record::RecordSchema;
 use crate::stats::Stats;
 use crate::tree::{self, AvroFile, TreeLock};
 use crate::upload::Uploader;
@@ -15,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// When the scanner looks and what counts as quiet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +108,7 @@ pub struct Scanner<U: Uploader> {
     policy: Arc<Mutex<ScanPolicy>>,
     backoff: Backoff,
     failures: HashMap<PathBuf, Failure>,
+    schema: Arc<RecordSchema>,
 }
 
 impl<U: Uploader> Scanner<U> {
@@ -124,6 +130,7 @@ impl<U: Uploader> Scanner<U> {
             policy,
             backoff: Backoff::default(),
             failures: HashMap::new(),
+            schema: Arc::new(RecordSchema::tutorial()),
         }
     }
 
@@ -201,6 +208,10 @@ impl<U: Uploader> Scanner<U> {
             if !self.tree.begin_upload(&f.path) {
                 continue; // the writer opened it meanwhile: not quiet after all
             }
+            if !self.verify(&f).await {
+                self.tree.end_upload();
+                continue;
+            }
             let uploaded = uploader.upload(&f.path, &blob).await;
             self.tree.end_upload();
             match uploaded {
@@ -227,6 +238,45 @@ impl<U: Uploader> Scanner<U> {
             }
         }
         report
+    }
+
+    /// Reads `f` back whole before it is uploaded; a damaged file is set aside (and `false`).
+    async fn verify(&self, f: &AvroFile) -> bool {
+        let (path, schema) = (f.path.clone(), self.schema.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            container::verify(&path, |data| {
+                apache_avro::from_avro_datum(schema.schema(), data, None)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .await;
+        match checked {
+            Ok(Ok(v)) => {
+                debug!(file = %f.path.display(), blocks = v.blocks, records = v.records, "read back whole");
+                true
+            }
+            Ok(Err(container::FileError::NotAvro { reason, .. })) => {
+                Stats::add(&self.stats.files_damaged, 1);
+                match tree::set_aside(&f.path, "damaged") {
+                    Ok(aside) => {
+                        error!(file = %f.path.display(), moved_to = %aside.display(), "{reason}; set aside, not uploaded: inspect it by hand")
+                    }
+                    Err(e) => {
+                        error!(file = %f.path.display(), error = %e, "{reason}; cannot set it aside, not uploaded")
+                    }
+                }
+                false
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot read the file back; it stays and is tried again");
+                false
+            }
+            Err(e) => {
+                warn!(file = %f.path.display(), error = %e, "the check before upload failed; tried again");
+                false
+            }
+        }
     }
 
     /// Deletes an uploaded file unless the writer reopened or changed it meanwhile.
@@ -331,10 +381,19 @@ mod tests {
         }
     }
 
+    /// An Avro file with the tutorial's schema and no record.
+    fn empty_avro() -> Vec<u8> {
+        container::encode_header(RecordSchema::tutorial().json(), &[3u8; 16])
+    }
+
     fn old_file(root: &Path, rel: &str) -> PathBuf {
+        old_file_with(root, rel, &empty_avro())
+    }
+
+    fn old_file_with(root: &Path, rel: &str, bytes: &[u8]) -> PathBuf {
         let p = root.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, b"0123456789").unwrap();
+        std::fs::write(&p, bytes).unwrap();
         let old = SystemTime::now() - Duration::from_secs(3600);
         std::fs::File::options()
             .write(true)
@@ -353,7 +412,8 @@ mod tests {
         let f = old_file(&root, "2020/1/2/3/5.avro");
         let quarantine = old_file(&root, "quarantine/2020-1-2.jsonl");
         let calls = Arc::new(AtomicU32::new(0));
-        let budget = Arc::new(DiskBudget::new(10, 0));
+        let len = empty_avro().len() as u64;
+        let budget = Arc::new(DiskBudget::new(len, 0));
         let stats = Arc::new(Stats::default());
         let mut s = Scanner::new(
             root.clone(),
@@ -378,7 +438,7 @@ mod tests {
         let r = s.scan_once().await;
         assert_eq!(r.failed, vec!["2020/1/2/3/5.avro"]);
         assert!(f.exists(), "never deleted after a failure");
-        assert!(budget.is_full(), "10 bytes against a budget of 10");
+        assert!(budget.is_full(), "a file as large as the budget");
         let r = s.scan_once().await;
         assert!(r.failed.is_empty() && r.uploaded.is_empty(), "backing off");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -389,7 +449,7 @@ mod tests {
         assert_eq!(r.uploaded, vec!["2020/1/2/3/5.avro"]);
         assert_eq!(
             std::fs::read(up.join("2020/1/2/3/5.avro")).unwrap(),
-            b"0123456789"
+            empty_avro()
         );
         assert!(!f.exists());
         assert!(!root.join("2020").exists(), "empty folders removed");
@@ -439,5 +499,47 @@ mod tests {
             current,
             "its name is not written again"
         );
+    }
+
+    #[tokio::test]
+    async fn a_file_that_does_not_read_back_whole_is_set_aside_not_uploaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("avro");
+        let up = dir.path().join("up");
+        // A block that announces two records but holds one byte: what two writers
+        // appending to one file made (the end of the file is whole, so repair keeps it).
+        let marker = [3u8; 16];
+        let mut bytes = container::encode_header(RecordSchema::tutorial().json(), &marker);
+        container::encode_block(&mut bytes, 2, &[0], &marker);
+        let damaged = old_file_with(&root, "2020/1/2/3/5.avro", &bytes);
+        let good = old_file(&root, "2020/1/2/3/10.avro");
+        let stats = Arc::new(Stats::default());
+        let mut s = Scanner::new(
+            root.clone(),
+            Some(Flaky {
+                fail: 0,
+                calls: Arc::new(AtomicU32::new(0)),
+                dir: up.clone(),
+            }),
+            Arc::new(TreeLock::default()),
+            Arc::new(DiskBudget::new(1 << 20, 0)),
+            stats.clone(),
+            Arc::new(Mutex::new(ScanPolicy {
+                check_interval: Duration::from_millis(10),
+                quiet_period: Duration::from_secs(1),
+            })),
+        );
+        let r = s.scan_once().await;
+        assert_eq!(r.uploaded, vec!["2020/1/2/3/10.avro"]);
+        assert!(!good.exists());
+        assert!(!damaged.exists(), "renamed");
+        assert_eq!(
+            std::fs::read(root.join("2020/1/2/3/5.avro.damaged")).unwrap(),
+            bytes,
+            "kept as it was, for the operator"
+        );
+        assert!(!up.join("2020/1/2/3/5.avro").exists(), "never uploaded");
+        assert_eq!(stats.reported()["FilesDamaged"], 1);
+        assert!(s.scan_once().await.uploaded.is_empty(), "not tried again");
     }
 }

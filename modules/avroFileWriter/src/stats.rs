@@ -21,6 +21,9 @@ pub struct Stats {
     pub upload_failures: Counter,
     /// Files whose torn end was cut off at start-up or on reopening.
     pub files_repaired: Counter,
+    /// Files that failed the check before upload (a block that does not read back whole):
+    /// set aside as `*.avro.damaged`, never uploaded nor deleted.
+    pub files_damaged: Counter,
     /// Seconds per group sync (`fdatasync` of the files a group touched).
     pub sync_seconds: Histogram,
 }
@@ -34,6 +37,7 @@ impl Default for Stats {
             files_uploaded: Counter::default(),
             upload_failures: Counter::default(),
             files_repaired: Counter::default(),
+            files_damaged: Counter::default(),
             sync_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 14)),
         }
     }
@@ -53,6 +57,7 @@ impl Stats {
             "FilesUploaded": self.files_uploaded.get(),
             "UploadFailures": self.upload_failures.get(),
             "FilesRepaired": self.files_repaired.get(),
+            "FilesDamaged": self.files_damaged.get(),
         })
     }
 
@@ -88,6 +93,11 @@ impl Stats {
                 "avro_files_repaired",
                 "Files whose torn end was cut off.",
                 &self.files_repaired,
+            ),
+            (
+                "avro_files_damaged",
+                "Files set aside as damaged by the check before upload.",
+                &self.files_damaged,
             ),
         ];
         for (name, help, c) in counters {

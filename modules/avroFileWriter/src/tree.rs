@@ -28,6 +28,79 @@ pub struct TreeLock {
 /// Name of the ledger of uploaded files, in the archive root.
 pub const LEDGER: &str = ".uploaded";
 
+/// Name of the lock file in the archive root: one writer per archive.
+pub const LOCK_FILE: &str = ".lock";
+
+/// The writer's exclusive hold on an archive folder (an advisory `flock` on
+/// `<root>/.lock`, released when the process ends however it ends). Two writers appending
+/// to the same files interleave their blocks and lose records: the second one refuses to
+/// start instead.
+#[derive(Debug)]
+pub struct ArchiveLock {
+    _file: std::fs::File,
+}
+
+/// Why the archive could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the lock.
+    #[error(
+        "another avroFileWriter ({holder}) is writing to the archive {root}: stop it first \
+         (two writers on one archive lose records); the lock is {root}/{LOCK_FILE}"
+    )]
+    Held {
+        /// The archive root.
+        root: String,
+        /// What the lock file says of its holder.
+        holder: String,
+    },
+    /// The lock file cannot be opened or locked.
+    #[error("cannot lock the archive {root}: {source}; check the folder's permissions")]
+    Io {
+        /// The archive root.
+        root: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl ArchiveLock {
+    /// Takes the archive at `root` for this process, or says who holds it.
+    pub fn acquire(root: &Path) -> Result<ArchiveLock, LockError> {
+        let path = root.join(LOCK_FILE);
+        let io = |source| LockError::Io {
+            root: root.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                return Err(LockError::Held {
+                    root: root.display().to_string(),
+                    holder: if holder.is_empty() {
+                        "pid unknown".into()
+                    } else {
+                        holder.to_owned()
+                    },
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        file.set_len(0).map_err(io)?;
+        writeln!(file, "pid {}", std::process::id()).map_err(io)?;
+        Ok(ArchiveLock { _file: file })
+    }
+}
+
 impl TreeLock {
     /// A lock whose uploaded names persist in `<root>/.uploaded` (one path per line), read
     /// back here so a restart keeps them.
@@ -238,6 +311,21 @@ pub fn set_aside(path: &Path, suffix: &str) -> io::Result<PathBuf> {
 #[cfg(test)]
 mod ledger_tests {
     use super::*;
+
+    #[test]
+    fn a_second_writer_cannot_take_a_held_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ArchiveLock::acquire(dir.path()).unwrap();
+        let e = ArchiveLock::acquire(dir.path()).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, LockError::Held { .. }), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        drop(first);
+        ArchiveLock::acquire(dir.path()).expect("free again once the holder is gone");
+    }
 
     #[test]
     fn an_uploaded_bucket_file_is_never_written_again_even_after_a_restart() {

@@ -1,9 +1,15 @@
 //! Module and device twins: desired properties from the manifest (patched at run time by the
 //! operator), reported properties from the modules, each with a version.
+//!
+//! Twins persist in the state folder as IoT Hub keeps them: a restart keeps the operator's
+//! desired patches, the reported properties and both versions. A manifest whose desired
+//! properties for a module differ from those the saved twin started from is a new
+//! deployment: its properties replace the saved ones (as a deployment does on IoT Hub), and
+//! the version goes on counting up.
 
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 #[derive(Debug, Clone, Default)]
@@ -19,6 +25,8 @@ struct TwinDoc {
 pub struct Twins {
     docs: Mutex<HashMap<String, TwinDoc>>,
     dir: Option<PathBuf>,
+    /// The manifest's desired properties per twin, as the deployment set them.
+    manifest: HashMap<String, Map<String, Value>>,
 }
 
 /// JSON merge patch (RFC 7386): `null` removes a key, objects merge, anything else replaces.
@@ -55,28 +63,81 @@ fn with_version(map: &Map<String, Value>, version: u64) -> Value {
     Value::Object(m)
 }
 
+/// Writes `bytes` to `path` so that a crash leaves the old or the new content, never a mix.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn read_object(path: &Path) -> Option<Map<String, Value>> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// `$version` taken out of a saved map (1 when absent).
+fn take_version(map: &mut Map<String, Value>) -> u64 {
+    map.remove("$version").and_then(|v| v.as_u64()).unwrap_or(1)
+}
+
 impl Twins {
-    /// Twins with the manifest's desired properties (version 1 each). Reported properties
-    /// persist in `dir` across restarts when given.
+    /// Twins with the manifest's desired properties. With `dir`, twins persist there across
+    /// restarts (see the module's documentation for what a changed manifest does).
     pub fn new(desired: HashMap<String, Map<String, Value>>, dir: Option<PathBuf>) -> Self {
         let mut docs = HashMap::new();
         for (id, d) in desired {
-            let reported = dir
-                .as_ref()
-                .and_then(|dir| std::fs::read(dir.join(file_name(&id))).ok())
-                .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
-                .unwrap_or_default();
-            docs.insert(
-                id,
-                TwinDoc {
-                    desired: d,
-                    desired_version: 1,
-                    reported,
-                    reported_version: 1,
-                },
-            );
+            let mut doc = TwinDoc {
+                desired: d,
+                desired_version: 1,
+                reported_version: 1,
+                ..TwinDoc::default()
+            };
+            if let Some(dir) = &dir {
+                if let Some(mut reported) = read_object(&dir.join(file_name(&id))) {
+                    doc.reported_version = take_version(&mut reported);
+                    doc.reported = reported;
+                }
+                if let Some(mut saved) = read_object(&dir.join(desired_file_name(&id))) {
+                    let version = saved.get("version").and_then(Value::as_u64).unwrap_or(1);
+                    let base = saved.remove("manifest");
+                    let current = saved.remove("desired");
+                    match (base, current) {
+                        (Some(Value::Object(base)), Some(Value::Object(current)))
+                            if base == doc.desired =>
+                        {
+                            doc.desired = current;
+                            doc.desired_version = version;
+                        }
+                        _ => {
+                            tracing::info!(twin = %id, "the manifest's desired properties changed: they replace the saved twin's");
+                            doc.desired_version = version + 1;
+                            let saved = serde_json::json!({
+                                "manifest": doc.desired,
+                                "desired": doc.desired,
+                                "version": doc.desired_version,
+                            });
+                            let path = dir.join(desired_file_name(&id));
+                            if let Err(e) = write_atomically(&path, saved.to_string().as_bytes()) {
+                                tracing::warn!(twin = %id, error = %e, "could not persist desired properties");
+                            }
+                        }
+                    }
+                }
+            }
+            docs.insert(id, doc);
         }
         Twins {
+            manifest: docs
+                .iter()
+                .map(|(k, d)| (k.clone(), d.desired.clone()))
+                .collect(),
             docs: Mutex::new(docs),
             dir,
         }
@@ -108,12 +169,14 @@ impl Twins {
             let doc = docs.entry(id.to_owned()).or_default();
             merge_patch(&mut doc.reported, patch);
             doc.reported_version += 1;
-            (doc.reported_version, doc.reported.clone())
+            (
+                doc.reported_version,
+                with_version(&doc.reported, doc.reported_version),
+            )
         };
         if let Some(dir) = &self.dir {
-            let _ = std::fs::create_dir_all(dir);
             if let Err(e) =
-                std::fs::write(dir.join(file_name(id)), Value::Object(snapshot).to_string())
+                write_atomically(&dir.join(file_name(id)), snapshot.to_string().as_bytes())
             {
                 tracing::warn!(twin = id, error = %e, "could not persist reported properties");
             }
@@ -123,11 +186,26 @@ impl Twins {
 
     /// Applies a desired-properties patch; returns the patch to push to the module, with
     /// its new `$version`.
+    /// The new desired properties are on disk (with `dir`) before this returns.
     pub fn patch_desired(&self, id: &str, patch: &Map<String, Value>) -> (u64, Value) {
         let mut docs = self.lock();
         let doc = docs.entry(id.to_owned()).or_default();
+        if doc.desired_version == 0 {
+            doc.desired_version = 1;
+        }
         merge_patch(&mut doc.desired, patch);
         doc.desired_version += 1;
+        if let Some(dir) = &self.dir {
+            let path = dir.join(desired_file_name(id));
+            let saved = serde_json::json!({
+                "manifest": self.manifest.get(id).cloned().unwrap_or_default(),
+                "desired": doc.desired,
+                "version": doc.desired_version,
+            });
+            if let Err(e) = write_atomically(&path, saved.to_string().as_bytes()) {
+                tracing::warn!(twin = id, error = %e, "could not persist desired properties; they are lost if the runtime restarts");
+            }
+        }
         (
             doc.desired_version,
             with_version(patch, doc.desired_version),
@@ -137,6 +215,10 @@ impl Twins {
 
 fn file_name(id: &str) -> String {
     format!("{}.reported.json", id.replace('/', "__"))
+}
+
+fn desired_file_name(id: &str) -> String {
+    format!("{}.desired.json", id.replace('/', "__"))
 }
 
 #[cfg(test)]
@@ -176,5 +258,52 @@ mod tests {
         );
         let again = Twins::new(desired, Some(dir.path().to_path_buf()));
         assert_eq!(again.get("edge/router")["reported"]["model"], json!("x"));
+    }
+
+    #[test]
+    fn desired_patches_survive_a_restart_until_a_new_deployment_replaces_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Some(dir.path().to_path_buf());
+        let manifest = |v: Value| HashMap::from([("edge/router".to_owned(), obj(v))]);
+        let t = Twins::new(
+            manifest(json!({"RulThreshold": 80, "LoggingLevel": "info"})),
+            d.clone(),
+        );
+        t.patch_desired("edge/router", &obj(json!({"RulThreshold": 50})));
+        t.patch_desired("edge/router", &obj(json!({"LoggingLevel": null})));
+        t.patch_reported("edge/router", &obj(json!({"x": 1})));
+        t.patch_reported("edge/router", &obj(json!({"x": 2})));
+        let before = t.get("edge/router");
+        assert_eq!(
+            before["desired"],
+            json!({"RulThreshold": 50, "$version": 3})
+        );
+        drop(t);
+
+        // Restarted with the same manifest: the twin as it was.
+        let t = Twins::new(
+            manifest(json!({"RulThreshold": 80, "LoggingLevel": "info"})),
+            d.clone(),
+        );
+        assert_eq!(t.get("edge/router"), before);
+        let (v, _) = t.patch_desired("edge/router", &obj(json!({"RulThreshold": 40})));
+        assert_eq!(v, 4, "versions go on");
+        drop(t);
+
+        // A new deployment: its properties replace the saved ones; the version goes up.
+        let t = Twins::new(manifest(json!({"RulThreshold": 70})), d.clone());
+        assert_eq!(
+            t.get("edge/router")["desired"],
+            json!({"RulThreshold": 70, "$version": 5})
+        );
+        drop(t);
+        let t = Twins::new(manifest(json!({"RulThreshold": 70})), d);
+        assert_eq!(
+            t.get("edge/router")["desired"],
+            json!({"RulThreshold": 70, "$version": 5}),
+            "the new deployment is the saved twin's base now"
+        );
+        assert_eq!(t.get("edge/router")["reported"]["x"], json!(2));
+        assert_eq!(t.get("edge/router")["reported"]["$version"], json!(3));
     }
 }

@@ -141,6 +141,30 @@ pub fn write_record(out: &mut impl Write, seq: u64, m: &Message) -> std::io::Res
     out.write_all(b"\n")
 }
 
+/// Cuts a torn last line (written, never synced whole, so never acknowledged) off the store,
+/// so the next record starts on a line of its own. Returns the bytes cut.
+fn repair_torn_tail(file: &std::fs::File) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut buf = [0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end < len {
+        file.set_len(end)?;
+        file.sync_all()?;
+    }
+    Ok(len - end)
+}
+
 fn existing_lines(path: &Path) -> u64 {
     std::fs::File::open(path)
         .map(|f| std::io::BufReader::new(f).lines().count() as u64)
@@ -154,8 +178,13 @@ impl Upstream {
         std::fs::create_dir_all(path.parent().unwrap_or(state_dir))?;
         let file = std::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)?;
+        let cut = repair_torn_tail(&file)?;
+        if cut > 0 {
+            tracing::warn!(store = %path.display(), bytes = cut, "cut a torn last line off the upstream store (written when the runtime stopped, never acknowledged)");
+        }
         let count = Arc::new(AtomicU64::new(existing_lines(&path)));
         let (tx, rx) = mpsc::unbounded_channel();
         let c = count.clone();
@@ -186,14 +215,18 @@ impl Upstream {
     }
 }
 
-/// Writes batches: everything queued is written, synced once, then acknowledged.
+/// Writes batches: everything queued is written, synced once, then acknowledged. A batch
+/// that fails is cut off again (the store ends after the last synced batch), so a later
+/// batch never follows a torn line.
 fn writer(file: std::fs::File, mut rx: mpsc::UnboundedReceiver<Append>, count: Arc<AtomicU64>) {
+    let mut good_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
     let mut waiting = Vec::new();
     let mut last_sync = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
         durable::pace(last_sync);
         let mut next = Some(first);
+        let good_count = count.load(Ordering::Relaxed);
         let mut result: Result<(), String> = Ok(());
         while let Some((m, ack)) = next.take() {
             let seq = count.fetch_add(1, Ordering::Relaxed);
@@ -212,8 +245,23 @@ fn writer(file: std::fs::File, mut rx: mpsc::UnboundedReceiver<Append>, count: A
                 .map_err(|e| format!("writing the upstream store: {e}"));
             last_sync = std::time::Instant::now();
         }
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "upstream store write failed; senders are not acknowledged");
+        match &result {
+            Ok(()) => {
+                good_len = out
+                    .get_ref()
+                    .metadata()
+                    .map(|m| m.len())
+                    .unwrap_or(good_len)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "upstream store write failed; senders are not acknowledged");
+                let (file, _unwritten) = out.into_parts();
+                if let Err(e) = file.set_len(good_len) {
+                    tracing::error!(error = %e, "cannot cut the failed batch off the upstream store");
+                }
+                count.store(good_count, Ordering::Relaxed);
+                out = std::io::BufWriter::with_capacity(256 * 1024, file);
+            }
         }
         for ack in waiting.drain(..) {
             let _ = ack.send(result.clone());
@@ -334,5 +382,49 @@ mod tests {
         drop(up);
         let again = Upstream::open(dir.path()).unwrap();
         assert_eq!(again.count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_cut_off_on_open_and_the_next_record_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = runtime_state::layout::upstream_store(dir.path());
+        let up = Upstream::open(dir.path()).unwrap();
+        up.append(Arc::new(Message::json(r#"{"a":1}"#).into()))
+            .await
+            .unwrap()
+            .unwrap();
+        drop(up);
+        // The runtime died in the middle of writing the next line.
+        let whole = std::fs::read(&path).unwrap();
+        let mut torn = whole.clone();
+        torn.extend_from_slice(br#"{"seq":1,"payload":{"a""#);
+        std::fs::write(&path, &torn).unwrap();
+
+        let up = Upstream::open(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            whole,
+            "the torn line is gone"
+        );
+        assert_eq!(up.count(), 1);
+        up.append(Arc::new(Message::json(r#"{"b":2}"#).into()))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line reads"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["payload"]["b"], json!(2));
+        assert_eq!(lines[1]["seq"], json!(1));
+
+        // A store that is one torn line only is emptied.
+        std::fs::write(&path, b"{\"seq\":0,").unwrap();
+        drop(up);
+        let up = Upstream::open(dir.path()).unwrap();
+        assert_eq!(up.count(), 0);
+        assert!(std::fs::read(&path).unwrap().is_empty());
     }
 }

@@ -254,9 +254,8 @@ async fn run(cli: Cli) -> Result<()> {
                     gateway_hostname,
                 },
         } => {
-            if id.is_empty() || id.contains('/') {
-                anyhow::bail!("device id '{id}' must be non-empty and contain no '/'");
-            }
+            edge_protocol::identity::check_id(&id)
+                .with_context(|| "the device id is refused".to_string())?;
             let key = KeyStore::new(layout::registry(&state)).ensure(&id)?;
             let cs = ConnectionString {
                 host_name: hub_hostname,

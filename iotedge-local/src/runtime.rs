@@ -125,6 +125,7 @@ const PASS_THROUGH: [&str; 9] = [
 
 /// Writes the edge device's identity where IoT Edge keeps it (1.2+ `config.toml`, 1.1
 /// `config.yaml`), under the bind folders, so a module that bind-mounts the file finds it.
+/// They hold the device key: readable by their owner only (0600), as on a device.
 fn write_device_config(state: &Path, hub: &str, device: &str, key: &str) -> Result<()> {
     let cs = format!("HostName={hub};DeviceId={device};SharedAccessKey={key}");
     let toml_path = state.join("binds/etc/aziot/config.toml");
@@ -134,13 +135,13 @@ fn write_device_config(state: &Path, hub: &str, device: &str, key: &str) -> Resu
             std::fs::create_dir_all(d)?;
         }
     }
-    std::fs::write(
+    runtime_state::write_private(
         &toml_path,
-        format!("# Written by iotedge-local: this edge device's identity.\nhostname = \"{device}\"\n\n[provisioning]\nsource = \"manual\"\nconnection_string = \"{cs}\"\n"),
+        format!("# Written by iotedge-local: this edge device's identity.\nhostname = \"{device}\"\n\n[provisioning]\nsource = \"manual\"\nconnection_string = \"{cs}\"\n").as_bytes(),
     )?;
-    std::fs::write(
+    runtime_state::write_private(
         &yaml_path,
-        format!("# Written by iotedge-local: this edge device's identity.\nprovisioning:\n  source: \"manual\"\n  device_connection_string: \"{cs}\"\nhostname: \"{device}\"\n"),
+        format!("# Written by iotedge-local: this edge device's identity.\nprovisioning:\n  source: \"manual\"\n  device_connection_string: \"{cs}\"\nhostname: \"{device}\"\n").as_bytes(),
     )?;
     Ok(())
 }

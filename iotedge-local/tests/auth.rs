@@ -464,3 +464,49 @@ async fn a_puback_counts_even_when_an_unsubscribe_follows_it_in_the_same_write()
     sender.close(Duration::from_secs(2)).await;
     t.rt.shutdown().await;
 }
+
+/// A token whose expiry is u64::MAX used to overflow edgeHub's timer and panic the
+/// connection task; it is a valid (if unwise) token: the connection works, and a second
+/// client still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_never_expires_does_not_break_the_connection() {
+    let t = start(manifest(&["sender", "receiver"], ROUTES, 7200, json!({}))).await;
+    let key = module_key(&t, "sender");
+    let (c, mut ev) = raw(
+        &t,
+        "edge-device/sender",
+        module_token("sender", &key, u64::MAX),
+        tls(&t.rt.ca_pem),
+    )
+    .await
+    .expect("accepted");
+    c.publish(
+        "devices/edge-device/modules/sender/messages/events/",
+        QoS::AtLeastOnce,
+        false,
+        "x",
+    )
+    .await
+    .unwrap();
+    let acked = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return true,
+                Ok(_) => {}
+                Err(e) => panic!("the connection broke: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("a PUBACK within 10 s");
+    assert!(acked);
+    let key = module_key(&t, "receiver");
+    let other = raw(
+        &t,
+        "edge-device/receiver",
+        module_token("receiver", &key, now() + 600),
+        tls(&t.rt.ca_pem),
+    )
+    .await;
+    assert!(other.is_ok(), "edgeHub still serves");
+}

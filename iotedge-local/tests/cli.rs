@@ -121,6 +121,14 @@ fn device_add_registers_once_and_prints_a_gateway_connection_string() {
     );
     let list = run(&["device", "list"], dir.path());
     assert_eq!(String::from_utf8(list.stdout).unwrap(), "Client_001\n");
-    let bad = run(&["device", "add", "a/b"], dir.path());
-    assert_eq!(bad.status.code(), Some(1));
+    // IoT Hub's rules for ids: no '/', no white space or control characters, ≤ 128.
+    let long = "x".repeat(129);
+    for id in ["a/b", "a b", "a\nforged log line", "", long.as_str()] {
+        let bad = run(&["device", "add", id], dir.path());
+        assert_eq!(bad.status.code(), Some(1), "{id:?}");
+        let err = String::from_utf8(bad.stderr).unwrap();
+        assert!(err.contains("the device id is refused"), "{err}");
+    }
+    let list = run(&["device", "list"], dir.path());
+    assert_eq!(String::from_utf8(list.stdout).unwrap(), "Client_001\n");
 }

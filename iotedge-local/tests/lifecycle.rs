@@ -284,5 +284,16 @@ async fn modules_get_a_device_environment_with_binds_and_no_keys() {
         settings.container_path(std::path::Path::new("/avrofiles/2026/11/21/5/15.avro")),
         host.join("2026/11/21/5/15.avro")
     );
+    // The edge device's key is in its IoT Edge config files: its owner's alone, as on a
+    // device (a local user `nobody` connected as the edge device with it when it was 0644).
+    for config in [
+        "binds/etc/aziot/config.toml",
+        "binds/etc/iotedge/config.yaml",
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = rt.state_dir().join(config);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{config} is {mode:o}");
+    }
     rt.shutdown().await;
 }

@@ -6,9 +6,11 @@
 //! - [`properties`]: the URL-encoded property bag carried at the end of MQTT topics;
 //! - [`topic`]: the MQTT topic scheme of IoT Hub and edgeHub (outputs, inputs, twin);
 //! - [`sas`]: shared access signature tokens (make and verify);
-//! - [`connection_string`]: device and module connection strings.
+//! - [`connection_string`]: device and module connection strings;
+//! - [`identity`]: IoT Hub's rules for device and module ids.
 
 pub mod connection_string;
+pub mod identity;
 pub mod message;
 pub mod mqtt;
 pub mod properties;

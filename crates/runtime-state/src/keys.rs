@@ -42,7 +42,8 @@ fn read_keys(path: &Path) -> std::io::Result<KeyFile> {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a secret file readable by its owner only (mode 0600), replacing `path` atomically.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     {

@@ -11,7 +11,7 @@ pub mod control;
 pub mod keys;
 pub mod layout;
 
-pub use keys::{new_key, KeyStore};
+pub use keys::{new_key, write_private, KeyStore};
 
 use std::path::{Path, PathBuf};
 

@@ -116,8 +116,10 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let token_expires =
-        tokio::time::Instant::now() + Duration::from_secs(expiry.saturating_sub(now));
+    // A token may say it expires in 500 billion years (`se` = u64::MAX): the timer then
+    // waits a year, as far as an Instant safely reaches.
+    let token_expires = tokio::time::Instant::now()
+        + Duration::from_secs(expiry.saturating_sub(now)).min(Duration::from_secs(365 * 24 * 3600));
     let mut stopping = hub.stopping();
     // The futures that end the connection are made once, not for every packet (a timer
     // made per packet costs a registration in tokio's timer wheel each time). Keep-alive

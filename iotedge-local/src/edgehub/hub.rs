@@ -377,7 +377,8 @@ impl Hub {
     ) -> Result<(Identity, u64), ConnectReturnCode> {
         let refuse = |code, why: String| {
             self.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-            warn!(client_id, reason = %why, "connection refused");
+            // Escaped: the reason may quote what the client sent (a newline would forge a line).
+            warn!(client_id, reason = %why.escape_debug(), "connection refused");
             Err(code)
         };
         let identity = match client_id.split_once('/') {

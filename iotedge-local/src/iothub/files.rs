@@ -109,6 +109,14 @@ struct Notification {
     status_description: Option<String>,
 }
 
+/// Whether `p` is a relative path of plain names only (no empty, `.` or `..` segment, no
+/// leading `/`): joined to a folder, it stays inside it.
+fn is_plain_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.contains('\0'))
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"Message": message.into()}))).into_response()
 }
@@ -217,17 +225,16 @@ async fn create_sas_uri(
             Err((status, message)) => return error(status, message),
         };
     let name = req.blob_name.trim_start_matches('/');
-    if name.is_empty()
-        || name
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..")
-    {
+    let blob = format!("{device}/{name}");
+    if name.is_empty() || !is_plain_path(&blob) {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("blob name '{}' is not valid", req.blob_name),
+            format!(
+                "blob name '{}' of device '{device}' is not valid (empty, '.' or '..' segments)",
+                req.blob_name
+            ),
         );
     }
-    let blob = format!("{device}/{name}");
     let (host, token) = match s.sas_for(&blob) {
         Ok(x) => x,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -300,6 +307,9 @@ async fn put_local_blob(
         sas::sign(&s.local_key, format!("{container}/{blob}\n{se}").as_bytes()).unwrap_or_default();
     if se <= now_secs() || *sig != expected || container != s.container {
         return error(StatusCode::FORBIDDEN, "signature not valid for this blob");
+    }
+    if !is_plain_path(&container) || !is_plain_path(&blob) {
+        return error(StatusCode::BAD_REQUEST, "blob path leaves the container");
     }
     let path = root.join(&container).join(&blob);
     let write = || -> std::io::Result<()> {
@@ -542,7 +552,13 @@ pub async fn read_blob(
     ca_pem: &str,
 ) -> anyhow::Result<Vec<u8>> {
     match store {
-        BlobStore::Directory(root) => Ok(std::fs::read(root.join(container).join(blob))?),
+        BlobStore::Directory(root) => {
+            anyhow::ensure!(
+                is_plain_path(container) && is_plain_path(blob),
+                "blob path '{container}/{blob}' leaves the store"
+            );
+            Ok(std::fs::read(root.join(container).join(blob))?)
+        }
         BlobStore::Azurite { host } => {
             let token = account_sas(
                 AZURITE_ACCOUNT,
@@ -571,6 +587,31 @@ mod tests {
     use super::*;
     use base64::engine::general_purpose::STANDARD as B64;
     use base64::Engine as _;
+
+    #[test]
+    fn blob_paths_stay_inside_their_container() {
+        for ok in [
+            "edge-device/2026/1/2/3/5.avro",
+            "Client_001/x.avro",
+            "a/..b/c.",
+            "%2e%2e/x",
+        ] {
+            assert!(is_plain_path(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/x",
+            "../x",
+            "../../etc/x",
+            "dev/./x",
+            "dev//x",
+            "dev/",
+            "a/..",
+            "..",
+        ] {
+            assert!(!is_plain_path(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn account_sas_signs_the_documented_fields() {

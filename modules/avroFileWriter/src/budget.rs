@@ -1,5 +1,6 @@
 //! The disk budget (`MaxDiskMB`): when the Avro tree reaches it the writer stops taking
-//! input — handlers wait, so edgeHub keeps the messages — until uploads free space.
+//! input — handlers wait, so edgeHub keeps the messages, for its time-to-live only — until
+//! uploads free space.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
@@ -95,7 +96,7 @@ impl DiskBudget {
                 warn!(
                     used_mb = used as f64 / MIB,
                     max_mb = max as f64 / MIB,
-                    "the Avro tree reached MaxDiskMB: not taking input until uploads free space (edgeHub keeps the messages); raise MaxDiskMB or fix the upload target"
+                    "the Avro tree reached MaxDiskMB: not taking input until uploads free space; edgeHub keeps the messages for the deployment's timeToLiveSecs and then drops them (counted in its metrics and status as expired): raise MaxDiskMB or fix the upload target before then"
                 );
             } else {
                 info!(

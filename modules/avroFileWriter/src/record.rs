@@ -50,6 +50,19 @@ impl RecordSchema {
         &self.json
     }
 
+    /// Reads the container file at `path` back whole, decoding every record of every block
+    /// with this schema ([`crate::container::verify`]).
+    pub fn verify_file(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<crate::container::Verified, crate::container::FileError> {
+        crate::container::verify(path, |data| {
+            apache_avro::from_avro_datum(&self.schema, data, None)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+
     /// Whether a file header's schema text describes the same schema (Avro's parsing
     /// canonical form: field order, names and types, ignoring whitespace and docs).
     pub fn same_as(&self, header_schema: &str) -> bool {

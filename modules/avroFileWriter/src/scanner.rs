@@ -243,14 +243,7 @@ impl<U: Uploader> Scanner<U> {
     /// Reads `f` back whole before it is uploaded; a damaged file is set aside (and `false`).
     async fn verify(&self, f: &AvroFile) -> bool {
         let (path, schema) = (f.path.clone(), self.schema.clone());
-        let checked = tokio::task::spawn_blocking(move || {
-            container::verify(&path, |data| {
-                apache_avro::from_avro_datum(schema.schema(), data, None)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .await;
+        let checked = tokio::task::spawn_blocking(move || schema.verify_file(&path)).await;
         match checked {
             Ok(Ok(v)) => {
                 debug!(file = %f.path.display(), blocks = v.blocks, records = v.records, "read back whole");

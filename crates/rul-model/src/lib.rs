@@ -308,7 +308,7 @@ impl RulModel {
 
     /// Predicts the RUL of each row of `features` (row-major, 21 per row).
     pub fn predict(&mut self, features: &[f32]) -> Result<Vec<f32>, ModelError> {
-        if features.len() % N_FEATURES != 0 {
+        if !features.len().is_multiple_of(N_FEATURES) {
             return Err(ModelError::Shape(features.len()));
         }
         let rows = features.len() / N_FEATURES;
@@ -447,7 +447,7 @@ impl HistoryModel {
 
     /// Predicts each row of `features` (row-major, the model's feature count per row).
     pub fn predict(&mut self, features: &[f32]) -> Result<Vec<Interval>, ModelError> {
-        if features.len() % self.features != 0 {
+        if !features.len().is_multiple_of(self.features) {
             return Err(ModelError::Run(format!(
                 "{} values are not a whole number of rows of {} features",
                 features.len(),

@@ -46,7 +46,7 @@ pub const MAX_DECAY_STEPS: u32 = 2000;
 pub const MAX_GAP: u32 = 1 << 16;
 /// Answers kept for redeliveries: those of the last this many cycles of the window.
 pub const ANSWERS_KEPT: usize = 6;
-const _: () = assert!(WINDOW % ANSWERS_KEPT == 0);
+const _: () = assert!(WINDOW.is_multiple_of(ANSWERS_KEPT));
 /// Features per row.
 pub const N_FEATURES: usize = 7 * N_SENSORS + 1;
 

@@ -57,6 +57,7 @@ async fn routes_classifies_archives_dead_letters_and_obeys_the_threshold() {
     // Leaf telemetry → classOutput, body unchanged, the tutorial's properties added.
     let mut leaf = Message::json(telemetry(42));
     leaf.correlation_id = Some("corr-42".into());
+    // A forged identity: the router takes the one edgeHub authenticated (the probe's device).
     leaf.set_property("ConnectionDeviceId", "Client_001");
     probe.send_output("leaf", leaf.clone()).await.unwrap();
     let to_classifier = next_input(&mut inputs).await;
@@ -66,7 +67,7 @@ async fn routes_classifies_archives_dead_letters_and_obeys_the_threshold() {
     assert_eq!(m.body, leaf.body);
     assert_eq!(m.correlation_id.as_deref(), Some("corr-42"));
     assert_eq!(m.property("CorrelationId"), Some("corr-42"));
-    assert_eq!(m.property("ConnectionDeviceId"), Some("Client_001"));
+    assert_eq!(m.property("ConnectionDeviceId"), Some("edge-device"));
     assert!(m.property("CreationTimeUtc").is_some() && m.property("EnqueuedTimeUtc").is_some());
     assert!(m.is_json_utf8());
 
@@ -84,14 +85,14 @@ async fn routes_classifies_archives_dead_letters_and_obeys_the_threshold() {
     let record: EngineRecord = serde_json::from_slice(&avro.message.body).unwrap();
     avro.ack();
     assert_eq!(record.correlation_id, "corr-42");
-    assert_eq!(record.connection_device_id, "Client_001");
+    assert_eq!(record.connection_device_id, "edge-device");
     assert_eq!(record.body["PredictedRul"], 87.5);
     assert_eq!(record.body_in_schema_order().unwrap()[25], 42.0);
     let up = t.wait_upstream(1).await;
     assert_eq!(up.len(), 1);
     assert_eq!(
         up[0]["payload"],
-        json!({"ConnectionDeviceId": "Client_001", "CorrelationId": "corr-42", "PredictedRul": 87.5, "CycleTime": 42.0})
+        json!({"ConnectionDeviceId": "edge-device", "CorrelationId": "corr-42", "PredictedRul": 87.5, "CycleTime": 42.0})
     );
     assert_eq!(up[0]["module"], json!("turbofanRouter"));
     assert_eq!(

@@ -49,10 +49,14 @@ async fn patch_desired(
     body: Bytes,
 ) -> Response {
     match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(p)) => {
-            let v = hub.patch_desired(&module, &p);
-            Json(json!({ "$version": v })).into_response()
-        }
+        Ok(Value::Object(p)) => match hub.patch_desired(&module, &p) {
+            Ok(v) => Json(json!({ "$version": v })).into_response(),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"message": format!("the twin could not be saved, so the patch was not applied: {e}; check the state folder's disk and permissions")})),
+            )
+                .into_response(),
+        },
         _ => (
             StatusCode::BAD_REQUEST,
             Json(json!({"message": "the patch must be a JSON object"})),

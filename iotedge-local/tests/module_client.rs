@@ -229,7 +229,8 @@ async fn twin_reads_reports_and_receives_desired_patches() {
     let patch = json!({"RulThreshold": 50, "LoggingLevel": null});
     let v =
         t.rt.hub
-            .patch_desired("receiver", patch.as_object().unwrap());
+            .patch_desired("receiver", patch.as_object().unwrap())
+            .expect("the twin is saved");
     assert_eq!(v, 2);
     let got = tokio::time::timeout(Duration::from_secs(10), patches.recv())
         .await

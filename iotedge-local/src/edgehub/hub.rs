@@ -628,14 +628,19 @@ impl Hub {
     }
 
     /// Applies a desired-properties patch to a module's twin and pushes it to the module if
-    /// it listens for patches. Returns the new desired version.
-    pub fn patch_desired(&self, module: &str, patch: &serde_json::Map<String, Value>) -> u64 {
+    /// it listens for patches. Returns the new desired version, or why the twin could not be
+    /// saved (then nothing changed).
+    pub fn patch_desired(
+        &self,
+        module: &str,
+        patch: &serde_json::Map<String, Value>,
+    ) -> std::io::Result<u64> {
         let identity = Identity::Module {
             device: self.cfg.device_id.clone(),
             module: module.to_owned(),
         };
         let client_id = identity.client_id();
-        let (version, body) = self.twins.patch_desired(&client_id, patch);
+        let (version, body) = self.twins.patch_desired(&client_id, patch)?;
         let sessions = lock(&self.sessions);
         if let Some(s) = sessions.get(&client_id) {
             let listening = s
@@ -652,7 +657,7 @@ impl Hub {
             }
         }
         info!(module, version, "desired properties patched");
-        version
+        Ok(version)
     }
 
     /// Calls direct method `method` of `module` with `payload` and waits up to `timeout` for

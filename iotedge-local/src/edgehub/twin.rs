@@ -184,41 +184,48 @@ impl Twins {
         version
     }
 
-    /// Applies a desired-properties patch; returns the patch to push to the module, with
-    /// its new `$version`.
-    /// The new desired properties are on disk (with `dir`) before this returns.
-    pub fn patch_desired(&self, id: &str, patch: &Map<String, Value>) -> (u64, Value) {
+    /// Applies a desired-properties patch; returns the new `$version` and the patch to push
+    /// to the module with it. With `dir`, the new desired properties are on disk before the
+    /// twin changes: an error leaves the twin as it was.
+    pub fn patch_desired(
+        &self,
+        id: &str,
+        patch: &Map<String, Value>,
+    ) -> std::io::Result<(u64, Value)> {
         let mut docs = self.lock();
         let doc = docs.entry(id.to_owned()).or_default();
-        if doc.desired_version == 0 {
-            doc.desired_version = 1;
-        }
-        merge_patch(&mut doc.desired, patch);
-        doc.desired_version += 1;
+        let mut desired = doc.desired.clone();
+        merge_patch(&mut desired, patch);
+        let version = doc.desired_version.max(1) + 1;
         if let Some(dir) = &self.dir {
-            let path = dir.join(desired_file_name(id));
             let saved = serde_json::json!({
                 "manifest": self.manifest.get(id).cloned().unwrap_or_default(),
-                "desired": doc.desired,
-                "version": doc.desired_version,
+                "desired": desired,
+                "version": version,
             });
-            if let Err(e) = write_atomically(&path, saved.to_string().as_bytes()) {
-                tracing::warn!(twin = id, error = %e, "could not persist desired properties; they are lost if the runtime restarts");
-            }
+            write_atomically(
+                &dir.join(desired_file_name(id)),
+                saved.to_string().as_bytes(),
+            )?;
         }
-        (
-            doc.desired_version,
-            with_version(patch, doc.desired_version),
-        )
+        doc.desired = desired;
+        doc.desired_version = version;
+        Ok((version, with_version(patch, version)))
     }
 }
 
+/// `device~module` for `device/module`: `~` is in no IoT Hub id, so no device's file name
+/// can be a module's (`__` could: `_` is allowed in device ids).
+fn file_stem(id: &str) -> String {
+    id.replace('/', "~")
+}
+
 fn file_name(id: &str) -> String {
-    format!("{}.reported.json", id.replace('/', "__"))
+    format!("{}.reported.json", file_stem(id))
 }
 
 fn desired_file_name(id: &str) -> String {
-    format!("{}.desired.json", id.replace('/', "__"))
+    format!("{}.desired.json", file_stem(id))
 }
 
 #[cfg(test)]
@@ -250,7 +257,9 @@ mod tests {
             t.get("edge/router"),
             json!({"desired": {"RulThreshold": 80, "$version": 1}, "reported": {"$version": 1}})
         );
-        let (v, patch) = t.patch_desired("edge/router", &obj(json!({"RulThreshold": 50})));
+        let (v, patch) = t
+            .patch_desired("edge/router", &obj(json!({"RulThreshold": 50})))
+            .unwrap();
         assert_eq!((v, patch), (2, json!({"RulThreshold": 50, "$version": 2})));
         assert_eq!(
             t.patch_reported("edge/router", &obj(json!({"model": "x"}))),
@@ -269,8 +278,10 @@ mod tests {
             manifest(json!({"RulThreshold": 80, "LoggingLevel": "info"})),
             d.clone(),
         );
-        t.patch_desired("edge/router", &obj(json!({"RulThreshold": 50})));
-        t.patch_desired("edge/router", &obj(json!({"LoggingLevel": null})));
+        t.patch_desired("edge/router", &obj(json!({"RulThreshold": 50})))
+            .unwrap();
+        t.patch_desired("edge/router", &obj(json!({"LoggingLevel": null})))
+            .unwrap();
         t.patch_reported("edge/router", &obj(json!({"x": 1})));
         t.patch_reported("edge/router", &obj(json!({"x": 2})));
         let before = t.get("edge/router");
@@ -286,7 +297,9 @@ mod tests {
             d.clone(),
         );
         assert_eq!(t.get("edge/router"), before);
-        let (v, _) = t.patch_desired("edge/router", &obj(json!({"RulThreshold": 40})));
+        let (v, _) = t
+            .patch_desired("edge/router", &obj(json!({"RulThreshold": 40})))
+            .unwrap();
         assert_eq!(v, 4, "versions go on");
         drop(t);
 
@@ -305,5 +318,26 @@ mod tests {
         );
         assert_eq!(t.get("edge/router")["reported"]["x"], json!(2));
         assert_eq!(t.get("edge/router")["reported"]["$version"], json!(3));
+    }
+
+    #[test]
+    fn a_patch_that_cannot_be_saved_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("twins");
+        std::fs::write(&blocked, b"a file where the folder should be").unwrap();
+        let manifest =
+            HashMap::from([("edge/router".to_owned(), obj(json!({"RulThreshold": 80})))]);
+        let t = Twins::new(manifest, Some(blocked));
+        let before = t.get("edge/router");
+        assert!(t
+            .patch_desired("edge/router", &obj(json!({"RulThreshold": 50})))
+            .is_err());
+        assert_eq!(t.get("edge/router"), before, "not applied");
+    }
+
+    #[test]
+    fn a_device_named_like_a_module_has_its_own_files() {
+        assert_ne!(file_name("edge__router"), file_name("edge/router"));
+        assert_eq!(file_name("edge/router"), "edge~router.reported.json");
     }
 }

@@ -161,7 +161,8 @@ async fn archives_quarantines_holds_input_while_full_and_uploads_quiet_files() {
 
     // Room again: everything is written, synced and acknowledged.
     t.rt.hub
-        .patch_desired(MODULE, json!({"MaxDiskMB": 64}).as_object().unwrap());
+        .patch_desired(MODULE, json!({"MaxDiskMB": 64}).as_object().unwrap())
+        .expect("the twin is saved");
     wait_for("all 23 acknowledged", 30, || {
         let s = t.rt.hub.endpoint_stats()[MODULE];
         (s.delivered == 23).then_some(())

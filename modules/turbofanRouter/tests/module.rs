@@ -117,10 +117,12 @@ async fn routes_classifies_archives_dead_letters_and_obeys_the_threshold() {
     assert_eq!(up[1]["payload"], json!({"Sensor1": "hot"}));
 
     // RulThreshold: predictions at or above it are archived but not sent to IoT Hub.
-    t.rt.hub.patch_desired(
-        "turbofanRouter",
-        json!({"RulThreshold": 50}).as_object().unwrap(),
-    );
+    t.rt.hub
+        .patch_desired(
+            "turbofanRouter",
+            json!({"RulThreshold": 50}).as_object().unwrap(),
+        )
+        .expect("the twin is saved");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let twin = t.rt.hub.twins.get("edge-device/turbofanRouter");

@@ -253,7 +253,8 @@ async fn an_answer_too_large_for_mqtt_comes_back_without_its_body_and_the_module
     // Bodies up to 1 MiB may be scored: as many rows as one publish carries.
     let patch = json!({"MaxBodyBytes": 1 << 20});
     t.rt.hub
-        .patch_desired("turbofanRulClassifier", patch.as_object().unwrap());
+        .patch_desired("turbofanRulClassifier", patch.as_object().unwrap())
+        .expect("the twin is saved");
     assert_eq!(
         reported(&t, "MaxBodyBytes").await["MaxBodyBytes"],
         json!(1 << 20)
@@ -510,7 +511,8 @@ async fn history_mode_scores_each_engine_over_its_history_and_survives_kill_9() 
     // Per-row mode, switched at run time.
     let patch = json!({"ScoringMode": "row"});
     t.rt.hub
-        .patch_desired("turbofanRulClassifier", patch.as_object().unwrap());
+        .patch_desired("turbofanRulClassifier", patch.as_object().unwrap())
+        .expect("the twin is saved");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while reported(&t, "ScoringMode").await["ScoringMode"] != json!("row") {
         assert!(tokio::time::Instant::now() < deadline, "mode not switched");

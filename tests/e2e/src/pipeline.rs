@@ -297,7 +297,7 @@ impl Pipeline {
         let map = patch
             .as_object()
             .ok_or_else(|| anyhow!("a desired-properties patch is a JSON object"))?;
-        Ok(self.rt.hub.patch_desired(module, map))
+        Ok(self.rt.hub.patch_desired(module, map)?)
     }
 
     /// The module's reported properties.

@@ -63,6 +63,10 @@ enum Command {
         /// (port 0: free ports). `iotedge-local status` and the state's runtime.json list them.
         #[arg(long, default_value = "127.0.0.1:9600", value_name = "ADDR")]
         metrics: String,
+        /// MiB of queued messages each module queue keeps in memory; the rest of a backlog
+        /// waits on disk, in the message store.
+        #[arg(long, default_value_t = 8, value_name = "MIB")]
+        queue_memory_mb: usize,
     },
     /// Leaf devices in the registry.
     Device {
@@ -223,8 +227,10 @@ async fn run(cli: Cli) -> Result<()> {
             skip,
             azurite,
             metrics,
+            queue_memory_mb,
         } => {
             let mut opts = Options::new(manifest, &state);
+            opts.queue_memory = queue_memory_mb.saturating_mul(1024 * 1024);
             opts.mqtt_port = mqtt_port;
             opts.hub_hostname = hub_hostname;
             opts.device_id = device_id;

@@ -5,6 +5,7 @@ use crate::agent::manifest::Manifest;
 use crate::agent::{self, Agent, Launch};
 use crate::control;
 use crate::edgehub::broker;
+use crate::edgehub::endpoint;
 use crate::edgehub::hub::{Hub, HubConfig, RouteError};
 use crate::edgehub::journal::{self, Journal};
 use crate::edgehub::twin::Twins;
@@ -50,6 +51,9 @@ pub struct Options {
     /// that acknowledges after its own outputs are stored (the router) busy while edgeHub
     /// syncs its journal; docs/decisions.md has the trade-off with the module's memory.
     pub window: usize,
+    /// Bytes of queued messages each module queue keeps in memory; the rest of a backlog
+    /// waits on disk in the message store.
+    pub queue_memory: usize,
     /// IoT Hub's HTTPS port for file upload (0: any free port).
     pub hub_https_port: u16,
     /// Azurite's `azurite-blob` launcher; without it blobs go to a folder of the state.
@@ -78,6 +82,7 @@ impl Options {
             skip: Vec::new(),
             start_modules: true,
             window: 1024,
+            queue_memory: endpoint::QUEUE_MEMORY,
             hub_https_port: 0,
             azurite: None,
             upload_container: "avrofiles".into(),
@@ -213,6 +218,7 @@ impl Runtime {
             device_id: opts.device_id.clone(),
             ttl: Duration::from_secs(manifest.ttl_secs),
             window: opts.window,
+            queue_memory: opts.queue_memory,
         };
         let (hub, route_errors) = Hub::new(
             cfg,
@@ -274,8 +280,11 @@ impl Runtime {
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
-                tick.tick().await;
-                sweeper.expire();
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = sweeper.store_written() => {}
+                }
+                sweeper.tick();
             }
         }));
         let agent_slot = control::AgentSlot::default();

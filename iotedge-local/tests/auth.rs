@@ -510,3 +510,72 @@ async fn a_token_that_never_expires_does_not_break_the_connection() {
     .await;
     assert!(other.is_ok(), "edgeHub still serves");
 }
+
+/// A message whose delivery topic would be over MQTT's 65,535 bytes (a client that does not
+/// leave edgeHub room, as this project's client does) is refused before its PUBACK: the
+/// connection closes unacknowledged, the receiver's queue never holds it, and the refusal
+/// is counted. Nothing acknowledged is dropped later for its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_could_never_be_delivered_is_refused_not_acknowledged_and_dropped() {
+    use tokio::io::AsyncWriteExt;
+    const TO_RECEIVER: &[(&str, &str)] = &[(
+        "toReceiver",
+        "FROM /messages/modules/sender/outputs/out INTO BrokeredEndpoint(\"/modules/receiver/inputs/in\")",
+    )];
+    let t = start(manifest(
+        &["sender", "receiver"],
+        TO_RECEIVER,
+        7200,
+        json!({}),
+    ))
+    .await;
+    let (mut tx, mut buf) = raw_module(&t, "sender").await;
+    let prefix = "devices/edge-device/modules/sender/messages/events/";
+    let bag_head = "$.on=out&k=";
+    let long = format!(
+        "{prefix}{bag_head}{}",
+        "v".repeat(65_535 - prefix.len() - bag_head.len())
+    );
+    assert_eq!(long.len(), 65_535, "as long as MQTT allows");
+    let mut out = bytes::BytesMut::new();
+    let mut p = rumqttc::Publish::new(long, QoS::AtLeastOnce, "{}");
+    p.pkid = 1;
+    Packet::Publish(p).write(&mut out, 1 << 20).unwrap();
+    tx.write_all(&out).await.unwrap();
+    // No PUBACK: the connection ends.
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match edge_protocol::mqtt::read_packet(&mut tx, &mut buf).await {
+                Ok(Some(Packet::PubAck(a))) => return Err(a),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return Ok(()),
+            }
+        }
+    })
+    .await
+    .expect("the connection closes");
+    assert!(end.is_ok(), "acknowledged: {end:?}");
+    let stats = t.rt.hub.endpoint_stats()["receiver"];
+    assert_eq!((stats.queued, stats.undeliverable), (0, 0), "{stats:?}");
+    assert_eq!(
+        t.rt.hub.prometheus.refused_count("undeliverable", "sender"),
+        1
+    );
+
+    // The sender, connected again, is served.
+    let sender = t.client("sender").await;
+    let receiver = t.client("receiver").await;
+    let mut inputs = receiver.inputs().unwrap();
+    sender
+        .send_output("out", edge_client::Message::json("{}"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), inputs.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    got.ack();
+    sender.close(Duration::from_secs(2)).await;
+    receiver.close(Duration::from_secs(2)).await;
+    t.rt.shutdown().await;
+}

@@ -106,8 +106,16 @@ pub struct Unsendable {
     pub reason: String,
 }
 
-/// Whether a QoS 1 publish of `payload` on `topic` fits in [`MAX_PACKET`]; the reason if not.
+/// Whether a QoS 1 publish of `payload` on `topic` fits in [`MAX_PACKET`], with a topic
+/// short enough for edgeHub to deliver it; the reason if not.
 fn fits(topic: &str, payload: &[u8]) -> Result<(), String> {
+    use edge_protocol::mqtt::MAX_SEND_TOPIC;
+    if topic.len() > MAX_SEND_TOPIC {
+        return Err(format!(
+            "a topic of {} bytes leaves edgeHub no room for its delivery topic (at most {MAX_SEND_TOPIC} bytes): send fewer or shorter properties",
+            topic.len()
+        ));
+    }
     edge_protocol::mqtt::check_publish(topic.len(), QoS::AtLeastOnce, payload.len(), MAX_PACKET)
         .map(|_| ())
 }

@@ -14,9 +14,18 @@ pub const MAX_PACKET: usize = 512 * 1024;
 /// Largest packet edgeHub delivers to a module, and so the most a module client reads: a
 /// message edgeHub took in a packet of up to [`MAX_PACKET`], under its delivery topic with
 /// edgeHub's stamps (connection ids, enqueued time), which can make it longer than the
-/// packet it came in. edgeHub drops (with an error) a message whose delivery would still be
-/// larger, rather than hold it for a module that could never read it.
+/// packet it came in. edgeHub refuses (does not acknowledge) a message whose delivery would
+/// still be larger, or whose delivery topic would be over MQTT's 65,535 bytes, rather than
+/// take a message a module could never read.
 pub const MAX_DELIVERY: usize = MAX_PACKET + 4 * 1024;
+
+/// Room a sender's topic leaves for edgeHub's delivery topic: the delivery topic names the
+/// receiving module and input and carries edgeHub's stamps (connection ids, enqueued time)
+/// besides the sender's property bag, and must stay within MQTT's 65,535 bytes.
+pub const DELIVERY_TOPIC_HEADROOM: usize = 1024;
+
+/// The longest topic a client sends a message on, so that edgeHub can deliver it.
+pub const MAX_SEND_TOPIC: usize = u16::MAX as usize - DELIVERY_TOPIC_HEADROOM;
 
 /// Read-buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;

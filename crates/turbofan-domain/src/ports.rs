@@ -81,6 +81,13 @@ pub mod properties {
         CLASSIFIER_ERROR,
         MODEL_NAME,
     ];
+
+    /// The most a leaf device's properties (system and application, as the property bag of
+    /// its MQTT topic encodes them) may take for the router to forward the message. Every
+    /// hop after it adds a few properties and edgeHub's stamps, and each must still fit in
+    /// MQTT's 65,535-byte topic; a message over this is dead-lettered without them, so no
+    /// hop has to refuse or drop it later.
+    pub const MAX_LEAF_PROPERTY_BAG: usize = 16 * 1024;
 }
 
 /// Where a module output's messages go.

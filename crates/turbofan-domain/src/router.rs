@@ -12,7 +12,7 @@
 use crate::numeric;
 use crate::ports::properties::{
     CLASSIFIER_ERROR, CONNECTION_DEVICE_ID, CORRELATION_ID, CREATION_TIME, DEAD_LETTER,
-    DEAD_LETTER_REASON, ENQUEUED_TIME, MODEL_NAME, SET_BY_PIPELINE,
+    DEAD_LETTER_REASON, ENQUEUED_TIME, MAX_LEAF_PROPERTY_BAG, MODEL_NAME, SET_BY_PIPELINE,
 };
 use crate::ports::router::{AVRO_OUTPUT, CLASS_OUTPUT, DEAD_OUTPUT, HUB_OUTPUT};
 use crate::scoring::{HISTORY_CYCLES, PREDICTED_RUL_HIGH, PREDICTED_RUL_LOW};
@@ -97,6 +97,22 @@ pub fn device_input(
     for name in SET_BY_PIPELINE {
         while m.remove_property(name).is_some() {}
     }
+    if let Some(bag) = oversized_bag(&m) {
+        // Forwarded, it could grow past what MQTT carries on a later hop: its properties
+        // are not forwarded, only said to be too large.
+        m.properties.clear();
+        m.message_id = None;
+        m.correlation_id = None;
+        m.user_id = None;
+        m.to = None;
+        if let Some(d) = m.connection_device_id.clone() {
+            m.set_property(CONNECTION_DEVICE_ID, d);
+        }
+        let reason = format!(
+            "the device's properties take {bag} bytes as MQTT carries them, over the pipeline's limit of {MAX_LEAF_PROPERTY_BAG}: they were removed"
+        );
+        return vec![(DEAD_OUTPUT, dead_letter(m, reason))];
+    }
     if let Some(d) = m.connection_device_id.clone() {
         // on the dead letter too: operators see which device sent a bad message
         m.set_property(CONNECTION_DEVICE_ID, d);
@@ -130,6 +146,34 @@ pub fn device_input(
     json_headers(&mut m);
     clear_hub_stamps(&mut m);
     vec![(CLASS_OUTPUT, m)]
+}
+
+/// The encoded size of `m`'s property bag if it is over [`MAX_LEAF_PROPERTY_BAG`].
+fn oversized_bag(m: &Message) -> Option<usize> {
+    // Encoding takes at most three bytes a byte: only a bag that could be over is encoded.
+    let system = [
+        &m.message_id,
+        &m.correlation_id,
+        &m.user_id,
+        &m.to,
+        &m.content_type,
+        &m.content_encoding,
+    ];
+    let raw: usize = m
+        .properties
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 2)
+        .sum::<usize>()
+        + system
+            .iter()
+            .map(|p| p.as_ref().map_or(0, |v| v.len() + 6))
+            .sum::<usize>();
+    if raw * 3 <= MAX_LEAF_PROPERTY_BAG {
+        return None;
+    }
+    let bag =
+        edge_protocol::properties::encode(m, edge_protocol::properties::Direction::ToHub).len();
+    (bag > MAX_LEAF_PROPERTY_BAG).then_some(bag)
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -567,6 +611,34 @@ mod tests {
         m.set_property("ConnectionDeviceId", "dev\"ice\\1");
         let out = rul_input(m, None);
         assert_eq!(body(&out[0].1)["ConnectionDeviceId"], json!("dev\"ice\\1"));
+    }
+
+    #[test]
+    fn a_leaf_message_with_properties_too_large_to_forward_is_dead_lettered_without_them() {
+        let mut m = leaf(&telemetry());
+        m.set_property("note", "é".repeat(6_000)); // 12,000 bytes, 36,000 encoded
+        m.correlation_id = Some("c".repeat(100).into());
+        let out = device_input(m, || "now".into(), || "id".into());
+        assert_eq!(out.len(), 1);
+        let (port, dead) = &out[0];
+        assert_eq!(*port, DEAD_OUTPUT);
+        assert_eq!(dead.property(DEAD_LETTER), Some("true"));
+        let reason = dead.property(DEAD_LETTER_REASON).unwrap();
+        assert!(
+            reason.contains("over the pipeline's limit of 16384"),
+            "{reason}"
+        );
+        assert_eq!(dead.property("note"), None);
+        assert_eq!(dead.correlation_id, None);
+        assert_eq!(dead.property(CONNECTION_DEVICE_ID), Some("Client_001"));
+        let bag =
+            edge_protocol::properties::encode(dead, edge_protocol::properties::Direction::ToHub);
+        assert!(bag.len() < 1_024, "the dead letter is small: {}", bag.len());
+        // Just under the limit, the message goes on.
+        let mut m = leaf(&telemetry());
+        m.set_property("note", "x".repeat(MAX_LEAF_PROPERTY_BAG - 200));
+        let out = device_input(m, || "now".into(), || "id".into());
+        assert_eq!(out[0].0, CLASS_OUTPUT);
     }
 
     #[test]

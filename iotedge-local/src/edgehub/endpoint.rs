@@ -3,10 +3,16 @@
 //! (unacknowledged) at once; messages older than the time-to-live are dropped and counted.
 //! Every message is also in the [`Journal`], which learns when it is delivered or dropped,
 //! so a restarted runtime starts with the same queue.
+//!
+//! Only the head of the queue is kept in memory, up to a budget in bytes. Once it is full,
+//! new messages are only in the journal ("spilled") until the head has drained; then they
+//! are read back from it in order, a budget's worth at a time. So a module that is stopped
+//! for hours costs edgeHub disk, not memory; a restarted runtime starts the same way, with
+//! its whole backlog on disk.
 
 use crate::edgehub::durable::{Appended, Stored};
 use crate::edgehub::hub_message::HubMessage;
-use crate::edgehub::journal::{Journal, Pending};
+use crate::edgehub::journal::{Journal, JournalReader, Next, Pending, Restored};
 use crate::edgehub::metrics::HubMetrics;
 use bytes::BytesMut;
 use edge_process::prometheus_client::metrics::histogram::Histogram;
@@ -108,11 +114,32 @@ pub struct Conn {
 
 type Queued = Pending;
 
+/// Memory a module queue's head may take by default, in bytes.
+pub const QUEUE_MEMORY: usize = 8 * 1024 * 1024;
+
+/// What a queued message is counted as against the memory budget: its bag and body, and
+/// about what holding them costs besides.
+fn held_bytes(q: &Queued) -> usize {
+    q.bag().len() + q.message.body().len() + 192
+}
+
+/// The part of a queue that is only in the journal, behind the head.
+#[derive(Debug)]
+struct Spill {
+    reader: JournalReader,
+    /// How many messages it holds.
+    left: u64,
+    /// The number of the last one.
+    last_seq: u64,
+}
+
 /// Counters of an endpoint.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct EndpointStats {
-    /// Waiting to be sent.
+    /// Waiting to be sent (in memory and on disk).
     pub queued: usize,
+    /// Of those, how many are only on disk.
+    pub on_disk: u64,
     /// Sent, not yet acknowledged.
     pub in_flight: usize,
     /// Acknowledged by the module.
@@ -132,7 +159,14 @@ pub struct Endpoint {
     module: Arc<str>,
     journal: Journal,
     inputs: Vec<Arc<str>>,
+    /// The head of the queue, in memory.
     queue: VecDeque<Queued>,
+    /// What the head holds, counted by [`held_bytes`].
+    queue_bytes: usize,
+    /// The budget for `queue_bytes`.
+    memory: usize,
+    /// The rest of the queue, if any.
+    spill: Option<Spill>,
     /// Delivered and not yet acknowledged, by packet id.
     in_flight: FxHashMap<u16, Queued>,
     conn: Option<(Conn, QoS)>,
@@ -163,6 +197,9 @@ impl Endpoint {
             journal,
             inputs: Vec::new(),
             queue: VecDeque::new(),
+            queue_bytes: 0,
+            memory: QUEUE_MEMORY,
+            spill: None,
             in_flight: FxHashMap::default(),
             conn: None,
             next_pkid: 0,
@@ -175,22 +212,146 @@ impl Endpoint {
         }
     }
 
+    /// Whether `message` for `input` can be delivered to the module at all: its PUBLISH,
+    /// with the delivery topic and the bag edgeHub stamped, must fit in what a module client
+    /// reads. Asked before the sender is acknowledged, so that nothing acknowledged is
+    /// dropped later for its size.
+    pub fn check_delivery(&self, input: &str, message: &HubMessage) -> Result<(), String> {
+        let topic: usize =
+            topic::module_input_parts(&self.device, &self.module, input, message.bag())
+                .iter()
+                .map(|p| p.len())
+                .sum();
+        mqtt::check_publish(
+            topic,
+            QoS::AtLeastOnce,
+            message.body().len(),
+            mqtt::MAX_DELIVERY,
+        )
+        .map(|_| ())
+        .map_err(|why| format!("its delivery to {}/{input}: {why}", self.module))
+    }
+
+    /// Sets how many bytes of queued messages the endpoint keeps in memory.
+    pub fn set_memory(&mut self, bytes: usize) {
+        self.memory = bytes;
+    }
+
     /// Queues a message for `input` and sends what the window allows. The receiver resolves
     /// once the message is in the journal on disk.
     pub fn enqueue(&mut self, input: &str, message: Arc<HubMessage>) -> Appended {
         let input = self.input_name(input);
+        let size = input.len() + message.bag().len() + message.body().len() + 192;
+        if self.spill.is_none() && self.queue_bytes + size <= self.memory {
+            let (queued, stored) = self.journal.enqueue(&self.module, input, message, now_ms());
+            self.queue_bytes += held_bytes(&queued);
+            self.queue.push_back(queued);
+            self.pump();
+            return stored;
+        }
+        // The head is full (or messages already wait on disk behind it): this one waits in
+        // the journal only. A reader started before it was handed over finds it.
+        let from = self.journal.position();
         let (queued, stored) = self.journal.enqueue(&self.module, input, message, now_ms());
-        self.queue.push_back(queued);
+        match &mut self.spill {
+            Some(spill) => {
+                spill.left += 1;
+                spill.last_seq = queued.seq;
+            }
+            None => {
+                tracing::info!(module = %self.module, memory_bytes = self.memory,
+                    "store-and-forward: the queue's memory is full; later messages wait on disk");
+                self.spill = Some(Spill {
+                    reader: self.journal.reader(&self.module, from, queued.seq),
+                    left: 1,
+                    last_seq: queued.seq,
+                });
+            }
+        }
         self.pump();
         stored
     }
 
-    /// Queues messages restored from the journal (already stored), ahead of new ones.
-    pub fn restore(&mut self, pending: Vec<Pending>) {
-        for p in pending.into_iter().rev() {
-            self.queue.push_front(p);
+    /// Takes the messages the journal held for this module at start, ahead of new ones.
+    /// They stay on disk until the queue's head has room for them.
+    pub fn restore(&mut self, restored: Restored) {
+        if restored.count == 0 {
+            return;
         }
+        if self.spill.is_some() || !self.queue.is_empty() {
+            tracing::error!(module = %self.module, "restored messages given to a queue already in use; ignored");
+            return;
+        }
+        self.spill = Some(Spill {
+            reader: restored.reader,
+            left: restored.count,
+            last_seq: restored.last_seq,
+        });
         self.pump();
+    }
+
+    /// Moves messages from the journal into the head while it has room.
+    fn refill(&mut self) {
+        let Some(spill) = &mut self.spill else {
+            return;
+        };
+        while self.queue_bytes < self.memory {
+            match spill.reader.read_next() {
+                Ok(Next::Message(q)) => {
+                    self.queue_bytes += held_bytes(&q);
+                    self.queue.push_back(q);
+                    spill.left = spill.left.saturating_sub(1);
+                    if spill.left == 0 {
+                        self.spill = None;
+                        tracing::info!(module = %self.module,
+                            "store-and-forward: the queue is back in memory");
+                        return;
+                    }
+                }
+                Ok(Next::End { through_seq }) => {
+                    if through_seq < spill.last_seq {
+                        // The rest is on its way to disk: look again once it is written.
+                        self.journal.wake_when_written();
+                    } else {
+                        // Everything was written that will be: what is missing could not be
+                        // stored, and its senders were told so.
+                        tracing::warn!(module = %self.module, missing = spill.left,
+                            "store-and-forward: messages that could not be stored are not in the queue");
+                        self.spill = None;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(module = %self.module, error = %e,
+                        "store-and-forward: reading queued messages back from the message store failed; trying again");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes the message at the head of the queue.
+    fn pop(&mut self) -> Option<Queued> {
+        if self.queue.is_empty() || self.queue_bytes < self.memory / 2 {
+            self.refill();
+        }
+        let q = self.queue.pop_front()?;
+        self.queue_bytes = self.queue_bytes.saturating_sub(held_bytes(&q));
+        Some(q)
+    }
+
+    /// Puts a message back at the head of the queue.
+    fn push_front(&mut self, q: Queued) {
+        self.queue_bytes += held_bytes(&q);
+        self.queue.push_front(q);
+    }
+
+    /// The oldest queued message, read back from the journal if the head is empty.
+    fn front(&mut self) -> Option<&Queued> {
+        if self.queue.is_empty() {
+            self.refill();
+        }
+        self.queue.front()
     }
 
     /// The shared name of `input` (a module has a few inputs and each queued message names
@@ -229,17 +390,27 @@ impl Endpoint {
         }
     }
 
+    /// Runs the endpoint's timer: drops expired messages, and sends what is due (such as
+    /// messages that were not yet written to the journal when the head last looked for
+    /// them there).
+    pub fn tick(&mut self) {
+        if self.conn.is_some() {
+            self.pump();
+        } else {
+            self.expire();
+        }
+    }
+
     /// Drops expired messages from the head of the queue; returns how many.
     pub fn expire(&mut self) -> u64 {
         let mut n = 0;
         let ttl = self.ttl.as_millis() as u64;
         let now = now_ms();
         while self
-            .queue
             .front()
             .is_some_and(|q| now.saturating_sub(q.at_ms) > ttl)
         {
-            if let Some(q) = self.queue.pop_front() {
+            if let Some(q) = self.pop() {
                 self.journal.done(q.seq);
                 if let Some(m) = &self.metrics {
                     m.hub.dropped("ttl_expiry", q.message.message());
@@ -261,11 +432,10 @@ impl Endpoint {
         }
         self.expire();
         while self.in_flight.len() < self.window {
-            let Some((conn, qos)) = &self.conn else {
+            let Some(qos) = self.conn.as_ref().map(|(_, qos)| *qos) else {
                 break;
             };
-            let qos = *qos;
-            let Some(q) = self.queue.pop_front() else {
+            let Some(q) = self.pop() else {
                 break;
             };
             let pkid = if qos == QoS::AtMostOnce {
@@ -301,8 +471,12 @@ impl Endpoint {
                 );
                 continue;
             }
-            if conn.tx.send(Outgoing::Delivery(delivery)).is_err() {
-                self.queue.push_front(q);
+            let sent = self
+                .conn
+                .as_ref()
+                .is_some_and(|(conn, _)| conn.tx.send(Outgoing::Delivery(delivery)).is_ok());
+            if !sent {
+                self.push_front(q);
                 self.conn = None;
                 break;
             }
@@ -359,14 +533,15 @@ impl Endpoint {
         let mut items: Vec<Queued> = in_flight.into_values().collect();
         items.sort_by_key(|q| q.seq);
         for q in items.into_iter().rev() {
-            self.queue.push_front(q);
+            self.push_front(q);
         }
     }
 
     /// Current counters.
     pub fn stats(&self) -> EndpointStats {
         EndpointStats {
-            queued: self.queue.len(),
+            queued: self.queue.len() + self.spill.as_ref().map_or(0, |s| s.left as usize),
+            on_disk: self.spill.as_ref().map_or(0, |s| s.left),
             in_flight: self.in_flight.len(),
             delivered: self.delivered,
             expired: self.expired,
@@ -585,15 +760,24 @@ mod tests {
             (stats.undeliverable, stats.in_flight, stats.queued),
             (2, 2, 0)
         );
-        // Nor are they restored after a restart, and restored ones are checked too.
+        // Nor are they restored after a restart.
         j.flush().blocking_recv().unwrap().unwrap();
-        let (j2, replayed) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
-        assert_eq!(replayed["m"].len(), 2, "the two in flight");
-        let mut oversize = replayed["m"][0].clone();
-        oversize.message =
-            Arc::new(edge_protocol::Message::new(vec![b' '; mqtt::MAX_DELIVERY]).into());
+        drop(j);
+        let (_, replayed) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        assert_eq!(replayed["m"].count, 2, "the two in flight");
+
+        // Restored ones are checked too.
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        let module: Arc<str> = Arc::from("m");
+        let oversize = Arc::new(edge_protocol::Message::new(vec![b' '; mqtt::MAX_DELIVERY]).into());
+        j.enqueue(&module, Arc::from("in"), oversize, now_ms());
+        j.enqueue(&module, Arc::from("in"), msg(5), now_ms());
+        j.flush().blocking_recv().unwrap().unwrap();
+        drop(j);
+        let (j2, mut replayed) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
         let mut e = Endpoint::new("edge", "m", 10, Duration::from_secs(60), j2);
-        e.restore(vec![oversize, replayed["m"][1].clone()]);
+        e.restore(replayed.remove("m").unwrap());
         let (c, mut rx) = conn(2);
         e.attach(c, QoS::AtLeastOnce);
         assert_eq!(drain(&mut rx).len(), 1);
@@ -614,8 +798,12 @@ mod tests {
         assert_eq!(e.stats().expired, 1);
         // The dropped message is not restored after a restart; the one in flight is.
         j.flush().blocking_recv().unwrap().unwrap();
-        let (_, replayed) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
-        let left: Vec<Bytes> = replayed["m"]
+        drop((e, j));
+        let (_, mut replayed) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        let left: Vec<Bytes> = replayed
+            .remove("m")
+            .unwrap()
+            .read_all()
             .iter()
             .map(|p| p.message.body().clone())
             .collect();
@@ -638,10 +826,11 @@ mod tests {
         j.flush().blocking_recv().unwrap().unwrap();
         drop((e, j));
 
-        let (j, replayed) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
-        let mut e = Endpoint::new("edge", "m", 10, Duration::from_secs(60), j);
-        e.restore(replayed.get("m").cloned().unwrap_or_default());
+        let (j, mut replayed) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        let mut e = Endpoint::new("edge", "m", 10, Duration::from_secs(60), j.clone());
+        e.restore(replayed.remove("m").unwrap());
         e.enqueue("in", msg(4));
+        j.flush().blocking_recv().unwrap().unwrap();
         let (c, mut rx) = conn(7);
         e.attach(c, QoS::AtLeastOnce);
         let again: Vec<Publish> = drain(&mut rx);
@@ -660,6 +849,141 @@ mod tests {
             again[0].topic.contains("$.ct=application%2Fjson"),
             "{}",
             again[0].topic
+        );
+    }
+
+    /// Receives everything the endpoint sends on `rx`, acknowledging as it goes, until
+    /// nothing more comes; returns the bodies' numbers.
+    fn receive_all(
+        e: &mut Endpoint,
+        conn_id: u64,
+        rx: &mut mpsc::UnboundedReceiver<Outgoing>,
+    ) -> Vec<u64> {
+        let mut got = Vec::new();
+        loop {
+            let sent = drain(rx);
+            if sent.is_empty() {
+                return got;
+            }
+            for p in &sent {
+                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                got.push(v["n"].as_u64().unwrap());
+            }
+            let pkids: Vec<u16> = sent.iter().map(|p| p.pkid).collect();
+            e.acked(conn_id, &pkids);
+        }
+    }
+
+    #[test]
+    fn a_long_queue_keeps_its_budget_in_memory_and_the_rest_on_disk_and_loses_no_order() {
+        let (mut e, j, _dir) = endpoint(50, Duration::from_secs(600));
+        e.set_memory(16 * 1024);
+        for n in 0..3_000 {
+            e.enqueue("in", msg(n));
+            assert!(
+                e.queue_bytes <= 16 * 1024,
+                "the head stays within its budget"
+            );
+        }
+        let stats = e.stats();
+        assert_eq!(stats.queued, 3_000);
+        assert!(stats.on_disk > 2_800, "{stats:?}");
+        j.flush().blocking_recv().unwrap().unwrap();
+        let (c, mut rx) = conn(1);
+        e.attach(c, QoS::AtLeastOnce);
+        // Half of it, then more arrive behind the backlog while it drains.
+        let mut got = Vec::new();
+        while got.len() < 1_500 {
+            let sent = drain(&mut rx);
+            assert!(!sent.is_empty());
+            for p in &sent {
+                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                got.push(v["n"].as_u64().unwrap());
+            }
+            e.acked(1, &sent.iter().map(|p| p.pkid).collect::<Vec<_>>());
+        }
+        for n in 3_000..3_100 {
+            e.enqueue("in", msg(n));
+        }
+        j.flush().blocking_recv().unwrap().unwrap();
+        got.extend(receive_all(&mut e, 1, &mut rx));
+        assert_eq!(got, (0..3_100).collect::<Vec<u64>>(), "each once, in order");
+        let stats = e.stats();
+        assert_eq!(
+            (stats.queued, stats.on_disk, stats.delivered),
+            (0, 0, 3_100)
+        );
+        // Back in memory: the next message is sent at once.
+        e.enqueue("in", msg(7));
+        assert_eq!(drain(&mut rx).len(), 1);
+    }
+
+    #[test]
+    fn a_message_not_yet_written_when_the_head_drains_is_sent_at_the_next_tick() {
+        let (mut e, j, _dir) = endpoint(10, Duration::from_secs(600));
+        e.set_memory(1);
+        let (c, mut rx) = conn(1);
+        e.attach(c, QoS::AtLeastOnce);
+        // Every message goes to disk; the first may not be written when the endpoint
+        // looks for it.
+        for n in 0..5 {
+            e.enqueue("in", msg(n));
+        }
+        j.flush().blocking_recv().unwrap().unwrap();
+        e.tick();
+        assert_eq!(receive_all(&mut e, 1, &mut rx), vec![0, 1, 2, 3, 4]);
+        assert_eq!(e.stats().on_disk, 0);
+    }
+
+    #[test]
+    fn messages_on_disk_expire_too_while_the_module_is_away() {
+        let (mut e, j, dir) = endpoint(10, Duration::from_millis(30));
+        e.set_memory(4 * 1024);
+        for n in 0..500 {
+            e.enqueue("in", msg(n));
+        }
+        assert!(e.stats().on_disk > 400);
+        j.flush().blocking_recv().unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        e.tick();
+        let stats = e.stats();
+        assert_eq!((stats.expired, stats.queued, stats.on_disk), (500, 0, 0));
+        j.flush().blocking_recv().unwrap().unwrap();
+        drop((e, j));
+        let (_, replayed) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        assert!(replayed.is_empty(), "nothing left to restore");
+    }
+
+    #[test]
+    fn a_restarted_backlog_larger_than_the_budget_is_delivered_whole_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), 64 * 1024).unwrap();
+        let mut e = Endpoint::new("edge", "m", 20, Duration::from_secs(600), j.clone());
+        e.set_memory(8 * 1024);
+        let (c, mut rx) = conn(1);
+        e.attach(c, QoS::AtLeastOnce);
+        for n in 0..2_000 {
+            e.enqueue("in", msg(n));
+        }
+        // The first 20 are in flight; 10 of them are acknowledged before the crash.
+        let first = drain(&mut rx);
+        e.acked(1, &first[..10].iter().map(|p| p.pkid).collect::<Vec<_>>());
+        j.flush().blocking_recv().unwrap().unwrap();
+        drop((e, j));
+
+        let (j, mut replayed) = Journal::open(dir.path(), 64 * 1024).unwrap();
+        let mut e = Endpoint::new("edge", "m", 20, Duration::from_secs(600), j.clone());
+        e.set_memory(8 * 1024);
+        e.restore(replayed.remove("m").unwrap());
+        assert_eq!(e.stats().queued, 1_990);
+        assert!(e.queue_bytes <= 8 * 1024);
+        e.enqueue("in", msg(2_000));
+        j.flush().blocking_recv().unwrap().unwrap();
+        let (c, mut rx) = conn(2);
+        e.attach(c, QoS::AtLeastOnce);
+        assert_eq!(
+            receive_all(&mut e, 2, &mut rx),
+            (10..=2_000).collect::<Vec<u64>>()
         );
     }
 }

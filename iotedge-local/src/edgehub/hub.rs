@@ -101,6 +101,8 @@ pub struct HubConfig {
     pub ttl: Duration,
     /// Messages in flight per module.
     pub window: usize,
+    /// Bytes of queued messages each module queue keeps in memory (the rest wait on disk).
+    pub queue_memory: usize,
 }
 
 #[derive(Default)]
@@ -316,8 +318,8 @@ impl Hub {
                 }
             })
             .collect();
-        for (module, pending) in replayed {
-            lock(&hub.endpoint(&module)).restore(pending);
+        for (module, restored) in replayed {
+            lock(&hub.endpoint(&module)).restore(restored);
         }
         (hub, errors)
     }
@@ -358,6 +360,7 @@ impl Hub {
                     self.cfg.ttl,
                     self.journal.clone(),
                 );
+                e.set_memory(self.cfg.queue_memory);
                 e.set_metrics(EndpointMetrics {
                     hub: self.prometheus.clone(),
                     process: self.prometheus.process_duration(module),
@@ -605,10 +608,29 @@ impl Hub {
         sinks
     }
 
-    /// Hands `m` to `sinks`; the receivers resolve once each has it on disk.
+    /// Hands `m` to `sinks`; the receivers resolve once each has it on disk. A message one
+    /// of its module sinks could never be delivered to is refused: no sink takes it, and the
+    /// receiver says why (so the sender is not acknowledged).
     fn store(&self, sinks: SmallVec<[&RouteEntry; 2]>, m: HubMessage) -> Stored {
         if sinks.is_empty() {
             return Stored::new();
+        }
+        for r in &sinks {
+            if let Target::Queue { queue, input } = &r.target {
+                if let Err(why) = lock(queue).check_delivery(input, &m) {
+                    let from = m.message();
+                    let from = from
+                        .connection_module_id
+                        .as_deref()
+                        .or(from.connection_device_id.as_deref())
+                        .unwrap_or("");
+                    self.prometheus.refused("undeliverable", from);
+                    warn!(client = %from.escape_debug(), "message refused, not acknowledged: {why}");
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let _ = tx.send(Err(format!("message refused: {why}")));
+                    return Stored::from_iter([rx]);
+                }
+            }
         }
         let m = Arc::new(m);
         let mut stored = Stored::with_capacity(sinks.len());
@@ -733,11 +755,17 @@ impl Hub {
         self.journal.flush()
     }
 
-    /// Expires old messages in every module queue.
-    pub fn expire(&self) {
+    /// Resolves when a module queue asked to look at the message store again (it waits for
+    /// messages not yet written); then call [`Hub::tick`].
+    pub async fn store_written(&self) {
+        self.journal.written().await;
+    }
+
+    /// Runs every module queue's timer (expiry, messages read back from disk).
+    pub fn tick(&self) {
         let endpoints: Vec<_> = lock(&self.endpoints).values().cloned().collect();
         for e in endpoints {
-            lock(&e).expire();
+            lock(&e).tick();
         }
     }
 

@@ -55,6 +55,7 @@ pub struct HubMetrics {
     received: Family<Labels, Counter>,
     sent: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
     size: Family<Labels, Histogram, fn() -> Histogram>,
     process: Family<Labels, Histogram, fn() -> Histogram>,
     queue_length: Family<Labels, Gauge>,
@@ -83,6 +84,7 @@ impl Default for HubMetrics {
             received: Family::default(),
             sent: Family::default(),
             dropped: Family::default(),
+            refused: Family::default(),
             size: Family::new_with_constructor(size_histogram),
             process: Family::new_with_constructor(duration_histogram),
             queue_length: Family::default(),
@@ -182,6 +184,28 @@ impl HubMetrics {
             .inc();
     }
 
+    /// Counts a publish, request or connection of client `from` that edgeHub refused for
+    /// `reason` (`undeliverable`, `queue_full`, `twin_too_large`, `throttled`, ...).
+    pub fn refused(&self, reason: &str, from: &str) {
+        self.refused
+            .get_or_create(&vec![
+                ("reason", reason.to_owned()),
+                ("from", from.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// How many of client `from`'s publishes, requests or connections were refused for
+    /// `reason`.
+    pub fn refused_count(&self, reason: &str, from: &str) -> u64 {
+        self.refused
+            .get_or_create(&vec![
+                ("reason", reason.to_owned()),
+                ("from", from.to_owned()),
+            ])
+            .get()
+    }
+
     /// Sets the queue gauge of `module` (called at each scrape).
     pub fn queue(&self, module: &str, length: usize) {
         self.queue_length
@@ -208,6 +232,11 @@ impl HubMetrics {
             "edgehub_messages_dropped",
             "Total number of messages dropped, by reason.",
             self.dropped.clone(),
+        );
+        exporter.register(
+            "edgehub_messages_refused",
+            "Total number of publishes, requests and connections refused, by reason and client (not acknowledged; the client may try again).",
+            self.refused.clone(),
         );
         exporter.register(
             "edgehub_message_size_bytes",

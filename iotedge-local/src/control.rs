@@ -16,6 +16,9 @@ use std::sync::{Arc, OnceLock};
 /// The module supervisor, once it runs (it starts after the control socket).
 pub type AgentSlot = Arc<OnceLock<AgentHandle>>;
 
+/// Connections the management API serves at once.
+pub const CONNECTIONS: usize = 32;
+
 /// Serves the management API.
 pub async fn serve(
     socket: std::path::PathBuf,
@@ -36,11 +39,14 @@ pub async fn serve(
                 .route("/modules/{module}/restart", post(restart))
                 .with_state(agent),
         );
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "management API stopped");
-        }
-    }))
+    let make = move || hyper_util::service::TowerToHyperService::new(app.clone());
+    Ok(tokio::spawn(edge_process::http::serve(
+        "management API",
+        edge_process::http::Limits::new(CONNECTIONS),
+        listener,
+        edge_process::http::plain,
+        make,
+    )))
 }
 
 async fn patch_desired(

@@ -440,6 +440,38 @@ impl MonitorFilter {
         });
         is("origin", &self.device) && is("module", &self.module) && rul_ok
     }
+
+    /// What to print for a store line, if the filter takes it. A record is never skipped
+    /// for not reading back as a JSON value (a payload nested deeper than the parser goes,
+    /// a number out of range): it is printed as stored, if its origin and module pass the
+    /// filter, with a note on stderr.
+    fn show(&self, line: &str) -> Option<String> {
+        match serde_json::from_str::<Value>(line) {
+            Ok(record) => self.accepts(&record).then(|| record.to_string()),
+            Err(e) => {
+                #[derive(serde::Deserialize)]
+                struct Outline {
+                    origin: Option<String>,
+                    module: Option<String>,
+                }
+                let outline = serde_json::from_str::<Outline>(line).ok();
+                let is = |want: &Option<String>, got: Option<&String>| {
+                    want.as_ref().is_none_or(|w| got == Some(w))
+                };
+                let (origin, module) = match &outline {
+                    Some(o) => (o.origin.as_ref(), o.module.as_ref()),
+                    None => (None, None),
+                };
+                if !(is(&self.device, origin) && is(&self.module, module)) {
+                    return None;
+                }
+                eprintln!(
+                    "monitor: the next record does not read as a JSON value ({e}); shown as stored"
+                );
+                Some(line.to_owned())
+            }
+        }
+    }
 }
 
 /// Follows the upstream store like `tail -f`, printing matching records.
@@ -477,12 +509,10 @@ async fn monitor(
                 }
                 let full = std::mem::take(&mut partial) + line.trim_end();
                 line.clear();
-                let Ok(record) = serde_json::from_str::<Value>(&full) else {
-                    continue;
-                };
-                if filter.accepts(&record) {
+                let shown = filter.show(&full);
+                if let Some(text) = shown {
                     let mut out = stdout.lock();
-                    writeln!(out, "{record}")?;
+                    writeln!(out, "{text}")?;
                     out.flush()?;
                     printed += 1;
                     if count.is_some_and(|c| printed >= c) {
@@ -496,5 +526,42 @@ async fn monitor(
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod monitor_tests {
+    use super::*;
+
+    fn filter(device: Option<&str>) -> MonitorFilter {
+        MonitorFilter {
+            device: device.map(str::to_owned),
+            module: None,
+            rul_below: None,
+        }
+    }
+
+    #[test]
+    fn records_that_do_not_read_as_json_values_are_shown_as_stored_not_skipped() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        for payload in [deep.as_str(), "1e400"] {
+            let line = format!(
+                r#"{{"seq":1,"origin":"Client_001","payload":{payload},"payloadEncoding":"json"}}"#
+            );
+            assert!(serde_json::from_str::<Value>(&line).is_err());
+            assert_eq!(filter(None).show(&line).as_deref(), Some(line.as_str()));
+            assert_eq!(
+                filter(Some("Client_001")).show(&line).as_deref(),
+                Some(line.as_str())
+            );
+            assert_eq!(
+                filter(Some("Client_002")).show(&line),
+                None,
+                "filtered by origin"
+            );
+        }
+        let plain = r#"{"seq":2,"origin":"Client_001","payload":{"PredictedRul":5}}"#;
+        assert!(filter(None).show(plain).is_some());
+        assert!(filter(Some("x")).show(plain).is_none());
     }
 }

@@ -271,10 +271,14 @@ impl Runtime {
             )
         })?;
         let mqtt_port = listener.local_addr()?.port();
+        let open_files = open_file_budget();
+        let mqtt_connections = mqtt_connection_budget(open_files, manifest.modules.len());
+        info!(open_files, mqtt_connections, "open-file budget");
         let mut tasks = vec![tokio::spawn(broker::serve(
             listener,
             tokio_rustls::TlsAcceptor::from(server_config),
             hub.clone(),
+            mqtt_connections,
         ))];
         let sweeper = hub.clone();
         tasks.push(tokio::spawn(async move {
@@ -545,4 +549,32 @@ impl Runtime {
         let _ = std::fs::remove_file(layout::ready_file(&self.state_dir));
         info!("runtime stopped");
     }
+}
+
+/// Raises this process's soft open-file limit to its hard limit (modules inherit it);
+/// returns the soft limit then.
+fn open_file_budget() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}
+
+/// How many MQTT connections edgeHub takes with `open_files` descriptors: what is left
+/// after the HTTP servers' caps (file upload, metrics, management, one workload socket per
+/// module) and a reserve for the stores, logs and module pipes, so that no flood of HTTP
+/// connections can take the descriptors MQTT clients need, nor MQTT those of the stores.
+pub fn mqtt_connection_budget(open_files: u64, modules: usize) -> usize {
+    const RESERVE: u64 = 256;
+    let http = crate::iothub::files::HTTPS_CONNECTIONS
+        + edge_process::observe::METRICS_CONNECTIONS
+        + crate::control::CONNECTIONS
+        + crate::workload::CONNECTIONS * modules;
+    let left = open_files.saturating_sub(RESERVE + http as u64);
+    usize::try_from(left).unwrap_or(usize::MAX).max(64)
 }

@@ -4,10 +4,13 @@
 //! - [`Allocator`], the global allocator;
 //! - [`logging`]: `tracing` to stderr at `RUST_LOG`'s level, changeable at run time by the
 //!   `LoggingLevel` desired property;
-//! - [`observe`]: Prometheus metrics and liveness/readiness checks on one HTTP endpoint.
+//! - [`observe`]: Prometheus metrics and liveness/readiness checks on one HTTP endpoint;
+//! - [`http`]: HTTP/1 serving with a connection cap, a header deadline and an idle timeout,
+//!   for every HTTP server of the project.
 //!
 //! A module starts with `edge_client::start_module`, which sets up logging and connects.
 
+pub mod http;
 pub mod logging;
 pub mod observe;
 

@@ -131,6 +131,9 @@ pub fn parse_addr(value: Option<&str>) -> Result<Option<SocketAddr>, ServeError>
         .map_err(|_| ServeError::BadAddress(v.to_owned()))
 }
 
+/// Connections the metrics endpoint serves at once (scrapers and health probes).
+pub const METRICS_CONNECTIONS: usize = 64;
+
 /// Serves `exporter` on `addr` (port 0: any free port) until the task is aborted or the
 /// process ends; returns the address bound. Needs a tokio runtime.
 pub async fn serve(
@@ -143,32 +146,20 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let task = tokio::spawn(async move {
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(error = %e, "metrics endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+    let make = move || {
+        let exporter = exporter.clone();
+        hyper::service::service_fn(move |req| {
             let exporter = exporter.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let exporter = exporter.clone();
-                    async move { Ok::<_, std::convert::Infallible>(answer(&exporter, &req)) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "metrics endpoint: connection ended");
-                }
-            });
-        }
-    });
+            async move { Ok::<_, std::convert::Infallible>(answer(&exporter, &req)) }
+        })
+    };
+    let task = tokio::spawn(crate::http::serve(
+        "metrics",
+        crate::http::Limits::new(METRICS_CONNECTIONS),
+        listener,
+        crate::http::plain,
+        make,
+    ));
     Ok((bound, task))
 }
 

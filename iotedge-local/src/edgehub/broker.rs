@@ -33,14 +33,40 @@ use tracing::{debug, info, warn, Instrument};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections until the listener fails.
-pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, hub: Arc<Hub>) {
+/// Accepts connections, at most `max_connections` open at once (more are closed as soon
+/// as they are accepted, and counted as refused).
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    hub: Arc<Hub>,
+    max_connections: usize,
+) {
+    let places = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut full_logged = false;
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
+                let Ok(place) = places.clone().try_acquire_owned() else {
+                    hub.prometheus.refused("connection_limit", "");
+                    if !full_logged {
+                        warn!(max_connections, "MQTT connection limit reached; new connections are closed until some end");
+                        full_logged = true;
+                    }
+                    drop(tcp);
+                    continue;
+                };
+                full_logged = false;
                 let _ = tcp.set_nodelay(true);
                 let span = tracing::info_span!("mqtt", %peer);
-                tokio::spawn(handle(tcp, acceptor.clone(), hub.clone()).instrument(span));
+                let hub = hub.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(
+                    async move {
+                        handle(tcp, acceptor, hub).await;
+                        drop(place);
+                    }
+                    .instrument(span),
+                );
             }
             Err(e) => {
                 warn!(error = %e, "accept failed");

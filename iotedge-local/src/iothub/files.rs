@@ -339,29 +339,31 @@ pub fn router(service: Arc<FileService>) -> Router {
         .with_state(service)
 }
 
-/// Serves `app` over TLS on `listener`.
+/// Connections the file-upload API serves at once.
+pub const HTTPS_CONNECTIONS: usize = 256;
+
+/// Serves `app` over TLS on `listener`: at most [`HTTPS_CONNECTIONS`] at once, each with
+/// the header deadline (TLS handshake included) and idle timeout of
+/// [`edge_process::http::Limits`].
 pub async fn serve_https(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
-        tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let prepare = move |tcp| {
+        let acceptor = acceptor.clone();
+        async move { acceptor.accept(tcp).await.ok() }
+    };
+    let make = move || hyper_util::service::TowerToHyperService::new(app.clone());
+    edge_process::http::serve(
+        "file-upload API",
+        edge_process::http::Limits::new(HTTPS_CONNECTIONS),
+        listener,
+        prepare,
+        make,
+    )
+    .await;
 }
 
 /// A running Azurite (blob service only), stopped when dropped.

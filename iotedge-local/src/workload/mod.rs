@@ -98,6 +98,9 @@ async fn trust_bundle(State(w): State<Arc<ModuleWorkload>>) -> Response {
     Json(json!({ "certificate": w.trust_bundle })).into_response()
 }
 
+/// Connections a module's workload API serves at once.
+pub const CONNECTIONS: usize = 16;
+
 /// Serves the workload API of one module on `socket` (replacing a stale socket file).
 pub async fn serve(
     socket: std::path::PathBuf,
@@ -112,9 +115,12 @@ pub async fn serve(
         .route("/modules/{module}/genid/{genid}/sign", post(sign))
         .route("/trust-bundle", get(trust_bundle))
         .with_state(Arc::new(w));
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "workload API stopped");
-        }
-    }))
+    let make = move || hyper_util::service::TowerToHyperService::new(app.clone());
+    Ok(tokio::spawn(edge_process::http::serve(
+        "workload API",
+        edge_process::http::Limits::new(CONNECTIONS),
+        listener,
+        edge_process::http::plain,
+        make,
+    )))
 }

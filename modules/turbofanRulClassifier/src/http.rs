@@ -59,14 +59,22 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Serves the endpoint on `addr` until the process ends.
+/// Connections the scoring endpoint serves at once.
+pub const SCORE_CONNECTIONS: usize = 256;
+
+/// Serves the endpoint on `addr` until the process ends: at most [`SCORE_CONNECTIONS`] at
+/// once, each closed when idle (see [`edge_process::http`]).
 pub async fn serve(addr: &str, shared: Arc<Shared>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr, "HTTP scoring endpoint listening (GET /, POST /score)");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(shared)).await {
-            tracing::error!(error = %e, "HTTP scoring endpoint stopped");
-        }
-    });
+    let app = router(shared);
+    let make = move || hyper_util::service::TowerToHyperService::new(app.clone());
+    tokio::spawn(edge_process::http::serve(
+        "scoring endpoint",
+        edge_process::http::Limits::new(SCORE_CONNECTIONS),
+        listener,
+        edge_process::http::plain,
+        make,
+    ));
     Ok(())
 }

@@ -1,0 +1,108 @@
+//! Floods and slow clients against the runtime's servers: each server holds only its own
+//! cap of connections, closes those that say nothing, and legitimate clients are served
+//! throughout (issue #26, items 13 and 14). Other attacks have their tests next to what
+//! they attack (auth.rs: keys, tokens, identities, refused publishes; files.rs: uploads).
+
+use iotedge_local::testing::{manifest, start_with};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ROUTES: &[(&str, &str)] = &[(
+    "toReceiver",
+    "FROM /messages/modules/sender/outputs/out INTO BrokeredEndpoint(\"/modules/receiver/inputs/in\")",
+)];
+
+/// Whether the server closed `s` within `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+async fn get_metrics(addr: std::net::SocketAddr) -> std::io::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http_connections_cannot_lock_out_mqtt_clients_or_hold_the_metrics_endpoint() {
+    let t = start_with(
+        manifest(&["sender", "receiver"], ROUTES, 7200, json!({})),
+        |o| {
+            o.metrics = Some("127.0.0.1:0".parse().unwrap());
+        },
+    )
+    .await;
+    let metrics = t.rt.metrics["edgeHub"];
+    assert!(get_metrics(metrics).await.unwrap().contains("edgehub_"));
+
+    // 300 connections that never send a byte: the endpoint keeps 64 and closes the rest.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(metrics).await.unwrap());
+    }
+    let mut closed_at_once = 0;
+    for s in &mut idle {
+        if closed_within(s, Duration::from_millis(50)).await {
+            closed_at_once += 1;
+        }
+    }
+    assert_eq!(
+        closed_at_once,
+        300 - edge_process::observe::METRICS_CONNECTIONS
+    );
+
+    // Meanwhile MQTT clients connect and messages flow.
+    let sender = t.client("sender").await;
+    let receiver = t.client("receiver").await;
+    let mut inputs = receiver.inputs().unwrap();
+    sender
+        .send_output("out", edge_client::Message::json("{}"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), inputs.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    got.ack();
+
+    // The silent ones get the header deadline (10 s), then the endpoint answers again.
+    let started = Instant::now();
+    for s in &mut idle {
+        assert!(
+            closed_within(s, Duration::from_secs(15)).await,
+            "a silent connection was kept"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(12));
+    assert!(get_metrics(metrics)
+        .await
+        .unwrap()
+        .contains("edgehub_messages_received"));
+    sender.close(Duration::from_secs(2)).await;
+    receiver.close(Duration::from_secs(2)).await;
+    t.rt.shutdown().await;
+}
+
+#[test]
+fn the_mqtt_budget_leaves_room_for_every_http_server_and_the_stores() {
+    use iotedge_local::runtime::mqtt_connection_budget;
+    // A 1,024-descriptor process with three modules: MQTT gets what the others cannot take.
+    let mqtt = mqtt_connection_budget(1024, 3);
+    assert!((64..1024 - 256 - 256).contains(&mqtt), "{mqtt}");
+    assert_eq!(mqtt_connection_budget(20_000, 3), mqtt + (20_000 - 1024));
+    assert_eq!(mqtt_connection_budget(100, 3), 64, "never below 64");
+}

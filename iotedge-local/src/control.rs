@@ -3,6 +3,7 @@
 
 use crate::agent::AgentHandle;
 use crate::edgehub::hub::{Hub, MethodError};
+use crate::edgehub::twin::TwinError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -57,11 +58,13 @@ async fn patch_desired(
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(p)) => match hub.patch_desired(&module, &p) {
             Ok(v) => Json(json!({ "$version": v })).into_response(),
-            Err(e) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"message": format!("the twin could not be saved, so the patch was not applied: {e}; check the state folder's disk and permissions")})),
-            )
-                .into_response(),
+            Err(e) => {
+                let status = match e {
+                    TwinError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    TwinError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                (status, Json(json!({"message": e.to_string()}))).into_response()
+            }
         },
         _ => (
             StatusCode::BAD_REQUEST,

@@ -101,7 +101,8 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
         };
     let (tx, rx) = mpsc::unbounded_channel();
     let close = Arc::new(Notify::new());
-    let writer = tokio::spawn(write_loop(wr, rx, close.clone()));
+    let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = tokio::spawn(write_loop(wr, rx, close.clone(), backlog.clone()));
     let login = connect
         .login
         .clone()
@@ -117,9 +118,8 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
             }
         };
     let conn = Conn {
-        id: hub.next_conn_id(),
-        tx: tx.clone(),
-        close: close.clone(),
+        backlog,
+        ..Conn::new(hub.next_conn_id(), tx.clone(), close.clone())
     };
     let clean = connect.clean_session;
     // CONNACK goes first: queue it before the session can deliver anything.
@@ -296,11 +296,18 @@ impl Session {
             (_, Topic::TwinPatchReported { rid }) => {
                 match serde_json::from_slice::<Value>(&p.payload) {
                     Ok(Value::Object(patch)) => {
-                        let v = self
-                            .hub
-                            .twins
-                            .patch_reported(&self.identity.client_id(), &patch);
-                        self.reply(topic::twin_response(204, &rid, Some(v)), String::new());
+                        let client = self.identity.client_id();
+                        match self.hub.twins.patch_reported(&client, &patch) {
+                            Ok(v) => {
+                                self.reply(topic::twin_response(204, &rid, Some(v)), String::new())
+                            }
+                            Err(e) => {
+                                self.hub.prometheus.refused("twin_too_large", &client);
+                                warn!(client = %client, "reported properties refused: {e}");
+                                let body = serde_json::json!({ "message": e.to_string() });
+                                self.reply(topic::twin_response(413, &rid, None), body.to_string());
+                            }
+                        }
                     }
                     _ => self.reply(
                         topic::twin_response(400, &rid, None),
@@ -335,10 +342,12 @@ impl Session {
     }
 
     fn reply(&self, topic: String, body: String) {
-        let _ = self
-            .conn
-            .tx
-            .send(Packet::Publish(Publish::new(topic, QoS::AtMostOnce, body)).into());
+        let p = Packet::Publish(Publish::new(topic, QoS::AtMostOnce, body));
+        if !self.conn.send_reply(p) {
+            self.hub
+                .prometheus
+                .refused("slow_client", &self.identity.client_id());
+        }
     }
 }
 
@@ -417,6 +426,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     close: Arc<Notify>,
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut acks = PendingAcks::default();
@@ -453,6 +463,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     .write(&mut out, MAX_PACKET)
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
+                Outgoing::Reply(p, size) => {
+                    // Counted out once in the write buffer: what fills memory from here on
+                    // is the socket's slowness, bounded by the buffer's size.
+                    backlog.fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
+                    p.write(&mut out, MAX_PACKET)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
                 Outgoing::Delivery(d) => d.encode(&mut out, MAX_DELIVERY),
             };
             if let Err(e) = written {

@@ -93,6 +93,9 @@ pub enum Outgoing {
     /// The PUBACK for the client's message `pkid`, to send once every sink has stored it
     /// (the receivers resolve then). PUBACKs leave in the order they were queued.
     PubAckWhenStored(u16, Stored),
+    /// A reply or request for the client (a twin response, a method call, a desired
+    /// patch), counted in the connection's backlog by its size until written.
+    Reply(Packet, usize),
 }
 
 impl From<Packet> for Outgoing {
@@ -110,6 +113,57 @@ pub struct Conn {
     pub tx: mpsc::UnboundedSender<Outgoing>,
     /// Notified to close the connection (session takeover).
     pub close: Arc<Notify>,
+    /// Bytes of [`Outgoing::Reply`] packets queued and not yet written.
+    pub backlog: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Bytes of replies a client may leave unread (queued for it, not yet written to its
+/// socket) before edgeHub closes its connection: a client that sends requests and never
+/// reads the answers holds this much of edgeHub's memory at most.
+pub const MAX_CLIENT_BACKLOG: usize = 8 * 1024 * 1024;
+
+/// What a reply is counted as in a connection's backlog.
+pub fn reply_size(p: &Packet) -> usize {
+    match p {
+        Packet::Publish(p) => p.topic.len() + p.payload.len() + 16,
+        _ => 16,
+    }
+}
+
+impl Conn {
+    /// A connection's sending side over `tx`.
+    pub fn new(id: u64, tx: mpsc::UnboundedSender<Outgoing>, close: Arc<Notify>) -> Conn {
+        Conn {
+            id,
+            tx,
+            close,
+            backlog: Arc::default(),
+        }
+    }
+
+    /// Queues a reply or request for the client. If the client has left more than
+    /// [`MAX_CLIENT_BACKLOG`] unread, the packet is not queued and the connection is closed;
+    /// returns false then.
+    pub fn send_reply(&self, p: Packet) -> bool {
+        use std::sync::atomic::Ordering;
+        let size = reply_size(&p);
+        let queued = self.backlog.fetch_add(size, Ordering::Relaxed) + size;
+        if queued > MAX_CLIENT_BACKLOG {
+            self.backlog.fetch_sub(size, Ordering::Relaxed);
+            tracing::warn!(
+                conn = self.id,
+                backlog_bytes = queued - size,
+                "the client does not read what edgeHub sends it; closing its connection"
+            );
+            self.close.notify_one();
+            return false;
+        }
+        if self.tx.send(Outgoing::Reply(p, size)).is_err() {
+            self.backlog.fetch_sub(size, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
 
 type Queued = Pending;
@@ -567,14 +621,7 @@ mod tests {
 
     fn conn(id: u64) -> (Conn, mpsc::UnboundedReceiver<Outgoing>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Conn {
-                id,
-                tx,
-                close: Arc::new(Notify::new()),
-            },
-            rx,
-        )
+        (Conn::new(id, tx, Arc::new(Notify::new())), rx)
     }
 
     fn msg(n: u32) -> Arc<HubMessage> {

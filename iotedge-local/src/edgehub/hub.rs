@@ -656,7 +656,7 @@ impl Hub {
         &self,
         module: &str,
         patch: &serde_json::Map<String, Value>,
-    ) -> std::io::Result<u64> {
+    ) -> Result<u64, crate::edgehub::twin::TwinError> {
         let identity = Identity::Module {
             device: self.cfg.device_id.clone(),
             module: module.to_owned(),
@@ -675,7 +675,7 @@ impl Hub {
                     QoS::AtMostOnce,
                     body.to_string(),
                 );
-                let _ = conn.tx.send(Packet::Publish(p).into());
+                conn.send_reply(Packet::Publish(p));
             }
         }
         info!(module, version, "desired properties patched");
@@ -717,7 +717,7 @@ impl Hub {
                 QoS::AtMostOnce,
                 payload.to_string(),
             );
-            let _ = conn.tx.send(Packet::Publish(p).into());
+            conn.send_reply(Packet::Publish(p));
         }
         let answer = tokio::time::timeout(timeout, rx).await;
         lock(&self.method_calls).remove(&rid);

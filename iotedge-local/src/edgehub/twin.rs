@@ -163,11 +163,14 @@ impl Twins {
     }
 
     /// Applies a reported-properties patch; returns the new reported version.
-    pub fn patch_reported(&self, id: &str, patch: &Map<String, Value>) -> u64 {
+    pub fn patch_reported(&self, id: &str, patch: &Map<String, Value>) -> Result<u64, TwinError> {
         let (version, snapshot) = {
             let mut docs = self.lock();
             let doc = docs.entry(id.to_owned()).or_default();
-            merge_patch(&mut doc.reported, patch);
+            let mut reported = doc.reported.clone();
+            merge_patch(&mut reported, patch);
+            check_size("reported", &reported)?;
+            doc.reported = reported;
             doc.reported_version += 1;
             (
                 doc.reported_version,
@@ -181,7 +184,7 @@ impl Twins {
                 tracing::warn!(twin = id, error = %e, "could not persist reported properties");
             }
         }
-        version
+        Ok(version)
     }
 
     /// Applies a desired-properties patch; returns the new `$version` and the patch to push
@@ -191,11 +194,12 @@ impl Twins {
         &self,
         id: &str,
         patch: &Map<String, Value>,
-    ) -> std::io::Result<(u64, Value)> {
+    ) -> Result<(u64, Value), TwinError> {
         let mut docs = self.lock();
         let doc = docs.entry(id.to_owned()).or_default();
         let mut desired = doc.desired.clone();
         merge_patch(&mut desired, patch);
+        check_size("desired", &desired)?;
         let version = doc.desired_version.max(1) + 1;
         if let Some(dir) = &self.dir {
             let saved = serde_json::json!({
@@ -212,6 +216,33 @@ impl Twins {
         doc.desired_version = version;
         Ok((version, with_version(patch, version)))
     }
+}
+
+/// IoT Hub's limit on each of a twin's sections (desired, reported), in bytes of JSON.
+pub const MAX_SECTION_BYTES: usize = 32 * 1024;
+
+/// Why a twin patch was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum TwinError {
+    /// The section would be over [`MAX_SECTION_BYTES`].
+    #[error("the {section} properties would take {bytes} bytes, over IoT Hub's limit of {MAX_SECTION_BYTES} per section: the patch was not applied")]
+    TooLarge {
+        /// `desired` or `reported`.
+        section: &'static str,
+        /// Their size with the patch.
+        bytes: usize,
+    },
+    /// The twin could not be saved.
+    #[error("the twin could not be saved, so the patch was not applied: {0}; check the state folder's disk and permissions")]
+    Io(#[from] std::io::Error),
+}
+
+fn check_size(section: &'static str, props: &Map<String, Value>) -> Result<(), TwinError> {
+    let bytes = serde_json::to_vec(props).map_or(usize::MAX, |v| v.len());
+    if bytes > MAX_SECTION_BYTES {
+        return Err(TwinError::TooLarge { section, bytes });
+    }
+    Ok(())
 }
 
 /// `device~module` for `device/module`: `~` is in no IoT Hub id, so no device's file name
@@ -262,7 +293,8 @@ mod tests {
             .unwrap();
         assert_eq!((v, patch), (2, json!({"RulThreshold": 50, "$version": 2})));
         assert_eq!(
-            t.patch_reported("edge/router", &obj(json!({"model": "x"}))),
+            t.patch_reported("edge/router", &obj(json!({"model": "x"})))
+                .unwrap(),
             2
         );
         let again = Twins::new(desired, Some(dir.path().to_path_buf()));
@@ -282,8 +314,10 @@ mod tests {
             .unwrap();
         t.patch_desired("edge/router", &obj(json!({"LoggingLevel": null})))
             .unwrap();
-        t.patch_reported("edge/router", &obj(json!({"x": 1})));
-        t.patch_reported("edge/router", &obj(json!({"x": 2})));
+        t.patch_reported("edge/router", &obj(json!({"x": 1})))
+            .unwrap();
+        t.patch_reported("edge/router", &obj(json!({"x": 2})))
+            .unwrap();
         let before = t.get("edge/router");
         assert_eq!(
             before["desired"],
@@ -339,5 +373,50 @@ mod tests {
     fn a_device_named_like_a_module_has_its_own_files() {
         assert_ne!(file_name("edge__router"), file_name("edge/router"));
         assert_eq!(file_name("edge/router"), "edge~router.reported.json");
+    }
+
+    #[test]
+    fn a_section_cannot_grow_past_iot_hubs_32_kb_and_a_refused_patch_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Twins::new(HashMap::new(), Some(dir.path().to_path_buf()));
+        let chunk = "x".repeat(10_000);
+        for k in 0..3 {
+            t.patch_reported("edge/m", &obj(json!({ format!("k{k}"): chunk })))
+                .unwrap();
+        }
+        let err = t
+            .patch_reported("edge/m", &obj(json!({"k3": chunk})))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TwinError::TooLarge {
+                    section: "reported",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("32768"), "{err}");
+        let twin = t.get("edge/m");
+        assert_eq!(twin["reported"]["$version"], json!(3), "unchanged");
+        assert!(twin["reported"].get("k3").is_none());
+        // A patch that removes properties makes room again.
+        t.patch_reported("edge/m", &obj(json!({"k0": null, "k3": chunk})))
+            .unwrap();
+        let err = t
+            .patch_desired("edge/m", &obj(json!({"big": "y".repeat(40_000)})))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TwinError::TooLarge {
+                    section: "desired",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(t.get("edge/m")["desired"]["$version"], json!(0), "unchanged");
     }
 }

@@ -349,7 +349,8 @@ impl Endpoint {
         let Some(spill) = &mut self.spill else {
             return;
         };
-        while self.queue_bytes < self.memory {
+        // At least one message, whatever the budget.
+        while self.queue.is_empty() || self.queue_bytes < self.memory {
             match spill.reader.read_next() {
                 Ok(Next::Message(q)) => {
                     self.queue_bytes += held_bytes(&q);
@@ -365,7 +366,7 @@ impl Endpoint {
                 Ok(Next::End { through_seq }) => {
                     if through_seq < spill.last_seq {
                         // The rest is on its way to disk: look again once it is written.
-                        self.journal.wake_when_written();
+                        self.journal.wake_when_written(through_seq);
                     } else {
                         // Everything was written that will be: what is missing could not be
                         // stored, and its senders were told so.
@@ -1031,6 +1032,22 @@ mod tests {
         assert_eq!(
             receive_all(&mut e, 2, &mut rx),
             (10..=2_000).collect::<Vec<u64>>()
+        );
+    }
+
+    #[test]
+    fn a_queue_with_no_memory_still_delivers_one_message_at_a_time_from_disk() {
+        let (mut e, j, _dir) = endpoint(10, Duration::from_secs(600));
+        e.set_memory(0);
+        for n in 0..20 {
+            e.enqueue("in", msg(n));
+        }
+        j.flush().blocking_recv().unwrap().unwrap();
+        let (c, mut rx) = conn(1);
+        e.attach(c, QoS::AtLeastOnce);
+        assert_eq!(
+            receive_all(&mut e, 1, &mut rx),
+            (0..20).collect::<Vec<u64>>()
         );
     }
 }

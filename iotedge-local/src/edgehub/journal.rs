@@ -231,12 +231,23 @@ impl SeqSet {
     }
 }
 
-/// The start of a record's payload, read without copying the message.
+/// A record's payload, read without copying the message. A payload that does not decode
+/// whole (every field, nothing left over) is no record: reading its segment stops there,
+/// at start-up and when a queue reads it back alike.
 struct Head<'a> {
     kind: u8,
     seq: u64,
-    /// For an enqueue: when it was accepted, its module, and the reader at its input.
-    enqueue: Option<(u64, &'a str, ByteReader<'a>)>,
+    /// For an enqueue: what it stores.
+    enqueue: Option<Stored<'a>>,
+}
+
+/// What an enqueue record stores.
+struct Stored<'a> {
+    at_ms: u64,
+    module: &'a str,
+    input: &'a str,
+    bag: &'a str,
+    body: &'a [u8],
 }
 
 fn head(payload: &[u8]) -> Option<Head<'_>> {
@@ -244,29 +255,36 @@ fn head(payload: &[u8]) -> Option<Head<'_>> {
     let kind = r.u8()?;
     let seq = r.u64()?;
     let enqueue = match kind {
-        ENQUEUE => {
-            let at_ms = r.u64()?;
-            let module = r.str()?;
-            Some((at_ms, module, r))
-        }
+        ENQUEUE => Some(Stored {
+            at_ms: r.u64()?,
+            module: r.str()?,
+            input: r.str()?,
+            bag: r.str()?,
+            body: r.bytes()?,
+        }),
         DONE => None,
         _ => return None,
     };
+    if !r.0.is_empty() {
+        return None;
+    }
     Some(Head { kind, seq, enqueue })
 }
 
-/// The rest of an enqueue record (input, bag, body) as a pending message.
-fn pending_from(seq: u64, at_ms: u64, mut r: ByteReader<'_>) -> Option<Pending> {
-    let input: Arc<str> = Arc::from(r.str()?);
-    let bag = r.str()?.to_owned();
-    let body = Bytes::copy_from_slice(r.bytes()?);
-    let message = Arc::new(HubMessage::new(bag, body));
-    Some(Pending::new(seq, input, message, at_ms))
+/// An enqueue record's message, as pending.
+fn pending_from(seq: u64, e: &Stored<'_>) -> Pending {
+    let message = Arc::new(HubMessage::new(
+        e.bag.to_owned(),
+        Bytes::copy_from_slice(e.body),
+    ));
+    Pending::new(seq, Arc::from(e.input), message, e.at_ms)
 }
 
 /// A segment file read through a buffer.
 struct SegmentFile {
     file: File,
+    /// The file's length when last looked up.
+    len: u64,
     buf: Vec<u8>,
     /// The file offset of `buf[0]`.
     buf_at: u64,
@@ -286,13 +304,26 @@ impl SegmentFile {
     fn new(file: File) -> SegmentFile {
         SegmentFile {
             file,
+            len: 0,
             buf: Vec::new(),
             buf_at: 0,
         }
     }
 
-    /// Bytes `at..at + n` of the file, if it has them and they end at or before `limit`.
+    /// Bytes `at..at + n` of the file, if it has them and they end at or before `limit`
+    /// (and the file's length, so a corrupt length never makes a large read).
     fn get(&mut self, at: u64, n: u64, limit: u64) -> std::io::Result<Option<&[u8]>> {
+        let limit = match limit {
+            u64::MAX => {
+                // The file is no longer written: its length, looked up again only at its
+                // end (it may have grown since it was opened, when it was the current one).
+                if at.saturating_add(n) > self.len {
+                    self.len = self.file.metadata()?.len();
+                }
+                self.len
+            }
+            l => l,
+        };
         if at.saturating_add(n) > limit {
             return Ok(None);
         }
@@ -302,6 +333,9 @@ impl SegmentFile {
                 .max(READ_CHUNK)
                 .min(usize::try_from(limit - at).unwrap_or(usize::MAX));
             self.buf.clear();
+            if self.buf.capacity() > 4 * READ_CHUNK && want <= READ_CHUNK {
+                self.buf.shrink_to(READ_CHUNK);
+            }
             self.buf.resize(want, 0);
             let mut got = 0;
             while got < want {
@@ -408,7 +442,7 @@ impl Journal {
         for &n in &existing {
             let live = live.entry(n).or_insert(0u64);
             scan_segment(dir, n, false, |h| {
-                if let Some((_, module, _)) = h.enqueue {
+                if let Some(Stored { module, .. }) = h.enqueue {
                     if !done.contains(h.seq) {
                         *live += 1;
                         let (count, last) = match modules.get_mut(module) {
@@ -475,8 +509,9 @@ impl Journal {
             written: written.clone(),
             through_seq: max_seq,
             wake: wake.clone(),
+            failed: rustc_hash::FxHashSet::default(),
         };
-        state.open_current()?;
+        state.open(current)?;
         state.remove_finished();
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
@@ -537,11 +572,15 @@ impl Journal {
         }
     }
 
-    /// Asks for [`Journal::written`] to resolve after the writer's next write.
-    pub fn wake_when_written(&self) {
+    /// Asks for [`Journal::written`] to resolve after the writer's next write, or at once
+    /// if it wrote past `seen_through_seq` (what a reader's [`Next::End`] said) meanwhile.
+    pub fn wake_when_written(&self, seen_through_seq: u64) {
         self.wake
             .wanted
             .store(true, std::sync::atomic::Ordering::Release);
+        if lock(&self.written).through_seq > seen_through_seq {
+            self.wake.written.notify_one();
+        }
     }
 
     /// Resolves after a write that [`Journal::wake_when_written`] asked to hear of.
@@ -649,16 +688,22 @@ impl JournalReader {
                     self.next_segment();
                 }
                 Frame::Record(payload, next) => {
-                    let found = head(payload).and_then(|h| {
-                        let (at_ms, module, rest) = h.enqueue?;
-                        let wanted = module == &*self.module
+                    let Some(h) = head(payload) else {
+                        // As the start-up scan does: the rest of the segment is not read.
+                        warn!(module = %self.module, segment = self.at.segment, offset = self.at.offset,
+                            "message store: undecodable record; reading on from the next segment");
+                        if current {
+                            self.at.offset = limit;
+                            return Ok(end);
+                        }
+                        self.next_segment();
+                        continue;
+                    };
+                    let found = h.enqueue.as_ref().and_then(|e| {
+                        let wanted = e.module == &*self.module
                             && h.seq >= self.min_seq
                             && !self.skip.as_ref().is_some_and(|s| s.contains(h.seq));
-                        if wanted {
-                            pending_from(h.seq, at_ms, rest)
-                        } else {
-                            None
-                        }
+                        wanted.then(|| pending_from(h.seq, e))
                     });
                     self.at.offset = next;
                     if let Some(p) = found {
@@ -747,18 +792,22 @@ struct WriterState {
     written: Arc<Mutex<Written>>,
     through_seq: u64,
     wake: Arc<Wake>,
+    /// Messages whose records could not be written (until their "done" comes, if ever).
+    failed: rustc_hash::FxHashSet<u64>,
 }
 
 impl WriterState {
-    fn open_current(&mut self) -> std::io::Result<()> {
+    /// Makes segment `n` the one written to.
+    fn open(&mut self, n: u64) -> std::io::Result<()> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(segment_path(&self.dir, self.current))?;
+            .open(segment_path(&self.dir, n))?;
         sync_dir(&self.dir)?;
         self.size = file.metadata()?.len();
         self.file = Some(file);
-        self.live.entry(self.current).or_insert(0);
+        self.current = n;
+        self.live.entry(n).or_insert(0);
         Ok(())
     }
 
@@ -806,6 +855,8 @@ impl WriterState {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
         let mut buf = Vec::with_capacity(256 * 1024);
         let mut waiting = Vec::new();
+        let mut batch_enqueued: Vec<(u64, u64)> = Vec::new();
+        let mut batch_done: Vec<u64> = Vec::new();
         let mut last_sync = std::time::Instant::now();
         while let Some(first) = rx.blocking_recv() {
             durable::pace(last_sync);
@@ -836,6 +887,7 @@ impl WriterState {
                         }
                         *self.live.entry(self.current).or_default() += 1;
                         self.through_seq = self.through_seq.max(seq);
+                        batch_enqueued.push((seq, self.current));
                         waiting.push(stored);
                     }
                     Op::Done { seq } => {
@@ -843,6 +895,11 @@ impl WriterState {
                             out.push(DONE);
                             out.extend_from_slice(&seq.to_le_bytes());
                         });
+                        batch_done.push(seq);
+                        // A message whose record could not be written counts in no segment.
+                        if self.failed.remove(&seq) {
+                            continue;
+                        }
                         if let Some((_, seg)) = self.first_seq.range(..=seq).next_back() {
                             if let Some(l) = self.live.get_mut(seg) {
                                 *l = l.saturating_sub(1);
@@ -863,14 +920,24 @@ impl WriterState {
             buf.clear();
             if let Err(e) = &result {
                 tracing::error!(error = %e, "message store write failed; senders are not acknowledged");
+                // The batch's messages are in no segment: they count in none, and their
+                // "done" records (the messages may still be delivered from memory) are
+                // not counted against another's.
+                let done: rustc_hash::FxHashSet<u64> = batch_done.iter().copied().collect();
+                for &(seq, seg) in &batch_enqueued {
+                    if let Some(l) = self.live.get_mut(&seg) {
+                        *l = l.saturating_sub(1);
+                    }
+                    if !done.contains(&seq) {
+                        self.failed.insert(seq);
+                    }
+                }
             }
-            // After a failed write the segment may end in a torn record, and reading stops at
-            // the first one: later records go to a new segment so they stay readable.
-            if result.is_err() || self.size >= self.segment_bytes {
-                self.current += 1;
-                if let Err(e) = self.open_current() {
+            batch_enqueued.clear();
+            batch_done.clear();
+            if self.size >= self.segment_bytes {
+                if let Err(e) = self.open(self.current + 1) {
                     tracing::error!(error = %e, "message store: cannot start a new segment; writing on in the old one");
-                    self.current -= 1;
                 }
             }
             self.publish();
@@ -887,6 +954,10 @@ impl WriterState {
     /// Writes a batch; syncs it when someone waits for it. "Done" records alone are not
     /// synced: losing one only means a redelivery after a crash.
     fn write(&mut self, buf: &[u8], sync: bool) -> Result<(), String> {
+        if self.file.is_none() {
+            self.open(self.current + 1)
+                .map_err(|e| format!("the message store cannot start a new segment: {e}"))?;
+        }
         let Some(file) = self.file.as_mut() else {
             return Err("the message store has no open segment".into());
         };
@@ -899,10 +970,17 @@ impl WriterState {
                 Ok(())
             }
             Err(e) => {
-                // Whatever part of the batch reached the file is a torn record that readers
-                // skip; the next records are counted from the file's real end.
-                if let Ok(m) = file.metadata() {
-                    self.size = m.len();
+                // Whatever part of the batch reached the file is cut off, so that no record
+                // is ever written after a torn one (reading a segment stops at the first).
+                // If it cannot be, the segment is written no more: the next batch starts a
+                // new one.
+                if file
+                    .set_len(self.size)
+                    .and_then(|()| file.sync_data())
+                    .is_err()
+                {
+                    tracing::error!("message store: a failed write could not be cut off; starting a new segment");
+                    self.file = None;
                 }
                 Err(format!("writing the message store: {e}"))
             }
@@ -1136,5 +1214,68 @@ mod tests {
             !s.insert(u64::MAX),
             "too far to keep: not kept, and no allocation"
         );
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_write_nothing_is_written_behind_a_torn_record() {
+        let dir = tempfile::tempdir().unwrap();
+        // A writer whose segment cannot be written (opened read-only): the write fails, the
+        // segment cannot be cut back either, so the next batch goes to a new segment.
+        let path = segment_path(dir.path(), 9);
+        std::fs::write(&path, b"").unwrap();
+        let mut w = WriterState {
+            dir: dir.path().to_owned(),
+            segment_bytes: SEGMENT_BYTES,
+            live: BTreeMap::new(),
+            first_seq: BTreeMap::new(),
+            current: 9,
+            file: Some(File::open(&path).unwrap()),
+            size: 0,
+            written: Arc::new(Mutex::new(Written {
+                at: Position {
+                    segment: 9,
+                    offset: 0,
+                },
+                through_seq: 0,
+            })),
+            through_seq: 0,
+            wake: Arc::default(),
+            failed: Default::default(),
+        };
+        let mut record = Vec::new();
+        frame(&mut record, |out| {
+            out.push(DONE);
+            out.extend_from_slice(&7u64.to_le_bytes());
+        });
+        assert!(w.write(&record, true).is_err());
+        assert!(w.file.is_none(), "not written to again");
+        w.write(&record, true).unwrap();
+        assert_eq!(w.current, 10);
+        assert_eq!(std::fs::read(segment_path(dir.path(), 10)).unwrap(), record);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"",
+            "nothing behind the failure"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_decode_ends_its_segment_for_readers_as_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        store(&j, "m", 0).await;
+        drop(j);
+        // A record whose checksum is right but whose payload is no record (an empty one,
+        // as zeroed bytes read), then a good record after it.
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let good = bytes.clone();
+        bytes.extend_from_slice(&[0u8; 8]);
+        bytes.extend_from_slice(&good);
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, mut replayed) = Journal::open(dir.path(), SEGMENT_BYTES).unwrap();
+        let restored = replayed.remove("m").unwrap();
+        assert_eq!(restored.count, 1, "counted up to the bad record");
+        assert_eq!(restored.read_all().len(), 1, "and read back up to it");
     }
 }

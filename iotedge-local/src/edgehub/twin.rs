@@ -417,6 +417,10 @@ mod tests {
             ),
             "{err}"
         );
-        assert_eq!(t.get("edge/m")["desired"]["$version"], json!(0), "unchanged");
+        assert_eq!(
+            t.get("edge/m")["desired"]["$version"],
+            json!(0),
+            "unchanged"
+        );
     }
 }

@@ -71,6 +71,69 @@ async fn upload_and_check(t: &TestRuntime) {
     )
     .await
     .is_err());
+    a_sas_writes_its_one_blob_only(t).await;
+}
+
+/// The SAS a device gets writes the one blob it asked for: not another of its own, not
+/// another device's; and a device may have only IoT Hub's 10 uploads in progress.
+async fn a_sas_writes_its_one_blob_only(t: &TestRuntime) {
+    let cs = find_connection_string(&t.settings("writer")).unwrap();
+    let http = iotedge_local::iothub::files::https_client(&t.rt.ca_pem).unwrap();
+    let token = edge_protocol::sas::make_token(
+        &edge_protocol::sas::resource_uri(&cs.host_name, &cs.device_id, None),
+        &cs.shared_access_key,
+        u64::try_from(chrono::Utc::now().timestamp()).unwrap() + 600,
+    )
+    .unwrap();
+    let ask = |name: &str| {
+        http.post(format!(
+            "https://{}/devices/{}/files?api-version=2021-04-12",
+            cs.host_name, cs.device_id
+        ))
+        .header("authorization", token.clone())
+        .header("content-type", "application/json")
+        .body(json!({ "blobName": name }).to_string())
+        .send()
+    };
+    let sas: Value =
+        serde_json::from_slice(&ask("one.avro").await.unwrap().bytes().await.unwrap()).unwrap();
+    let put = |blob: String| {
+        let url = format!(
+            "https://{}/{}/{blob}{}",
+            sas["hostName"].as_str().unwrap(),
+            sas["containerName"].as_str().unwrap(),
+            sas["sasToken"].as_str().unwrap()
+        );
+        http.put(url)
+            .header("x-ms-blob-type", "BlockBlob")
+            .body("data")
+            .send()
+    };
+    let own = put(sas["blobName"].as_str().unwrap().to_owned())
+        .await
+        .unwrap();
+    assert!(own.status().is_success(), "{}", own.status());
+    for other in ["edge-device/other.avro", "another-device/one.avro"] {
+        let r = put(other.to_owned()).await.unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            403,
+            "{other}: {}",
+            r.text().await.unwrap()
+        );
+        assert!(
+            read_blob(&t.rt.blob_store, "avrofiles", other, &t.rt.ca_pem)
+                .await
+                .is_err()
+        );
+    }
+    // One in progress; nine more may be, the eleventh is refused.
+    for n in 0..9 {
+        let r = ask(&format!("more-{n}.avro")).await.unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let r = ask("eleventh.avro").await.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,40 @@ pub fn account_sas(
     ))
 }
 
+/// A service SAS query string (without `?`) for one blob: `permissions` on
+/// `container/blob` only, for `valid_for`, over HTTPS.
+pub fn blob_sas(
+    account: &str,
+    key_b64: &str,
+    container: &str,
+    blob: &str,
+    permissions: &str,
+    valid_for: Duration,
+) -> Result<String, String> {
+    let expiry =
+        chrono::Utc::now() + chrono::Duration::from_std(valid_for).map_err(|e| e.to_string())?;
+    let se = expiry.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    // The service SAS string to sign of versions 2018-11-09 to 2020-10-02: permissions,
+    // start, expiry, canonical resource, identifier, IP, protocol, version, resource,
+    // snapshot time, then the five response headers (none here).
+    let to_sign = format!(
+        "{permissions}\n\n{se}\n/blob/{account}/{container}/{blob}\n\n\nhttps\n{SAS_VERSION}\nb\n\n\n\n\n\n"
+    );
+    let sig = sas::sign(key_b64, to_sign.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "sv={SAS_VERSION}&sr=b&sp={permissions}&se={}&spr=https&sig={}",
+        enc(&se),
+        enc(&sig)
+    ))
+}
+
+/// How long a file-upload SAS is valid, as IoT Hub's default.
+pub const UPLOAD_SAS_VALID_FOR: Duration = Duration::from_secs(3600);
+
+/// File uploads a device may have in progress (SAS issued, not yet notified), as IoT Hub
+/// allows; older requests than [`UPLOAD_SAS_VALID_FOR`] are forgotten.
+pub const MAX_UPLOADS_PER_DEVICE: usize = 10;
+
 /// The file-upload service.
 pub struct FileService {
     /// `host:port` devices use as their IoT Hub host name for HTTPS.
@@ -86,12 +120,20 @@ pub struct FileService {
     container: String,
     store: BlobStore,
     local_key: String,
-    pending: Mutex<HashMap<String, String>>,
+    /// Uploads in progress by correlation id: device, blob, when the SAS was issued.
+    pending: Mutex<HashMap<String, PendingUpload>>,
     log: Mutex<std::fs::File>,
     /// Successful uploads notified by devices.
     pub uploaded: AtomicU64,
     /// Failed uploads notified by devices.
     pub failed: AtomicU64,
+}
+
+/// An upload a SAS was issued for and no notification came yet.
+struct PendingUpload {
+    device: String,
+    blob: String,
+    issued: std::time::Instant,
 }
 
 #[derive(Deserialize)]
@@ -181,17 +223,18 @@ impl FileService {
     fn sas_for(&self, blob: &str) -> Result<(String, String), String> {
         match &self.store {
             BlobStore::Azurite { host } => {
-                let token = account_sas(
+                let token = blob_sas(
                     AZURITE_ACCOUNT,
                     AZURITE_KEY,
+                    &self.container,
+                    blob,
                     "cw",
-                    "o",
-                    Duration::from_secs(3600),
+                    UPLOAD_SAS_VALID_FOR,
                 )?;
                 Ok((host.clone(), format!("?{token}")))
             }
             BlobStore::Directory(_) => {
-                let se = now_secs() + 3600;
+                let se = now_secs() + UPLOAD_SAS_VALID_FOR.as_secs();
                 let sig = sas::sign(
                     &self.local_key,
                     format!("{}/{blob}\n{se}", self.container).as_bytes(),
@@ -235,15 +278,37 @@ async fn create_sas_uri(
             ),
         );
     }
+    let cid = uuid::Uuid::new_v4().to_string();
+    {
+        let mut pending = s.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|_, u| u.issued.elapsed() < UPLOAD_SAS_VALID_FOR);
+        let in_progress = pending.values().filter(|u| u.device == device).count();
+        if in_progress >= MAX_UPLOADS_PER_DEVICE {
+            tracing::warn!(
+                device,
+                in_progress,
+                "file upload refused: too many in progress"
+            );
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "device '{device}' has {in_progress} file uploads in progress, IoT Hub's limit: notify the hub of those first"
+                ),
+            );
+        }
+        pending.insert(
+            cid.clone(),
+            PendingUpload {
+                device: device.clone(),
+                blob: blob.clone(),
+                issued: std::time::Instant::now(),
+            },
+        );
+    }
     let (host, token) = match s.sas_for(&blob) {
         Ok(x) => x,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let cid = uuid::Uuid::new_v4().to_string();
-    s.pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(cid.clone(), blob.clone());
     Json(json!({"correlationId": cid, "hostName": host, "containerName": s.container, "blobName": blob, "sasToken": token}))
         .into_response()
 }
@@ -259,12 +324,14 @@ async fn notify(
             Ok(n) => n,
             Err((status, message)) => return error(status, message),
         };
-    let Some(blob) = s
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&n.correlation_id)
-    else {
+    let upload = {
+        let mut pending = s.pending.lock().unwrap_or_else(|p| p.into_inner());
+        match pending.get(&n.correlation_id) {
+            Some(u) if u.device == device => pending.remove(&n.correlation_id),
+            _ => None,
+        }
+    };
+    let Some(PendingUpload { blob, .. }) = upload else {
         return error(
             StatusCode::NOT_FOUND,
             format!("no upload with correlation id {}", n.correlation_id),

@@ -71,7 +71,39 @@ async fn upload_and_check(t: &TestRuntime) {
     )
     .await
     .is_err());
+    a_large_file_goes_up_in_blocks(t).await;
+    // Last: it leaves the device with IoT Hub's 10 uploads in progress.
     a_sas_writes_its_one_blob_only(t).await;
+}
+
+/// A file over the block size (a 5-minute Avro file at 2,000 msg/s is ~120 MB) goes up as
+/// blocks, read from disk one at a time, and reads back whole.
+async fn a_large_file_goes_up_in_blocks(t: &TestRuntime) {
+    let cs = find_connection_string(&t.settings("writer")).unwrap();
+    let uploader = FileUploader::new(cs, Some(&t.rt.ca_pem)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.avro");
+    let data: Vec<u8> = (0..2 * edge_client::upload::BLOCK_BYTES + 12_345)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    uploader
+        .upload_file("big.avro", &path)
+        .await
+        .expect("uploaded in blocks");
+    let stored = read_blob(
+        &t.rt.blob_store,
+        "avrofiles",
+        "edge-device/big.avro",
+        &t.rt.ca_pem,
+    )
+    .await
+    .unwrap();
+    assert!(
+        stored == data,
+        "the blob reads back as the file ({} bytes)",
+        stored.len()
+    );
 }
 
 /// The SAS a device gets writes the one blob it asked for: not another of its own, not

@@ -175,6 +175,100 @@ async fn put_block_blob(
     ))
 }
 
+/// Files up to this size go in one `Put Blob`; larger ones as blocks of this size
+/// (`Put Block`, then `Put Block List`), read from the file one block at a time.
+pub const BLOCK_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a blob is made from.
+#[derive(Debug, Clone)]
+pub enum BlobData {
+    /// Bytes in memory.
+    Bytes(Bytes),
+    /// A file, read a block at a time.
+    File(std::path::PathBuf),
+}
+
+/// The id of block `n` of a blob: base64 of a fixed-width number, as every id of a blob
+/// must have the same length.
+pub fn block_id(n: usize) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("block-{n:010}"))
+}
+
+/// The body of a `Put Block List` committing `ids` in order.
+pub fn block_list_xml(ids: &[String]) -> String {
+    let mut xml = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
+    for id in ids {
+        xml.push_str("<Latest>");
+        xml.push_str(id);
+        xml.push_str("</Latest>");
+    }
+    xml.push_str("</BlockList>");
+    xml
+}
+
+/// Stores `data` at `url` (a blob URL; `token` its SAS query, starting with `?`): one
+/// `Put Blob` for bytes and for a file of up to [`BLOCK_BYTES`], blocks for a larger file.
+/// Returns the last status and, on failure, the service's answer.
+async fn put_blob(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    data: &BlobData,
+) -> Result<(u16, String), String> {
+    let path = match data {
+        BlobData::Bytes(b) => return put_block_blob(http, url, token, b.clone()).await,
+        BlobData::File(p) => p,
+    };
+    let read_err = |e: std::io::Error| format!("reading {}: {e}", path.display());
+    let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
+    let len = file.metadata().await.map_err(read_err)?.len();
+    if len <= BLOCK_BYTES as u64 {
+        let bytes = tokio::fs::read(path).await.map_err(read_err)?;
+        return put_block_blob(http, url, token, Bytes::from(bytes)).await;
+    }
+    let send = |req: reqwest::RequestBuilder| async move {
+        let r = req
+            .send()
+            .await
+            // Without the URL: it holds the SAS token.
+            .map_err(|e| e.without_url().to_string())?;
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        Ok::<_, String>((status.as_u16(), status.is_success(), text))
+    };
+    let mut ids = Vec::new();
+    loop {
+        use tokio::io::AsyncReadExt;
+        let mut block = Vec::with_capacity(BLOCK_BYTES);
+        (&mut file)
+            .take(BLOCK_BYTES as u64)
+            .read_to_end(&mut block)
+            .await
+            .map_err(read_err)?;
+        if block.is_empty() {
+            break;
+        }
+        let id = block_id(ids.len());
+        let q = format!(
+            "{url}{token}&comp=block&blockid={}",
+            percent_encoding::utf8_percent_encode(&id, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let (code, ok, text) = send(http.put(q).body(block)).await?;
+        if !ok {
+            return Ok((code, format!("block {}: {text}", ids.len())));
+        }
+        ids.push(id);
+    }
+    let (code, ok, text) = send(
+        http.put(format!("{url}{token}&comp=blocklist"))
+            .header("content-type", "application/xml")
+            .body(block_list_xml(&ids)),
+    )
+    .await?;
+    Ok((code, if ok { "uploaded".to_owned() } else { text }))
+}
+
 /// Uploads files to IoT Hub's storage with a device identity.
 #[derive(Clone)]
 pub struct FileUploader {
@@ -251,6 +345,17 @@ impl FileUploader {
 
     /// Uploads `data` as `blob_name` (IoT Hub stores it under the device's folder).
     pub async fn upload(&self, blob_name: &str, data: Bytes) -> Result<Uploaded, UploadError> {
+        self.upload_data(blob_name, &BlobData::Bytes(data)).await
+    }
+
+    /// Uploads the file at `path` as `blob_name`, streamed: a file larger than
+    /// [`BLOCK_BYTES`] goes as blocks, read one at a time.
+    pub async fn upload_file(&self, blob_name: &str, path: &Path) -> Result<Uploaded, UploadError> {
+        self.upload_data(blob_name, &BlobData::File(path.to_path_buf()))
+            .await
+    }
+
+    async fn upload_data(&self, blob_name: &str, data: &BlobData) -> Result<Uploaded, UploadError> {
         let answer = self
             .post_json(
                 "getting a SAS URI",
@@ -266,30 +371,9 @@ impl FileUploader {
             "https://{}/{}/{}",
             sas.host_name, sas.container_name, sas.blob_name
         );
-        let put = self
-            .http
-            .put(format!("{url}{}", sas.sas_token))
-            .header("x-ms-blob-type", "BlockBlob")
-            .header("content-type", "application/octet-stream")
-            .body(data)
-            .send()
-            .await;
-        let (ok, code, description) = match put {
-            Ok(r) => {
-                let status = r.status();
-                let text = r.text().await.unwrap_or_default();
-                (
-                    status.is_success(),
-                    status.as_u16(),
-                    if status.is_success() {
-                        "uploaded".to_owned()
-                    } else {
-                        text
-                    },
-                )
-            }
-            // Without the URL: it holds the SAS token.
-            Err(e) => (false, 500, e.without_url().to_string()),
+        let (ok, code, description) = match put_blob(&self.http, &url, &sas.sas_token, data).await {
+            Ok((code, text)) => ((200..300).contains(&code), code, text),
+            Err(e) => (false, 500, e),
         };
         let note = json!({"correlationId": sas.correlation_id, "isSuccess": ok, "statusCode": code, "statusDescription": description});
         let notified = self
@@ -349,8 +433,19 @@ impl ContainerUploader {
 
     /// Uploads `data` as `blob_name` in the container.
     pub async fn upload(&self, blob_name: &str, data: Bytes) -> Result<Uploaded, UploadError> {
+        self.upload_data(blob_name, &BlobData::Bytes(data)).await
+    }
+
+    /// Uploads the file at `path` as `blob_name` in the container, streamed (blocks for a
+    /// file larger than [`BLOCK_BYTES`]).
+    pub async fn upload_file(&self, blob_name: &str, path: &Path) -> Result<Uploaded, UploadError> {
+        self.upload_data(blob_name, &BlobData::File(path.to_path_buf()))
+            .await
+    }
+
+    async fn upload_data(&self, blob_name: &str, data: &BlobData) -> Result<Uploaded, UploadError> {
         let url = format!("{}/{}", self.base, crate::blob::escape_path(blob_name));
-        match put_block_blob(&self.http, &url, &self.token, data).await {
+        match put_blob(&self.http, &url, &self.token, data).await {
             Ok((code, _)) if (200..300).contains(&code) => Ok(Uploaded { url }),
             Ok((code, text)) => Err(UploadError::Step {
                 step: "writing the blob",

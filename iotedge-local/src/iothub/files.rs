@@ -57,6 +57,13 @@ fn enc(s: &str) -> String {
     utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
 }
 
+/// The expiry (`se`) of a SAS valid for `valid_for` from now.
+fn sas_expiry(valid_for: Duration) -> Result<String, String> {
+    let expiry =
+        chrono::Utc::now() + chrono::Duration::from_std(valid_for).map_err(|e| e.to_string())?;
+    Ok(expiry.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
 /// An account SAS query string (without `?`) for the blob service.
 pub fn account_sas(
     account: &str,
@@ -65,9 +72,7 @@ pub fn account_sas(
     resource_types: &str,
     valid_for: Duration,
 ) -> Result<String, String> {
-    let expiry =
-        chrono::Utc::now() + chrono::Duration::from_std(valid_for).map_err(|e| e.to_string())?;
-    let se = expiry.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let se = sas_expiry(valid_for)?;
     let to_sign =
         format!("{account}\n{permissions}\nb\n{resource_types}\n\n{se}\n\nhttps\n{SAS_VERSION}\n");
     let sig = sas::sign(key_b64, to_sign.as_bytes()).map_err(|e| e.to_string())?;
@@ -88,9 +93,7 @@ pub fn blob_sas(
     permissions: &str,
     valid_for: Duration,
 ) -> Result<String, String> {
-    let expiry =
-        chrono::Utc::now() + chrono::Duration::from_std(valid_for).map_err(|e| e.to_string())?;
-    let se = expiry.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let se = sas_expiry(valid_for)?;
     // The service SAS string to sign of versions 2018-11-09 to 2020-10-02: permissions,
     // start, expiry, canonical resource, identifier, IP, protocol, version, resource,
     // snapshot time, then the five response headers (none here).
@@ -379,30 +382,135 @@ async fn put_local_blob(
         return error(StatusCode::BAD_REQUEST, "blob path leaves the container");
     }
     let path = root.join(&container).join(&blob);
-    let write = || -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+    // Blocks wait beside the store (never inside a container) until their list commits them.
+    let blocks = root.join(".blocks").join(&container).join(&blob);
+    let result = match q.get("comp").map(String::as_str) {
+        None => write_blob(&path, &[&body[..]]),
+        Some("block") => {
+            let Some(id) = q.get("blockid").and_then(|id| block_file_name(id)) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "blockid must be base64 of at most 64 bytes",
+                );
+            };
+            write_blob(&blocks.join(id), &[&body[..]])
         }
-        let tmp = path.with_extension("partial");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
+        Some("blocklist") => {
+            let Some(ids) = block_list(&body) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "not a block list (<BlockList><Latest>id</Latest>…)",
+                );
+            };
+            let mut parts = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let Some(name) = block_file_name(id) else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("block id {id} is not base64 of at most 64 bytes"),
+                    );
+                };
+                parts.push(blocks.join(name));
+            }
+            commit_blocks(&path, &parts).map(|()| {
+                let _ = std::fs::remove_dir_all(&blocks);
+            })
         }
-        std::fs::rename(&tmp, &path)
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("comp={other} is not supported here"),
+            )
+        }
     };
-    match write() {
+    match result {
         Ok(()) => StatusCode::CREATED.into_response(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => error(
+            StatusCode::BAD_REQUEST,
+            "the block list names a block that was not uploaded",
+        ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
+
+/// Writes `parts` as the file `path`, atomically (temporary file, sync, rename).
+fn write_blob(path: &std::path::Path, parts: &[&[u8]]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("partial");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        for p in parts {
+            f.write_all(p)?;
+        }
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Writes the blob `path` from the block files `blocks`, in order, streamed.
+fn commit_blocks(path: &std::path::Path, blocks: &[PathBuf]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("partial");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        for b in blocks {
+            std::io::copy(&mut std::fs::File::open(b)?, &mut f)?;
+        }
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// The file name a block id is kept under (hex of its bytes), if it is a valid id.
+fn block_file_name(id: &str) -> Option<String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(id).ok()?;
+    if bytes.is_empty() || bytes.len() > 64 {
+        return None;
+    }
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The block ids of a `Put Block List` body, in order (`Latest`, `Committed` or
+/// `Uncommitted` elements alike: this store keeps no committed blocks to choose from).
+fn block_list(body: &[u8]) -> Option<Vec<String>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<BlockList>")? + "<BlockList>".len();
+    let end = text.rfind("</BlockList>")?;
+    let mut rest = text.get(start..end)?.trim();
+    let mut ids = Vec::new();
+    while !rest.is_empty() {
+        let open_end = rest.find('>')?;
+        let tag = rest.get(1..open_end)?;
+        if !rest.starts_with('<') || !matches!(tag, "Latest" | "Committed" | "Uncommitted") {
+            return None;
+        }
+        let close = format!("</{tag}>");
+        let body_end = rest.find(&close)?;
+        ids.push(rest.get(open_end + 1..body_end)?.trim().to_owned());
+        rest = rest.get(body_end + close.len()..)?.trim_start();
+    }
+    Some(ids)
+}
+
+/// The largest body one PUT to the folder store takes: a block (the writer's are 4 MiB) or a
+/// blob written in one piece. Larger blobs are written as blocks, as Azure takes them.
+pub const LOCAL_BLOB_MAX_BODY: usize = 8 * 1024 * 1024;
 
 /// The service's routes.
 pub fn router(service: Arc<FileService>) -> Router {
     Router::new()
         .route("/devices/{id}/files", post(create_sas_uri))
         .route("/devices/{id}/files/notifications", post(notify))
-        .route("/localblob/{container}/{*blob}", put(put_local_blob))
+        .route(
+            "/localblob/{container}/{*blob}",
+            // A block (or a small blob) at a time: larger blobs come as blocks.
+            put(put_local_blob).layer(axum::extract::DefaultBodyLimit::max(LOCAL_BLOB_MAX_BODY)),
+        )
         .with_state(service)
 }
 
@@ -656,6 +764,31 @@ mod tests {
     use super::*;
     use base64::engine::general_purpose::STANDARD as B64;
     use base64::Engine as _;
+
+    #[test]
+    fn block_lists_and_ids_read_as_azure_writes_them_and_nothing_else() {
+        let body = br#"<?xml version="1.0" encoding="utf-8"?><BlockList><Latest>YQ==</Latest> <Uncommitted>Yg==</Uncommitted><Committed>Yw==</Committed></BlockList>"#;
+        assert_eq!(block_list(body).unwrap(), ["YQ==", "Yg==", "Yw=="]);
+        assert_eq!(
+            block_list(b"<BlockList></BlockList>").unwrap(),
+            Vec::<String>::new()
+        );
+        for bad in [
+            &b"<BlockList><Other>YQ==</Other></BlockList>"[..],
+            b"no list",
+            b"<BlockList><Latest>YQ==</BlockList>",
+        ] {
+            assert!(
+                block_list(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(block_file_name("YQ==").as_deref(), Some("61"));
+        assert_eq!(block_file_name("../x"), None, "not base64: never a path");
+        assert_eq!(block_file_name(""), None);
+        assert_eq!(block_file_name(&"QUFB".repeat(30)), None, "over 64 bytes");
+    }
 
     #[test]
     fn blob_paths_stay_inside_their_container() {

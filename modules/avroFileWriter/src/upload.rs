@@ -222,19 +222,15 @@ impl Uploader for UploadTarget {
                     })?
             }
             UploadTarget::Container(u, prefix) => {
-                let data = read_file(path).await?;
                 let name = format!("{prefix}{blob_name}");
-                refused(&name, u.upload(&name, data).await)
+                refused(&name, u.upload_file(&name, path).await)
             }
             UploadTarget::Account(u, prefix) => {
                 let data = read_file(path).await?;
                 let name = format!("{prefix}{blob_name}");
                 refused(&name, u.upload(&name, data).await)
             }
-            UploadTarget::IotHub(u) => {
-                let data = read_file(path).await?;
-                refused(blob_name, u.upload(blob_name, data).await)
-            }
+            UploadTarget::IotHub(u) => refused(blob_name, u.upload_file(blob_name, path).await),
         }
     }
 

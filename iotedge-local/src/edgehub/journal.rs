@@ -650,6 +650,20 @@ impl JournalReader {
         self.file = None;
     }
 
+    /// Leaves a torn, corrupt or undecodable record: as at start-up, the rest of its segment
+    /// is not read. In the segment being written the reader moves to what is written, and
+    /// `true` says it is at the end.
+    fn leave_bad_record(&mut self, current: bool, limit: u64) -> bool {
+        warn!(module = %self.module, segment = self.at.segment, offset = self.at.offset,
+            "message store: torn, corrupt or undecodable record; reading on from the next segment");
+        if current {
+            self.at.offset = limit;
+            return true;
+        }
+        self.next_segment();
+        false
+    }
+
     /// The next of the module's messages, or where the written journal ends.
     pub fn read_next(&mut self) -> std::io::Result<Next> {
         let written = *lock(&self.written);
@@ -679,24 +693,15 @@ impl JournalReader {
                 Frame::End if current => return Ok(end),
                 Frame::End => self.next_segment(),
                 Frame::Bad => {
-                    warn!(module = %self.module, segment = self.at.segment, offset = self.at.offset,
-                        "message store: torn or corrupt record; reading on from the next segment");
-                    if current {
-                        self.at.offset = limit;
+                    if self.leave_bad_record(current, limit) {
                         return Ok(end);
                     }
-                    self.next_segment();
                 }
                 Frame::Record(payload, next) => {
                     let Some(h) = head(payload) else {
-                        // As the start-up scan does: the rest of the segment is not read.
-                        warn!(module = %self.module, segment = self.at.segment, offset = self.at.offset,
-                            "message store: undecodable record; reading on from the next segment");
-                        if current {
-                            self.at.offset = limit;
+                        if self.leave_bad_record(current, limit) {
                             return Ok(end);
                         }
-                        self.next_segment();
                         continue;
                     };
                     let found = h.enqueue.as_ref().and_then(|e| {

@@ -60,6 +60,8 @@ struct Live {
     writer: writer::Writer,
     budget: Arc<DiskBudget>,
     scan: Arc<Mutex<avro_file_writer::scanner::ScanPolicy>>,
+    /// Wakes the scanner when its settings change, so a new check interval applies now.
+    scan_changed: Arc<Notify>,
     log: logging::LogLevel,
     logging_level: Mutex<Option<String>>,
     changed: Notify,
@@ -79,6 +81,7 @@ impl Live {
         *self.scan.lock().unwrap_or_else(|p| p.into_inner()) = c.scan;
         info!(settings = %c.reported(), "settings");
         drop(c);
+        self.scan_changed.notify_one();
         self.changed.notify_one();
     }
 
@@ -229,6 +232,7 @@ async fn main() {
         writer: writer.clone(),
         budget: budget.clone(),
         scan: Arc::new(Mutex::new(base.scan)),
+        scan_changed: Arc::new(Notify::new()),
         log,
         logging_level: Mutex::new(None),
         changed: Notify::new(),
@@ -252,6 +256,7 @@ async fn main() {
             stats.clone(),
             live.scan.clone(),
         )
+        .woken_by(live.scan_changed.clone())
         .run(stopping.clone()),
     );
     let reporter = tokio::spawn(report_loop(

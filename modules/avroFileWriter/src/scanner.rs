@@ -109,6 +109,7 @@ pub struct Scanner<U: Uploader> {
     backoff: Backoff,
     failures: HashMap<PathBuf, Failure>,
     schema: Arc<RecordSchema>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl<U: Uploader> Scanner<U> {
@@ -131,12 +132,20 @@ impl<U: Uploader> Scanner<U> {
             backoff: Backoff::default(),
             failures: HashMap::new(),
             schema: Arc::new(RecordSchema::tutorial()),
+            wake: Arc::default(),
         }
     }
 
     /// Replaces the retry delays.
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Scans again at once, and waits by the current settings from then on, whenever
+    /// `wake` is notified (the settings changed).
+    pub fn woken_by(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.wake = wake;
         self
     }
 
@@ -165,6 +174,7 @@ impl<U: Uploader> Scanner<U> {
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(100))) => {}
+                () = self.wake.notified() => {}
                 _ = stopping.changed() => return,
             }
         }
@@ -452,6 +462,50 @@ mod tests {
         let reported = stats.reported();
         assert_eq!(reported["FilesUploaded"], 1);
         assert_eq!(reported["UploadFailures"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_shorter_check_interval_applies_at_once_not_after_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("avro");
+        let up = dir.path().join("up");
+        let calls = Arc::new(AtomicU32::new(0));
+        let policy = Arc::new(Mutex::new(ScanPolicy {
+            check_interval: Duration::from_secs(3600),
+            quiet_period: Duration::from_millis(1),
+        }));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let s = Scanner::new(
+            root.clone(),
+            Some(Flaky {
+                fail: 0,
+                calls: calls.clone(),
+                dir: up.clone(),
+            }),
+            Arc::new(TreeLock::default()),
+            Arc::new(DiskBudget::new(1 << 20, 0)),
+            Arc::new(Stats::default()),
+            policy.clone(),
+        )
+        .woken_by(wake.clone());
+        let (stop, stopping) = watch::channel(false);
+        let task = tokio::spawn(s.run(stopping));
+        tokio::time::sleep(Duration::from_millis(200)).await; // first scan done: nothing yet
+        let f = old_file(&root, "2020/1/2/3/5.avro");
+        // An hour's wait under way; the setting changes to 100 ms.
+        policy.lock().unwrap().check_interval = Duration::from_millis(100);
+        wake.notify_one();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while f.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still waiting for the old interval"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test]

@@ -43,7 +43,11 @@ pub async fn serve(
     let make = move || hyper_util::service::TowerToHyperService::new(app.clone());
     Ok(tokio::spawn(edge_process::http::serve(
         "management API",
-        edge_process::http::Limits::new(CONNECTIONS),
+        edge_process::http::Limits {
+            // A method call may wait for its module up to 300 s with no byte moving.
+            idle_timeout: std::time::Duration::from_secs(310),
+            ..edge_process::http::Limits::new(CONNECTIONS)
+        },
         listener,
         edge_process::http::plain,
         make,

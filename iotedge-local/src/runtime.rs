@@ -576,5 +576,7 @@ pub fn mqtt_connection_budget(open_files: u64, modules: usize) -> usize {
         + crate::control::CONNECTIONS
         + crate::workload::CONNECTIONS * modules;
     let left = open_files.saturating_sub(RESERVE + http as u64);
-    usize::try_from(left).unwrap_or(usize::MAX).max(64)
+    usize::try_from(left)
+        .unwrap_or(usize::MAX)
+        .clamp(64, tokio::sync::Semaphore::MAX_PERMITS)
 }

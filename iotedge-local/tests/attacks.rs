@@ -5,6 +5,7 @@
 
 use iotedge_local::testing::{manifest, start_with};
 use serde_json::json;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -105,4 +106,108 @@ fn the_mqtt_budget_leaves_room_for_every_http_server_and_the_stores() {
     assert!((64..1024 - 256 - 256).contains(&mqtt), "{mqtt}");
     assert_eq!(mqtt_connection_budget(20_000, 3), mqtt + (20_000 - 1024));
     assert_eq!(mqtt_connection_budget(100, 3), 64, "never below 64");
+}
+
+/// A client that sends twin requests and never reads the answers: past 8 MiB left unread
+/// its connection is closed (socket and all), and counted; others are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_replies_is_disconnected() {
+    use rustls_pki_types::pem::PemObject;
+    let t = start_with(
+        manifest(&["sender", "receiver"], ROUTES, 7200, json!({})),
+        |_| {},
+    )
+    .await;
+    // A reported section near IoT Hub's 32 KB, so each twin answer is large.
+    let sender = t.client("sender").await;
+    sender
+        .update_reported(&json!({"pad": "x".repeat(30_000)}))
+        .await
+        .unwrap();
+    sender.close(Duration::from_secs(2)).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(t.rt.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", t.rt.mqtt_port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let key = runtime_state::KeyStore::new(runtime_state::layout::module_keys(t.rt.state_dir()))
+        .key("sender")
+        .unwrap();
+    let hub = "local-hub.azure-devices.net";
+    let expiry = u64::try_from(chrono::Utc::now().timestamp()).unwrap() + 600;
+    let token = edge_protocol::sas::make_token(
+        &edge_protocol::sas::resource_uri(hub, "edge-device", Some("sender")),
+        &key,
+        expiry,
+    )
+    .unwrap();
+    let mut connect = rumqttc::Connect::new("edge-device/sender");
+    connect.keep_alive = 300;
+    connect.login = Some(rumqttc::Login::new(
+        format!("{hub}/edge-device/sender/?api-version=2019-10-01"),
+        token,
+    ));
+    let mut out = bytes::BytesMut::new();
+    rumqttc::Packet::Connect(connect)
+        .write(&mut out, 1 << 20)
+        .unwrap();
+    for rid in 0..2_000 {
+        let p = rumqttc::Publish::new(
+            format!("$iothub/twin/GET/?$rid={rid}"),
+            rumqttc::QoS::AtMostOnce,
+            "",
+        );
+        rumqttc::Packet::Publish(p)
+            .write(&mut out, 1 << 20)
+            .unwrap();
+    }
+    tls.write_all(&out).await.unwrap();
+    // 2,000 answers of ~30 KB: far past what the socket buffers and the 8 MiB take.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t
+        .rt
+        .hub
+        .prometheus
+        .refused_count("slow_client", "edge-device/sender")
+        == 0
+    {
+        assert!(Instant::now() < deadline, "never counted as a slow client");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The connection is gone: reading what was already on its way ends in EOF.
+    let mut buf = vec![0u8; 1 << 20];
+    let mut read = 0usize;
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "still open after {read} bytes");
+    assert!(
+        read < 2_000 * 30_000,
+        "not every answer was sent: {read} bytes"
+    );
+    // Others are served.
+    let receiver = t.client("receiver").await;
+    receiver.close(Duration::from_secs(2)).await;
+    t.rt.shutdown().await;
 }

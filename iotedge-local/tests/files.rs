@@ -165,7 +165,8 @@ async fn a_sas_writes_its_one_blob_only(t: &TestRuntime) {
         assert!(r.status().is_success(), "{}", r.status());
     }
     let r = ask("eleventh.avro").await.unwrap();
-    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(r.text().await.unwrap().contains("403006"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

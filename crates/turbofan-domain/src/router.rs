@@ -105,6 +105,10 @@ pub fn device_input(
         m.correlation_id = None;
         m.user_id = None;
         m.to = None;
+        m.content_type = None;
+        m.content_encoding = None;
+        m.expiry = None;
+        m.creation_time = None;
         if let Some(d) = m.connection_device_id.clone() {
             m.set_property(CONNECTION_DEVICE_ID, d);
         }
@@ -158,6 +162,8 @@ fn oversized_bag(m: &Message) -> Option<usize> {
         &m.to,
         &m.content_type,
         &m.content_encoding,
+        &m.expiry,
+        &m.creation_time,
     ];
     let raw: usize = m
         .properties

@@ -6,7 +6,7 @@
 //! arrived.
 
 use crate::edgehub::durable::Stored;
-use crate::edgehub::endpoint::{Conn, Outgoing};
+use crate::edgehub::endpoint::{Conn, Outgoing, PUBACK_SIZE};
 use crate::edgehub::hub::{Hub, Identity};
 use bytes::{Bytes, BytesMut};
 pub use edge_protocol::mqtt::MAX_PACKET;
@@ -176,16 +176,16 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
                         }
                     })
                     .collect();
-                let _ = tx.send(Packet::SubAck(SubAck::new(s.pkid, codes)).into());
+                conn.send_reply(Packet::SubAck(SubAck::new(s.pkid, codes)));
             }
             Packet::Unsubscribe(u) => {
                 for f in &u.topics {
                     hub.unsubscribe(&identity, &conn, f);
                 }
-                let _ = tx.send(Packet::UnsubAck(UnsubAck::new(u.pkid)).into());
+                conn.send_reply(Packet::UnsubAck(UnsubAck::new(u.pkid)));
             }
             Packet::PingReq => {
-                let _ = tx.send(Packet::PingResp.into());
+                conn.send_reply(Packet::PingResp);
             }
             Packet::Disconnect => return ControlFlow::Break("client disconnected"),
             Packet::Connect(_) => return ControlFlow::Break("second CONNECT (protocol violation)"),
@@ -256,8 +256,20 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
     drop(session);
     drop(conn);
     drop(tx);
-    let _ = writer.await;
+    // A client that does not read keeps the writer stuck in a write: it gets a few seconds
+    // to take what is queued, then the connection goes (its socket, its place, its memory).
+    let mut writer = writer;
+    if tokio::time::timeout(WRITER_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        debug!("the client does not read; its connection is dropped");
+        writer.abort();
+    }
 }
+
+/// How long a closing connection's writer may take to flush what is queued.
+const WRITER_GRACE: Duration = Duration::from_secs(5);
 
 /// What one connection needs to handle publishes.
 struct Session {
@@ -323,8 +335,8 @@ impl Session {
             }
             _ => return Err("publish not allowed for this identity"),
         };
-        if p.qos == QoS::AtLeastOnce {
-            let _ = self.conn.tx.send(Outgoing::PubAckWhenStored(p.pkid, wait));
+        if p.qos == QoS::AtLeastOnce && !self.conn.send_puback(p.pkid, wait) {
+            return Err("the client does not read what edgeHub sends it");
         }
         Ok(())
     }
@@ -456,6 +468,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         while let Some(p) = next.take() {
             let written = match p {
                 Outgoing::PubAckWhenStored(pkid, waits) => {
+                    backlog.fetch_sub(PUBACK_SIZE, std::sync::atomic::Ordering::Relaxed);
                     acks.push(pkid, waits);
                     Ok(())
                 }

@@ -122,11 +122,16 @@ pub struct Conn {
 /// reads the answers holds this much of edgeHub's memory at most.
 pub const MAX_CLIENT_BACKLOG: usize = 8 * 1024 * 1024;
 
+/// What a PUBACK waiting to be sent is counted as in a connection's backlog (its place in
+/// the queue and its store receipts).
+pub const PUBACK_SIZE: usize = 128;
+
 /// What a reply is counted as in a connection's backlog.
 pub fn reply_size(p: &Packet) -> usize {
     match p {
-        Packet::Publish(p) => p.topic.len() + p.payload.len() + 16,
-        _ => 16,
+        Packet::Publish(p) => p.topic.len() + p.payload.len() + 128,
+        Packet::SubAck(s) => s.return_codes.len() + 128,
+        _ => 128,
     }
 }
 
@@ -145,8 +150,18 @@ impl Conn {
     /// [`MAX_CLIENT_BACKLOG`] unread, the packet is not queued and the connection is closed;
     /// returns false then.
     pub fn send_reply(&self, p: Packet) -> bool {
-        use std::sync::atomic::Ordering;
         let size = reply_size(&p);
+        self.send_counted(Outgoing::Reply(p, size), size)
+    }
+
+    /// Queues the PUBACK of message `pkid`, sent once `stored` resolves; counted in the
+    /// backlog as [`Conn::send_reply`] counts replies.
+    pub fn send_puback(&self, pkid: u16, stored: Stored) -> bool {
+        self.send_counted(Outgoing::PubAckWhenStored(pkid, stored), PUBACK_SIZE)
+    }
+
+    fn send_counted(&self, out: Outgoing, size: usize) -> bool {
+        use std::sync::atomic::Ordering;
         let queued = self.backlog.fetch_add(size, Ordering::Relaxed) + size;
         if queued > MAX_CLIENT_BACKLOG {
             self.backlog.fetch_sub(size, Ordering::Relaxed);
@@ -158,7 +173,7 @@ impl Conn {
             self.close.notify_one();
             return false;
         }
-        if self.tx.send(Outgoing::Reply(p, size)).is_err() {
+        if self.tx.send(out).is_err() {
             self.backlog.fetch_sub(size, Ordering::Relaxed);
             return false;
         }

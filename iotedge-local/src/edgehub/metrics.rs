@@ -185,7 +185,7 @@ impl HubMetrics {
     }
 
     /// Counts a publish, request or connection of client `from` that edgeHub refused for
-    /// `reason` (`undeliverable`, `queue_full`, `twin_too_large`, `throttled`, ...).
+    /// `reason` (`undeliverable`, `connection_limit`, `twin_too_large`, `slow_client`).
     pub fn refused(&self, reason: &str, from: &str) {
         self.refused
             .get_or_create(&vec![

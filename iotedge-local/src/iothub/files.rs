@@ -281,6 +281,10 @@ async fn create_sas_uri(
             ),
         );
     }
+    let (host, token) = match s.sas_for(&blob) {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
     let cid = uuid::Uuid::new_v4().to_string();
     {
         let mut pending = s.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -292,12 +296,14 @@ async fn create_sas_uri(
                 in_progress,
                 "file upload refused: too many in progress"
             );
-            return error(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
+            // IoT Hub's answer: 403006 DeviceMaximumActiveFileUploadLimitExceeded.
+            return (
+                StatusCode::FORBIDDEN,
+                Json(json!({"errorCode": 403006, "Message": format!(
                     "device '{device}' has {in_progress} file uploads in progress, IoT Hub's limit: notify the hub of those first"
-                ),
-            );
+                )})),
+            )
+                .into_response();
         }
         pending.insert(
             cid.clone(),
@@ -308,10 +314,6 @@ async fn create_sas_uri(
             },
         );
     }
-    let (host, token) = match s.sas_for(&blob) {
-        Ok(x) => x,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
     Json(json!({"correlationId": cid, "hostName": host, "containerName": s.container, "blobName": blob, "sasToken": token}))
         .into_response()
 }
@@ -384,8 +386,10 @@ async fn put_local_blob(
     let path = root.join(&container).join(&blob);
     // Blocks wait beside the store (never inside a container) until their list commits them.
     let blocks = root.join(".blocks").join(&container).join(&blob);
-    let result = match q.get("comp").map(String::as_str) {
-        None => write_blob(&path, &[&body[..]]),
+    // Files are written on a blocking thread: a commit copies a whole blob.
+    type Job = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
+    let job: Job = match q.get("comp").map(String::as_str) {
+        None => Box::new(move || write_blob(&path, &[&body[..]])),
         Some("block") => {
             let Some(id) = q.get("blockid").and_then(|id| block_file_name(id)) else {
                 return error(
@@ -393,7 +397,7 @@ async fn put_local_blob(
                     "blockid must be base64 of at most 64 bytes",
                 );
             };
-            write_blob(&blocks.join(id), &[&body[..]])
+            Box::new(move || write_blob(&blocks.join(id), &[&body[..]]))
         }
         Some("blocklist") => {
             let Some(ids) = block_list(&body) else {
@@ -412,8 +416,10 @@ async fn put_local_blob(
                 };
                 parts.push(blocks.join(name));
             }
-            commit_blocks(&path, &parts).map(|()| {
+            Box::new(move || {
+                commit_blocks(&path, &parts)?;
                 let _ = std::fs::remove_dir_all(&blocks);
+                Ok(())
             })
         }
         Some(other) => {
@@ -423,6 +429,9 @@ async fn put_local_blob(
             )
         }
     };
+    let result = tokio::task::spawn_blocking(job)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
     match result {
         Ok(()) => StatusCode::CREATED.into_response(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => error(
@@ -433,12 +442,19 @@ async fn put_local_blob(
     }
 }
 
+/// A temporary name beside `path`, its own (no two writes share one).
+fn partial_name(path: &std::path::Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.partial", uuid::Uuid::new_v4().simple()));
+    path.with_file_name(name)
+}
+
 /// Writes `parts` as the file `path`, atomically (temporary file, sync, rename).
 fn write_blob(path: &std::path::Path, parts: &[&[u8]]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("partial");
+    let tmp = partial_name(path);
     {
         let mut f = std::fs::File::create(&tmp)?;
         for p in parts {
@@ -454,7 +470,7 @@ fn commit_blocks(path: &std::path::Path, blocks: &[PathBuf]) -> std::io::Result<
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("partial");
+    let tmp = partial_name(path);
     {
         let mut f = std::fs::File::create(&tmp)?;
         for b in blocks {

@@ -83,6 +83,30 @@ impl Delivery {
     }
 }
 
+/// Whether `message` can be delivered to `module`'s `input` at all: its PUBLISH, with the
+/// delivery topic and the bag edgeHub stamped, must fit in what a module client reads.
+/// Asked before the sender is acknowledged (without the queue's lock: it needs only names),
+/// so that nothing acknowledged is dropped later for its size.
+pub fn check_delivery(
+    device: &str,
+    module: &str,
+    input: &str,
+    message: &HubMessage,
+) -> Result<(), String> {
+    let topic: usize = topic::module_input_parts(device, module, input, message.bag())
+        .iter()
+        .map(|p| p.len())
+        .sum();
+    mqtt::check_publish(
+        topic,
+        QoS::AtLeastOnce,
+        message.body().len(),
+        mqtt::MAX_DELIVERY,
+    )
+    .map(|_| ())
+    .map_err(|why| format!("its delivery to {module}/{input}: {why}"))
+}
+
 /// What a connection's writer sends.
 #[derive(Debug)]
 pub enum Outgoing {
@@ -279,26 +303,6 @@ impl Endpoint {
             undeliverable: 0,
             metrics: None,
         }
-    }
-
-    /// Whether `message` for `input` can be delivered to the module at all: its PUBLISH,
-    /// with the delivery topic and the bag edgeHub stamped, must fit in what a module client
-    /// reads. Asked before the sender is acknowledged, so that nothing acknowledged is
-    /// dropped later for its size.
-    pub fn check_delivery(&self, input: &str, message: &HubMessage) -> Result<(), String> {
-        let topic: usize =
-            topic::module_input_parts(&self.device, &self.module, input, message.bag())
-                .iter()
-                .map(|p| p.len())
-                .sum();
-        mqtt::check_publish(
-            topic,
-            QoS::AtLeastOnce,
-            message.body().len(),
-            mqtt::MAX_DELIVERY,
-        )
-        .map(|_| ())
-        .map_err(|why| format!("its delivery to {}/{input}: {why}", self.module))
     }
 
     /// Sets how many bytes of queued messages the endpoint keeps in memory.

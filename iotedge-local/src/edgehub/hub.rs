@@ -3,7 +3,7 @@
 
 use crate::agent::manifest::Manifest;
 use crate::edgehub::durable::{Appended, Stored};
-use crate::edgehub::endpoint::{Conn, Endpoint, EndpointMetrics, EndpointStats};
+use crate::edgehub::endpoint::{self, Conn, Endpoint, EndpointMetrics, EndpointStats};
 use crate::edgehub::hub_message::HubMessage;
 use crate::edgehub::journal::{Journal, Replayed};
 use crate::edgehub::metrics::{HubMetrics, SinkLabels};
@@ -616,8 +616,9 @@ impl Hub {
             return Stored::new();
         }
         for r in &sinks {
-            if let Target::Queue { queue, input } = &r.target {
-                if let Err(why) = lock(queue).check_delivery(input, &m) {
+            if let Target::Queue { input, .. } = &r.target {
+                let module = &r.labels.to;
+                if let Err(why) = endpoint::check_delivery(&self.cfg.device_id, module, input, &m) {
                     let from = m.message();
                     let from = from
                         .connection_module_id

@@ -145,6 +145,36 @@ async fn a_sas_writes_its_one_blob_only(t: &TestRuntime) {
         .await
         .unwrap();
     assert!(own.status().is_success(), "{}", own.status());
+    // A block list naming a block that was never uploaded is refused; the blob stays.
+    let bogus = http
+        .put(format!(
+            "https://{}/{}/{}{}&comp=blocklist",
+            sas["hostName"].as_str().unwrap(),
+            sas["containerName"].as_str().unwrap(),
+            sas["blobName"].as_str().unwrap(),
+            sas["sasToken"].as_str().unwrap()
+        ))
+        .body(edge_client::upload::block_list_xml(&[
+            edge_client::upload::block_id(7),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        bogus.status().as_u16(),
+        400,
+        "{}",
+        bogus.text().await.unwrap()
+    );
+    let kept = read_blob(
+        &t.rt.blob_store,
+        "avrofiles",
+        sas["blobName"].as_str().unwrap(),
+        &t.rt.ca_pem,
+    )
+    .await
+    .unwrap();
+    assert_eq!(kept, b"data");
     for other in ["edge-device/other.avro", "another-device/one.avro"] {
         let r = put(other.to_owned()).await.unwrap();
         assert_eq!(

@@ -159,6 +159,24 @@ pub fn largest_sendable(
 }
 
 /// Benchmark helpers shared by the runtime's and the pipeline's load benchmarks.
+/// TLS client settings that trust the runtime's CA (`ca_pem`), for raw MQTT and HTTPS
+/// clients in tests.
+pub fn tls_client_config(ca_pem: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()).flatten() {
+        let _ = roots.add(c);
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    std::sync::Arc::new(cfg)
+}
+
 pub mod bench {
     /// The number after `name` on the command line, else `default`.
     pub fn arg(name: &str, default: u64) -> u64 {

@@ -5,7 +5,6 @@
 
 use iotedge_local::testing::{manifest, start_with};
 use serde_json::json;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -112,7 +111,6 @@ fn the_mqtt_budget_leaves_room_for_every_http_server_and_the_stores() {
 /// its connection is closed (socket and all), and counted; others are served meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_its_replies_is_disconnected() {
-    use rustls_pki_types::pem::PemObject;
     let t = start_with(
         manifest(&["sender", "receiver"], ROUTES, 7200, json!({})),
         |_| {},
@@ -126,25 +124,15 @@ async fn a_client_that_never_reads_its_replies_is_disconnected() {
         .unwrap();
     sender.close(Duration::from_secs(2)).await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(t.rt.ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", t.rt.mqtt_port))
         .await
         .unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls =
+        tokio_rustls::TlsConnector::from(iotedge_local::testing::tls_client_config(&t.rt.ca_pem))
+            .connect(name, tcp)
+            .await
+            .unwrap();
     let key = runtime_state::KeyStore::new(runtime_state::layout::module_keys(t.rt.state_dir()))
         .key("sender")
         .unwrap();

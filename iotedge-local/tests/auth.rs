@@ -4,16 +4,14 @@
 //! MQTT clients also check what edgeHub does with packets that arrive together.
 
 use edge_protocol::sas;
-use iotedge_local::testing::{manifest, start, TestRuntime};
+use iotedge_local::testing::{manifest, start, tls_client_config, TestRuntime};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
     SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use runtime_state::layout;
 use runtime_state::KeyStore;
-use rustls_pki_types::pem::PemObject;
 use serde_json::json;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const HUB: &str = "local-hub.azure-devices.net";
@@ -29,24 +27,8 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// TLS that trusts the runtime's CA (`ca_pem`).
-fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Arc::new(cfg)
-}
-
 fn tls(ca_pem: &str) -> Transport {
-    Transport::Tls(TlsConfiguration::Rustls(client_config(ca_pem)))
+    Transport::Tls(TlsConfiguration::Rustls(tls_client_config(ca_pem)))
 }
 
 /// Connects a raw MQTT client; returns it once CONNACK arrived, or the refusal.
@@ -358,7 +340,7 @@ async fn raw_module(
         .await
         .unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(client_config(&t.rt.ca_pem))
+    let mut tls = tokio_rustls::TlsConnector::from(tls_client_config(&t.rt.ca_pem))
         .connect(name, tcp)
         .await
         .unwrap();

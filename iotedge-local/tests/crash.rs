@@ -116,6 +116,11 @@ fn modules_never_outlive_a_crashed_runtime_unnoticed() {
     assert!(!alive(stubborn), "the leftover was stopped");
     assert_ne!(new_stubborn, stubborn);
     assert_ne!(new_sleeper, sleeper);
+    // The new copy writes its line once it runs: give it the time to.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while started(&state, "stubborn") < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(started(&state, "stubborn"), 2, "one copy at a time");
     let runtime_log = std::fs::read_to_string(state.with_extension("log")).unwrap();
     assert!(

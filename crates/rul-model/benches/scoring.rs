@@ -72,15 +72,17 @@ fn score_history(
         match obs.answer {
             Answer::Score(f) => {
                 features.extend_from_slice(&f[..]);
-                pending.push((None, obs.history_cycles));
+                pending.push((None, obs.history_cycles, obs.missing_cycles));
             }
-            Answer::Again(p) => pending.push((Some(p), obs.history_cycles)),
+            Answer::Again(p) => pending.push((Some(p), obs.history_cycles, obs.missing_cycles)),
         }
     }
     let p = model.predict(features).expect("prediction");
     let mut at = 0;
     let mut written = 0;
-    for (((device, cycle, _), req), (known, cycles)) in bodies.iter().zip(&requests).zip(pending) {
+    for (((device, cycle, _), req), (known, cycles, missing)) in
+        bodies.iter().zip(&requests).zip(pending)
+    {
         let got = known.unwrap_or_else(|| {
             let i = p[at];
             at += 1;
@@ -98,6 +100,7 @@ fn score_history(
                 rul: got.rul,
                 interval: Some((got.low, got.high)),
                 history_cycles: Some(cycles),
+                missing_cycles: Some(missing),
             }],
             out,
         );

@@ -84,6 +84,10 @@ pub struct EngineHistory {
     q: [[f64; N_SENSORS]; 3],
     start: u8,
     len: u8,
+    /// Cycles between the first and the last that never arrived (saturating; in what was
+    /// padding, so the size stays).
+    #[serde(default)]
+    missing: u16,
     /// Low 16 bits of each window row's cycle (a window never spans [`MAX_GAP`]).
     cycles: [u16; WINDOW],
     rows: [[f32; N_SENSORS]; WINDOW],
@@ -110,6 +114,7 @@ impl PartialEq for EngineHistory {
             && self.q.map(|r| r.map(f64::to_bits)) == o.q.map(|r| r.map(f64::to_bits))
             && self.start == o.start
             && self.len == o.len
+            && self.missing == o.missing
             && self.cycles == o.cycles
             && self.rows.map(|r| r.map(f32::to_bits)) == o.rows.map(|r| r.map(f32::to_bits))
             && bits(&self.scored) == bits(&o.scored)
@@ -125,6 +130,7 @@ impl Default for EngineHistory {
             q: [[0.0; N_SENSORS]; 3],
             start: 0,
             len: 0,
+            missing: 0,
             cycles: [0; WINDOW],
             rows: [[0.0; N_SENSORS]; WINDOW],
             scored: [UNSCORED; ANSWERS_KEPT],
@@ -143,6 +149,12 @@ impl EngineHistory {
     /// Cycles absorbed since the history began.
     pub fn cycles(&self) -> u32 {
         self.n
+    }
+
+    /// Cycles between the first and the latest that never reached the history (up to
+    /// `u16::MAX`).
+    pub fn missing_cycles(&self) -> u32 {
+        u32::from(self.missing)
     }
 
     /// The latest cycle (0 before the first).
@@ -181,6 +193,8 @@ impl EngineHistory {
     pub fn absorb(&mut self, cycle: u32, sensors: &[f32; N_SENSORS]) {
         if self.n > 0 {
             let gap = cycle.saturating_sub(self.last);
+            let skipped = u16::try_from(gap.saturating_sub(1)).unwrap_or(u16::MAX);
+            self.missing = self.missing.saturating_add(skipped);
             let mut decay = 1.0f64;
             for _ in 0..gap.min(MAX_DECAY_STEPS) {
                 decay *= LAMBDA;
@@ -350,6 +364,11 @@ pub struct Observation {
     /// Cycles of history behind the answer (`HistoryCycles`): under [`WINDOW`] the window is
     /// not full; 1 for a row scored on its own.
     pub history_cycles: u32,
+    /// Cycles the history behind the answer lacks between its first and latest
+    /// (`MissingCycles`).
+    pub missing_cycles: u32,
+    /// Cycles this row skipped past: over 0 when it opened a new gap.
+    pub skipped: u32,
     /// How to answer.
     pub answer: Answer,
 }
@@ -446,6 +465,8 @@ impl HistoryStore {
             let obs = Observation {
                 seen: Seen::First,
                 history_cycles: 1,
+                missing_cycles: 0,
+                skipped: 0,
                 answer: Answer::Score(Box::new(history.features())),
             };
             if self
@@ -470,14 +491,19 @@ impl HistoryStore {
             return Observation {
                 seen: Seen::Restart,
                 history_cycles: 1,
+                missing_cycles: 0,
+                skipped: 0,
                 answer: Answer::Score(Box::new(h.features())),
             };
         }
         if cycle > h.last {
+            let skipped = cycle - h.last - 1;
             h.absorb(cycle, sensors);
             return Observation {
                 seen: Seen::Next,
                 history_cycles: h.n,
+                missing_cycles: h.missing_cycles(),
+                skipped,
                 answer: Answer::Score(Box::new(h.features())),
             };
         }
@@ -486,6 +512,8 @@ impl HistoryStore {
             return Observation {
                 seen: Seen::Restart,
                 history_cycles: 1,
+                missing_cycles: 0,
+                skipped: 0,
                 answer: Answer::Score(Box::new(h.features())),
             };
         }
@@ -493,6 +521,8 @@ impl HistoryStore {
             return Observation {
                 seen: Seen::Repeat,
                 history_cycles: cycles_then,
+                missing_cycles: h.missing_cycles(),
+                skipped: 0,
                 answer: Answer::Again(p),
             };
         }
@@ -501,6 +531,8 @@ impl HistoryStore {
             return Observation {
                 seen: Seen::Repeat,
                 history_cycles: h.n,
+                missing_cycles: h.missing_cycles(),
+                skipped: 0,
                 answer: Answer::Score(Box::new(h.features())),
             };
         }
@@ -512,6 +544,8 @@ impl HistoryStore {
         Observation {
             seen,
             history_cycles: 1,
+            missing_cycles: 0,
+            skipped: 0,
             answer: Answer::Score(Box::new(EngineHistory::single(cycle, sensors).features())),
         }
     }
@@ -558,6 +592,86 @@ impl HistoryStore {
         store.evicted = 0;
         store.expired = 0;
         Ok(store)
+    }
+}
+
+/// A row that moved its device's history on (the next cycle, a first row, a new engine), with
+/// the answer it got. The classifier logs each before acknowledging its message, so that a
+/// restart replays on top of the last snapshot every row it had acknowledged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The device (`ConnectionDeviceId`).
+    pub device: Box<str>,
+    /// The row's cycle.
+    pub cycle: u32,
+    /// The row's model sensors.
+    pub sensors: [f32; N_SENSORS],
+    /// What the model said.
+    pub prediction: Prediction,
+}
+
+/// Bytes of a [`Change`] record before its device id: length, checksum, cycle, sensors,
+/// prediction.
+const CHANGE_HEAD: usize = 4 + 4 + 4 + 4 * N_SENSORS + 4 * 3;
+
+impl Change {
+    /// Appends the change to `out` as one record: its length and CRC-32, then the fields
+    /// (little-endian), then the device id.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(&self.cycle.to_le_bytes());
+        for x in self.sensors {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        let p = self.prediction;
+        for x in [p.rul, p.low, p.high] {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.extend_from_slice(self.device.as_bytes());
+        let len = (out.len() - at) as u32;
+        let crc = crc32fast::hash(&out[at + 8..]);
+        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// The record at the start of `buf` and its length; `None` if `buf` holds no whole,
+    /// intact record there (the end of a log, or a record torn by a crash).
+    pub fn decode(buf: &[u8]) -> Option<(Change, usize)> {
+        let word = |at: usize| -> Option<[u8; 4]> { buf.get(at..at + 4)?.try_into().ok() };
+        let len = u32::from_le_bytes(word(0)?) as usize;
+        if len < CHANGE_HEAD || len > buf.len() {
+            return None;
+        }
+        if crc32fast::hash(&buf[8..len]) != u32::from_le_bytes(word(4)?) {
+            return None;
+        }
+        let f = |i: usize| -> Option<f32> { Some(f32::from_le_bytes(word(12 + 4 * i)?)) };
+        let mut sensors = [0.0f32; N_SENSORS];
+        for (i, s) in sensors.iter_mut().enumerate() {
+            *s = f(i)?;
+        }
+        let device = std::str::from_utf8(&buf[CHANGE_HEAD..len]).ok()?;
+        let change = Change {
+            device: device.into(),
+            cycle: u32::from_le_bytes(word(8)?),
+            sensors,
+            prediction: Prediction {
+                rul: f(N_SENSORS)?,
+                low: f(N_SENSORS + 1)?,
+                high: f(N_SENSORS + 2)?,
+            },
+        };
+        Some((change, len))
+    }
+}
+
+impl HistoryStore {
+    /// Applies a logged change again, as when its row was first seen and its answer recorded
+    /// (at `now`, seconds).
+    pub fn replay(&mut self, change: &Change, now: u64) {
+        self.observe(&change.device, change.cycle, &change.sensors, now);
+        self.record(&change.device, change.cycle, change.prediction);
     }
 }
 
@@ -617,6 +731,91 @@ mod tests {
     fn a_device_fits_mimallocs_1536_byte_class() {
         let entry = std::mem::size_of::<Device>() + std::mem::size_of::<Box<str>>() + 16;
         assert!(entry <= 1536, "{entry} bytes per device entry");
+    }
+
+    #[test]
+    fn skipped_cycles_are_counted_in_the_history_and_said_once() {
+        let mut s = HistoryStore::new(10, 3600);
+        for c in [1, 2, 3, 7, 8] {
+            let o = s.observe("d", c, &row(c as f32), 0);
+            let want = if c < 7 { 0 } else { 3 };
+            assert_eq!(
+                (o.missing_cycles, o.skipped),
+                (want, if c == 7 { 3 } else { 0 })
+            );
+        }
+        assert_eq!(s.get("d").unwrap().missing_cycles(), 3);
+        let o = s.observe("d", 1, &row(2.0), 0);
+        assert_eq!(
+            (o.seen, o.missing_cycles),
+            (Seen::Restart, 0),
+            "a new engine"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_and_its_replayed_changes_give_the_live_histories() {
+        let mut live = HistoryStore::new(10, 3600);
+        let mut log = Vec::new();
+        let mut snapshot = Vec::new();
+        for c in 1..=40u32 {
+            for d in ["a", "b"] {
+                let o = live.observe(d, c, &row(c as f32 + d.len() as f32), 0);
+                assert!(matches!(o.answer, Answer::Score(_)));
+                let prediction = Prediction {
+                    rul: c as f32,
+                    low: 0.0,
+                    high: 2.0 * c as f32,
+                };
+                live.record(d, c, prediction);
+                if c > 25 {
+                    Change {
+                        device: d.into(),
+                        cycle: c,
+                        sensors: row(c as f32 + d.len() as f32),
+                        prediction,
+                    }
+                    .encode(&mut log);
+                }
+            }
+            if c == 25 {
+                live.save(&mut snapshot).unwrap();
+            }
+        }
+        let mut restored = HistoryStore::load(&snapshot[..], 10, 3600, 0).unwrap();
+        let mut at = 0;
+        while let Some((change, len)) = Change::decode(&log[at..]) {
+            restored.replay(&change, 0);
+            at += len;
+        }
+        assert_eq!(at, log.len());
+        assert_eq!(restored.get("a"), live.get("a"));
+        assert_eq!(restored.get("b"), live.get("b"));
+        let again = restored.observe("a", 39, &row(40.0), 0);
+        assert_eq!(again.answer, live.observe("a", 39, &row(40.0), 0).answer);
+    }
+
+    #[test]
+    fn a_torn_or_damaged_change_record_ends_the_log() {
+        let mut log = Vec::new();
+        let change = Change {
+            device: "engine-7".into(),
+            cycle: 9,
+            sensors: row(1.5),
+            prediction: UNSCORED,
+        };
+        change.encode(&mut log);
+        let whole = log.len();
+        change.encode(&mut log);
+        assert_eq!(
+            Change::decode(&log).map(|(c, n)| (c.cycle, n)),
+            Some((9, whole))
+        );
+        assert!(Change::decode(&log[whole..log.len() - 1]).is_none(), "torn");
+        log[whole + 20] ^= 1;
+        assert!(Change::decode(&log[whole..]).is_none(), "damaged");
+        assert!(Change::decode(&[]).is_none());
+        assert!(Change::decode(&[255; 7]).is_none());
     }
 
     #[test]

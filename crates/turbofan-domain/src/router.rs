@@ -15,7 +15,7 @@ use crate::ports::properties::{
     DEAD_LETTER_REASON, ENQUEUED_TIME, MAX_LEAF_PROPERTY_BAG, MODEL_NAME, SET_BY_PIPELINE,
 };
 use crate::ports::router::{AVRO_OUTPUT, CLASS_OUTPUT, DEAD_OUTPUT, HUB_OUTPUT};
-use crate::scoring::{HISTORY_CYCLES, PREDICTED_RUL_HIGH, PREDICTED_RUL_LOW};
+use crate::scoring::{HISTORY_CYCLES, MISSING_CYCLES, PREDICTED_RUL_HIGH, PREDICTED_RUL_LOW};
 use crate::PREDICTED_RUL;
 use bytes::Bytes;
 use edge_protocol::{CompactString, Message};
@@ -198,12 +198,18 @@ struct Scored<'a> {
     row: &'a str,
     rul: f64,
     cycle: f64,
-    /// `PredictedRulLow`, `PredictedRulHigh`, `HistoryCycles` (history mode).
-    extra: [(&'static str, Option<f64>); 3],
+    /// `PredictedRulLow`, `PredictedRulHigh`, `HistoryCycles`, `MissingCycles` (history
+    /// mode).
+    extra: [(&'static str, Option<f64>); 4],
 }
 
 /// Fields of the history model's answer that the RUL message carries on, when present.
-const HISTORY_FIELDS: [&str; 3] = [PREDICTED_RUL_LOW, PREDICTED_RUL_HIGH, HISTORY_CYCLES];
+const HISTORY_FIELDS: [&str; 4] = [
+    PREDICTED_RUL_LOW,
+    PREDICTED_RUL_HIGH,
+    HISTORY_CYCLES,
+    MISSING_CYCLES,
+];
 
 /// The short RUL message operators read in IoT Hub: the tutorial's four fields, then the
 /// history model's interval and history length, and the model's name, when given.
@@ -222,7 +228,8 @@ fn hub_body(device: &str, cid: &str, s: &Scored<'_>, model: Option<&str>) -> Byt
             b.extend_from_slice(b",\"");
             b.extend_from_slice(name.as_bytes());
             b.extend_from_slice(b"\":");
-            if name == HISTORY_CYCLES && v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&v) {
+            let count = name == HISTORY_CYCLES || name == MISSING_CYCLES;
+            if count && v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&v) {
                 b.extend_from_slice((v as u32).to_string().as_bytes());
             } else {
                 push_num(&mut b, v);
@@ -561,6 +568,7 @@ mod tests {
         v["PredictedRulLow"] = json!(70.5);
         v["PredictedRulHigh"] = json!(110.0);
         v["HistoryCycles"] = json!(42);
+        v["MissingCycles"] = json!(3);
         m.body = Bytes::from(json!([v]).to_string());
         m.set_property(MODEL_NAME, "rul-history-hgb");
         let out = rul_input(m, None);
@@ -568,7 +576,7 @@ mod tests {
             body(&out[0].1),
             json!({"ConnectionDeviceId": "Client_001", "CorrelationId": "corr-1", "PredictedRul": 87.25,
                    "CycleTime": 42.0, "PredictedRulLow": 70.5, "PredictedRulHigh": 110.0,
-                   "HistoryCycles": 42, "ModelName": "rul-history-hgb"})
+                   "HistoryCycles": 42, "MissingCycles": 3, "ModelName": "rul-history-hgb"})
         );
         // The Avro record holds the row as classified; the writer keeps the schema's fields.
         let record: EngineRecord = serde_json::from_slice(&out[1].1.body).unwrap();

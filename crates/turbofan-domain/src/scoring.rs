@@ -53,6 +53,9 @@ pub const PREDICTED_RUL_LOW: &str = "PredictedRulLow";
 pub const PREDICTED_RUL_HIGH: &str = "PredictedRulHigh";
 /// See [`PREDICTED_RUL_LOW`].
 pub const HISTORY_CYCLES: &str = "HistoryCycles";
+/// See [`PREDICTED_RUL_LOW`]: cycles between the history's first and latest that never
+/// reached it (lost rows, or a crash of the classifier).
+pub const MISSING_CYCLES: &str = "MissingCycles";
 /// The telemetry field naming the engine cycle.
 pub const CYCLE_TIME: &str = "CycleTime";
 
@@ -66,6 +69,8 @@ pub struct RowAnswer {
     pub interval: Option<(f32, f32)>,
     /// `HistoryCycles`.
     pub history_cycles: Option<u32>,
+    /// `MissingCycles`.
+    pub missing_cycles: Option<u32>,
 }
 
 impl RowAnswer {
@@ -75,6 +80,7 @@ impl RowAnswer {
             rul,
             interval: None,
             history_cycles: None,
+            missing_cycles: None,
         }
     }
 }
@@ -192,11 +198,16 @@ impl<'a> Request<'a> {
                     push_f32(out, v);
                 }
             }
-            if let Some(n) = a.history_cycles {
-                out.extend_from_slice(b",\"");
-                out.extend_from_slice(HISTORY_CYCLES.as_bytes());
-                out.extend_from_slice(b"\":");
-                out.extend_from_slice(n.to_string().as_bytes());
+            for (name, n) in [
+                (HISTORY_CYCLES, a.history_cycles),
+                (MISSING_CYCLES, a.missing_cycles),
+            ] {
+                if let Some(n) = n {
+                    out.extend_from_slice(b",\"");
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(b"\":");
+                    out.extend_from_slice(n.to_string().as_bytes());
+                }
             }
             out.push(b'}');
         }
@@ -266,6 +277,7 @@ mod tests {
             rul: 80.5,
             interval: Some((61.25, 99.0)),
             history_cycles: Some(30),
+            missing_cycles: Some(2),
         };
         r.write_answers(&[a], &mut out);
         let v: Value = serde_json::from_slice(&out).unwrap();
@@ -274,6 +286,7 @@ mod tests {
         want["PredictedRulLow"] = json!(61.25);
         want["PredictedRulHigh"] = json!(99.0);
         want["HistoryCycles"] = json!(30);
+        want["MissingCycles"] = json!(2);
         assert_eq!(v, json!([want]));
     }
 

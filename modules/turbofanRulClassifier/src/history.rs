@@ -4,11 +4,16 @@
 //! gets the answer it had; see [`turbofan_domain::history`] for repeats, older cycles and
 //! new engines. A message that cannot be scored keeps its body and gets `ClassifierError`,
 //! without touching any history.
+//!
+//! Every row that moves a history on is handed back as a [`Change`] with its answer: the
+//! module logs them before acknowledging the batch, so a crash loses no history. A row that
+//! joins its history past missing cycles is logged at warn, and every answer says how many
+//! cycles its history lacks (`MissingCycles`).
 
 use crate::scoring::apply_answers;
 use edge_client::Message;
 use rul_model::{Interval, ModelError};
-use turbofan_domain::history::{self, Answer, HistoryStore, Prediction, Seen};
+use turbofan_domain::history::{self, Answer, Change, HistoryStore, Prediction, Seen};
 use turbofan_domain::ports::properties::CONNECTION_DEVICE_ID;
 use turbofan_domain::scoring::{Request, RowAnswer, CYCLE_TIME};
 
@@ -36,17 +41,20 @@ enum Pending {
 struct Row {
     cycle: u32,
     history_cycles: u32,
+    missing_cycles: u32,
     pending: Pending,
+    sensors: [f32; history::N_SENSORS],
 }
 
 /// Scores `messages` in place: rows join their device's history in `store` (at `now`, unix
-/// seconds), then one call of `predict` scores every row that needs the model. Returns how
-/// many messages were scored.
+/// seconds), then one call of `predict` scores every row that needs the model. Each row that
+/// moved a history on is pushed to `changes`. Returns how many messages were scored.
 pub fn score_batch(
     messages: &mut [Message],
     max_body: usize,
     store: &mut HistoryStore,
     now: u64,
+    changes: &mut Vec<Change>,
     mut predict: impl FnMut(&[f32]) -> Result<Vec<Interval>, ModelError>,
 ) -> usize {
     let mut features: Vec<f32> = Vec::with_capacity(messages.len() * history::N_FEATURES);
@@ -80,7 +88,15 @@ pub fn score_batch(
                     &req.features[i * rul_model::N_FEATURES..(i + 1) * rul_model::N_FEATURES],
                 );
                 let obs = store.observe(device, *cycle, &sensors, now);
-                if !matches!(obs.seen, Seen::Next | Seen::First) {
+                if obs.skipped > 0 {
+                    tracing::warn!(
+                        device = *device,
+                        cycle,
+                        skipped = obs.skipped,
+                        missing = obs.missing_cycles,
+                        "the history skips cycles it never received: its answers say MissingCycles"
+                    );
+                } else if !matches!(obs.seen, Seen::Next | Seen::First) {
                     tracing::debug!(device = *device, cycle, seen = ?obs.seen, "not the next cycle");
                 }
                 let pending = match obs.answer {
@@ -96,7 +112,9 @@ pub fn score_batch(
                 out.push(Row {
                     cycle: *cycle,
                     history_cycles: obs.history_cycles,
+                    missing_cycles: obs.missing_cycles,
                     pending,
+                    sensors,
                 });
             }
             rows.push(Ok(out));
@@ -125,6 +143,12 @@ pub fn score_batch(
                                 };
                                 if record {
                                     store.record(device, row.cycle, k);
+                                    changes.push(Change {
+                                        device: (*device).into(),
+                                        cycle: row.cycle,
+                                        sensors: row.sensors,
+                                        prediction: k,
+                                    });
                                 }
                                 k
                             }
@@ -133,6 +157,7 @@ pub fn score_batch(
                             rul: got.rul,
                             interval: Some((got.low, got.high)),
                             history_cycles: Some(row.history_cycles),
+                            missing_cycles: Some(row.missing_cycles),
                         });
                     }
                     let mut out = Vec::new();
@@ -190,7 +215,7 @@ mod tests {
             .collect();
         msgs.push(telemetry("a", 4, 1.0));
         let mut calls = 0;
-        let scored = score_batch(&mut msgs, 1 << 20, &mut store, 0, |f| {
+        let scored = score_batch(&mut msgs, 1 << 20, &mut store, 0, &mut Vec::new(), |f| {
             calls += 1;
             window_count(f)
         });
@@ -212,9 +237,16 @@ mod tests {
     fn a_redelivered_message_gets_its_first_answer_and_is_not_counted_twice() {
         let mut store = HistoryStore::new(100, 3600);
         let mut first: Vec<Message> = (1..=5).map(|c| telemetry("a", c, 1.0)).collect();
-        score_batch(&mut first, 1 << 20, &mut store, 0, window_count);
+        score_batch(
+            &mut first,
+            1 << 20,
+            &mut store,
+            0,
+            &mut Vec::new(),
+            window_count,
+        );
         let mut again = vec![telemetry("a", 3, 1.0), telemetry("a", 6, 1.0)];
-        score_batch(&mut again, 1 << 20, &mut store, 0, |f| {
+        score_batch(&mut again, 1 << 20, &mut store, 0, &mut Vec::new(), |f| {
             assert_eq!(f.len(), history::N_FEATURES, "only cycle 6 needs the model");
             window_count(f)
         });
@@ -237,7 +269,14 @@ mod tests {
             telemetry("b", 1, 1.0),
         ];
         msgs[1].set_property(CONNECTION_DEVICE_ID, "a");
-        let scored = score_batch(&mut msgs, 1 << 20, &mut store, 0, window_count);
+        let scored = score_batch(
+            &mut msgs,
+            1 << 20,
+            &mut store,
+            0,
+            &mut Vec::new(),
+            window_count,
+        );
         assert_eq!(scored, 1);
         assert!(msgs[0]
             .property(CLASSIFIER_ERROR)
@@ -254,7 +293,7 @@ mod tests {
     fn a_failed_model_run_marks_every_message() {
         let mut store = HistoryStore::new(100, 3600);
         let mut msgs = vec![telemetry("a", 1, 1.0)];
-        let scored = score_batch(&mut msgs, 1 << 20, &mut store, 0, |_| {
+        let scored = score_batch(&mut msgs, 1 << 20, &mut store, 0, &mut Vec::new(), |_| {
             Err(ModelError::Run("boom".into()))
         });
         assert_eq!(scored, 0);

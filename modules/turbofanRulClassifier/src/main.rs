@@ -59,6 +59,11 @@ pub struct Shared {
     /// Scoring with the history model (else the per-row model).
     history_mode: AtomicBool,
     store: Mutex<HistoryStore>,
+    /// Where each batch's history changes go before it is acknowledged (none without a
+    /// state file).
+    log: Option<Mutex<state::ChangeLog>>,
+    /// The change log could not be written at the last try (warned once until it can).
+    log_failing: AtomicBool,
     /// Histories changed since the last snapshot.
     dirty: AtomicBool,
     max_devices: AtomicUsize,
@@ -251,27 +256,48 @@ async fn score_and_send(batch: Vec<InputMessage>, s: &Shared, client: &ModuleCli
         tokens.push(token);
     }
     let started = std::time::Instant::now();
-    let (scored, model_name, mode) =
-        match (&s.history_model, s.history_mode.load(Ordering::Relaxed)) {
-            (Some(h), true) => {
-                let mut store = s.store.lock().unwrap_or_else(|p| p.into_inner());
-                let mut model = h.lock().unwrap_or_else(|p| p.into_inner());
-                let n = history::score_batch(
-                    &mut messages,
-                    s.max_body(),
-                    &mut store,
-                    state::now(),
-                    |f| model.predict(f),
-                );
-                s.dirty.store(true, Ordering::Relaxed);
-                (n, model.info().name.clone(), "history")
+    let (scored, model_name, mode) = match (
+        &s.history_model,
+        s.history_mode.load(Ordering::Relaxed),
+    ) {
+        (Some(h), true) => {
+            let mut store = s.store.lock().unwrap_or_else(|p| p.into_inner());
+            let mut model = h.lock().unwrap_or_else(|p| p.into_inner());
+            let mut changes = Vec::new();
+            let n = history::score_batch(
+                &mut messages,
+                s.max_body(),
+                &mut store,
+                state::now(),
+                &mut changes,
+                |f| model.predict(f),
+            );
+            // Logged under the store's lock, before any of the batch is acknowledged.
+            if let Some(log) = &s.log {
+                let written = log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .append(&changes);
+                match written {
+                    Ok(()) if s.log_failing.swap(false, Ordering::Relaxed) => {
+                        info!("the history change log is written again")
+                    }
+                    Ok(()) => {}
+                    Err(e) if !s.log_failing.swap(true, Ordering::Relaxed) => {
+                        warn!("cannot write the history change log ({e}): a crash now loses the histories' cycles since the last snapshot")
+                    }
+                    Err(_) => {}
+                }
             }
-            _ => {
-                let mut model = s.model.lock().unwrap_or_else(|p| p.into_inner());
-                let n = scoring::score_batch(&mut messages, s.max_body(), |f| model.predict(f));
-                (n, model.info().name.clone(), "row")
-            }
-        };
+            s.dirty.store(true, Ordering::Relaxed);
+            (n, model.info().name.clone(), "history")
+        }
+        _ => {
+            let mut model = s.model.lock().unwrap_or_else(|p| p.into_inner());
+            let n = scoring::score_batch(&mut messages, s.max_body(), |f| model.predict(f));
+            (n, model.info().name.clone(), "row")
+        }
+    };
     s.metrics.batch(
         mode,
         messages.len(),
@@ -333,7 +359,11 @@ async fn snapshots(s: Arc<Shared>, path: PathBuf) {
 async fn snapshot(s: &Arc<Shared>, path: &std::path::Path) {
     let (s2, p) = (s.clone(), path.to_path_buf());
     let started = std::time::Instant::now();
-    match tokio::task::spawn_blocking(move || state::save(&s2.store, &p)).await {
+    let saved = tokio::task::spawn_blocking(move || match &s2.log {
+        Some(log) => state::save(&s2.store, log, &p),
+        None => Ok(0),
+    });
+    match saved.await {
         Ok(Ok(devices)) => tracing::debug!(
             devices,
             ms = started.elapsed().as_millis() as u64,
@@ -418,17 +448,22 @@ async fn main() {
             (p, mapped)
         }
     };
-    let state_path = match state::check_writable(&state_path, create) {
-        Ok(()) => Some(state_path),
+    let opened = state::check_writable(&state_path, create)
+        .and_then(|()| state::open(&state_path, MAX_DEVICES, IDLE_SECS));
+    let (store, change_log, state_path) = match opened {
+        Ok(o) => {
+            info!(
+                devices = o.store.len(),
+                replayed = o.replayed,
+                "histories ready (the snapshot and the changes logged since)"
+            );
+            (o.store, Some(Mutex::new(o.log)), Some(state_path))
+        }
         Err(e) => {
             warn!(path = %state_path.display(), "cannot write the history state file ({e}): histories are kept in memory only and start empty after a restart");
-            None
+            (HistoryStore::new(MAX_DEVICES, IDLE_SECS), None, None)
         }
     };
-    let store = state_path
-        .as_deref()
-        .and_then(|p| state::restore(p, MAX_DEVICES, IDLE_SECS))
-        .unwrap_or_else(|| HistoryStore::new(MAX_DEVICES, IDLE_SECS));
     let shared = Arc::new(Shared {
         model: Mutex::new(model),
         model_info: model_info.clone(),
@@ -436,6 +471,8 @@ async fn main() {
         history_model: history_model.map(Mutex::new),
         history_info: history_info.clone(),
         store: Mutex::new(store),
+        log: change_log,
+        log_failing: AtomicBool::new(false),
         dirty: AtomicBool::new(false),
         max_devices: AtomicUsize::new(MAX_DEVICES),
         idle_secs: AtomicU64::new(IDLE_SECS),

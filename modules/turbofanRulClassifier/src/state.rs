@@ -1,17 +1,29 @@
-//! The history state file: the classifier's per-device histories, written in the background
-//! to the module's bind-mounted volume (`/state` in the manifest) and read back at start-up,
-//! so a restart (even `kill -9`) loses at most the last snapshot interval of history.
+//! The history state on disk: the classifier's per-device histories, kept in the module's
+//! bind-mounted volume (`/state` in the manifest) as a snapshot plus a change log, so a
+//! restart, even `kill -9`, finds every row the module had acknowledged.
 //!
-//! Each snapshot goes to `<file>.tmp`, is synced, then renamed over the file: a crash
-//! mid-write leaves the previous snapshot whole.
+//! - **Change log** (`<file>.log.<n>`): each batch's [`Change`]s are appended before its
+//!   messages are acknowledged (written to the operating system, not synced: they survive a
+//!   crash of the process, and a power cut up to the last snapshot).
+//! - **Snapshot** (`<file>`): every `HistorySnapshotSeconds` the store is written whole. Under
+//!   the store's lock the log moves on to `<n + 1>`; the snapshot, whose first line names log
+//!   `n + 1` as the first one it does not hold, goes to `<file>.tmp`, is synced and renamed
+//!   over the file; then the older logs are deleted. A crash at any step leaves a snapshot
+//!   and exactly the logs written after it.
+//! - **Start**: the snapshot is read, the logs it names and later are replayed in order (a
+//!   record torn by a crash ends its log), a new snapshot is written and the next log opened.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use turbofan_domain::history::HistoryStore;
+use turbofan_domain::history::{Change, HistoryStore};
 
 /// The container path of the state file (a bind of the manifest maps it to the host).
 pub const CONTAINER_PATH: &str = "/state/history.cbor";
+
+/// The first line of a snapshot, before the number of the first log it does not hold.
+const HEADER: &str = "turbofan-history-state v2 log ";
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
@@ -21,10 +33,88 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Reads the store saved at `path`; `None` (with the reason logged) if there is none or it
-/// cannot be read, in which case histories start empty.
-pub fn restore(path: &Path, max_devices: usize, idle_secs: u64) -> Option<HistoryStore> {
-    let file = match std::fs::File::open(path) {
+/// The log that takes each batch's changes until the next snapshot.
+pub struct ChangeLog {
+    path: PathBuf,
+    number: u64,
+    file: File,
+    buf: Vec<u8>,
+}
+
+impl ChangeLog {
+    fn create(path: &Path, number: u64) -> std::io::Result<ChangeLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path(path, number))?;
+        Ok(ChangeLog {
+            path: path.to_path_buf(),
+            number,
+            file,
+            buf: Vec::with_capacity(8 << 10),
+        })
+    }
+
+    /// Writes `changes` in one write: each record is whole or, after a crash mid-write,
+    /// torn at the end of the log, where replay stops.
+    pub fn append(&mut self, changes: &[Change]) -> std::io::Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.buf.clear();
+        for c in changes {
+            c.encode(&mut self.buf);
+        }
+        self.file.write_all(&self.buf)
+    }
+}
+
+/// The histories at start-up and the log for what follows.
+pub struct Opened {
+    /// The store as last acknowledged: the snapshot with its later logs replayed.
+    pub store: HistoryStore,
+    /// Where the changes go from now on.
+    pub log: ChangeLog,
+    /// Changes replayed from the logs.
+    pub replayed: usize,
+}
+
+/// Reads the histories saved at `path` (snapshot and logs), writes them as a new snapshot
+/// and opens the next log. A snapshot that cannot be read is set aside (logged) and the
+/// histories start empty; an error means the state cannot be written at all.
+pub fn open(path: &Path, max_devices: usize, idle_secs: u64) -> std::io::Result<Opened> {
+    // A snapshot of an earlier version holds everything: no log applies.
+    let (mut store, first_log) = match read_snapshot(path, max_devices, idle_secs) {
+        Some((store, first_log)) => (store, first_log),
+        None => (HistoryStore::new(max_devices, idle_secs), Some(0)),
+    };
+    let logs = log_numbers(path)?;
+    let mut replayed = 0;
+    if let Some(first) = first_log {
+        for &n in logs.iter().filter(|&&n| n >= first) {
+            replayed += replay(&log_path(path, n), &mut store)?;
+        }
+    }
+    let first_log = first_log.unwrap_or(0);
+    let next = logs.last().map_or(first_log, |n| n + 1).max(first_log);
+    let log = ChangeLog::create(path, next)?;
+    write_snapshot(&store, path, next)?;
+    remove_logs_before(path, next);
+    Ok(Opened {
+        store,
+        log,
+        replayed,
+    })
+}
+
+/// The snapshot at `path` and the first log it does not hold (none for a snapshot of an
+/// earlier version); `None` (with the reason logged) if there is none or it cannot be read.
+fn read_snapshot(
+    path: &Path,
+    max_devices: usize,
+    idle_secs: u64,
+) -> Option<(HistoryStore, Option<u64>)> {
+    let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::info!(path = %path.display(), "no history state file yet: histories start empty");
@@ -35,34 +125,126 @@ pub fn restore(path: &Path, max_devices: usize, idle_secs: u64) -> Option<Histor
             return None;
         }
     };
-    match HistoryStore::load(std::io::BufReader::new(file), max_devices, idle_secs, now()) {
+    let mut r = BufReader::new(file);
+    let first_log = match r.fill_buf() {
+        Ok(b) if b.starts_with(HEADER.as_bytes()) => {
+            let mut line = String::new();
+            let n = r
+                .read_line(&mut line)
+                .ok()
+                .and_then(|_| line[HEADER.len()..].trim_end().parse::<u64>().ok());
+            match n {
+                Some(n) => Some(n),
+                None => {
+                    tracing::warn!(path = %path.display(), "the history state file's first line is damaged: histories start empty");
+                    return None;
+                }
+            }
+        }
+        _ => None,
+    };
+    match HistoryStore::load(&mut r, max_devices, idle_secs, now()) {
         Ok(s) => {
             tracing::info!(path = %path.display(), devices = s.len(), "histories restored");
-            Some(s)
+            Some((s, first_log))
         }
         Err(e) => {
-            tracing::warn!(path = %path.display(), "{e}: histories start empty (the file is replaced at the next snapshot)");
+            tracing::warn!(path = %path.display(), "{e}: histories start empty (the file is replaced)");
             None
         }
     }
 }
 
-/// Writes `store` to `path` (via `<path>.tmp`, synced, renamed). Holds the lock while
-/// writing: about 2 KB per device.
-pub fn save(store: &Mutex<HistoryStore>, path: &Path) -> std::io::Result<usize> {
-    let tmp = tmp_path(path);
-    let file = std::fs::File::create(&tmp)?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
-    let devices = {
+/// Replays the log at `path` into `store`; returns how many changes it held.
+fn replay(path: &Path, store: &mut HistoryStore) -> std::io::Result<usize> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    let (mut at, mut n, now) = (0, 0, now());
+    while let Some((change, len)) = turbofan_domain::history::Change::decode(&bytes[at..]) {
+        store.replay(&change, now);
+        at += len;
+        n += 1;
+    }
+    if at < bytes.len() {
+        tracing::warn!(path = %path.display(), bytes = bytes.len() - at, "the history log ends in a torn record (a crash while writing it): the rest is ignored");
+    }
+    Ok(n)
+}
+
+/// Writes a snapshot of `store` to `path`: under the store's lock the log moves on; the file
+/// goes to `<path>.tmp`, is synced and renamed; then the logs it holds are deleted. Returns
+/// the devices written.
+pub fn save(
+    store: &Mutex<HistoryStore>,
+    log: &Mutex<ChangeLog>,
+    path: &Path,
+) -> std::io::Result<usize> {
+    let mut bytes = Vec::new();
+    let (devices, next) = {
         let s = store.lock().unwrap_or_else(|p| p.into_inner());
-        s.save(&mut w).map_err(std::io::Error::other)?;
-        s.len()
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+        let next = log.number + 1;
+        let moved = ChangeLog::create(&log.path, next)?;
+        s.save(&mut bytes).map_err(std::io::Error::other)?;
+        *log = moved;
+        (s.len(), next)
     };
-    let file = w.into_inner().map_err(|e| e.into_error())?;
+    write_file(path, next, &bytes)?;
+    remove_logs_before(path, next);
+    Ok(devices)
+}
+
+fn write_snapshot(store: &HistoryStore, path: &Path, next: u64) -> std::io::Result<()> {
+    let mut bytes = Vec::new();
+    store.save(&mut bytes).map_err(std::io::Error::other)?;
+    write_file(path, next, &bytes)
+}
+
+fn write_file(path: &Path, first_log: u64, cbor: &[u8]) -> std::io::Result<()> {
+    let tmp = tmp_path(path);
+    let mut file = File::create(&tmp)?;
+    file.write_all(format!("{HEADER}{first_log}\n").as_bytes())?;
+    file.write_all(cbor)?;
     file.sync_data()?;
     drop(file);
-    std::fs::rename(&tmp, path)?;
-    Ok(devices)
+    std::fs::rename(&tmp, path)
+}
+
+fn log_path(path: &Path, n: u64) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".log.{n}"));
+    PathBuf::from(p)
+}
+
+/// The numbers of the logs beside `path`, in order.
+fn log_numbers(path: &Path) -> std::io::Result<Vec<u64>> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{name}.log.");
+    let mut out: Vec<u64> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix)?.parse().ok())
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn remove_logs_before(path: &Path, next: u64) {
+    for n in log_numbers(path).unwrap_or_default() {
+        if n < next {
+            if let Err(e) = std::fs::remove_file(log_path(path, n)) {
+                tracing::warn!(
+                    log = n,
+                    "cannot delete a history log the snapshot holds: {e}"
+                );
+            }
+        }
+    }
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
@@ -87,31 +269,132 @@ pub fn check_writable(path: &Path, create: bool) -> std::io::Result<()> {
         }
     }
     let probe = tmp_path(path);
-    std::fs::File::create(&probe)?.write_all(b"")?;
+    File::create(&probe)?.write_all(b"")?;
     std::fs::remove_file(probe)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use turbofan_domain::history::{Answer, Prediction};
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("classifier-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// Scores `cycles` of device `d` into `store` and `log` as the module does.
+    fn run(
+        store: &Mutex<HistoryStore>,
+        log: &Mutex<ChangeLog>,
+        d: &str,
+        cycles: std::ops::RangeInclusive<u32>,
+    ) {
+        for c in cycles {
+            let mut s = store.lock().unwrap();
+            let sensors = [c as f32; 9];
+            let obs = s.observe(d, c, &sensors, now());
+            assert!(matches!(obs.answer, Answer::Score(_)));
+            let prediction = Prediction {
+                rul: 200.0 - c as f32,
+                low: 0.0,
+                high: 300.0,
+            };
+            s.record(d, c, prediction);
+            let change = Change {
+                device: d.into(),
+                cycle: c,
+                sensors,
+                prediction,
+            };
+            log.lock().unwrap().append(&[change]).unwrap();
+        }
+    }
 
     #[test]
-    fn a_saved_store_is_restored_and_a_broken_file_starts_empty() {
-        let dir = std::env::temp_dir().join(format!("classifier-state-{}", std::process::id()));
+    fn a_restart_after_a_crash_finds_every_logged_change_on_top_of_the_snapshot() {
+        let dir = dir("state");
         let path = dir.join("state/history.cbor");
         check_writable(&path, true).unwrap();
         assert!(check_writable(&dir.join("absent/history.cbor"), false).is_err());
-        let mut s = HistoryStore::new(10, 3600);
-        s.observe("a", 1, &[1.0; 9], now());
-        s.observe("a", 2, &[2.0; 9], now());
-        let s = Mutex::new(s);
-        assert_eq!(save(&s, &path).unwrap(), 1);
+        let o = open(&path, 10, 3600).unwrap();
+        assert_eq!((o.store.len(), o.replayed, o.log.number), (0, 0, 0));
+        let (store, log) = (Mutex::new(o.store), Mutex::new(o.log));
+        run(&store, &log, "a", 1..=10);
+        assert_eq!(save(&store, &log, &path).unwrap(), 1);
         assert!(!tmp_path(&path).exists());
-        let r = restore(&path, 10, 3600).expect("restored");
-        assert_eq!(r.get("a"), s.lock().unwrap().get("a"));
+        assert_eq!(
+            log_numbers(&path).unwrap(),
+            vec![1],
+            "the held log is deleted"
+        );
+        run(&store, &log, "a", 11..=20);
+        run(&store, &log, "b", 1..=3);
+        // A crash: nothing more is written. The restart replays log 1 on the snapshot.
+        let again = open(&path, 10, 3600).unwrap();
+        assert_eq!(again.replayed, 13);
+        assert_eq!(again.store.get("a"), store.lock().unwrap().get("a"));
+        assert_eq!(again.store.get("b"), store.lock().unwrap().get("b"));
+        assert_eq!(again.store.get("a").unwrap().missing_cycles(), 0);
+        assert_eq!(log_numbers(&path).unwrap(), vec![2]);
+        // And once more with nothing new: the same histories, nothing replayed twice.
+        drop(again);
+        let third = open(&path, 10, 3600).unwrap();
+        assert_eq!(third.replayed, 0);
+        assert_eq!(third.store.get("a"), store.lock().unwrap().get("a"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_crash_between_moving_the_log_and_renaming_the_snapshot_replays_both_logs() {
+        let dir = dir("state-mid");
+        let path = dir.join("history.cbor");
+        check_writable(&path, true).unwrap();
+        let o = open(&path, 10, 3600).unwrap();
+        let (store, log) = (Mutex::new(o.store), Mutex::new(o.log));
+        run(&store, &log, "a", 1..=5);
+        // The log moves on, then the process dies before the snapshot is renamed.
+        {
+            let mut l = log.lock().unwrap();
+            *l = ChangeLog::create(&path, l.number + 1).unwrap();
+        }
+        run(&store, &log, "a", 6..=8);
+        let again = open(&path, 10, 3600).unwrap();
+        assert_eq!(again.replayed, 8);
+        assert_eq!(again.store.get("a"), store.lock().unwrap().get("a"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_log_a_broken_snapshot_and_an_earlier_format() {
+        let dir = dir("state-torn");
+        let path = dir.join("history.cbor");
+        check_writable(&path, true).unwrap();
+        let o = open(&path, 10, 3600).unwrap();
+        let (store, log) = (Mutex::new(o.store), Mutex::new(o.log));
+        run(&store, &log, "a", 1..=4);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log_path(&path, 0))
+            .unwrap();
+        f.write_all(&[70, 0, 0, 0, 1, 2]).unwrap();
+        let again = open(&path, 10, 3600).unwrap();
+        assert_eq!(
+            (again.replayed, again.store.get("a").unwrap().cycles()),
+            (4, 4)
+        );
+        // A snapshot written before the change log (no first line) is read, with no logs.
+        let mut old = Vec::new();
+        again.store.save(&mut old).unwrap();
+        drop(again);
+        std::fs::write(&path, &old).unwrap();
+        let o = open(&path, 10, 3600).unwrap();
+        assert_eq!((o.store.len(), o.replayed), (1, 0));
+        drop(o);
         std::fs::write(&path, b"garbage").unwrap();
-        assert!(restore(&path, 10, 3600).is_none());
-        assert!(restore(&dir.join("none"), 10, 3600).is_none());
+        let o = open(&path, 10, 3600).unwrap();
+        assert_eq!(o.store.len(), 0, "an unreadable snapshot starts empty");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -440,11 +440,16 @@ fn assert_reference(v: &Value, want: [f32; 3], cycles: u32, what: &str) {
 
 /// History mode end to end through edgeHub: two engines' rows interleaved, each scored over
 /// its own history as the reference; a redelivery answered as the first time; `kill -9`
-/// and the restart by edgeAgent, after which the histories go on from the state file; then
-/// `ScoringMode` switched to `row` at run time.
+/// with no snapshot since the start (an hour's interval) and the restart by edgeAgent, after
+/// which the histories go on whole from the change log (the reference, `MissingCycles` 0,
+/// a redelivery answered as before the crash); then `ScoringMode` switched to `row` at run
+/// time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_mode_scores_each_engine_over_its_history_and_survives_kill_9() {
-    let t = start_in(&repo().join("models/rul.onnx"), None, "always", "history").await;
+    let mut m = manifest(&repo().join("models/rul.onnx"), None, "always", "history");
+    m["modulesContent"]["turbofanRulClassifier"]["properties.desired"]["HistorySnapshotSeconds"] =
+        json!(3600);
+    let t = start_manifest(m).await;
     let probe = t.client("probe").await;
     let mut answers = probe.inputs().unwrap();
     let r = reported(&t, "ScoringMode").await;
@@ -482,9 +487,11 @@ async fn history_mode_scores_each_engine_over_its_history_and_survives_kill_9() 
     let cid = ask(&probe, "engine-1", row).await;
     let (v, _) = answer(&mut answers, &cid).await;
     assert_reference(&v, reference[i], 35, "redelivered cycle 35");
+    let (_, row) = e2[39];
+    let cid = ask(&probe, "engine-2", row).await;
+    let (before_crash, _) = answer(&mut answers, &cid).await;
 
-    // kill -9 after the snapshot interval; edgeAgent restarts the module.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // kill -9 long before the next snapshot; edgeAgent restarts the module.
     let pid = t.rt.process_status()["turbofanRulClassifier"]
         .pid
         .expect("running");
@@ -506,7 +513,24 @@ async fn history_mode_scores_each_engine_over_its_history_and_survives_kill_9() 
         let cid = ask(&probe, "engine-1", row).await;
         let (v, _) = answer(&mut answers, &cid).await;
         assert_reference(&v, reference[i], row.cycle, &format!("{cid} after kill -9"));
+        assert_eq!(v["MissingCycles"], json!(0), "{cid}: no history lost");
     }
+    let (_, row) = e2[39];
+    let cid = ask(&probe, "engine-2", row).await;
+    let (again, _) = answer(&mut answers, &cid).await;
+    assert_eq!(
+        again, before_crash,
+        "redelivered after the crash: the same answer"
+    );
+    // A row after lost ones joins its history and says how many are missing.
+    let (_, row) = e2[45];
+    let cid = ask(&probe, "engine-2", row).await;
+    let (v, _) = answer(&mut answers, &cid).await;
+    assert_eq!(
+        (v["MissingCycles"].clone(), v["HistoryCycles"].clone()),
+        (json!(5), json!(41)),
+        "{cid}"
+    );
 
     // Per-row mode, switched at run time.
     let patch = json!({"ScoringMode": "row"});

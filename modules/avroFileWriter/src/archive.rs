@@ -350,6 +350,49 @@ mod tests {
         assert_eq!(crate::record::read_file(&avro[0].path).unwrap().len(), 1);
     }
 
+    /// Records taken while a group is still being gathered count against the budget: input
+    /// stops once written plus in-flight bytes reach it, not a whole group later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_in_flight_count_so_the_tree_passes_the_budget_by_one_record_at_most() {
+        let max = 4_000;
+        let budget = Arc::new(DiskBudget::new(max, 0));
+        let (dir, a, threads, stop) = start(budget.clone());
+        let mut pending = Vec::new();
+        let mut datum = 0;
+        for i in 0..500 {
+            // As the module's input loop: admitted, then submitted, one after the other.
+            match tokio::time::timeout(Duration::from_millis(300), a.admit()).await {
+                Ok(true) => {}
+                _ => break,
+            }
+            let m = Message::json(sample_json(i).to_string());
+            datum = a
+                .encode(&record::parse(&m.body).unwrap())
+                .unwrap()
+                .len() as u64;
+            pending.push(tokio::spawn(a.clone().submit(INPUT, &m).finish()));
+        }
+        let taken = pending.len() as u64;
+        assert!((10..500).contains(&taken), "{taken} records taken");
+        for p in pending {
+            assert_eq!(p.await.unwrap(), Ok(Outcome::Archived));
+        }
+        let on_disk: u64 = crate::tree::list_avro_files(dir.path())
+            .unwrap()
+            .iter()
+            .map(|f| f.len)
+            .sum();
+        assert_eq!(on_disk, budget.used());
+        // The header of the file (written when the first record came) and one block's
+        // framing are the rest.
+        assert!(
+            on_disk <= max + datum + 1_024,
+            "{on_disk} bytes on disk for a budget of {max} ({datum} a record)"
+        );
+        stop.send(true).unwrap();
+        threads.close();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn input_waits_while_the_disk_budget_is_full() {
         let budget = Arc::new(DiskBudget::new(0, 0));

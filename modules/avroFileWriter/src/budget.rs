@@ -1,6 +1,10 @@
 //! The disk budget (`MaxDiskMB`): when the Avro tree reaches it the writer stops taking
 //! input — handlers wait, so edgeHub keeps the messages, for its time-to-live only — until
 //! uploads free space.
+//!
+//! Each record taken is reserved against the budget until its block is written, so records
+//! in flight (a group not yet written) count too: the tree passes the budget by at most one
+//! record, its block's framing and the header of a new file.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
@@ -13,6 +17,8 @@ pub const MIB: f64 = 1024.0 * 1024.0;
 #[derive(Debug)]
 pub struct DiskBudget {
     used: AtomicU64,
+    /// Bytes of records taken and not yet written.
+    reserved: AtomicU64,
     max: AtomicU64,
     full: watch::Sender<bool>,
 }
@@ -22,6 +28,7 @@ impl DiskBudget {
     pub fn new(max_bytes: u64, used: u64) -> DiskBudget {
         let b = DiskBudget {
             used: AtomicU64::new(used),
+            reserved: AtomicU64::new(0),
             max: AtomicU64::new(max_bytes),
             full: watch::channel(false).0,
         };
@@ -32,6 +39,29 @@ impl DiskBudget {
     /// Bytes written to the tree.
     pub fn add(&self, bytes: u64) {
         self.used.fetch_add(bytes, Ordering::SeqCst);
+        self.evaluate();
+    }
+
+    /// A record of `bytes` was taken: it counts until [`DiskBudget::release`].
+    pub fn reserve(&self, bytes: u64) {
+        self.reserved.fetch_add(bytes, Ordering::SeqCst);
+        self.evaluate();
+    }
+
+    /// Records of `bytes` reserved failed: they no longer count.
+    pub fn release(&self, bytes: u64) {
+        self.commit(bytes, 0);
+    }
+
+    /// Records of `reserved` bytes were written as `written` bytes of the tree (or, for 0,
+    /// failed): one change, so the gate does not flap.
+    pub fn commit(&self, reserved: u64, written: u64) {
+        self.used.fetch_add(written, Ordering::SeqCst);
+        let _ = self
+            .reserved
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+                Some(r.saturating_sub(reserved))
+            });
         self.evaluate();
     }
 
@@ -86,7 +116,7 @@ impl DiskBudget {
 
     fn evaluate(&self) {
         let (used, max) = (self.used(), self.max());
-        let now_full = used >= max;
+        let now_full = used.saturating_add(self.reserved.load(Ordering::SeqCst)) >= max;
         self.full.send_if_modified(|full| {
             if *full == now_full {
                 return false;
@@ -132,6 +162,23 @@ mod tests {
         assert!(waiter.await.unwrap());
         b.set_max(40);
         assert!(b.is_full(), "a lower budget can make it full");
+    }
+
+    #[test]
+    fn records_taken_and_not_yet_written_count_against_the_budget() {
+        let b = DiskBudget::new(100, 40);
+        b.reserve(59);
+        assert!(!b.is_full());
+        b.reserve(1);
+        assert!(b.is_full(), "40 written and 60 in flight");
+        b.commit(60, 70);
+        assert_eq!(b.used(), 110);
+        assert!(b.is_full());
+        b.set_used(0);
+        assert!(!b.is_full());
+        b.release(5);
+        b.reserve(99);
+        assert!(!b.is_full(), "a release past zero does not go negative");
     }
 
     #[tokio::test]

@@ -97,6 +97,7 @@ pub struct WriterConfig {
 pub struct Writer {
     tx: mpsc::Sender<Job>,
     policy: Arc<Mutex<SyncPolicy>>,
+    budget: Arc<DiskBudget>,
 }
 
 /// The writer's threads; [`WriterThreads::close`] syncs and closes everything.
@@ -124,6 +125,7 @@ pub fn start(
             .name("avro-sync".into())
             .spawn(move || run_syncer(sync_rx, stats, failed))?
     };
+    let reserve = budget.clone();
     let state = State {
         root: cfg.root,
         clock: cfg.clock,
@@ -148,6 +150,7 @@ pub fn start(
         Writer {
             tx: tx.clone(),
             policy,
+            budget: reserve,
         },
         WriterThreads { tx, writer, syncer },
     ))
@@ -180,8 +183,13 @@ impl Writer {
     /// resolves once it is synced to disk.
     pub fn submit(&self, datum: Vec<u8>) -> Synced {
         let (done, rx) = oneshot::channel();
+        // Counted against the disk budget until its block is written.
+        let bytes = datum.len() as u64;
+        self.budget.reserve(bytes);
         // If the writer is gone the job (and `done`) is dropped: the future says Stopped.
-        let _ = self.tx.send(Job::Record(datum, done));
+        if self.tx.send(Job::Record(datum, done)).is_err() {
+            self.budget.release(bytes);
+        }
         Synced(rx)
     }
 
@@ -439,6 +447,7 @@ impl State {
                 Ok(a) => self.avro = Some(a),
                 Err(e) => {
                     warn!("{e}");
+                    self.budget.release(datum.len() as u64);
                     let _ = done.send(Err(WriteError::Io(e.to_string())));
                     return;
                 }
@@ -483,6 +492,7 @@ impl State {
             bytes: 0,
             quarantined: 0,
         };
+        let mut written = 0;
         if self.group.count > 0 {
             let waiters = std::mem::take(&mut self.group.waiters);
             match self.avro.as_mut() {
@@ -497,7 +507,7 @@ impl State {
                     match a.target.file.write_all_at(&self.out, a.len) {
                         Ok(()) => {
                             a.len += self.out.len() as u64;
-                            self.budget.add(self.out.len() as u64);
+                            written = self.out.len() as u64;
                             job.targets.push(a.target.clone());
                             job.waiters.extend(waiters);
                             job.records = self.group.count;
@@ -544,6 +554,7 @@ impl State {
                 None => fail_all(waiters, &WriteError::Io("no open quarantine file".into())),
             }
         }
+        self.budget.commit(self.group.data.len() as u64, written);
         self.group.data.clear();
         self.group.count = 0;
         self.group.lines.clear();

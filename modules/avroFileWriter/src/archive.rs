@@ -366,10 +366,7 @@ mod tests {
                 _ => break,
             }
             let m = Message::json(sample_json(i).to_string());
-            datum = a
-                .encode(&record::parse(&m.body).unwrap())
-                .unwrap()
-                .len() as u64;
+            datum = a.encode(&record::parse(&m.body).unwrap()).unwrap().len() as u64;
             pending.push(tokio::spawn(a.clone().submit(INPUT, &m).finish()));
         }
         let taken = pending.len() as u64;

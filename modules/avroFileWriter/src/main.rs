@@ -198,6 +198,19 @@ async fn main() {
         )),
     };
 
+    let tree_lock = Arc::new(TreeLock::with_ledger(&root));
+    // The counters go on from what the archive holds and its ledger says was uploaded, so a
+    // crash does not set them back to 0.
+    match tree::count_on_disk(&root) {
+        Ok((records, quarantined)) => {
+            let (files, uploaded) = tree_lock.uploaded_before();
+            Stats::add(&stats.records_written, records + uploaded);
+            Stats::add(&stats.records_quarantined, quarantined);
+            Stats::add(&stats.files_uploaded, files);
+        }
+        Err(e) => warn!("cannot count the archive's records ({e}): the counters start at 0"),
+    }
+
     let schema = Arc::new(RecordSchema::tutorial());
     let budget = Arc::new(DiskBudget::new(base.max_disk_bytes(), used));
     stats.register(&metrics);
@@ -211,7 +224,6 @@ async fn main() {
     metrics.on_scrape(move || {
         disk_used.set(i64::try_from(b.used()).unwrap_or(i64::MAX));
     });
-    let tree_lock = Arc::new(TreeLock::with_ledger(&root));
     let (writer, threads) = match writer::start(
         WriterConfig {
             root: root.clone(),

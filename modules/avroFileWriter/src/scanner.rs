@@ -218,15 +218,15 @@ impl<U: Uploader> Scanner<U> {
             if !self.tree.begin_upload(&f.path) {
                 continue; // the writer opened it meanwhile: not quiet after all
             }
-            if !self.verify(&f).await {
+            let Some(verified) = self.verify(&f).await else {
                 self.tree.end_upload();
                 continue;
-            }
+            };
             let uploaded = uploader.upload(&f.path, &blob).await;
             self.tree.end_upload();
             match uploaded {
                 Ok(()) => {
-                    if self.delete_uploaded(&f) {
+                    if self.delete_uploaded(&f, verified.records) {
                         info!(blob = %blob, bytes = f.len, "uploaded; removed from the archive");
                         Stats::add(&self.stats.files_uploaded, 1);
                         self.failures.remove(&f.path);
@@ -251,13 +251,13 @@ impl<U: Uploader> Scanner<U> {
     }
 
     /// Reads `f` back whole before it is uploaded; a damaged file is set aside (and `false`).
-    async fn verify(&self, f: &AvroFile) -> bool {
+    async fn verify(&self, f: &AvroFile) -> Option<container::Verified> {
         let (path, schema) = (f.path.clone(), self.schema.clone());
         let checked = tokio::task::spawn_blocking(move || schema.verify_file(&path)).await;
         match checked {
             Ok(Ok(v)) => {
                 debug!(file = %f.path.display(), blocks = v.blocks, records = v.records, "read back whole");
-                true
+                Some(v)
             }
             Ok(Err(container::FileError::NotAvro { reason, .. })) => {
                 Stats::add(&self.stats.files_damaged, 1);
@@ -269,21 +269,21 @@ impl<U: Uploader> Scanner<U> {
                         error!(file = %f.path.display(), error = %e, "{reason}; cannot set it aside, not uploaded")
                     }
                 }
-                false
+                None
             }
             Ok(Err(e)) => {
                 warn!(error = %e, "cannot read the file back; it stays and is tried again");
-                false
+                None
             }
             Err(e) => {
                 warn!(file = %f.path.display(), error = %e, "the check before upload failed; tried again");
-                false
+                None
             }
         }
     }
 
     /// Deletes an uploaded file unless the writer reopened or changed it meanwhile.
-    fn delete_uploaded(&self, f: &AvroFile) -> bool {
+    fn delete_uploaded(&self, f: &AvroFile, records: u64) -> bool {
         let open = self.tree.lock();
         if open.as_deref() == Some(f.path.as_path()) {
             debug!(file = %f.path.display(), "reopened by the writer while uploading; kept");
@@ -299,7 +299,7 @@ impl<U: Uploader> Scanner<U> {
             warn!(file = %f.path.display(), error = %e, "uploaded but cannot be removed; check the archive folder's permissions");
             return false;
         }
-        self.tree.mark_uploaded(&f.path, &f.rel);
+        self.tree.mark_uploaded(&f.path, &f.rel, records);
         if let Some(dir) = f.path.parent() {
             let _ = container::sync_dir(dir);
             tree::prune_empty_dirs(&self.root, dir);

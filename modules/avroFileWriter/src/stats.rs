@@ -1,12 +1,15 @@
-//! What the module has done since it started: reported in the module twin, and served as
-//! Prometheus metrics (`avro_*`).
+//! What the module has done: reported in the module twin, and served as Prometheus metrics
+//! (`avro_*`). Records written and quarantined and files uploaded count since the archive
+//! began (at start they are read off the archive: its files, its quarantine and its ledger
+//! of uploads), so a restart or a crash does not set them back; the others count since the
+//! module started.
 
 use edge_client::observe::Exporter;
 use edge_client::prometheus_client::metrics::counter::Counter;
 use edge_client::prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde_json::{json, Value};
 
-/// What the module has done since it started.
+/// What the module has done (see the module's doc for since when).
 #[derive(Debug)]
 pub struct Stats {
     /// Records synced into Avro files.

@@ -23,6 +23,8 @@ pub struct TreeLock {
     uploaded: Mutex<HashSet<PathBuf>>,
     uploading: Mutex<Option<PathBuf>>,
     ledger: Option<PathBuf>,
+    /// Files and records the ledger says were uploaded, when it was read.
+    ledger_totals: (u64, u64),
 }
 
 /// Name of the ledger of uploaded files, in the archive root.
@@ -102,21 +104,31 @@ impl ArchiveLock {
 }
 
 impl TreeLock {
-    /// A lock whose uploaded names persist in `<root>/.uploaded` (one path per line), read
-    /// back here so a restart keeps them.
+    /// A lock whose uploaded names persist in `<root>/.uploaded` (one line per file: its
+    /// path, a tab and its record count; earlier versions wrote the path only), read back
+    /// here so a restart keeps them.
     pub fn with_ledger(root: &Path) -> TreeLock {
         let ledger = root.join(LEDGER);
-        let uploaded = std::fs::read_to_string(&ledger)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| root.join(l.trim()))
-            .collect();
+        let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+        let mut uploaded = HashSet::new();
+        let mut records = 0u64;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (rel, count) = line.split_once('\t').unwrap_or((line, ""));
+            uploaded.insert(root.join(rel.trim()));
+            records += count.trim().parse::<u64>().unwrap_or(0);
+        }
         TreeLock {
+            ledger_totals: (uploaded.len() as u64, records),
             uploaded: Mutex::new(uploaded),
             ledger: Some(ledger),
             ..TreeLock::default()
         }
+    }
+
+    /// Files and records uploaded from this archive before the module started, by its
+    /// ledger.
+    pub fn uploaded_before(&self) -> (u64, u64) {
+        self.ledger_totals
     }
 
     /// Takes the lock; the value is the file the writer has open, if any.
@@ -141,14 +153,15 @@ impl TreeLock {
         *self.uploading.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// Records that `path` (relative name `rel`) was uploaded and removed. Call with the lock held.
-    pub fn mark_uploaded(&self, path: &Path, rel: &Path) {
+    /// Records that `path` (relative name `rel`, holding `records`) was uploaded and removed.
+    /// Call with the lock held.
+    pub fn mark_uploaded(&self, path: &Path, rel: &Path, records: u64) {
         self.uploaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(path.to_path_buf());
         if let Some(ledger) = &self.ledger {
-            let line = format!("{}\n", rel.display());
+            let line = format!("{}\t{records}\n", rel.display());
             let written = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -287,6 +300,32 @@ pub fn repair_tree(root: &Path, stats: &Stats) -> io::Result<u64> {
     Ok(bytes)
 }
 
+/// Records in the archive's Avro files and lines in its quarantine files: what is on disk
+/// of the archive's history (with the ledger's uploads, what it has taken since it began).
+/// Call after [`repair_tree`].
+pub fn count_on_disk(root: &Path) -> io::Result<(u64, u64)> {
+    let mut records = 0;
+    for f in list_avro_files(root)? {
+        let file = std::fs::File::open(&f.path)?;
+        let len = file.metadata()?.len();
+        if let Ok(scan) = container::scan(file, len)? {
+            records += scan.records;
+        }
+    }
+    let mut lines = 0;
+    match std::fs::read_dir(root.join(QUARANTINE_DIR)) {
+        Ok(dir) => {
+            for e in dir.flatten() {
+                let bytes = std::fs::read(e.path())?;
+                lines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok((records, lines))
+}
+
 /// Renames `path` to `<path>.<suffix>` (or `<path>.<suffix>-<n>` if taken); returns the name.
 pub fn set_aside(path: &Path, suffix: &str) -> io::Result<PathBuf> {
     let mut n = 0;
@@ -334,14 +373,22 @@ mod ledger_tests {
         let bucket = root.join("2026/11/21/5/15.avro");
         let t = TreeLock::with_ledger(root);
         assert_eq!(t.file_for(&bucket), bucket);
-        t.mark_uploaded(&bucket, Path::new("2026/11/21/5/15.avro"));
+        t.mark_uploaded(&bucket, Path::new("2026/11/21/5/15.avro"), 7);
         assert_eq!(t.file_for(&bucket), root.join("2026/11/21/5/15-1.avro"));
         t.mark_uploaded(
             &root.join("2026/11/21/5/15-1.avro"),
             Path::new("2026/11/21/5/15-1.avro"),
+            5,
         );
+        // A line of an earlier version: the path only.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(root.join(LEDGER))
+            .unwrap();
+        f.write_all(b"2020/1/1/0/0.avro\n").unwrap();
         let again = TreeLock::with_ledger(root);
         assert_eq!(again.file_for(&bucket), root.join("2026/11/21/5/15-2.avro"));
+        assert_eq!(again.uploaded_before(), (3, 12));
     }
 
     #[test]

@@ -1083,7 +1083,7 @@ mod tests {
         {
             let _held = h.tree.lock();
             std::fs::remove_file(&first).unwrap();
-            h.tree.mark_uploaded(&first, Path::new("x"));
+            h.tree.mark_uploaded(&first, Path::new("x"), 0);
         }
         w.append(h.encode(&good(3))).await.unwrap();
         let next = h.tree.lock().clone().expect("open again");

@@ -302,6 +302,21 @@ async fn every_message_is_accounted_for_through_module_kills_a_runtime_restart_a
     let rul_tally = rul_messages(&p, &sent, Duration::from_secs(1)).await;
     assert_redeliveries("RUL messages", &rul_tally, &sent, &kills);
     assert_redeliveries("Avro records", &avro_tally, &sent, &kills);
+    // The writer's counters went on through its kill -9 and the runtime restart (#26 item
+    // 8): every record uploaded, redeliveries included, was counted once.
+    let uploaded_records = uploads.records().count() as u64;
+    wait_for(
+        "the writer's RecordsWritten to count every uploaded record",
+        Duration::from_secs(20),
+        || Ok((p.writer_counter("RecordsWritten") == uploaded_records).then_some(())),
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}: RecordsWritten {} for {uploaded_records} records uploaded",
+            p.writer_counter("RecordsWritten")
+        )
+    });
     let notes = p.notifications().unwrap();
     let failed_uploads = notes.iter().filter(|n| n["isSuccess"] == false).count();
     println!(

@@ -67,6 +67,11 @@ enum Command {
         /// waits on disk, in the message store.
         #[arg(long, default_value_t = 8, value_name = "MIB")]
         queue_memory_mb: usize,
+        /// What each leaf device may publish, in IoT Hub's 4 KB message units per second
+        /// (a 0.7 KB row is one unit), with a burst of 2 s; past it edgeHub reads the
+        /// device's connection more slowly (traffic shaping, as IoT Hub does). 0: no limit.
+        #[arg(long, default_value_t = iotedge_local::edgehub::throttle::DEFAULT_UNITS_PER_SEC, value_name = "UNITS")]
+        device_send_limit: u32,
     },
     /// Leaf devices in the registry.
     Device {
@@ -228,9 +233,11 @@ async fn run(cli: Cli) -> Result<()> {
             azurite,
             metrics,
             queue_memory_mb,
+            device_send_limit,
         } => {
             let mut opts = Options::new(manifest, &state);
             opts.queue_memory = queue_memory_mb.saturating_mul(1024 * 1024);
+            opts.device_units_per_sec = device_send_limit;
             opts.mqtt_port = mqtt_port;
             opts.hub_hostname = hub_hostname;
             opts.device_id = device_id;

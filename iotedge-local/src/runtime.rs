@@ -54,6 +54,9 @@ pub struct Options {
     /// Bytes of queued messages each module queue keeps in memory; the rest of a backlog
     /// waits on disk in the message store.
     pub queue_memory: usize,
+    /// Each leaf device's publishes in IoT Hub's 4 KB units per second before edgeHub takes
+    /// them more slowly (traffic shaping, as IoT Hub does); 0: not shaped.
+    pub device_units_per_sec: u32,
     /// IoT Hub's HTTPS port for file upload (0: any free port).
     pub hub_https_port: u16,
     /// Azurite's `azurite-blob` launcher; without it blobs go to a folder of the state.
@@ -83,6 +86,7 @@ impl Options {
             start_modules: true,
             window: 1024,
             queue_memory: endpoint::QUEUE_MEMORY,
+            device_units_per_sec: crate::edgehub::throttle::DEFAULT_UNITS_PER_SEC,
             hub_https_port: 0,
             azurite: None,
             upload_container: "avrofiles".into(),
@@ -219,6 +223,7 @@ impl Runtime {
             ttl: Duration::from_secs(manifest.ttl_secs),
             window: opts.window,
             queue_memory: opts.queue_memory,
+            device_units_per_sec: opts.device_units_per_sec,
         };
         let (hub, route_errors) = Hub::new(
             cfg,

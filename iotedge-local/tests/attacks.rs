@@ -199,3 +199,120 @@ async fn a_client_that_never_reads_its_replies_is_disconnected() {
     receiver.close(Duration::from_secs(2)).await;
     t.rt.shutdown().await;
 }
+
+/// Connects leaf device `id` (registered on the way) with rumqttc; the client and its
+/// event loop, polled by a task that counts PUBACKs.
+async fn leaf(
+    t: &iotedge_local::testing::TestRuntime,
+    id: &str,
+) -> (rumqttc::AsyncClient, tokio::sync::watch::Receiver<usize>) {
+    let hub = "local-hub.azure-devices.net";
+    let key = runtime_state::KeyStore::new(runtime_state::layout::registry(t.rt.state_dir()))
+        .ensure(id)
+        .unwrap();
+    let expiry = u64::try_from(chrono::Utc::now().timestamp()).unwrap() + 600;
+    let token = edge_protocol::sas::make_token(
+        &edge_protocol::sas::resource_uri(hub, id, None),
+        &key,
+        expiry,
+    )
+    .unwrap();
+    let mut o = rumqttc::MqttOptions::new(id, "localhost", t.rt.mqtt_port);
+    o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        iotedge_local::testing::tls_client_config(&t.rt.ca_pem),
+    )))
+    .set_credentials(format!("{hub}/{id}/?api-version=2019-10-01"), token)
+    .set_keep_alive(Duration::from_secs(60))
+    .set_max_packet_size(1 << 20, 1 << 20)
+    .set_inflight(100);
+    let (c, mut ev) = rumqttc::AsyncClient::new(o, 200);
+    let (acks_tx, acks) = tokio::sync::watch::channel(0usize);
+    tokio::spawn(async move {
+        loop {
+            match ev.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    acks_tx.send_modify(|n| *n += 1)
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    (c, acks)
+}
+
+async fn acked(acks: &mut tokio::sync::watch::Receiver<usize>, n: usize, within: Duration) {
+    let done = tokio::time::timeout(within, acks.wait_for(|&k| k >= n))
+        .await
+        .is_ok();
+    assert!(
+        done,
+        "{n} PUBACKs within {within:?}: got {}",
+        *acks.borrow()
+    );
+}
+
+/// A leaf device sending far past its rate is taken at its rate (traffic shaping, as IoT
+/// Hub does: later PUBACKs, nothing refused or lost), and another device is served at once
+/// meanwhile (issue #26 item 13: 400 × 500 KB from one device grew the store 207 MB/s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_device_flooding_edgehub_is_taken_at_its_rate_and_others_are_not_slowed() {
+    const UNITS: u32 = 1024; // 4 MiB/s, with a burst of 8 MiB
+    let t = start_with(
+        manifest(&["sender", "receiver"], ROUTES, 7200, json!({})),
+        |o| o.device_units_per_sec = UNITS,
+    )
+    .await;
+    let (flood, mut flood_acks) = leaf(&t, "flooder").await;
+    let (calm, mut calm_acks) = leaf(&t, "calm").await;
+    let body = vec![b'x'; 256 * 1024];
+    let n = 96; // 24 MiB: 8 MiB of burst, then 16 MiB at 4 MiB/s
+    let started = Instant::now();
+    let sender = tokio::spawn(async move {
+        for i in 0..n {
+            flood
+                .publish(
+                    format!("devices/flooder/messages/events/n={i}"),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    body.clone(),
+                )
+                .await
+                .unwrap();
+        }
+        flood
+    });
+    // While the flood is shaped, the calm device's message is taken at once.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let asked = Instant::now();
+    calm.publish(
+        "devices/calm/messages/events/",
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        r#"{"CycleTime": 1}"#,
+    )
+    .await
+    .unwrap();
+    acked(&mut calm_acks, 1, Duration::from_secs(5)).await;
+    let calm_took = asked.elapsed();
+    assert!(
+        *flood_acks.borrow() < n,
+        "the flood was still being shaped when the calm device sent"
+    );
+    acked(&mut flood_acks, n, Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    let _flood = sender.await.unwrap();
+    let metrics = &t.rt.hub.prometheus;
+    println!(
+        "shaping: 24 MiB from one device taken in {:.2} s; the other device's PUBACK in {:.1} ms; {} publishes waited",
+        took.as_secs_f64(),
+        calm_took.as_secs_f64() * 1e3,
+        metrics.throttled_count("flooder")
+    );
+    // (24 − 8) MiB at 4 MiB/s: at least 4 s (less 5 % for timer granularity).
+    assert!(took >= Duration::from_millis(3_800), "{took:?}: not shaped");
+    assert!(calm_took < Duration::from_millis(500), "{calm_took:?}");
+    assert!(metrics.throttled_count("flooder") > 0);
+    assert_eq!(metrics.throttled_count("calm"), 0);
+    t.rt.shutdown().await;
+}

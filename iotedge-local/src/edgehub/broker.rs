@@ -194,6 +194,11 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
         ControlFlow::Continue(())
     };
     let mut reader = PacketReader::from_buf(buf);
+    // Leaf devices are shaped to their rate; modules are the deployment's own code.
+    let shaped = match &identity {
+        Identity::Device { device } if hub.throttle.is_on() => Some(device.as_str()),
+        _ => None,
+    };
     // PUBACKs from a module, handed to the hub together before any other packet and once
     // the read's packets are handled (one look-up of its queue, its window refilled once).
     let mut acked: SmallVec<[u16; 32]> = SmallVec::new();
@@ -210,6 +215,17 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
                 Ok(Some(Incoming::PubAck(pkid))) => acked.push(pkid),
                 // Publishes do not depend on acknowledgements: they need not wait for them.
                 Ok(Some(Incoming::Publish(p))) => {
+                    // A leaf device past its rate: its connection is read again once the
+                    // rate allows this message (at most one message's worth of waiting).
+                    if let Some(device) = shaped {
+                        let bytes = p.topic.len() + p.payload.len();
+                        let wait = hub.throttle.take(device, bytes, std::time::Instant::now());
+                        if !wait.is_zero() {
+                            deliver(&mut acked);
+                            hub.prometheus.throttled(device);
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
                     if let Err(why) = session.publish(p) {
                         warn!(client = %connect.client_id, reason = why, "closing connection");
                         break Some(why);

@@ -7,6 +7,7 @@ use crate::edgehub::endpoint::{self, Conn, Endpoint, EndpointMetrics, EndpointSt
 use crate::edgehub::hub_message::HubMessage;
 use crate::edgehub::journal::{Journal, Replayed};
 use crate::edgehub::metrics::{HubMetrics, SinkLabels};
+use crate::edgehub::throttle::DeviceThrottle;
 use crate::edgehub::twin::Twins;
 use crate::iothub::upstream::Upstream;
 use bytes::Bytes;
@@ -103,6 +104,9 @@ pub struct HubConfig {
     pub window: usize,
     /// Bytes of queued messages each module queue keeps in memory (the rest wait on disk).
     pub queue_memory: usize,
+    /// Each leaf device's publishes in IoT Hub's 4 KB units per second, past which they are
+    /// taken more slowly ([`throttle`](super::throttle)); 0: not shaped.
+    pub device_units_per_sec: u32,
 }
 
 #[derive(Default)]
@@ -146,6 +150,8 @@ pub struct Hub {
     pub metrics: Metrics,
     /// The Prometheus metrics, under IoT Edge's edgeHub names.
     pub prometheus: Arc<HubMetrics>,
+    /// Traffic shaping of leaf devices' publishes.
+    pub throttle: DeviceThrottle,
     next_conn: AtomicU64,
     /// Direct method calls waiting for their answer, by request id: the client asked, and
     /// where the answer goes.
@@ -267,6 +273,7 @@ impl Hub {
                 }),
             }
         }
+        let throttle = DeviceThrottle::new(cfg.device_units_per_sec);
         let mut hub = Hub {
             cfg,
             routes: Vec::new(),
@@ -279,6 +286,7 @@ impl Hub {
             device_keys,
             metrics: Metrics::default(),
             prometheus: Arc::new(HubMetrics::default()),
+            throttle,
             next_conn: AtomicU64::new(1),
             method_calls: Mutex::new(HashMap::new()),
             next_rid: AtomicU64::new(1),

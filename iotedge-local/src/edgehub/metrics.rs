@@ -56,6 +56,7 @@ pub struct HubMetrics {
     sent: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
+    throttled: Family<Labels, Counter>,
     size: Family<Labels, Histogram, fn() -> Histogram>,
     process: Family<Labels, Histogram, fn() -> Histogram>,
     queue_length: Family<Labels, Gauge>,
@@ -85,6 +86,7 @@ impl Default for HubMetrics {
             sent: Family::default(),
             dropped: Family::default(),
             refused: Family::default(),
+            throttled: Family::default(),
             size: Family::new_with_constructor(size_histogram),
             process: Family::new_with_constructor(duration_histogram),
             queue_length: Family::default(),
@@ -206,6 +208,20 @@ impl HubMetrics {
             .get()
     }
 
+    /// Counts a publish of leaf device `from` that waited for its rate (traffic shaping).
+    pub fn throttled(&self, from: &str) {
+        self.throttled
+            .get_or_create(&vec![("from", from.to_owned())])
+            .inc();
+    }
+
+    /// How many of leaf device `from`'s publishes waited for its rate.
+    pub fn throttled_count(&self, from: &str) -> u64 {
+        self.throttled
+            .get_or_create(&vec![("from", from.to_owned())])
+            .get()
+    }
+
     /// Sets the queue gauge of `module` (called at each scrape).
     pub fn queue(&self, module: &str, length: usize) {
         self.queue_length
@@ -237,6 +253,11 @@ impl HubMetrics {
             "edgehub_messages_refused",
             "Total number of publishes, requests and connections refused, by reason and client (not acknowledged; the client may try again).",
             self.refused.clone(),
+        );
+        exporter.register(
+            "edgehub_messages_throttled",
+            "Total number of a leaf device's publishes taken late because it sent past its rate (--device-send-limit).",
+            self.throttled.clone(),
         );
         exporter.register(
             "edgehub_message_size_bytes",

@@ -10,6 +10,7 @@
 //! | [`journal`] | the durable store of the module queues, replayed after a restart |
 //! | [`durable`] | what the journal and the `$upstream` store share |
 //! | [`twin`] | module and device twins |
+//! | [`throttle`] | traffic shaping of what each leaf device publishes |
 //! | [`metrics`] | its Prometheus metrics, under IoT Edge's edgeHub names |
 
 pub mod broker;
@@ -19,4 +20,5 @@ pub mod hub;
 pub mod hub_message;
 pub mod journal;
 pub mod metrics;
+pub mod throttle;
 pub mod twin;

@@ -7,7 +7,12 @@
 //! cargo build --release --workspace
 //! cargo bench -p e2e-tests --bench pipeline -- [--runs 3] [--devices 100] [--messages 200000]
 //!     [--window 4000] [--rate 2000] [--paced-secs 15] [--hub-window N] [--row-mode 1]
+//!     [--sample-secs S]
 //! ```
+//!
+//! A soak: `--paced-secs 1800 --sample-secs 60` prints, every minute of the paced phase, the
+//! resident memory of each module and of this process (edgeHub, its stores and the load),
+//! and the size of the runtime's state folder.
 //!
 //! Per run (a fresh runtime each):
 //! 1. paced: `--rate` leaf messages/s for `--paced-secs`; latency leaf → RUL message
@@ -414,6 +419,38 @@ fn print_cores(title: &str, c: &[(String, f64)]) {
     }
 }
 
+/// One line of a soak: seconds into the paced phase, messages sent, resident MB of each
+/// module and of this process, MB of the runtime's state folder.
+fn print_sample(p: &Pipeline, secs: u64, sent: usize) -> Result<()> {
+    let u = usage(p)?;
+    let mb = |kib: u64| kib as f64 / 1024.0;
+    let modules: Vec<String> = MODULES
+        .iter()
+        .map(|m| format!("{m} {:.1}", mb(u.modules[m].rss_kib)))
+        .collect();
+    println!(
+        "  soak {secs:>5} s {sent:>8} sent: VmRSS MB {}, bench process (edgeHub + load) {:.1}; state {:.1} MB",
+        modules.join(", "),
+        mb(u.me.rss_kib),
+        dir_bytes(p.state()) as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
 fn print_memory(u: &Usage) {
     for m in MODULES {
         let s = u.modules[m];
@@ -503,8 +540,14 @@ async fn run(k: u64) -> Result<RunResult> {
     let paced = warmup..warmup + paced_n;
     let before = usage(&p)?;
     let t0 = tokio::time::Instant::now();
+    let sample_every = Duration::from_secs(arg("--sample-secs", 0));
+    let mut next_sample = t0;
     for (i, n) in paced.clone().enumerate() {
         let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
+        if !sample_every.is_zero() && due >= next_sample {
+            print_sample(&p, (due - t0).as_secs(), n - warmup)?;
+            next_sample += sample_every;
+        }
         tokio::time::sleep_until(due).await;
         window.acquire().await?.forget();
         leaves.send(n, &ledger);

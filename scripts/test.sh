@@ -34,6 +34,7 @@ export ORT_GPU_DYLIB_PATH REQUIRE_ORT_GPU=1
 
 step "format and lints"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "build"
@@ -41,6 +42,9 @@ cargo build --workspace --locked
 
 step "rust tests"
 cargo test --workspace --locked
+
+step "fuzzing smoke run: ${FUZZ_SECONDS:-15} s per target (scripts/fuzz.sh; longer runs: scripts/fuzz.sh 600)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 
 step "Azure IoT Python SDK conformance (tests/sdk; uses port 8883), reference Avro readers (tests/avro)"
 "$PY" -m pytest tests/sdk tests/avro -q -p no:cacheprovider

@@ -34,7 +34,7 @@ for t in "${TARGETS[@]}"; do
         printf 'fuzz: %s failed; its input is in fuzz/artifacts/%s/\n' "$t" "$t" >&2
         exit 1
     fi
-    runs="$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | tail -n 1)"
-    cov="$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -n 1)"
+    runs="$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | tail -n 1 || true)"
+    cov="$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -n 1 || true)"
     printf 'fuzz: %-14s %s (%s; corpus %s inputs)\n' "$t" "${runs:-?}" "${cov:-?}" "$(ls "$SCRATCH/$t" | wc -l)"
 done

@@ -96,11 +96,16 @@ pub struct EngineHistory {
     scored: [Prediction; ANSWERS_KEPT],
 }
 
-const UNSCORED: Prediction = Prediction {
-    rul: f32::NAN,
-    low: f32::NAN,
-    high: f32::NAN,
-};
+const UNSCORED: Prediction = Prediction::NONE;
+
+impl Prediction {
+    /// No answer (NaN): recorded, it leaves the cycle unanswered.
+    pub const NONE: Prediction = Prediction {
+        rul: f32::NAN,
+        low: f32::NAN,
+        high: f32::NAN,
+    };
+}
 
 impl PartialEq for EngineHistory {
     /// Field by field, floats by their bits (an unscored slot's NaN equals itself).

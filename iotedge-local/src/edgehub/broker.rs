@@ -223,7 +223,19 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
                         if !wait.is_zero() {
                             deliver(&mut acked);
                             hub.prometheus.throttled(device);
-                            tokio::time::sleep(wait).await;
+                            // What ends the connection ends the wait too (a message taken
+                            // after a takeover would be acknowledged to no one).
+                            let ended = tokio::select! {
+                                _ = &mut closed => Some(CLOSED_BY_HUB),
+                                _ = &mut token_expired => Some(TOKEN_EXPIRED),
+                                _ = &mut stop => Some(STOPPING),
+                                () = tokio::time::sleep(wait) => None,
+                            };
+                            if ended.is_some() {
+                                break ended;
+                            }
+                            // The device was sending all along: its keep-alive holds.
+                            heard = tokio::time::Instant::now();
                         }
                     }
                     if let Err(why) = session.publish(p) {
@@ -251,9 +263,9 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
             break why;
         }
         tokio::select! {
-            _ = &mut closed => break "closed by the hub (session taken over or protocol error)",
-            _ = &mut token_expired => break "SAS token expired",
-            _ = &mut stop => break "runtime stopping",
+            _ = &mut closed => break CLOSED_BY_HUB,
+            _ = &mut token_expired => break TOKEN_EXPIRED,
+            _ = &mut stop => break STOPPING,
             _ = &mut silent => {
                 if heard.elapsed() >= keep_alive {
                     break "keep-alive expired";
@@ -283,6 +295,13 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, hub: Arc<Hub>) {
         writer.abort();
     }
 }
+
+/// Why a connection ended, as logged.
+const CLOSED_BY_HUB: &str = "closed by the hub (session taken over or protocol error)";
+/// See [`CLOSED_BY_HUB`].
+const TOKEN_EXPIRED: &str = "SAS token expired";
+/// See [`CLOSED_BY_HUB`].
+const STOPPING: &str = "runtime stopping";
 
 /// How long a closing connection's writer may take to flush what is queued.
 const WRITER_GRACE: Duration = Duration::from_secs(5);

@@ -315,9 +315,20 @@ pub fn count_on_disk(root: &Path) -> io::Result<(u64, u64)> {
     let mut lines = 0;
     match std::fs::read_dir(root.join(QUARANTINE_DIR)) {
         Ok(dir) => {
-            for e in dir.flatten() {
-                let bytes = std::fs::read(e.path())?;
-                lines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            for e in dir
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            {
+                let mut r = io::BufReader::new(std::fs::File::open(e.path())?);
+                loop {
+                    let buf = io::BufRead::fill_buf(&mut r)?;
+                    if buf.is_empty() {
+                        break;
+                    }
+                    lines += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+                    let n = buf.len();
+                    io::BufRead::consume(&mut r, n);
+                }
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}

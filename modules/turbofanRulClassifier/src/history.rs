@@ -128,7 +128,21 @@ pub fn score_batch(
             answers.push(match (r, rows, &predictions) {
                 (Err(e), _, _) => Err(e.clone()),
                 (Ok(_), Err(e), _) => Err(e),
-                (Ok(_), Ok(_), Err(e)) => Err(e.to_string()),
+                (Ok((_, device, _)), Ok(rows), Err(e)) => {
+                    // The rows moved their histories on all the same: logged, unanswered,
+                    // so a restart has the histories the module had.
+                    for row in rows {
+                        if let Pending::Model { record: true, .. } = row.pending {
+                            changes.push(Change {
+                                device: (*device).into(),
+                                cycle: row.cycle,
+                                sensors: row.sensors,
+                                prediction: Prediction::NONE,
+                            });
+                        }
+                    }
+                    Err(e.to_string())
+                }
                 (Ok((req, device, _)), Ok(rows), Ok(p)) => {
                     let mut written = Vec::with_capacity(rows.len());
                     for row in rows {

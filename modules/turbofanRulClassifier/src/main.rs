@@ -62,6 +62,8 @@ pub struct Shared {
     /// Where each batch's history changes go before it is acknowledged (none without a
     /// state file).
     log: Option<Mutex<state::ChangeLog>>,
+    /// Held while a snapshot is written: one at a time.
+    saving: Mutex<()>,
     /// The change log could not be written at the last try (warned once until it can).
     log_failing: AtomicBool,
     /// Histories changed since the last snapshot.
@@ -360,7 +362,7 @@ async fn snapshot(s: &Arc<Shared>, path: &std::path::Path) {
     let (s2, p) = (s.clone(), path.to_path_buf());
     let started = std::time::Instant::now();
     let saved = tokio::task::spawn_blocking(move || match &s2.log {
-        Some(log) => state::save(&s2.store, log, &p),
+        Some(log) => state::save(&s2.store, log, &s2.saving, &p),
         None => Ok(0),
     });
     match saved.await {
@@ -472,6 +474,7 @@ async fn main() {
         history_info: history_info.clone(),
         store: Mutex::new(store),
         log: change_log,
+        saving: Mutex::new(()),
         log_failing: AtomicBool::new(false),
         dirty: AtomicBool::new(false),
         max_devices: AtomicUsize::new(MAX_DEVICES),

@@ -38,6 +38,8 @@ pub struct ChangeLog {
     path: PathBuf,
     number: u64,
     file: File,
+    /// Bytes of whole records in the file.
+    len: u64,
     buf: Vec<u8>,
 }
 
@@ -47,16 +49,20 @@ impl ChangeLog {
             .create(true)
             .append(true)
             .open(log_path(path, number))?;
+        let len = file.metadata()?.len();
         Ok(ChangeLog {
             path: path.to_path_buf(),
             number,
             file,
+            len,
             buf: Vec::with_capacity(8 << 10),
         })
     }
 
     /// Writes `changes` in one write: each record is whole or, after a crash mid-write,
-    /// torn at the end of the log, where replay stops.
+    /// torn at the end of the log, where replay stops. A write that fails is cut off (or,
+    /// if even that fails, the log moves on to the next number), so nothing written later
+    /// sits behind a torn record.
     pub fn append(&mut self, changes: &[Change]) -> std::io::Result<()> {
         if changes.is_empty() {
             return Ok(());
@@ -65,7 +71,22 @@ impl ChangeLog {
         for c in changes {
             c.encode(&mut self.buf);
         }
-        self.file.write_all(&self.buf)
+        match self.file.write_all(&self.buf) {
+            Ok(()) => {
+                self.len += self.buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                if self.file.set_len(self.len).is_err() {
+                    if let Some(next) = self.number.checked_add(1) {
+                        if let Ok(moved) = ChangeLog::create(&self.path, next) {
+                            *self = moved;
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -96,7 +117,10 @@ pub fn open(path: &Path, max_devices: usize, idle_secs: u64) -> std::io::Result<
         }
     }
     let first_log = first_log.unwrap_or(0);
-    let next = logs.last().map_or(first_log, |n| n + 1).max(first_log);
+    let next = match logs.last() {
+        Some(n) => n.checked_add(1).ok_or_else(exhausted)?.max(first_log),
+        None => first_log,
+    };
     let log = ChangeLog::create(path, next)?;
     write_snapshot(&store, path, next)?;
     remove_logs_before(path, next);
@@ -105,6 +129,12 @@ pub fn open(path: &Path, max_devices: usize, idle_secs: u64) -> std::io::Result<
         log,
         replayed,
     })
+}
+
+fn exhausted() -> std::io::Error {
+    std::io::Error::other(
+        "history log numbers are exhausted: delete the state folder's *.log.* files",
+    )
 }
 
 /// The snapshot at `path` and the first log it does not hold (none for a snapshot of an
@@ -136,7 +166,8 @@ fn read_snapshot(
             match n {
                 Some(n) => Some(n),
                 None => {
-                    tracing::warn!(path = %path.display(), "the history state file's first line is damaged: histories start empty");
+                    let aside = set_aside(path);
+                    tracing::warn!(path = %path.display(), aside = %aside.display(), "the history state file's first line is damaged: histories start empty (the file is kept aside)");
                     return None;
                 }
             }
@@ -149,7 +180,8 @@ fn read_snapshot(
             Some((s, first_log))
         }
         Err(e) => {
-            tracing::warn!(path = %path.display(), "{e}: histories start empty (the file is replaced)");
+            let aside = set_aside(path);
+            tracing::warn!(path = %path.display(), aside = %aside.display(), "{e}: histories start empty (the file is kept aside)");
             None
         }
     }
@@ -172,18 +204,21 @@ fn replay(path: &Path, store: &mut HistoryStore) -> std::io::Result<usize> {
 }
 
 /// Writes a snapshot of `store` to `path`: under the store's lock the log moves on; the file
-/// goes to `<path>.tmp`, is synced and renamed; then the logs it holds are deleted. Returns
-/// the devices written.
+/// goes to `<path>.tmp`, is synced and renamed; then the logs it holds are deleted. One save
+/// at a time (`saving`): two would share the temporary file, and the later rename could
+/// name a log the other already deleted. Returns the devices written.
 pub fn save(
     store: &Mutex<HistoryStore>,
     log: &Mutex<ChangeLog>,
+    saving: &Mutex<()>,
     path: &Path,
 ) -> std::io::Result<usize> {
+    let _one = saving.lock().unwrap_or_else(|p| p.into_inner());
     let mut bytes = Vec::new();
     let (devices, next) = {
         let s = store.lock().unwrap_or_else(|p| p.into_inner());
         let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-        let next = log.number + 1;
+        let next = log.number.checked_add(1).ok_or_else(exhausted)?;
         let moved = ChangeLog::create(&log.path, next)?;
         s.save(&mut bytes).map_err(std::io::Error::other)?;
         *log = moved;
@@ -245,6 +280,18 @@ fn remove_logs_before(path: &Path, next: u64) {
             }
         }
     }
+}
+
+/// Renames an unreadable snapshot to `<file>.unreadable` (replacing an earlier one), so the
+/// next snapshot does not overwrite it; returns the name.
+fn set_aside(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".unreadable");
+    let aside = PathBuf::from(p);
+    if let Err(e) = std::fs::rename(path, &aside) {
+        tracing::warn!(path = %path.display(), "cannot keep the unreadable state file aside: {e}");
+    }
+    aside
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
@@ -322,7 +369,7 @@ mod tests {
         assert_eq!((o.store.len(), o.replayed, o.log.number), (0, 0, 0));
         let (store, log) = (Mutex::new(o.store), Mutex::new(o.log));
         run(&store, &log, "a", 1..=10);
-        assert_eq!(save(&store, &log, &path).unwrap(), 1);
+        assert_eq!(save(&store, &log, &Mutex::new(()), &path).unwrap(), 1);
         assert!(!tmp_path(&path).exists());
         assert_eq!(
             log_numbers(&path).unwrap(),

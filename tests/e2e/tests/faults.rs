@@ -9,6 +9,10 @@
 //! The runtime is restarted twice: between two runs of the devices, and while they send
 //! ([`a_runtime_restart_under_load_loses_no_acknowledged_message`]: edgeHub's journaled
 //! module queues and the clients' resends account for every message).
+//!
+//! [`a_full_disk_budget_held_past_the_ttl_loses_nothing_unaccounted`] keeps the upload
+//! target away longer than the deployment's time-to-live with a small `MaxDiskMB`: each
+//! message then has its Avro record or is counted by edgeHub as expired.
 
 use e2e::pipeline::{self, wait_for};
 use e2e::{Pipeline, Tally, Uploads, CLASSIFIER, MODULES, ROUTER, WRITER};
@@ -365,5 +369,123 @@ async fn a_runtime_restart_under_load_loses_no_acknowledged_message() {
     let restarts = [restart_at];
     assert_redeliveries("RUL messages", &rul_tally, &sent, &restarts);
     assert_redeliveries("Avro records", &avro_tally, &sent, &restarts);
+    p.shutdown().await;
+}
+
+/// The upload target down longer than the deployment's time-to-live, with a small disk
+/// budget: the writer's archive fills to `MaxDiskMB`, it stops taking input, edgeHub keeps
+/// the writer's messages for `timeToLiveSecs` and then drops them. Every acknowledged
+/// message must have come out as an Avro record or been counted as expired (in edgeHub's
+/// endpoint status and in its metrics), never both; the RUL messages, on a path the outage
+/// does not touch, must all arrive; and once the target is back the writer takes input
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_budget_held_past_the_ttl_loses_nothing_unaccounted() {
+    const TTL_SECS: u64 = 4;
+    let started = Instant::now();
+    let mut manifest = pipeline::deployment_manifest(&[]).expect("the deployment manifest");
+    manifest["modulesContent"]["$edgeHub"]["properties.desired"]["storeAndForwardConfiguration"]
+        ["timeToLiveSecs"] = json!(TTL_SECS);
+    // A smaller in-flight window than the default 1,024, so that most of what the writer
+    // does not take waits in edgeHub's queue, where the time-to-live applies.
+    let mut p = Pipeline::start_with(&manifest, true, |o| o.window = 32)
+        .await
+        .expect("the runtime starts the manifest's modules");
+    ready(&p).await;
+    let mut uploads = Uploads::default();
+    // About 20 KiB: a few Avro files' worth.
+    p.patch_desired(WRITER, json!({"MaxDiskMB": 0.02})).unwrap();
+
+    // The upload target goes away; the devices send 300 messages over about 3 s.
+    let azurite = p.rt.azurite_pid().expect("Azurite runs");
+    pipeline::terminate(azurite).unwrap();
+    wait_for("Azurite to exit", Duration::from_secs(15), || {
+        Ok(pipeline::exited(azurite).then_some(()))
+    })
+    .await
+    .unwrap();
+    let log1 = p.dir().join("sent-1.jsonl");
+    let (_, run) = leaf_run(&p, &log1, 30, 10.0);
+    let run1 = sent_by(run, &log1).await;
+    let t = rul_messages(&p, &run1, Duration::from_secs(60)).await;
+    assert!(t.is_exact(), "RUL messages while the budget is full: {t}");
+    wait_for("DiskFull reported", Duration::from_secs(30), || {
+        Ok((p.reported(WRITER)["DiskFull"] == json!(true)).then_some(()))
+    })
+    .await
+    .unwrap();
+    // The outage outlasts the time-to-live: whatever waits in the writer's queue expires.
+    let held = wait_for(
+        "the writer's queue to expire",
+        Duration::from_secs(30),
+        || {
+            let s = p.rt.hub.endpoint_stats()[WRITER];
+            Ok((s.queued == 0 && s.expired > 0).then_some(s))
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(TTL_SECS)).await;
+    println!(
+        "budget past the TTL: at {:.1} s the writer's endpoint {held:?}; DiskFull; archive {:?}",
+        started.elapsed().as_secs_f64(),
+        p.archive_files().unwrap()
+    );
+
+    // The target is back: the quiet files are uploaded, the budget frees, input resumes.
+    p.rt.restart_azurite().await.expect("Azurite starts again");
+    wait_for("DiskFull cleared", Duration::from_secs(60), || {
+        Ok((p.reported(WRITER)["DiskFull"] == json!(false)).then_some(()))
+    })
+    .await
+    .unwrap();
+    let log2 = p.dir().join("sent-2.jsonl");
+    let (_, run) = leaf_run(&p, &log2, 2, 10.0);
+    let run2 = sent_by(run, &log2).await;
+    let mut sent = run1.clone();
+    sent.extend(run2.iter().cloned());
+    let t = rul_messages(&p, &sent, Duration::from_secs(30)).await;
+    assert!(t.is_exact(), "RUL messages: {t}");
+    // Waits for run 2's records and an empty archive (run 1's are counted below).
+    let t = avro_records(&p, &mut uploads, &run2, true, Duration::from_secs(90)).await;
+    assert!(
+        t.missing.is_empty() && t.extra_copies == 0,
+        "Avro records after the outage: {t}"
+    );
+
+    // Every message has one Avro record or was counted as expired.
+    let stats = p.rt.hub.endpoint_stats();
+    let expired = stats[WRITER].expired;
+    let cids: Vec<&str> = sent.iter().map(|s| s.correlation_id.as_str()).collect();
+    let t = avro_tally(&p, &mut uploads, &cids).await.unwrap();
+    let metrics = p.scrape("edgeHub", "/metrics").await.unwrap();
+    let counted = e2e::metrics::sum(
+        &metrics,
+        "edgehub_messages_dropped_total",
+        &[
+            ("reason", "ttl_expiry"),
+            ("from_route_output", "avroOutput"),
+        ],
+    );
+    println!(
+        "budget past the TTL: Avro records {t}; expired {expired} (metric {counted}); {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(expired > 0, "the outage must outlast the time-to-live");
+    assert!(
+        t.extra_copies == 0 && t.unexpected.is_empty(),
+        "Avro records: {t}"
+    );
+    assert_eq!(
+        t.missing.len() as u64,
+        expired,
+        "each message without an Avro record must have been counted as expired: {t}"
+    );
+    assert_eq!(counted as u64, expired, "edgeHub's metric counts each one");
+    assert_eq!(
+        MODULES.map(|m| stats[m].expired),
+        [0, 0, expired],
+        "only the writer's queue expired"
+    );
     p.shutdown().await;
 }

@@ -407,7 +407,12 @@ impl Pipeline {
             .dir()
             .join(format!("downloaded-{}.avro", uuid::Uuid::new_v4().simple()));
         std::fs::write(&copy, &bytes)?;
-        let records = read_file(&copy).map_err(|e| anyhow!("blob {blob}: {e}"));
+        let records = read_file(&copy)
+            .map_err(|e| anyhow!("blob {blob}: {e}"))
+            .and_then(|records| {
+                same_with_fastavro(&copy, &records).with_context(|| format!("blob {blob}"))?;
+                Ok(records)
+            });
         let _ = std::fs::remove_file(&copy);
         records
     }
@@ -430,6 +435,55 @@ impl Pipeline {
         }
         Ok(read)
     }
+}
+
+/// The correlation ids of each Avro file in `files`, in order, as fastavro reads them
+/// (`tests/avro/read_back.py`): a reader independent of the writer's, which fails on a
+/// torn or damaged block anywhere in a file. Needs the Python environment of
+/// `scripts/setup-python.sh`.
+pub fn fastavro_correlation_ids(files: &[PathBuf]) -> Result<BTreeMap<PathBuf, Vec<String>>> {
+    if files.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let root = repo_root();
+    let python = root.join(".venv/bin/python");
+    if !python.is_file() {
+        bail!(
+            "{} is missing: run scripts/setup-python.sh (fastavro reads the Avro files back)",
+            python.display()
+        );
+    }
+    let out = std::process::Command::new(&python)
+        .arg(root.join("tests/avro/read_back.py"))
+        .args(files)
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let read: BTreeMap<String, Vec<String>> =
+        serde_json::from_slice(&out.stdout).context("read_back.py printed no JSON")?;
+    Ok(read
+        .into_iter()
+        .map(|(f, ids)| (PathBuf::from(f), ids))
+        .collect())
+}
+
+/// Fails unless fastavro reads `file` whole and finds the records `records` in the same
+/// order.
+pub fn same_with_fastavro(file: &Path, records: &[ArchivedRecord]) -> Result<()> {
+    let read = fastavro_correlation_ids(&[file.to_path_buf()])?;
+    let theirs = read.into_values().next().unwrap_or_default();
+    let ours: Vec<&str> = records.iter().map(|r| r.correlation_id.as_str()).collect();
+    if theirs != ours {
+        bail!(
+            "{}: fastavro reads {} records, apache-avro {} (or in another order)",
+            file.display(),
+            theirs.len(),
+            ours.len()
+        );
+    }
+    Ok(())
 }
 
 /// Sends SIGKILL to process `pid`.

@@ -68,7 +68,7 @@ pub struct ModuleProcess {
 ///    runtime restarts the module.
 pub async fn start_module() -> ModuleProcess {
     if std::env::args().nth(1).as_deref() == Some("--health") {
-        match observe::probe() {
+        match observe::probe().await {
             Ok(()) => std::process::exit(0),
             Err(why) => {
                 eprintln!("not healthy: {why}");

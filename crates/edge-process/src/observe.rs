@@ -240,15 +240,12 @@ pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Stri
 
 /// The readiness probe of a container `HEALTHCHECK` (a module run as `<module> --health`):
 /// asks the endpoint `METRICS_ADDR` names; `Ok` if the process is ready.
-pub fn probe() -> Result<(), String> {
+pub async fn probe() -> Result<(), String> {
     let addr = addr_from_env()
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{METRICS_ADDR_VAR} is off: there is no health endpoint to ask"))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(get(addr, "/health/ready", Duration::from_secs(3)))
+    get(addr, "/health/ready", Duration::from_secs(3))
+        .await
         .map(|_| ())
 }
 

@@ -282,6 +282,26 @@ async fn check_metrics(p: &Pipeline, n: f64) {
     for m in MODULES {
         assert_eq!(p.scrape(m, "/health/live").await.unwrap(), "live\n");
         assert_eq!(p.scrape(m, "/health/ready").await.unwrap(), "ready\n");
+        // The image's HEALTHCHECK: the module's own binary run with --health asks it.
+        let health = |addr: String| {
+            std::process::Command::new(pipeline::module_bin_dir().unwrap().join(m))
+                .arg("--health")
+                .env("METRICS_ADDR", addr)
+                .output()
+                .unwrap()
+        };
+        let ok = health(p.rt.metrics[m].to_string());
+        assert_eq!(ok.status.code(), Some(0), "{m} --health: {ok:?}");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let nobody = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let down = health(nobody);
+        assert_eq!(
+            down.status.code(),
+            Some(1),
+            "{m} --health with nothing listening: {down:?}"
+        );
+        assert!(String::from_utf8_lossy(&down.stderr).contains("not healthy"));
         // Every module answers the operator's direct methods.
         let hub = &p.rt.hub;
         let t = Duration::from_secs(10);

@@ -4,7 +4,8 @@
 # and optionally runs the modules from it on the local runtime. For a machine without a
 # container engine: it exercises the image recipe and shows the modules work from that tree.
 #
-#   docker/assemble.sh [--bin-dir DIR] [--out DIR] [--gpu]          assemble only
+#   docker/assemble.sh [--bin-dir DIR] [--out DIR] [--gpu] [--parts DIR]
+#                                                                   assemble only
 #   docker/assemble.sh [--bin-dir DIR] [--out DIR] --run [--state DIR] [--manifest FILE]
 #                      [--runtime FILE]
 #                                                                   then run the manifest with
@@ -18,6 +19,9 @@
 #            module without a binary there is left out.
 # --runtime  iotedge-local for --run (default: the one in --bin-dir, else target/release).
 # --out      default: out/image-tree (out/image-tree-gpu with --gpu)
+# --parts    also write each module's own files (docker/rootfs.sh's rootfs/ and owned/) to
+#            DIR/<module>/, as the Dockerfiles' `prebuilt` stage takes them
+#            (docker/build-images.sh uses docker/prebuilt).
 # --gpu      the classifier's GPU image (docker/Dockerfile.amd64.gpu) instead: onnxruntime-gpu
 #            and NVIDIA's CUDA and cuDNN wheels (about 1.6 GB to download, cached in the out
 #            folder; 2.6 GB of tree).
@@ -38,12 +42,14 @@ RUN=0
 STATE=""
 MANIFEST="$ROOT/deployment.template.json"
 RT=""
+PARTS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin-dir) BIN_DIR="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --run) RUN=1; shift ;;
         --gpu) GPU=1; shift ;;
+        --parts) PARTS="$2"; shift 2 ;;
         --state) STATE="$2"; shift 2 ;;
         --manifest) MANIFEST="$2"; shift 2 ;;
         --runtime) RT="$2"; shift 2 ;;
@@ -112,17 +118,8 @@ if [ -x "$BIN_DIR/turbofanRulClassifier" ]; then
     ort_lib="$OUT/.ort/libonnxruntime.so"
 fi
 
-# ---- the emulated base image: distroless static's files the modules can touch ---------------
-base_tree() {
-    local d="$1"
-    mkdir -p "$d/etc/ssl/certs" "$d/tmp" "$d/home/nonroot"
-    chmod 1777 "$d/tmp"
-    printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:%s:%s:nonroot:/home/nonroot:/sbin/nologin\n' \
-        "$MODULE_UID" "$MODULE_UID" >"$d/etc/passwd"
-    printf 'root:x:0:\nnobody:x:65534:\nnonroot:x:%s:\n' "$MODULE_UID" >"$d/etc/group"
-    cp /etc/ssl/certs/ca-certificates.crt "$d/etc/ssl/certs/ca-certificates.crt"
-    if [ "$(id -u)" = 0 ]; then chown "$MODULE_UID:$MODULE_UID" "$d/home/nonroot"; fi
-}
+# ---- the emulated base image: distroless static's files, from the Debian packages -----------
+base_tree() { bash "$ROOT/docker/base-tree.sh" "$1"; }
 
 package_bytes() { # installed file bytes of Debian packages, without docs and manuals
     local p total=0 n
@@ -157,6 +154,11 @@ for m in "${MODULES[@]}"; do
     base_tree "$tree"
     cp -a "$work/rootfs/." "$tree/"
     cp -a "$work/owned/." "$tree/"
+    if [ -n "$PARTS" ]; then
+        rm -rf "${PARTS:?}/$m"
+        mkdir -p "$PARTS/$m"
+        cp -a "$work/rootfs" "$work/owned" "$PARTS/$m/"
+    fi
     if [ -d "$tree/avrofiles" ] && [ "$(id -u)" = 0 ]; then chown "$MODULE_UID:$MODULE_UID" "$tree/avrofiles"; fi
     module_bytes="$(du -sb "$work/rootfs" | cut -f1)"
     sizes="$sizes$sep\"$m\": {\"moduleBytes\": $module_bytes, \"imageBytesEstimate\": $((module_bytes + base_bytes))}"

@@ -23,7 +23,7 @@ if [ "${free_mb:-0}" -lt 4000 ]; then
         "$free_mb" "$TARGET" >&2
 fi
 
-step "python environment (.venv), Azurite and the GPU build of ONNX Runtime (.tools)"
+step "python environment (.venv), Azurite, the GPU build of ONNX Runtime (.tools), a container engine"
 PY="$(scripts/setup-python.sh)"
 scripts/setup-node.sh >/dev/null
 # The classifier and its tests load ONNX Runtime from the pinned wheel in .venv.
@@ -31,6 +31,10 @@ export ORT_DYLIB_PATH="$ROOT/.venv/lib/python3.11/site-packages/onnxruntime/capi
 # ONNX Runtime's GPU build (.tools/onnxruntime-gpu): the CUDA fallback test needs it.
 ORT_GPU_DYLIB_PATH="$(scripts/setup-onnxruntime-gpu.sh)"
 export ORT_GPU_DYLIB_PATH REQUIRE_ORT_GPU=1
+# A container engine (Docker if its daemon answers, else Podman, installed and its API
+# started): tests/deploy builds the module images with it and runs them.
+eval "$(scripts/setup-container-engine.sh)"
+export DOCKER_HOST REQUIRE_CONTAINER_ENGINE=1
 
 step "format and lints"
 cargo fmt --all -- --check
@@ -49,5 +53,5 @@ scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 step "Azure IoT Python SDK conformance (tests/sdk; uses port 8883), reference Avro readers (tests/avro)"
 "$PY" -m pytest tests/sdk tests/avro -q -p no:cacheprovider
 
-step "containers and deployment (tests/deploy: iotedgedev manifests, GPU and blob storage variants, KubeVirt, image trees, linkage)"
+step "containers and deployment (tests/deploy: iotedgedev manifests, GPU and blob storage variants, KubeVirt, image trees, the images built by the engine, linkage)"
 tests/deploy/run.sh

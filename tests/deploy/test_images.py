@@ -78,10 +78,17 @@ def test_the_four_dockerfiles_differ_only_in_their_header():
 def test_stages_cross_compile_and_the_image_only_copies_files():
     for p in PLATFORMS:
         s = stages(p)
-        assert list(s) == ["build", "image", "writer", "(final)"], p
-        assert s["build"][0].value[0] == "${RUST_IMAGE}"
-        # No RUN after the build stage: building an arm image needs no emulation.
-        for name in ("image", "writer", "(final)"):
+        assert list(s) == ["source", "prebuilt", "build", "image", "writer", "(final)"], p
+        assert s["source"][0].value[0] == "${RUST_IMAGE}"
+        # The build stage is the source build unless BUILD_FROM says prebuilt: the module's
+        # files laid out beforehand in docker/prebuilt (docker/build-images.sh --bases local).
+        assert header_args(p)["BUILD_FROM"] == "source"
+        assert s["build"][0].value[0] == "${BUILD_FROM}" and len(s["build"]) == 1
+        prebuilt = s["prebuilt"]
+        assert prebuilt[0].value[0] == "scratch"
+        assert [(c.cmd, c.value) for c in prebuilt[1:]] == [("COPY", ("docker/prebuilt/", "/out/"))]
+        # No RUN after the source stage: building an arm image needs no emulation.
+        for name in ("prebuilt", "build", "image", "writer", "(final)"):
             assert not [c for c in s[name] if c.cmd == "RUN"], (p, name)
         image = {c.cmd: c for c in s["image"]}
         assert image["FROM"].value[0] == "${BASE_IMAGE}"
@@ -155,9 +162,14 @@ def files_of(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink())
 
 
-def test_tree_has_the_image_layout(tree):
+def test_tree_has_the_image_layout(tree, tmp_path):
     libs = ["usr/lib/%s/%s" % (TRIPLE, n) for n in ("ld-linux-x86-64.so.2", "libc.so.6", "libgcc_s.so.1", "libm.so.6")]
-    base = ["etc/group", "etc/passwd", "etc/ssl/certs/ca-certificates.crt"]
+    # The base image's files (docker/base-tree.sh), what distroless static has.
+    subprocess.run(["bash", str(ROOT / "docker" / "base-tree.sh"), str(tmp_path / "base")], check=True)
+    base = set(files_of(tmp_path / "base"))
+    assert {"etc/group", "etc/passwd", "etc/ssl/certs/ca-certificates.crt", "etc/services",
+            "usr/share/zoneinfo/UTC", "etc/os-release"} <= base
+    assert not [f for f in base if f.startswith(("bin/", "usr/bin/", "sbin/", "usr/sbin/", "usr/share/doc/"))]
     for m in BUILT_MODULES:
         root = tree / m
         have = set(files_of(root))

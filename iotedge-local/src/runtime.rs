@@ -379,6 +379,13 @@ impl Runtime {
         for (i, m) in manifest.modules.iter().enumerate() {
             let generation_id = uuid::Uuid::new_v4().simple().to_string();
             let socket = layout::workload_socket(&state, &m.name);
+            let owner = m.user.as_deref().and_then(|u| {
+                let owner = workload::SocketOwner::parse(u);
+                if owner.is_none() {
+                    warn!(module = %m.name, user = u, "createOptions.User is not numeric: its workload socket stays the runtime user's");
+                }
+                owner
+            });
             tasks.push(
                 workload::serve(
                     socket.clone(),
@@ -388,6 +395,7 @@ impl Runtime {
                         keys: module_keys.clone(),
                         trust_bundle: tls.ca_pem.clone(),
                     },
+                    owner,
                 )
                 .await
                 .with_context(|| format!("workload socket {}", socket.display()))?,

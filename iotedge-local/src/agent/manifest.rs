@@ -54,6 +54,9 @@ pub struct ModuleSpec {
     pub binds: Vec<(String, String)>,
     /// `startupOrder`, lower first.
     pub startup_order: u32,
+    /// `createOptions.User` (`uid`, `uid:gid`, or a name), as written; the image's `USER`
+    /// applies when it is absent.
+    pub user: Option<String>,
 }
 
 /// When edgeAgent restarts a module that exited.
@@ -261,6 +264,11 @@ fn module_spec(name: &str, spec: &Value) -> Result<ModuleSpec, ManifestError> {
             }
         }
     }
+    let user = create
+        .get("User")
+        .and_then(Value::as_str)
+        .filter(|u| !u.trim().is_empty())
+        .map(str::to_owned);
     let startup_order = spec
         .get("startupOrder")
         .and_then(Value::as_u64)
@@ -273,6 +281,7 @@ fn module_spec(name: &str, spec: &Value) -> Result<ModuleSpec, ManifestError> {
         env,
         binds,
         startup_order,
+        user,
     })
 }
 
@@ -288,7 +297,7 @@ mod tests {
                     "env": {"A": {"value": "1"}, "B": {"value": 2}},
                     "settings": {"image": "${MODULES.avroFileWriter}",
                         "createOptions": "{\"HostConfig\":{\"Binds\":[\"/data/avrofiles:/avrofiles\",\"/etc/aziot/config.toml:/etc/aziot/config.toml:ro\"]}}"}},
-                "router": {"settings": {"image": "${MODULES.turbofanRouter}", "createOptions": {}}}
+                "router": {"settings": {"image": "${MODULES.turbofanRouter}", "createOptions": {"User": "65532:65532"}}}
             }}},
             "$edgeHub": {"properties.desired": {"schemaVersion": "1.1",
                 "routes": {"a": "FROM /* INTO $upstream", "b": {"route": "FROM /messages/* INTO $upstream", "priority": 0}},
@@ -317,6 +326,9 @@ mod tests {
             ]
         );
         assert_eq!(m.desired["router"]["RulThreshold"], json!(80));
+        assert_eq!(w.user, None);
+        let r = m.modules.iter().find(|m| m.name == "router").unwrap();
+        assert_eq!(r.user.as_deref(), Some("65532:65532"));
     }
 
     #[test]

@@ -101,16 +101,59 @@ async fn trust_bundle(State(w): State<Arc<ModuleWorkload>>) -> Response {
 /// Connections a module's workload API serves at once.
 pub const CONNECTIONS: usize = 16;
 
+/// The user a module runs as, numerically: whom its workload socket admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOwner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+impl SocketOwner {
+    /// A user as `createOptions.User` or an image's `USER` gives it: `uid` (its group the
+    /// same number, as distroless's `nonroot` 65532 has) or `uid:gid`. `None` for a name,
+    /// which only the container's own `/etc/passwd` can resolve.
+    pub fn parse(user: &str) -> Option<SocketOwner> {
+        let (u, g) = match user.trim().split_once(':') {
+            Some((u, g)) => (u, g),
+            None => (user.trim(), user.trim()),
+        };
+        Some(SocketOwner {
+            uid: u.parse().ok()?,
+            gid: g.parse().ok()?,
+        })
+    }
+}
+
 /// Serves the workload API of one module on `socket` (replacing a stale socket file).
+///
+/// The socket admits its module's user and only it (and root): mode 0600, owned by `owner`
+/// when given (a module that runs as another user than the runtime's, as a container's
+/// `USER 65532` does), else by the runtime's user (a module process it starts itself).
 pub async fn serve(
     socket: std::path::PathBuf,
     w: ModuleWorkload,
+    owner: Option<SocketOwner>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(o) = owner {
+        std::os::unix::fs::chown(&socket, Some(o.uid), Some(o.gid)).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot give the workload socket to user {}:{} ({e}): run the runtime as root, or remove the module's createOptions.User",
+                    o.uid, o.gid
+                ),
+            )
+        })?;
+    }
     let app = Router::new()
         .route("/modules/{module}/genid/{genid}/sign", post(sign))
         .route("/trust-bundle", get(trust_bundle))
@@ -123,4 +166,81 @@ pub async fn serve(
         edge_process::http::plain,
         make,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn users_parse_as_numbers_or_not_at_all() {
+        let o = |uid, gid| Some(SocketOwner { uid, gid });
+        assert_eq!(SocketOwner::parse("65532"), o(65532, 65532));
+        assert_eq!(SocketOwner::parse("1000:50"), o(1000, 50));
+        assert_eq!(SocketOwner::parse("nonroot"), None);
+        assert_eq!(SocketOwner::parse("1000:staff"), None);
+    }
+
+    /// Asks `socket`'s trust bundle as user `uid` (through `setpriv` and `curl`); whether
+    /// it was answered.
+    async fn answered_as(uid: u32, socket: &std::path::Path) -> bool {
+        let out = tokio::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "curl",
+                "-sf",
+                "--max-time",
+                "5",
+                "--unix-socket",
+            ])
+            .arg(socket)
+            .arg("http://workload/trust-bundle")
+            .output()
+            .await
+            .expect("setpriv (util-linux) and curl run");
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("PEM")
+    }
+
+    #[tokio::test]
+    async fn a_socket_admits_its_modules_user_and_no_other() {
+        if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+            eprintln!("skipped: acting as other users needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let keys = Arc::new(KeyStore::new(dir.path().join("keys.json")));
+        let w = |module: &str| ModuleWorkload {
+            module: module.into(),
+            generation_id: "g".into(),
+            keys: keys.clone(),
+            trust_bundle: "PEM".into(),
+        };
+        let owned = dir.path().join("router.sock");
+        let router = SocketOwner {
+            uid: 65532,
+            gid: 65532,
+        };
+        let a = serve(owned.clone(), w("router"), Some(router))
+            .await
+            .unwrap();
+        let meta = std::fs::metadata(&owned).unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, 65532));
+        assert!(answered_as(65532, &owned).await, "its module's user");
+        assert!(!answered_as(65533, &owned).await, "another user");
+
+        // No owner: the runtime's user only (a module process it starts itself).
+        let plain = dir.path().join("writer.sock");
+        let b = serve(plain.clone(), w("writer"), None).await.unwrap();
+        assert_eq!(std::fs::metadata(&plain).unwrap().mode() & 0o777, 0o600);
+        assert!(
+            !answered_as(65532, &plain).await,
+            "a user that is not the runtime's"
+        );
+        a.abort();
+        b.abort();
+    }
 }

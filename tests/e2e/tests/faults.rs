@@ -58,6 +58,17 @@ fn assert_redeliveries(what: &str, t: &Tally, sent: &[SentRecord], kills: &[Stri
     }
 }
 
+/// Stops Azurite (SIGTERM) and waits for it to exit.
+async fn stop_azurite(p: &Pipeline) {
+    let azurite = p.rt.azurite_pid().expect("Azurite runs");
+    pipeline::terminate(azurite).unwrap();
+    wait_for("Azurite to exit", Duration::from_secs(15), || {
+        Ok(pipeline::exited(azurite).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
 async fn start(azurite: bool) -> Pipeline {
     let manifest = pipeline::deployment_manifest(&[]).expect("the deployment manifest");
     let p = Pipeline::start(&manifest, azurite)
@@ -240,13 +251,7 @@ async fn every_message_is_accounted_for_through_module_kills_a_runtime_restart_a
     // Stopped, not killed: Azurite keeps blob metadata in memory and saves it every 5 s, so
     // SIGKILL can lose a blob it acknowledged a moment before (which Azure Storage never
     // does), and with it run 2's records.
-    let azurite = p.rt.azurite_pid().expect("Azurite runs");
-    pipeline::terminate(azurite).unwrap();
-    wait_for("Azurite to exit", Duration::from_secs(15), || {
-        Ok(pipeline::exited(azurite).then_some(()))
-    })
-    .await
-    .unwrap();
+    stop_azurite(&p).await;
     let uploaded_before = p.uploaded_blobs().unwrap().len();
     let failures_before = p.writer_counter("UploadFailures");
     println!(
@@ -397,13 +402,7 @@ async fn a_full_disk_budget_held_past_the_ttl_loses_nothing_unaccounted() {
     p.patch_desired(WRITER, json!({"MaxDiskMB": 0.02})).unwrap();
 
     // The upload target goes away; the devices send 300 messages over about 3 s.
-    let azurite = p.rt.azurite_pid().expect("Azurite runs");
-    pipeline::terminate(azurite).unwrap();
-    wait_for("Azurite to exit", Duration::from_secs(15), || {
-        Ok(pipeline::exited(azurite).then_some(()))
-    })
-    .await
-    .unwrap();
+    stop_azurite(&p).await;
     let log1 = p.dir().join("sent-1.jsonl");
     let (_, run) = leaf_run(&p, &log1, 30, 10.0);
     let run1 = sent_by(run, &log1).await;

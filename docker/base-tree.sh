@@ -16,10 +16,20 @@ fail() { echo "base-tree.sh: $*" >&2; exit 1; }
 MODULE_UID=65532
 PACKAGES=(base-files netbase tzdata ca-certificates media-types)
 
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || fail "packages not installed: ${missing[*]} (apt-get install ${missing[*]})"
+    echo "base-tree.sh: installing ${missing[*]} from Debian's packages" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
+        { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2; } ||
+        fail "could not install ${missing[*]}"
+fi
 rm -rf "$out"
 mkdir -p "$out"
 for p in "${PACKAGES[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || fail "package $p is not installed (apt-get install $p)"
     dpkg -L "$p" | while read -r f; do
         case "$f" in
             /usr/share/doc/* | /usr/share/man/* | /usr/share/info/* | /usr/share/lintian/* | \

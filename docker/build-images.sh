@@ -43,8 +43,16 @@ note() { printf 'build-images: %s\n' "$*" >&2; }
 fail() { note "$*"; exit 1; }
 case "$BASES" in local | registry) ;; *) fail "--bases is local or registry, not '$BASES'" ;; esac
 
-eval "$(scripts/setup-container-engine.sh)"
+engine="$(scripts/setup-container-engine.sh)" || fail "no container engine (scripts/setup-container-engine.sh said why)"
+eval "$engine"
 export DOCKER_HOST
+# Docker's classic builder builds every stage, `source` too (which pulls rust:…): a local build
+# needs BuildKit, which skips the stages the target does not use. Podman (Buildah) skips them.
+if [ "$BASES" = local ] && [ "$ENGINE" = docker ] && ! docker buildx version >/dev/null 2>&1; then
+    fail "--bases local needs BuildKit (docker buildx) with Docker, to skip the source stage; install the buildx plugin, or use Podman"
+fi
+# pip for ONNX Runtime's wheel (docker/ort-libs.sh): PYTHON, else the repo's .venv, else python3.
+if [ -z "${PYTHON:-}" ] && [ -x "$ROOT/.venv/bin/python" ]; then export PYTHON="$ROOT/.venv/bin/python"; fi
 # Limits for RUN steps (--bases registry) within the host's hard limits (Podman's defaults
 # are above them on some hosts).
 ULIMITS=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)")
@@ -62,7 +70,8 @@ if [ "$BASES" = local ]; then
     note "base image $BASE_IMAGE from Debian packages (docker/base-tree.sh)"
     ctx="$ROOT/out/base-image"
     bash docker/base-tree.sh "$ctx/rootfs"
-    printf 'FROM scratch\nCOPY rootfs/ /\n' >"$ctx/Containerfile"
+    # /home/nonroot belongs to the module user, as in distroless.
+    printf 'FROM scratch\nCOPY rootfs/ /\nCOPY --chown=65532:65532 rootfs/home/nonroot/ /home/nonroot/\n' >"$ctx/Containerfile"
     $ENGINE build -q "${FORMAT[@]}" -f "$ctx/Containerfile" -t "$BASE_IMAGE" "$ctx" >/dev/null
     if [ -z "$BIN_DIR" ]; then
         note "release build of the modules (cargo build --release)"

@@ -2,8 +2,7 @@
 # Makes a container engine available, idempotently, and prints for `eval` how to reach it:
 #
 #   ENGINE='podman --runtime runc'     the command line that builds and runs images
-#   DOCKER_HOST=unix:///…              its Docker Engine API (what iotedge-local's container
-#                                      mode and Docker clients talk to)
+#   DOCKER_HOST=unix:///…              its Docker Engine API (what Docker clients talk to)
 #
 #   eval "$(scripts/setup-container-engine.sh)"
 #
@@ -17,6 +16,18 @@ set -euo pipefail
 note() { printf 'setup-container-engine: %s\n' "$*" >&2; }
 fail() { note "$*"; exit 1; }
 
+install() { # Debian packages, as root
+    [ "$(id -u)" = 0 ] || fail "$* not installed: run as root, or apt-get install $*"
+    note "installing $* from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends "$@" >&2 ||
+        { apt-get update >&2 && apt-get install -y --no-install-recommends "$@" >&2; } ||
+        fail "could not install $*"
+}
+
+# curl asks the engines' API sockets.
+command -v curl >/dev/null || install curl ca-certificates
+
 answers() { # the Docker Engine API answers on unix socket $1
     curl -sf --max-time 5 --unix-socket "$1" http://engine/_ping >/dev/null 2>&1
 }
@@ -24,26 +35,21 @@ answers() { # the Docker Engine API answers on unix socket $1
 docker_sock="${DOCKER_HOST:-unix:///var/run/docker.sock}"
 docker_sock="${docker_sock#unix://}"
 # Docker: its client and a daemon answering on its socket (Podman's socket can be there too).
-if command -v docker >/dev/null && [ -S "$docker_sock" ] && answers "$docker_sock" &&
-    ! curl -sf --unix-socket "$docker_sock" http://engine/version 2>/dev/null | grep -qi podman; then
+version="$( { [ -S "$docker_sock" ] && curl -sf --max-time 5 --unix-socket "$docker_sock" http://engine/version; } 2>/dev/null || true)"
+if command -v docker >/dev/null && [ -n "$version" ] && [[ "$version" != *[Pp]odman* ]]; then
     printf "ENGINE='docker'\nDOCKER_HOST='unix://%s'\n" "$docker_sock"
     exit 0
 fi
 
 if ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
-    [ "$(id -u)" = 0 ] || fail "Podman is not installed: run as root, or apt-get install podman runc"
-    note "installing podman and runc from Debian's packages"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends podman runc >&2 ||
-        { apt-get update >&2 && apt-get install -y --no-install-recommends podman runc >&2; } ||
-        fail "could not install podman and runc"
+    install podman runc
 fi
 ENGINE="podman --runtime runc"
 
 dir=/run/turbofan-podman
 sock="$dir/podman.sock"
 if ! answers "$sock"; then
-    mkdir -p "$dir"
+    mkdir -p "$dir" || fail "cannot create $dir for Podman's API socket (run as root)"
     rm -f "$sock"
     note "starting the Docker-compatible API: podman system service on $sock (log $dir/service.log)"
     # --time=0: the service stays up (its default ends it after 5 s without requests).

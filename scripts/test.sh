@@ -33,7 +33,8 @@ ORT_GPU_DYLIB_PATH="$(scripts/setup-onnxruntime-gpu.sh)"
 export ORT_GPU_DYLIB_PATH REQUIRE_ORT_GPU=1
 # A container engine (Docker if its daemon answers, else Podman, installed and its API
 # started): tests/deploy builds the module images with it and runs them.
-eval "$(scripts/setup-container-engine.sh)"
+engine="$(scripts/setup-container-engine.sh)"
+eval "$engine"
 export DOCKER_HOST REQUIRE_CONTAINER_ENGINE=1
 
 step "format and lints"

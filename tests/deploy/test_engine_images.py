@@ -10,6 +10,7 @@ REQUIRE_CONTAINER_ENGINE=1 (scripts/test.sh sets it, after installing Podman) th
 import os
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -33,9 +34,11 @@ def engine():
 
 @pytest.fixture(scope="module")
 def images(engine):
+    # pip for ONNX Runtime's wheel: this environment's (a fresh Debian has none for python3).
+    env = dict(os.environ, PYTHON=sys.executable)
     proc = subprocess.run(["bash", str(ROOT / "docker" / "build-images.sh"), "--bin-dir", str(bin_dir()),
                            "--modules", " ".join(BUILT_MODULES)],
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=1200, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return load_json(ROOT / "out" / "images.json")
 

@@ -128,9 +128,12 @@ impl SocketOwner {
 
 /// Serves the workload API of one module on `socket` (replacing a stale socket file).
 ///
-/// The socket admits its module's user and only it (and root): mode 0600, owned by `owner`
-/// when given (a module that runs as another user than the runtime's, as a container's
-/// `USER 65532` does), else by the runtime's user (a module process it starts itself).
+/// The socket admits its module's user and only it (and root): mode 0600 in a folder only the
+/// runtime's user can enter (0700: no other user reaches it, not even before the mode is set),
+/// owned by `owner` when given (the module's `createOptions.User`, for a module that runs as
+/// another user than the runtime's, as a container would), else by the runtime's user (a
+/// module process it starts itself). A container is given its own socket file, not the folder.
+/// An owner the runtime cannot give it to (not root) is a warning: the socket stays its own.
 pub async fn serve(
     socket: std::path::PathBuf,
     w: ModuleWorkload,
@@ -139,20 +142,16 @@ pub async fn serve(
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     if let Some(o) = owner {
-        std::os::unix::fs::chown(&socket, Some(o.uid), Some(o.gid)).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot give the workload socket to user {}:{} ({e}): run the runtime as root, or remove the module's createOptions.User",
-                    o.uid, o.gid
-                ),
-            )
-        })?;
+        if let Err(e) = std::os::unix::fs::chown(&socket, Some(o.uid), Some(o.gid)) {
+            tracing::warn!(module = %w.module, uid = o.uid, gid = o.gid, error = %e,
+                "cannot give the workload socket to the module's createOptions.User (the runtime is not root): it stays the runtime user's");
+        }
     }
     let app = Router::new()
         .route("/modules/{module}/genid/{genid}/sign", post(sign))
@@ -227,6 +226,10 @@ mod tests {
         let a = serve(owned.clone(), w("router"), Some(router))
             .await
             .unwrap();
+        // The sockets' folder is the runtime's own; a container is given its socket file.
+        // Here the folder is opened to reach the sockets as other users.
+        assert_eq!(std::fs::metadata(dir.path()).unwrap().mode() & 0o777, 0o700);
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let meta = std::fs::metadata(&owned).unwrap();
         assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, 65532));
         assert!(answered_as(65532, &owned).await, "its module's user");
@@ -235,6 +238,7 @@ mod tests {
         // No owner: the runtime's user only (a module process it starts itself).
         let plain = dir.path().join("writer.sock");
         let b = serve(plain.clone(), w("writer"), None).await.unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(std::fs::metadata(&plain).unwrap().mode() & 0o777, 0o600);
         assert!(
             !answered_as(65532, &plain).await,

@@ -407,12 +407,13 @@ impl Pipeline {
             .dir()
             .join(format!("downloaded-{}.avro", uuid::Uuid::new_v4().simple()));
         std::fs::write(&copy, &bytes)?;
-        let records = read_file(&copy)
-            .map_err(|e| anyhow!("blob {blob}: {e}"))
-            .and_then(|records| {
-                same_with_fastavro(&copy, &records).with_context(|| format!("blob {blob}"))?;
-                Ok(records)
-            });
+        let records = match read_file(&copy) {
+            Ok(records) => same_with_fastavro(&copy, &records)
+                .await
+                .with_context(|| format!("blob {blob}"))
+                .map(|()| records),
+            Err(e) => Err(anyhow!("blob {blob}: {e}")),
+        };
         let _ = std::fs::remove_file(&copy);
         records
     }
@@ -441,7 +442,7 @@ impl Pipeline {
 /// (`tests/avro/read_back.py`): a reader independent of the writer's, which fails on a
 /// torn or damaged block anywhere in a file. Needs the Python environment of
 /// `scripts/setup-python.sh`.
-pub fn fastavro_correlation_ids(files: &[PathBuf]) -> Result<BTreeMap<PathBuf, Vec<String>>> {
+pub async fn fastavro_correlation_ids(files: &[PathBuf]) -> Result<BTreeMap<PathBuf, Vec<String>>> {
     if files.is_empty() {
         return Ok(BTreeMap::new());
     }
@@ -453,10 +454,11 @@ pub fn fastavro_correlation_ids(files: &[PathBuf]) -> Result<BTreeMap<PathBuf, V
             python.display()
         );
     }
-    let out = std::process::Command::new(&python)
+    let out = tokio::process::Command::new(&python)
         .arg(root.join("tests/avro/read_back.py"))
         .args(files)
         .output()
+        .await
         .with_context(|| format!("running {}", python.display()))?;
     if !out.status.success() {
         bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
@@ -471,8 +473,8 @@ pub fn fastavro_correlation_ids(files: &[PathBuf]) -> Result<BTreeMap<PathBuf, V
 
 /// Fails unless fastavro reads `file` whole and finds the records `records` in the same
 /// order.
-pub fn same_with_fastavro(file: &Path, records: &[ArchivedRecord]) -> Result<()> {
-    let read = fastavro_correlation_ids(&[file.to_path_buf()])?;
+pub async fn same_with_fastavro(file: &Path, records: &[ArchivedRecord]) -> Result<()> {
+    let read = fastavro_correlation_ids(&[file.to_path_buf()]).await?;
     let theirs = read.into_values().next().unwrap_or_default();
     let ours: Vec<&str> = records.iter().map(|r| r.correlation_id.as_str()).collect();
     if theirs != ours {

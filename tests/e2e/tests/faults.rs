@@ -386,7 +386,7 @@ async fn a_runtime_restart_under_load_loses_no_acknowledged_message() {
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_budget_held_past_the_ttl_loses_nothing_unaccounted() {
-    const TTL_SECS: u64 = 4;
+    const TTL_SECS: u64 = 8;
     let started = Instant::now();
     let mut manifest = pipeline::deployment_manifest(&[]).expect("the deployment manifest");
     manifest["modulesContent"]["$edgeHub"]["properties.desired"]["storeAndForwardConfiguration"]

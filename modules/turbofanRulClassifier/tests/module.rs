@@ -491,7 +491,17 @@ async fn history_mode_scores_each_engine_over_its_history_and_survives_kill_9() 
     let cid = ask(&probe, "engine-2", row).await;
     let (before_crash, _) = answer(&mut answers, &cid).await;
 
-    // kill -9 long before the next snapshot; edgeAgent restarts the module.
+    // kill -9 long before the next snapshot, once the module has acknowledged its input (an
+    // input not yet acknowledged would be redelivered, and answered twice: at-least-once);
+    // edgeAgent restarts the module.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while t.rt.hub.endpoint_stats()["turbofanRulClassifier"].in_flight > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "input never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let pid = t.rt.process_status()["turbofanRulClassifier"]
         .pid
         .expect("running");

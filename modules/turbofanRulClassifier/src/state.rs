@@ -331,6 +331,15 @@ mod tests {
         d
     }
 
+    /// A state file in a new folder `name`, opened: (folder, path, store, log).
+    fn opened(name: &str) -> (PathBuf, PathBuf, Mutex<HistoryStore>, Mutex<ChangeLog>) {
+        let dir = dir(name);
+        let path = dir.join("history.cbor");
+        check_writable(&path, true).unwrap();
+        let o = open(&path, 10, 3600).unwrap();
+        (dir, path, Mutex::new(o.store), Mutex::new(o.log))
+    }
+
     /// Scores `cycles` of device `d` into `store` and `log` as the module does.
     fn run(
         store: &Mutex<HistoryStore>,
@@ -395,11 +404,7 @@ mod tests {
 
     #[test]
     fn a_crash_between_moving_the_log_and_renaming_the_snapshot_replays_both_logs() {
-        let dir = dir("state-mid");
-        let path = dir.join("history.cbor");
-        check_writable(&path, true).unwrap();
-        let o = open(&path, 10, 3600).unwrap();
-        let (store, log) = (Mutex::new(o.store), Mutex::new(o.log));
+        let (dir, path, store, log) = opened("state-mid");
         run(&store, &log, "a", 1..=5);
         // The log moves on, then the process dies before the snapshot is renamed.
         {
@@ -414,12 +419,34 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_that_cannot_be_cut_back_moves_the_log_on() {
+        let (dir, path, store, log) = opened("state-full");
+        run(&store, &log, "a", 1..=3);
+        // The disk is full: the write fails, and so does cutting the log back (/dev/full
+        // cannot be truncated). The log moves on to the next number.
+        let number = log.lock().unwrap().number;
+        log.lock().unwrap().file = File::options().write(true).open("/dev/full").unwrap();
+        let lost = Change {
+            device: "a".into(),
+            cycle: 4,
+            sensors: [4.0; 9],
+            prediction: Prediction::NONE,
+        };
+        assert!(log.lock().unwrap().append(&[lost]).is_err());
+        assert_eq!(log.lock().unwrap().number, number + 1);
+        // Later batches go to the new log; a restart replays both logs, and nothing of the
+        // failed batch.
+        run(&store, &log, "b", 1..=2);
+        let again = open(&path, 10, 3600).unwrap();
+        assert_eq!(again.replayed, 5);
+        assert_eq!(again.store.get("a"), store.lock().unwrap().get("a"));
+        assert_eq!(again.store.get("b"), store.lock().unwrap().get("b"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_torn_log_a_broken_snapshot_and_an_earlier_format() {
-        let dir = dir("state-torn");
-        let path = dir.join("history.cbor");
-        check_writable(&path, true).unwrap();
-        let o = open(&path, 10, 3600).unwrap();
-        let (store, log) = (Mutex::new(o.store), Mutex::new(o.log));
+        let (dir, path, store, log) = opened("state-torn");
         run(&store, &log, "a", 1..=4);
         let mut f = std::fs::OpenOptions::new()
             .append(true)

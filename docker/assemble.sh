@@ -77,8 +77,6 @@ if [ "$GPU" = 1 ]; then
     MODULES=(turbofanRulClassifier)
     RUNTIME_PACKAGES+=("${GPU_EXTRA_PACKAGES[@]}")
 fi
-# What distroless static-debian12 is made of (for the size estimate and the emulated base).
-BASE_PACKAGES=(base-files netbase tzdata ca-certificates media-types)
 
 . /etc/os-release 2>/dev/null || true
 [ "${ID:-}" = debian ] && [ "${VERSION_ID:-}" = 12 ] ||
@@ -118,19 +116,9 @@ if [ -x "$BIN_DIR/turbofanRulClassifier" ]; then
     ort_lib="$OUT/.ort/libonnxruntime.so"
 fi
 
-# ---- the emulated base image: distroless static's files, from the Debian packages -----------
-base_tree() { bash "$ROOT/docker/base-tree.sh" "$1"; }
-
-package_bytes() { # installed file bytes of Debian packages, without docs and manuals
-    local p total=0 n
-    for p in "$@"; do
-        n="$(dpkg -L "$p" 2>/dev/null | while read -r f; do [ -f "$f" ] && [ ! -L "$f" ] && echo "$f"; done |
-            grep -v -E '^/usr/share/(doc|man|info|lintian)/' | tr '\n' '\0' | du -cb --files0-from=- 2>/dev/null | tail -n 1 | cut -f1)"
-        total=$((total + ${n:-0}))
-    done
-    echo "$total"
-}
-base_bytes="$(package_bytes "${BASE_PACKAGES[@]}")"
+# ---- the base image's files (distroless static's, from the Debian packages), once ------------
+bash "$ROOT/docker/base-tree.sh" "$OUT/.base"
+base_bytes="$(du -sb "$OUT/.base" | cut -f1)"
 
 # ---- one tree per module -----------------------------------------------------------------
 built=()
@@ -151,7 +139,7 @@ for m in "${MODULES[@]}"; do
     tree="$OUT/$m"
     rm -rf "$tree"
     mkdir -p "$tree"
-    base_tree "$tree"
+    cp -a "$OUT/.base/." "$tree/"
     cp -a "$work/rootfs/." "$tree/"
     cp -a "$work/owned/." "$tree/"
     if [ -n "$PARTS" ]; then
@@ -167,7 +155,7 @@ for m in "${MODULES[@]}"; do
     awk -v m="$m" -v a="$module_bytes" -v b="$base_bytes" 'BEGIN { printf "assemble: %-22s %5.1f MB of module files + %3.1f MB base = %5.1f MB (estimate)\n", m, a / 1e6, b / 1e6, (a + b) / 1e6 }' >&2
 done
 echo "$sizes}}" >"$OUT/sizes.json"
-rm -rf "$OUT/.work"
+rm -rf "$OUT/.work" "$OUT/.base"
 [ "${#built[@]}" -gt 0 ] || fail "no module binaries in $BIN_DIR"
 note "trees in $OUT (${built[*]}); sizes in $OUT/sizes.json"
 

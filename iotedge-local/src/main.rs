@@ -72,6 +72,8 @@ enum Command {
         /// device's connection more slowly (traffic shaping, as IoT Hub does). 0: no limit.
         #[arg(long, default_value_t = iotedge_local::edgehub::throttle::DEFAULT_UNITS_PER_SEC, value_name = "UNITS")]
         device_send_limit: u32,
+        #[command(flatten)]
+        containers: ContainerArgs,
     },
     /// Leaf devices in the registry.
     Device {
@@ -194,13 +196,52 @@ enum TwinCommand {
     },
 }
 
-fn parse_exec(items: &[String]) -> Result<HashMap<String, String>> {
+/// Container mode's options.
+#[derive(clap::Args)]
+struct ContainerArgs {
+    /// Run each module from its image in a container engine (Docker, or Podman's API), as
+    /// edgeAgent does, instead of as a local process.
+    #[arg(long)]
+    containers: bool,
+    /// The engine's API socket (default: DOCKER_HOST, else unix:///var/run/docker.sock).
+    #[arg(long, value_name = "URI", requires = "containers")]
+    engine: Option<String>,
+    /// The images docker/build-images.sh built (out/images.json), for the manifest's
+    /// ${MODULES.x} placeholders.
+    #[arg(long, value_name = "FILE", requires = "containers")]
+    images: Option<PathBuf>,
+    /// The image to run for MODULE (over --images and the manifest).
+    #[arg(long, value_name = "MODULE=IMAGE", requires = "containers")]
+    image: Vec<String>,
+}
+
+impl ContainerArgs {
+    fn mode(self) -> Result<Option<iotedge_local::agent::container::ContainerMode>> {
+        use iotedge_local::agent::container::ContainerMode;
+        if !self.containers {
+            return Ok(None);
+        }
+        let mut mode = ContainerMode {
+            engine: self.engine.unwrap_or_else(ContainerMode::default_engine),
+            ..Default::default()
+        };
+        if let Some(f) = &self.images {
+            mode.read_images_file(f).map_err(anyhow::Error::msg)?;
+        }
+        for (module, image) in parse_pairs(&self.image, "--image", "MODULE=IMAGE")? {
+            mode.images.insert(module, image);
+        }
+        Ok(Some(mode))
+    }
+}
+
+fn parse_pairs(items: &[String], flag: &str, form: &str) -> Result<HashMap<String, String>> {
     items
         .iter()
         .map(|s| {
             s.split_once('=')
                 .map(|(m, c)| (m.to_owned(), c.to_owned()))
-                .with_context(|| format!("--exec '{s}' must be MODULE=COMMAND"))
+                .with_context(|| format!("{flag} '{s}' must be {form}"))
         })
         .collect()
 }
@@ -234,6 +275,7 @@ async fn run(cli: Cli) -> Result<()> {
             metrics,
             queue_memory_mb,
             device_send_limit,
+            containers,
         } => {
             let mut opts = Options::new(manifest, &state);
             opts.queue_memory = queue_memory_mb.saturating_mul(1024 * 1024);
@@ -243,10 +285,11 @@ async fn run(cli: Cli) -> Result<()> {
             opts.device_id = device_id;
             opts.gateway_hostname = gateway_hostname;
             opts.bin_dir = bin_dir;
-            opts.exec = parse_exec(&exec)?;
+            opts.exec = parse_pairs(&exec, "--exec", "MODULE=COMMAND")?;
             opts.skip = skip;
             opts.azurite = azurite;
             opts.metrics = edge_process::observe::parse_addr(Some(&metrics))?;
+            opts.containers = containers.mode()?;
             let rt = Runtime::start(opts).await?;
             for (name, addr) in &rt.metrics {
                 eprintln!("iotedge-local: {name} metrics on http://{addr}/metrics");

@@ -1,8 +1,9 @@
 //! Assembles the runtime from a manifest: state folder, identities, TLS, edgeHub, workload
 //! sockets, edgeAgent, management API.
 
-use crate::agent::manifest::Manifest;
-use crate::agent::{self, Agent, Launch};
+use crate::agent::container::{self, ContainerMode, ContainerSpec, Engine, ImageFacts};
+use crate::agent::manifest::{Manifest, ModuleSpec};
+use crate::agent::{self, Agent, Launch, Program};
 use crate::control;
 use crate::edgehub::broker;
 use crate::edgehub::endpoint;
@@ -14,6 +15,7 @@ use crate::workload::{self, certs};
 use anyhow::{bail, Context, Result};
 use edge_process::observe::{self, Exporter};
 use runtime_state::{layout, KeyStore};
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -67,6 +69,9 @@ pub struct Options {
     /// `METRICS_ADDR=off`). Each module gets the next port (port 0: a free one each), unless
     /// its manifest `env` sets `METRICS_ADDR`.
     pub metrics: Option<SocketAddr>,
+    /// Run each module from its image in a container engine, as edgeAgent does, instead of
+    /// as a local process.
+    pub containers: Option<ContainerMode>,
 }
 
 impl Options {
@@ -91,8 +96,152 @@ impl Options {
             azurite: None,
             upload_container: "avrofiles".into(),
             metrics: None,
+            containers: None,
         }
     }
+}
+
+/// How the modules of a manifest run: processes from binaries here, or containers.
+enum Modules {
+    Processes(HashMap<String, Program>),
+    Containers {
+        engine: Arc<Engine>,
+        images: HashMap<String, (String, ImageFacts)>,
+    },
+}
+
+/// Finds what each module to start runs, before anything starts: its program, or (container
+/// mode) its image in the engine; every problem at once.
+async fn resolve_modules(opts: &Options, manifest: &Manifest) -> Result<Modules> {
+    let wanted = manifest
+        .modules
+        .iter()
+        .filter(|m| !opts.skip.contains(&m.name) && m.status == "running" && opts.start_modules);
+    let mut problems = Vec::new();
+    let modules = match &opts.containers {
+        None => {
+            let bin_dir = match &opts.bin_dir {
+                Some(d) => d.clone(),
+                None => std::env::current_exe()?
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+            };
+            let mut programs = HashMap::new();
+            for m in wanted {
+                match agent::resolve_program(&m.name, &m.image, opts.exec.get(&m.name), &bin_dir) {
+                    Ok(p) => {
+                        programs.insert(m.name.clone(), p);
+                    }
+                    Err(e) => problems.push(e),
+                }
+            }
+            Modules::Processes(programs)
+        }
+        Some(mode) => {
+            let engine = Arc::new(Engine::connect(&mode.engine).await.map_err(anyhow::Error::msg)?);
+            info!(engine = %engine.description, gpu = engine.gpu, "container mode");
+            let mut images = HashMap::new();
+            for m in wanted {
+                if opts.exec.contains_key(&m.name) {
+                    problems.push(format!("module '{}': --exec runs a process; in container mode a module runs its image (--image {}=IMAGE)", m.name, m.name));
+                    continue;
+                }
+                let gpu = m
+                    .create_options
+                    .pointer("/HostConfig/DeviceRequests")
+                    .and_then(Value::as_array)
+                    .is_some_and(|r| !r.is_empty());
+                if gpu && !engine.gpu {
+                    problems.push(format!("module '{}' asks for a GPU (createOptions.HostConfig.DeviceRequests) and the container engine ({}) has no GPU runtime (nvidia): run the CPU manifest (deployment.template.json) here, or this one on a machine with the NVIDIA container toolkit", m.name, engine.description));
+                    continue;
+                }
+                let facts = match mode.image_for(&m.name, &m.image) {
+                    Ok(image) => engine.image(&image).await.map(|f| (image, f)),
+                    Err(e) => Err(e),
+                };
+                match facts {
+                    Ok(f) => {
+                        images.insert(m.name.clone(), f);
+                    }
+                    Err(e) => problems.push(format!("module '{}': {e}", m.name)),
+                }
+            }
+            Modules::Containers { engine, images }
+        }
+    };
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    Ok(modules)
+}
+
+/// A module's container: its create body from the manifest's createOptions, binds mapped
+/// into the state folder and given to the module's user, as preparing a device does.
+fn container_spec(
+    state: &Path,
+    m: &ModuleSpec,
+    engine: &Arc<Engine>,
+    (image, facts): (String, ImageFacts),
+    env: &[(String, String)],
+    owner: Option<workload::SocketOwner>,
+    gateway_hostname: &str,
+) -> Result<ContainerSpec> {
+    let mut binds = Vec::new();
+    let written = m
+        .create_options
+        .pointer("/HostConfig/Binds")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for b in written.iter().filter_map(Value::as_str) {
+        let Some((host, inside, options)) = container::split_bind(b) else {
+            bail!("module '{}': bind '{b}' is not /host/path:/container/path[:options]", m.name);
+        };
+        let local = bind_dir(state, host, inside)?;
+        if let Some(o) = owner {
+            if let Err(e) = container::give_to(&local, o.uid, o.gid) {
+                warn!(module = %m.name, path = %local.display(), error = %e, "cannot give the bind to the module's user; it may not be able to use it");
+            }
+        }
+        binds.push(match options {
+            Some(o) => format!("{}:{inside}:{o}", local.display()),
+            None => format!("{}:{inside}", local.display()),
+        });
+    }
+    let name = container::container_name(state, &m.name);
+    let labels = BTreeMap::from([
+        (container::STATE_LABEL.to_owned(), state.display().to_string()),
+        (container::MODULE_LABEL.to_owned(), m.name.clone()),
+    ]);
+    let extra_hosts = if gateway_hostname == "localhost" {
+        vec![]
+    } else {
+        vec![format!("{gateway_hostname}:127.0.0.1")]
+    };
+    let (body, notes) = container::create_body(
+        &m.create_options,
+        container::Additions {
+            image: &image,
+            env,
+            binds,
+            workload_socket: &layout::workload_socket(state, &m.name),
+            labels,
+            ulimits: container::host_ulimits(),
+            extra_hosts,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("module '{}': {e}", m.name))?;
+    for n in notes {
+        info!(module = %m.name, "{n}");
+    }
+    Ok(ContainerSpec {
+        engine: engine.clone(),
+        name,
+        image,
+        body,
+        healthcheck: facts.healthcheck,
+    })
 }
 
 /// A running runtime.
@@ -131,6 +280,9 @@ const PASS_THROUGH: [&str; 9] = [
     "ORT_DYLIB_PATH",
     "PYTHONPATH",
 ];
+
+/// What a container's environment takes from the runtime's: the log settings.
+const LOG_SETTINGS: [&str; 2] = ["RUST_LOG", "RUST_BACKTRACE"];
 
 /// Writes the edge device's identity where IoT Edge keeps it (1.2+ `config.toml`, 1.1
 /// `config.yaml`), under the bind folders, so a module that bind-mounts the file finds it.
@@ -239,29 +391,11 @@ impl Runtime {
         }
         let hub = Arc::new(hub);
 
-        // Check every program before starting anything.
-        let bin_dir = match &opts.bin_dir {
-            Some(d) => d.clone(),
-            None => std::env::current_exe()?
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
-        };
-        let mut programs = HashMap::new();
-        let mut problems = Vec::new();
-        for m in &manifest.modules {
-            if opts.skip.contains(&m.name) || m.status != "running" || !opts.start_modules {
-                continue;
-            }
-            match agent::resolve_program(&m.name, &m.image, opts.exec.get(&m.name), &bin_dir) {
-                Ok(p) => {
-                    programs.insert(m.name.clone(), p);
-                }
-                Err(e) => problems.push(e),
-            }
-        }
-        if !problems.is_empty() {
-            bail!("{}", problems.join("\n"));
+        // Check every program (or image) before starting anything.
+        let mut modules = resolve_modules(&opts, &manifest).await?;
+        if let Modules::Containers { engine, .. } = &modules {
+            // Containers an earlier runtime on this state left go first, as its processes do.
+            engine.remove_leftovers(&state).await.map_err(anyhow::Error::msg)?;
         }
 
         let addr = SocketAddr::new(opts.bind, opts.mqtt_port);
@@ -379,10 +513,16 @@ impl Runtime {
         for (i, m) in manifest.modules.iter().enumerate() {
             let generation_id = uuid::Uuid::new_v4().simple().to_string();
             let socket = layout::workload_socket(&state, &m.name);
-            let owner = m.user.as_deref().and_then(|u| {
-                let owner = workload::SocketOwner::parse(u);
+            let image_user = match &modules {
+                Modules::Containers { images, .. } => {
+                    images.get(&m.name).and_then(|(_, f)| f.user.clone())
+                }
+                Modules::Processes(_) => None,
+            };
+            let owner = m.user.clone().or(image_user).and_then(|u| {
+                let owner = workload::SocketOwner::parse(&u);
                 if owner.is_none() {
-                    warn!(module = %m.name, user = u, "createOptions.User is not numeric: its workload socket stays the runtime user's");
+                    warn!(module = %m.name, user = u, "the module's user is not numeric: its workload socket stays the runtime user's");
                 }
                 owner
             });
@@ -400,7 +540,14 @@ impl Runtime {
                 .await
                 .with_context(|| format!("workload socket {}", socket.display()))?,
             );
-            let mut env: Vec<(String, String)> = PASS_THROUGH
+            let in_container = matches!(modules, Modules::Containers { .. });
+            // A container has its image's environment; only the log settings pass through.
+            let pass: &[&str] = if in_container {
+                &LOG_SETTINGS
+            } else {
+                &PASS_THROUGH
+            };
+            let mut env: Vec<(String, String)> = pass
                 .iter()
                 .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
                 .collect();
@@ -424,7 +571,7 @@ impl Runtime {
                 }
             }
             let mut binds = Vec::new();
-            for (host, container) in &m.binds {
+            for (host, container) in m.binds.iter().filter(|_| !in_container) {
                 binds.push(format!(
                     "{container}={}",
                     bind_dir(&state, host, container)?.display()
@@ -444,7 +591,11 @@ impl Runtime {
                 ("IOTEDGE_MODULEGENERATIONID".to_owned(), generation_id),
                 (
                     "IOTEDGE_WORKLOADURI".to_owned(),
-                    format!("unix://{}", socket.display()),
+                    if in_container {
+                        format!("unix://{}", container::WORKLOAD_SOCKET)
+                    } else {
+                        format!("unix://{}", socket.display())
+                    },
                 ),
                 ("IOTEDGE_APIVERSION".to_owned(), "2019-01-30".to_owned()),
                 ("IOTEDGE_AUTHSCHEME".to_owned(), "sasToken".to_owned()),
@@ -455,7 +606,22 @@ impl Runtime {
             if !binds.is_empty() {
                 env.push(("IOTEDGE_LOCAL_BINDS".into(), binds.join(";")));
             }
-            if let Some(program) = programs.remove(&m.name) {
+            let program = match &mut modules {
+                Modules::Processes(programs) => programs.remove(&m.name),
+                Modules::Containers { engine, images } => match images.remove(&m.name) {
+                    Some(image) => Some(Program::Container(Arc::new(container_spec(
+                        &state,
+                        m,
+                        engine,
+                        image,
+                        &env,
+                        owner,
+                        &opts.gateway_hostname,
+                    )?))),
+                    None => None,
+                },
+            };
+            if let Some(program) = program {
                 let workdir = state.join("modules").join(&m.name);
                 std::fs::create_dir_all(&workdir)?;
                 launches.push(Launch {

@@ -57,6 +57,9 @@ pub struct ModuleSpec {
     /// `createOptions.User` (`uid`, `uid:gid`, or a name), as written; the image's `USER`
     /// applies when it is absent.
     pub user: Option<String>,
+    /// `settings.createOptions` as a JSON object (`Null` when absent): the container create
+    /// body edgeAgent starts from, used as such in container mode.
+    pub create_options: Value,
 }
 
 /// When edgeAgent restarts a module that exited.
@@ -250,12 +253,9 @@ fn module_spec(name: &str, spec: &Value) -> Result<ModuleSpec, ManifestError> {
                     "entry is not a string",
                 )
             })?;
-            let mut parts = b.split(':');
-            match (parts.next(), parts.next()) {
-                (Some(h), Some(c)) if h.starts_with('/') && c.starts_with('/') => {
-                    binds.push((h.to_owned(), c.to_owned()))
-                }
-                _ => {
+            match crate::agent::container::split_bind(b) {
+                Some((h, c, _)) => binds.push((h.to_owned(), c.to_owned())),
+                None => {
                     return Err(shape(
                         format!("{at}.settings.createOptions.HostConfig.Binds"),
                         format!("'{b}' is not /host/path:/container/path[:options]"),
@@ -282,6 +282,7 @@ fn module_spec(name: &str, spec: &Value) -> Result<ModuleSpec, ManifestError> {
         binds,
         startup_order,
         user,
+        create_options: create,
     })
 }
 

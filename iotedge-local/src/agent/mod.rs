@@ -9,6 +9,7 @@
 //! started on the same state stops any process an earlier one left there before it starts
 //! its own ([`stop_leftovers`]), so two copies of a module never run on one state.
 
+pub mod container;
 pub mod manifest;
 
 use manifest::RestartPolicy;
@@ -32,6 +33,8 @@ pub enum Program {
     Binary(PathBuf),
     /// A shell command (`--exec`), run as `sh -c 'exec …'`.
     Shell(String),
+    /// A container of the module's image (container mode).
+    Container(Arc<container::ContainerSpec>),
 }
 
 /// Everything needed to start one module.
@@ -60,6 +63,13 @@ pub struct ProcessStatus {
     pub restarts: u32,
     /// Last exit, as text.
     pub last_exit: Option<String>,
+    /// The container it runs in (container mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The image's health check, as the runtime last ran it (`starting`, `healthy`,
+    /// `unhealthy: …`), in container mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 /// The running supervisor.
@@ -181,6 +191,50 @@ pub async fn stop_leftovers(launches: &[Launch]) -> Vec<String> {
     stopped
 }
 
+/// A started module: a process of its own, or a container.
+enum Instance {
+    Process(Child),
+    Container(container::Running),
+}
+
+impl Instance {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Instance::Process(c) => c.id(),
+            Instance::Container(r) => r.pid,
+        }
+    }
+
+    /// Waits for it to end: its exit as text, and whether it failed.
+    async fn wait(&mut self) -> (String, bool) {
+        match self {
+            Instance::Process(c) => match c.wait().await {
+                Ok(s) => (s.to_string(), !s.success()),
+                Err(e) => (e.to_string(), true),
+            },
+            Instance::Container(r) => r.wait().await,
+        }
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after [`STOP_GRACE`]); a container stays, to be
+    /// started again.
+    async fn stop(&mut self, name: &str) {
+        match self {
+            Instance::Process(c) => stop_child(name, c).await,
+            Instance::Container(r) => r.stop().await,
+        }
+    }
+}
+
+async fn start(l: &Launch, health: container::HealthSink) -> Result<Instance, String> {
+    match &l.program {
+        Program::Container(spec) => container::Running::start(spec.clone(), &l.log, health)
+            .await
+            .map(Instance::Container),
+        _ => spawn(l).map(Instance::Process).map_err(|e| e.to_string()),
+    }
+}
+
 fn spawn(l: &Launch) -> std::io::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -192,6 +246,9 @@ fn spawn(l: &Launch) -> std::io::Result<Child> {
             let mut c = Command::new("sh");
             c.arg("-c").arg(format!("exec {s}"));
             c
+        }
+        Program::Container(_) => {
+            return Err(std::io::Error::other("a container is not a process"));
         }
     };
     cmd.env_clear()
@@ -240,7 +297,26 @@ async fn stop_child(name: &str, child: &mut Child) {
     }
 }
 
+/// Runs the module until the runtime stops; then a container of it is removed.
 async fn supervise(
+    l: Launch,
+    stop: watch::Receiver<bool>,
+    status: Arc<Mutex<HashMap<String, ProcessStatus>>>,
+    restart_now: Arc<Notify>,
+) {
+    let spec = match &l.program {
+        Program::Container(spec) => Some(spec.clone()),
+        _ => None,
+    };
+    run_module(l, stop, status, restart_now).await;
+    if let Some(spec) = spec {
+        if let Err(e) = spec.engine.remove(&spec.name).await {
+            warn!(container = %spec.name, error = %e, "the container could not be removed");
+        }
+    }
+}
+
+async fn run_module(
     l: Launch,
     mut stop: watch::Receiver<bool>,
     status: Arc<Mutex<HashMap<String, ProcessStatus>>>,
@@ -251,8 +327,24 @@ async fn supervise(
         let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
         f(s.entry(l.name.clone()).or_default());
     };
+    if let Program::Container(spec) = &l.program {
+        set(&|s| s.container = Some(spec.name.clone()));
+    }
+    let health: container::HealthSink = {
+        let (status, name, restart_now) = (status.clone(), l.name.clone(), restart_now.clone());
+        let on_unhealthy = l.restart == RestartPolicy::OnUnhealthy;
+        Arc::new(move |h: String| {
+            let unhealthy = h.starts_with("unhealthy");
+            let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+            s.entry(name.clone()).or_default().health = Some(h);
+            if unhealthy && on_unhealthy {
+                warn!(module = %name, "unhealthy: restarting it (restartPolicy on-unhealthy)");
+                restart_now.notify_one();
+            }
+        })
+    };
     loop {
-        let mut child = match spawn(&l) {
+        let mut child = match start(&l, health.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 error!(module = %l.name, error = %e, program = ?l.program, "cannot start module");
@@ -260,21 +352,21 @@ async fn supervise(
                 return;
             }
         };
-        let pid = child.id();
+        let pid = child.pid();
         info!(module = %l.name, pid, "module started");
         set(&|s| s.pid = pid);
         let started = Instant::now();
         let exit = tokio::select! {
             r = child.wait() => r,
             _ = stop.changed() => {
-                stop_child(&l.name, &mut child).await;
+                child.stop(&l.name).await;
                 let _ = std::fs::remove_file(l.workdir.join(PID_FILE));
                 set(&|s| s.pid = None);
                 return;
             }
             _ = restart_now.notified() => {
                 info!(module = %l.name, "restart asked for: stopping the module");
-                stop_child(&l.name, &mut child).await;
+                child.stop(&l.name).await;
                 set(&|s| {
                     s.pid = None;
                     s.last_exit = Some("restarted on request".into());
@@ -284,10 +376,7 @@ async fn supervise(
                 continue;
             }
         };
-        let (text, failed) = match &exit {
-            Ok(s) => (s.to_string(), !s.success()),
-            Err(e) => (e.to_string(), true),
-        };
+        let (text, failed) = exit;
         set(&|s| {
             s.pid = None;
             s.last_exit = Some(text.clone());

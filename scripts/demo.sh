@@ -16,7 +16,10 @@
 #   (edgeHub's port, default 8883), DEMO_METRICS (edgeHub's metrics address, default
 #   127.0.0.1:9600; the modules' follow it; off for none), DEMO_WAIT (seconds to wait for
 #   the pipeline, default 120),
-#   MODEL_PATH (the classifier's model, default models/rul.onnx), ORT_DYLIB_PATH.
+#   MODEL_PATH (the classifier's model, default models/rul.onnx), ORT_DYLIB_PATH,
+#   DEMO_CONTAINERS=1 (run the modules as their container images, built by
+#   docker/build-images.sh with Podman or Docker, which scripts/setup-container-engine.sh
+#   installs and starts, instead of as local processes).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -94,6 +97,13 @@ if ! cargo build --release --workspace --locked; then
     done
 fi
 
+if [ "${DEMO_CONTAINERS:-0}" = 1 ]; then
+    step "the module images (docker/build-images.sh, from the release binaries) and a container engine"
+    eval "$(scripts/setup-container-engine.sh)"
+    export DOCKER_HOST
+    bash docker/build-images.sh --bin-dir "$BIN"
+    runtime_args+=(--containers --images "$ROOT/out/images.json")
+fi
 BUILD_SECS=$((SECONDS - BUILD_STARTED))
 
 # ---- which modules run --------------------------------------------------------------------
@@ -115,7 +125,7 @@ for m in "${MODULES[@]}"; do
         skip "$m" "no ONNX Runtime library at $ORT_DYLIB_PATH; scripts/setup-python.sh installs it"
     else
         running+=("$m")
-        if [ "$m" = turbofanRulClassifier ]; then
+        if [ "$m" = turbofanRulClassifier ] && [ "${DEMO_CONTAINERS:-0}" != 1 ]; then
             # The model is found next to target/release by default; say where it is, for
             # any CARGO_TARGET_DIR.
             runtime_args+=(--exec "$m=env MODEL_PATH=$(printf '%q' "$MODEL") $(printf '%q' "$BIN/$m")")

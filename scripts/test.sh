@@ -56,3 +56,6 @@ step "Azure IoT Python SDK conformance (tests/sdk; uses port 8883), reference Av
 
 step "containers and deployment (tests/deploy: iotedgedev manifests, GPU and blob storage variants, KubeVirt, image trees, the images built by the engine, linkage)"
 tests/deploy/run.sh
+
+step "the pipeline on the module images (container mode: tests/e2e/tests/containers.rs, on the images tests/deploy built)"
+TURBOFAN_IMAGES="$ROOT/out/images.json" cargo test --locked -p e2e-tests --test containers

@@ -49,6 +49,50 @@ pub struct Inputs {
     pub gateway_hostname: String,
     /// Modules run another way (`--exec`) or not at all (`--skip`): no program needed.
     pub no_program: Vec<String>,
+    /// Container mode: the modules run from images in this engine, not from programs.
+    pub containers: Option<crate::agent::container::ContainerMode>,
+}
+
+/// Every check, and in container mode the engine's: it answers, has each module's image,
+/// and a GPU runtime where a module asks for one.
+pub async fn run_all(i: &Inputs) -> Vec<Outcome> {
+    let mut outcomes = run(i);
+    if let Some(mode) = &i.containers {
+        outcomes.insert(
+            1,
+            Outcome {
+                name: "containers",
+                verdict: containers(i, mode).await,
+            },
+        );
+    }
+    outcomes
+}
+
+async fn containers(i: &Inputs, mode: &crate::agent::container::ContainerMode) -> Verdict {
+    let Ok(m) = Manifest::load(&i.manifest) else {
+        return Verdict::Error("no manifest to check the images of".into());
+    };
+    let engine = match crate::agent::container::Engine::connect(&mode.engine).await {
+        Ok(e) => e,
+        Err(e) => return Verdict::Error(e),
+    };
+    let wanted = m.modules.iter().filter(|s| !i.no_program.contains(&s.name));
+    let (images, problems) = engine.images_for(mode, wanted).await;
+    if !problems.is_empty() {
+        return Verdict::Error(problems.join("; "));
+    }
+    let mut found: Vec<String> = images
+        .iter()
+        .map(|(module, (image, facts))| {
+            format!(
+                "{module} {image} (user {})",
+                facts.user.as_deref().unwrap_or("root")
+            )
+        })
+        .collect();
+    found.sort();
+    Verdict::Ok(format!("{}: {}", engine.description, found.join(", ")))
 }
 
 /// Runs every check.
@@ -102,18 +146,21 @@ fn configuration(i: &Inputs) -> Verdict {
     let missing: Vec<String> = m
         .modules
         .iter()
-        .filter(|s| !i.no_program.contains(&s.name))
+        .filter(|s| !i.no_program.contains(&s.name) && i.containers.is_none())
         .filter_map(|s| agent::resolve_program(&s.name, &s.image, None, &i.bin_dir).err())
         .collect();
     if !missing.is_empty() {
         return Verdict::Error(missing.join("; "));
     }
+    let programs = match &i.containers {
+        Some(_) => "modules from their images".to_owned(),
+        None => format!("every module program found in {}", i.bin_dir.display()),
+    };
     Verdict::Ok(format!(
-        "{}: {} modules, {} routes, every module program found in {}",
+        "{}: {} modules, {} routes, {programs}",
         i.manifest.display(),
         m.modules.len(),
         m.routes.len(),
-        i.bin_dir.display()
     ))
 }
 
@@ -335,6 +382,7 @@ mod tests {
             metrics: None,
             gateway_hostname: "localhost".into(),
             no_program: Vec::new(),
+            containers: None,
         }
     }
 

@@ -129,6 +129,8 @@ enum Command {
         /// Modules that need no program here (run with --exec, or --skip).
         #[arg(long, value_name = "MODULE")]
         skip: Vec<String>,
+        #[command(flatten)]
+        containers: ContainerArgs,
     },
     /// Print a module's log (its stdout and stderr, `logs/<module>.log` in the state).
     Logs {
@@ -395,6 +397,7 @@ async fn run(cli: Cli) -> Result<()> {
             gateway_hostname,
             bin_dir,
             skip,
+            containers,
         } => {
             let bin_dir = match bin_dir {
                 Some(d) => d,
@@ -413,8 +416,9 @@ async fn run(cli: Cli) -> Result<()> {
                 metrics: edge_process::observe::parse_addr(Some(&metrics))?,
                 gateway_hostname,
                 no_program: skip,
+                containers: containers.mode()?,
             };
-            if !iotedge_local::check::print(&iotedge_local::check::run(&inputs)) {
+            if !iotedge_local::check::print(&iotedge_local::check::run_all(&inputs).await) {
                 std::process::exit(1);
             }
         }

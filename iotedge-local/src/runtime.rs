@@ -139,34 +139,19 @@ async fn resolve_modules(opts: &Options, manifest: &Manifest) -> Result<Modules>
             Modules::Processes(programs)
         }
         Some(mode) => {
-            let engine = Arc::new(Engine::connect(&mode.engine).await.map_err(anyhow::Error::msg)?);
+            let engine = Arc::new(
+                Engine::connect(&mode.engine)
+                    .await
+                    .map_err(anyhow::Error::msg)?,
+            );
             info!(engine = %engine.description, gpu = engine.gpu, "container mode");
-            let mut images = HashMap::new();
-            for m in wanted {
-                if opts.exec.contains_key(&m.name) {
-                    problems.push(format!("module '{}': --exec runs a process; in container mode a module runs its image (--image {}=IMAGE)", m.name, m.name));
-                    continue;
-                }
-                let gpu = m
-                    .create_options
-                    .pointer("/HostConfig/DeviceRequests")
-                    .and_then(Value::as_array)
-                    .is_some_and(|r| !r.is_empty());
-                if gpu && !engine.gpu {
-                    problems.push(format!("module '{}' asks for a GPU (createOptions.HostConfig.DeviceRequests) and the container engine ({}) has no GPU runtime (nvidia): run the CPU manifest (deployment.template.json) here, or this one on a machine with the NVIDIA container toolkit", m.name, engine.description));
-                    continue;
-                }
-                let facts = match mode.image_for(&m.name, &m.image) {
-                    Ok(image) => engine.image(&image).await.map(|f| (image, f)),
-                    Err(e) => Err(e),
-                };
-                match facts {
-                    Ok(f) => {
-                        images.insert(m.name.clone(), f);
-                    }
-                    Err(e) => problems.push(format!("module '{}': {e}", m.name)),
-                }
+            for m in wanted.clone().filter(|m| opts.exec.contains_key(&m.name)) {
+                problems.push(format!("module '{}': --exec runs a process; in container mode a module runs its image (--image {}=IMAGE)", m.name, m.name));
             }
+            let (images, wrong) = engine
+                .images_for(mode, wanted.filter(|m| !opts.exec.contains_key(&m.name)))
+                .await;
+            problems.extend(wrong);
             Modules::Containers { engine, images }
         }
     };
@@ -182,7 +167,7 @@ fn container_spec(
     state: &Path,
     m: &ModuleSpec,
     engine: &Arc<Engine>,
-    (image, facts): (String, ImageFacts),
+    image: String,
     env: &[(String, String)],
     owner: Option<workload::SocketOwner>,
     gateway_hostname: &str,
@@ -196,7 +181,10 @@ fn container_spec(
         .unwrap_or_default();
     for b in written.iter().filter_map(Value::as_str) {
         let Some((host, inside, options)) = container::split_bind(b) else {
-            bail!("module '{}': bind '{b}' is not /host/path:/container/path[:options]", m.name);
+            bail!(
+                "module '{}': bind '{b}' is not /host/path:/container/path[:options]",
+                m.name
+            );
         };
         let local = bind_dir(state, host, inside)?;
         if let Some(o) = owner {
@@ -211,7 +199,10 @@ fn container_spec(
     }
     let name = container::container_name(state, &m.name);
     let labels = BTreeMap::from([
-        (container::STATE_LABEL.to_owned(), state.display().to_string()),
+        (
+            container::STATE_LABEL.to_owned(),
+            state.display().to_string(),
+        ),
         (container::MODULE_LABEL.to_owned(), m.name.clone()),
     ]);
     let extra_hosts = if gateway_hostname == "localhost" {
@@ -240,7 +231,6 @@ fn container_spec(
         name,
         image,
         body,
-        healthcheck: facts.healthcheck,
     })
 }
 
@@ -395,7 +385,10 @@ impl Runtime {
         let mut modules = resolve_modules(&opts, &manifest).await?;
         if let Modules::Containers { engine, .. } = &modules {
             // Containers an earlier runtime on this state left go first, as its processes do.
-            engine.remove_leftovers(&state).await.map_err(anyhow::Error::msg)?;
+            engine
+                .remove_leftovers(&state)
+                .await
+                .map_err(anyhow::Error::msg)?;
         }
 
         let addr = SocketAddr::new(opts.bind, opts.mqtt_port);
@@ -609,7 +602,7 @@ impl Runtime {
             let program = match &mut modules {
                 Modules::Processes(programs) => programs.remove(&m.name),
                 Modules::Containers { engine, images } => match images.remove(&m.name) {
-                    Some(image) => Some(Program::Container(Arc::new(container_spec(
+                    Some((image, _)) => Some(Program::Container(Arc::new(container_spec(
                         &state,
                         m,
                         engine,

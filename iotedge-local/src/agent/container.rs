@@ -13,6 +13,7 @@
 //! it), copies each container's output into the module's log file, and removes every
 //! container on stop.
 
+use super::manifest::ModuleSpec;
 use bollard::exec::StartExecResults;
 use bollard::models::{ContainerCreateBody, ExecConfig, HealthConfig};
 use bollard::query_parameters::{
@@ -114,8 +115,6 @@ pub struct Engine {
 pub struct ImageFacts {
     /// Its `USER`, if any.
     pub user: Option<String>,
-    /// Its `HEALTHCHECK`, if any (and not `NONE`).
-    pub healthcheck: Option<HealthCheck>,
 }
 
 /// An image's `HEALTHCHECK`, as the runtime runs it.
@@ -230,13 +229,45 @@ impl Engine {
         let config = inspect.config.unwrap_or_default();
         Ok(ImageFacts {
             user: config.user.filter(|u| !u.trim().is_empty()),
-            healthcheck: config.healthcheck.as_ref().and_then(HealthCheck::from_config),
         })
     }
 
-    /// Stops and removes every container a runtime on `state` created (found by
-    /// [`STATE_LABEL`]); returns their names.
-    pub async fn remove_leftovers(&self, state: &Path) -> Result<Vec<String>, String> {
+    /// The image of each module (by name) with its facts, and a problem for each module
+    /// that cannot run here: an image the engine lacks, or a GPU it has no runtime for.
+    pub async fn images_for(
+        &self,
+        mode: &ContainerMode,
+        modules: impl Iterator<Item = &ModuleSpec>,
+    ) -> (HashMap<String, (String, ImageFacts)>, Vec<String>) {
+        let mut images = HashMap::new();
+        let mut problems = Vec::new();
+        for m in modules {
+            let gpu = m
+                .create_options
+                .pointer("/HostConfig/DeviceRequests")
+                .and_then(Value::as_array)
+                .is_some_and(|r| !r.is_empty());
+            if gpu && !self.gpu {
+                problems.push(format!("module '{}' asks for a GPU (createOptions.HostConfig.DeviceRequests) and the container engine ({}) has no GPU runtime (nvidia): run the CPU manifest (deployment.template.json) here, or this one on a machine with the NVIDIA container toolkit", m.name, self.description));
+                continue;
+            }
+            let facts = match mode.image_for(&m.name, &m.image) {
+                Ok(image) => self.image(&image).await.map(|f| (image, f)),
+                Err(e) => Err(e),
+            };
+            match facts {
+                Ok(f) => {
+                    images.insert(m.name.clone(), f);
+                }
+                Err(e) => problems.push(format!("module '{}': {e}", m.name)),
+            }
+        }
+        (images, problems)
+    }
+
+    /// The containers (id, name) a runtime on `state` created, found by [`STATE_LABEL`],
+    /// running or not.
+    pub async fn containers_of(&self, state: &Path) -> Result<Vec<(String, String)>, String> {
         let filters = HashMap::from([(
             "label".to_owned(),
             vec![format!("{STATE_LABEL}={}", state.display())],
@@ -250,16 +281,26 @@ impl Engine {
             }))
             .await
             .map_err(|e| engine_error("listing containers", e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let id = c.id?;
+                let name = c
+                    .names
+                    .and_then(|n| n.first().cloned())
+                    .unwrap_or_else(|| id.clone());
+                Some((id, name.trim_start_matches('/').to_owned()))
+            })
+            .collect())
+    }
+
+    /// Stops and removes every container a runtime on `state` created; returns their names.
+    pub async fn remove_leftovers(&self, state: &Path) -> Result<Vec<String>, String> {
         let mut removed = Vec::new();
-        for c in list {
-            let Some(id) = c.id else { continue };
-            let name = c
-                .names
-                .and_then(|n| n.first().cloned())
-                .unwrap_or_else(|| id.clone());
+        for (id, name) in self.containers_of(state).await? {
             warn!(container = %name, "a container of an earlier runtime on this state is still there; removing it before starting a new one");
             self.remove(&id).await?;
-            removed.push(name.trim_start_matches('/').to_owned());
+            removed.push(name);
         }
         Ok(removed)
     }
@@ -281,7 +322,9 @@ impl Engine {
         {
             Ok(()) => {}
             Err(e) if not_found(&e) => return Ok(()),
-            Err(e) => warn!(container = name, error = %e, "stopping the container failed; removing it by force"),
+            Err(e) => {
+                warn!(container = name, error = %e, "stopping the container failed; removing it by force")
+            }
         }
         match self
             .docker
@@ -311,8 +354,6 @@ pub struct ContainerSpec {
     pub image: String,
     /// The create body (the manifest's createOptions plus the runtime's additions).
     pub body: ContainerCreateBody,
-    /// The image's health check, run by the runtime.
-    pub healthcheck: Option<HealthCheck>,
 }
 
 impl std::fmt::Debug for ContainerSpec {
@@ -346,11 +387,7 @@ pub fn split_bind(bind: &str) -> Option<(&str, &str, Option<&str>)> {
     let mut parts = bind.splitn(3, ':');
     let host = parts.next()?;
     let container = parts.next()?;
-    (host.starts_with('/') && container.starts_with('/')).then_some((
-        host,
-        container,
-        parts.next(),
-    ))
+    (host.starts_with('/') && container.starts_with('/')).then_some((host, container, parts.next()))
 }
 
 /// What the runtime adds to a module's `createOptions`.
@@ -389,7 +426,12 @@ pub fn create_body(
     let mut env: Vec<String> = body
         .get("Env")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     let ours: std::collections::HashSet<&str> = add.env.iter().map(|(k, _)| k.as_str()).collect();
     env.retain(|e| !ours.contains(e.split('=').next().unwrap_or(e)));
@@ -416,13 +458,17 @@ pub fn create_body(
     host.insert("Binds".into(), json!(binds));
     if let Some(mode) = host.get("NetworkMode").and_then(Value::as_str) {
         if mode != "host" {
-            notes.push(format!("NetworkMode '{mode}' is replaced by the host's network, where edgeHub listens"));
+            notes.push(format!(
+                "NetworkMode '{mode}' is replaced by the host's network, where edgeHub listens"
+            ));
         }
     }
     host.insert("NetworkMode".into(), json!("host"));
     if let Some(ports) = host.remove("PortBindings") {
         if ports.as_object().is_some_and(|p| !p.is_empty()) {
-            notes.push(format!("PortBindings {ports} need no mapping: the module listens on the host's network"));
+            notes.push(format!(
+                "PortBindings {ports} need no mapping: the module listens on the host's network"
+            ));
         }
     }
     // The runtime enforces restartPolicy; the engine must not restart behind its back.
@@ -518,12 +564,18 @@ impl Running {
             .start_container(&spec.name, None::<StartContainerOptions>)
             .await
             .map_err(|e| engine_error(&format!("starting {}", spec.name), e))?;
-        let state = docker
+        let inspect = docker
             .inspect_container(&spec.name, None::<InspectContainerOptions>)
             .await
-            .map_err(|e| engine_error(&format!("inspecting {}", spec.name), e))?
-            .state
-            .unwrap_or_default();
+            .map_err(|e| engine_error(&format!("inspecting {}", spec.name), e))?;
+        let state = inspect.state.unwrap_or_default();
+        // The container's own check: the image's HEALTHCHECK, or createOptions' Healthcheck
+        // (Podman's image inspection leaves it out; the container's never does).
+        let healthcheck = inspect
+            .config
+            .and_then(|c| c.healthcheck)
+            .as_ref()
+            .and_then(HealthCheck::from_config);
         let pid = state
             .pid
             .filter(|p| *p > 0)
@@ -533,7 +585,7 @@ impl Running {
             log.to_path_buf(),
             since,
         ))];
-        if let Some(check) = spec.healthcheck.clone() {
+        if let Some(check) = healthcheck {
             health("starting".into());
             tasks.push(tokio::spawn(run_health_checks(spec.clone(), check, health)));
         }
@@ -548,9 +600,19 @@ impl Running {
             .docker
             .wait_container(&self.spec.name, None::<WaitContainerOptions>);
         let exit = match stream.next().await {
-            Some(Ok(r)) => (format!("exit status: {}", r.status_code), r.status_code != 0),
+            Some(Ok(r)) => (
+                format!("exit status: {}", r.status_code),
+                r.status_code != 0,
+            ),
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, error })) => (
-                format!("exit status: {code}{}", if error.is_empty() { String::new() } else { format!(" ({error})") }),
+                format!(
+                    "exit status: {code}{}",
+                    if error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({error})")
+                    }
+                ),
                 true,
             ),
             Some(Err(e)) => (format!("lost track of the container: {e}"), true),
@@ -738,7 +800,10 @@ mod tests {
     #[test]
     fn create_options_are_kept_and_the_runtime_adds_its_parts() {
         let socket = PathBuf::from("/state/workload/avroFileWriter.sock");
-        let env = [("IOTEDGE_MODULEID".to_owned(), "avroFileWriter".to_owned()), ("A".to_owned(), "2".to_owned())];
+        let env = [
+            ("IOTEDGE_MODULEID".to_owned(), "avroFileWriter".to_owned()),
+            ("A".to_owned(), "2".to_owned()),
+        ];
         let opts = json!({
             "User": "65532:65532",
             "Env": ["A=1", "B=1"],
@@ -769,17 +834,27 @@ mod tests {
         assert_eq!(host.network_mode.as_deref(), Some("host"));
         assert_eq!(host.memory, Some(1_000_000));
         assert!(host.port_bindings.is_none());
-        assert_eq!(host.device_requests.unwrap().len(), 1, "kept for the engine");
+        assert_eq!(
+            host.device_requests.unwrap().len(),
+            1,
+            "kept for the engine"
+        );
         assert_eq!(host.ulimits.unwrap().len(), 2);
         assert_eq!(host.extra_hosts.unwrap(), ["edgehub.local:127.0.0.1"]);
-        assert!(notes.iter().any(|n| n.contains("PortBindings")), "{notes:?}");
+        assert!(
+            notes.iter().any(|n| n.contains("PortBindings")),
+            "{notes:?}"
+        );
     }
 
     #[test]
     fn a_create_body_that_is_not_one_is_refused() {
         let socket = PathBuf::from("/s");
-        let e = create_body(&json!({"HostConfig": {"Memory": "lots"}}), additions(&socket))
-            .unwrap_err();
+        let e = create_body(
+            &json!({"HostConfig": {"Memory": "lots"}}),
+            additions(&socket),
+        )
+        .unwrap_err();
         assert!(e.contains("not a valid container create body"), "{e}");
         let e = create_body(&json!([1]), additions(&socket)).unwrap_err();
         assert!(e.contains("not an object"), "{e}");
@@ -788,17 +863,26 @@ mod tests {
     #[test]
     fn images_resolve_from_the_images_file_or_as_written() {
         let mut mode = ContainerMode::default();
-        mode.images.insert("turbofanRouter".into(), "localhost/turbofanrouter:0.1.0-amd64".into());
+        mode.images.insert(
+            "turbofanRouter".into(),
+            "localhost/turbofanrouter:0.1.0-amd64".into(),
+        );
         assert_eq!(
-            mode.image_for("router", "${MODULES.turbofanRouter}").unwrap(),
+            mode.image_for("router", "${MODULES.turbofanRouter}")
+                .unwrap(),
             "localhost/turbofanrouter:0.1.0-amd64"
         );
         assert_eq!(
             mode.image_for("x", "myreg.azurecr.io/x:1").unwrap(),
             "myreg.azurecr.io/x:1"
         );
-        let e = mode.image_for("w", "${MODULES.avroFileWriter.debug}").unwrap_err();
-        assert!(e.contains("--images out/images.json") && e.contains("--image w="), "{e}");
+        let e = mode
+            .image_for("w", "${MODULES.avroFileWriter.debug}")
+            .unwrap_err();
+        assert!(
+            e.contains("--images out/images.json") && e.contains("--image w="),
+            "{e}"
+        );
     }
 
     #[test]
@@ -811,15 +895,32 @@ mod tests {
         };
         let h = HealthCheck::from_config(&c).unwrap();
         assert_eq!(h.command, ["/app/module", "--health"]);
-        assert_eq!((h.interval, h.timeout, h.start_period, h.retries), (Duration::from_secs(30), Duration::from_secs(30), Duration::from_secs(60), 3));
-        let none = HealthConfig { test: Some(vec!["NONE".into()]), ..Default::default() };
+        assert_eq!(
+            (h.interval, h.timeout, h.start_period, h.retries),
+            (
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+                3
+            )
+        );
+        let none = HealthConfig {
+            test: Some(vec!["NONE".into()]),
+            ..Default::default()
+        };
         assert!(HealthCheck::from_config(&none).is_none());
     }
 
     #[test]
     fn names_differ_per_state_and_binds_split() {
-        assert_ne!(container_name(Path::new("/a"), "m"), container_name(Path::new("/b"), "m"));
-        assert_eq!(split_bind("/etc/x:/etc/x:ro"), Some(("/etc/x", "/etc/x", Some("ro"))));
+        assert_ne!(
+            container_name(Path::new("/a"), "m"),
+            container_name(Path::new("/b"), "m")
+        );
+        assert_eq!(
+            split_bind("/etc/x:/etc/x:ro"),
+            Some(("/etc/x", "/etc/x", Some("ro")))
+        );
         assert_eq!(split_bind("/d:/e"), Some(("/d", "/e", None)));
         assert_eq!(split_bind("vol:/e"), None);
     }

@@ -7,11 +7,13 @@
 //!   Avro archive, uploaded blobs);
 //! - [`upstream`]: what reached IoT Hub, sorted into RUL messages and dead letters;
 //! - [`tally`]: matching what was sent with what came out, counting losses and duplicates;
+//! - [`run`]: leaf devices run against a pipeline, and the accounting of what they sent;
 //! - [`procfs`]: memory and CPU of module processes, from `/proc`.
 
 pub mod metrics;
 pub mod pipeline;
 pub mod procfs;
+pub mod run;
 pub mod tally;
 pub mod upstream;
 

@@ -15,19 +15,13 @@
 //! message then has its Avro record or is counted by edgeHub as expired.
 
 use e2e::pipeline::{self, wait_for};
+use e2e::run::{
+    avro_records, avro_tally, leaf_run, quiet_period, rul_messages, sent_by, wait_sent,
+};
 use e2e::{Pipeline, Tally, Uploads, CLASSIFIER, MODULES, ROUTER, WRITER};
-use leaf_simulator::{sent_log, simulate, Progress, SentRecord, SimConfig, Summary};
+use leaf_simulator::SentRecord;
 use serde_json::json;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
-
-const DEVICES: usize = 10;
-
-/// The writer's quiet period, shortened as an operator would, through its twin.
-fn quiet_period() -> serde_json::Value {
-    json!({"QuietPeriodSecs": 1, "CheckIntervalSecs": 1})
-}
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -83,114 +77,6 @@ async fn ready(p: &Pipeline) {
     p.wait_connected(Duration::from_secs(60))
         .await
         .expect("modules connected");
-}
-
-/// Starts leaf devices Client_001… replaying their engines' first `rows` cycles at `rate`
-/// messages/s each, logging what edgeHub acknowledged to `log`.
-fn leaf_run(
-    p: &Pipeline,
-    log: &std::path::Path,
-    rows: u64,
-    rate: f64,
-) -> (Arc<Progress>, JoinHandle<Summary>) {
-    let mut cfg = SimConfig::new(p.state(), pipeline::data_file("test_FD003.txt"));
-    cfg.devices = Some(DEVICES);
-    cfg.max_messages = Some(rows);
-    cfg.rate = rate;
-    cfg.sent_log = Some(log.to_path_buf());
-    let progress = Progress::new();
-    let prog = Arc::clone(&progress);
-    let run = tokio::spawn(async move { simulate(&cfg, prog).await.expect("the simulator runs") });
-    (progress, run)
-}
-
-async fn sent_by(run: JoinHandle<Summary>, log: &std::path::Path) -> Vec<SentRecord> {
-    let summary = run.await.expect("the simulator task");
-    assert!(summary.is_complete(), "{summary}");
-    let (sent, torn) = sent_log::read(log).expect("the sent log");
-    assert_eq!((sent.len() as u64, torn), (summary.planned, 0), "{summary}");
-    sent
-}
-
-async fn wait_sent(progress: &Progress, fraction: f64) {
-    wait_for("messages sent", Duration::from_secs(60), || {
-        let planned = progress.planned();
-        Ok((planned > 0 && progress.sent() as f64 >= planned as f64 * fraction).then_some(()))
-    })
-    .await
-    .unwrap();
-}
-
-/// Waits until every sent message has a RUL message upstream; returns the tally, with the
-/// messages that have none printed.
-async fn rul_messages(p: &Pipeline, sent: &[SentRecord], timeout: Duration) -> Tally {
-    let cids: Vec<&str> = sent.iter().map(|s| s.correlation_id.as_str()).collect();
-    let tally = || {
-        let o = p.upstream()?;
-        anyhow::ensure!(
-            o.dead.is_empty() && o.other.is_empty(),
-            "dead letters or foreign records upstream: {:?} {:?}",
-            o.dead,
-            o.other
-        );
-        Ok(Tally::count(
-            cids.iter().copied(),
-            o.ruls.iter().map(|r| r.correlation_id.as_str()),
-        ))
-    };
-    let _ = wait_for("a RUL message for every sent message", timeout, || {
-        Ok(tally()?.missing.is_empty().then_some(()))
-    })
-    .await;
-    let t = tally().unwrap();
-    for cid in &t.missing {
-        if let Some(s) = sent.iter().find(|s| &s.correlation_id == cid) {
-            println!(
-                "faults: no RUL message for {} cycle {} sent at {}",
-                s.device, s.cycle, s.sent_at
-            );
-        }
-    }
-    t
-}
-
-/// The Avro records of the sent messages, uploaded (read back into `uploads`) or still in
-/// the archive.
-async fn avro_tally(p: &Pipeline, uploads: &mut Uploads, cids: &[&str]) -> anyhow::Result<Tally> {
-    p.collect_uploads(uploads).await?;
-    let archived = p.archived_records()?;
-    Ok(Tally::count(
-        cids.iter().copied(),
-        uploads
-            .records()
-            .chain(&archived)
-            .map(|r| r.correlation_id.as_str()),
-    ))
-}
-
-/// Waits until every sent message has an Avro record (uploaded or in the archive); with
-/// `uploaded`, also until the archive is empty. Returns the tally.
-async fn avro_records(
-    p: &Pipeline,
-    uploads: &mut Uploads,
-    sent: &[SentRecord],
-    uploaded: bool,
-    timeout: Duration,
-) -> Tally {
-    let cids: Vec<&str> = sent.iter().map(|s| s.correlation_id.as_str()).collect();
-    let deadline = Instant::now() + timeout;
-    loop {
-        // The writer may be appending a block, or a file may be uploaded and removed between
-        // the two reads: a failed or incomplete look is retried.
-        let t = avro_tally(p, uploads, &cids).await;
-        let empty = !uploaded || p.archive_files().is_ok_and(|f| f.is_empty());
-        match t {
-            Ok(t) if t.missing.is_empty() && empty => return t,
-            Ok(t) if Instant::now() >= deadline => return t,
-            Err(e) if Instant::now() >= deadline => panic!("reading the Avro records: {e:#}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

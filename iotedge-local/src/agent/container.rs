@@ -17,8 +17,8 @@ use super::manifest::ModuleSpec;
 use bollard::exec::StartExecResults;
 use bollard::models::{ContainerCreateBody, ExecConfig, HealthConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StartContainerOptions, StopContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions,
+    StopContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -104,6 +104,7 @@ impl ContainerMode {
 /// A container engine that answered.
 pub struct Engine {
     docker: Docker,
+    socket: PathBuf,
     /// What it is (`Podman Engine 4.3.1, API 1.41`).
     pub description: String,
     /// Whether it has the NVIDIA runtime (GPU requests can be met).
@@ -159,6 +160,38 @@ impl HealthCheck {
     }
 }
 
+/// `GET path` on the engine's socket: the status and the JSON answer. For the answers read
+/// as plain JSON rather than through bollard's types (see [`Engine::containers_of`]).
+async fn get_json(socket: &Path, path: &str) -> Result<(u16, Value), String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("cannot reach {}: {e}", socket.display()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", "engine")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let answer = async {
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let value = serde_json::from_slice(&body.to_bytes()).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+    .await;
+    conn.abort();
+    answer
+}
+
 /// An engine call that failed, with what the runtime was doing.
 fn engine_error(doing: &str, e: bollard::errors::Error) -> String {
     format!("container engine: {doing}: {e}")
@@ -212,6 +245,7 @@ impl Engine {
             .is_some_and(|r| r.contains_key("nvidia"));
         Ok(Engine {
             docker,
+            socket: PathBuf::from(path),
             description,
             gpu,
         })
@@ -265,31 +299,54 @@ impl Engine {
         (images, problems)
     }
 
+    /// A container's inspection, as plain JSON (see [`Engine::containers_of`]); `None` if
+    /// there is no such container.
+    async fn inspect(&self, name: &str) -> Result<Option<Value>, String> {
+        match get_json(&self.socket, &format!("/containers/{name}/json")).await {
+            Ok((200, v)) => Ok(Some(v)),
+            Ok((404, _)) => Ok(None),
+            Ok((status, v)) => Err(format!("container engine: inspecting {name}: {status} {v}")),
+            Err(e) => Err(format!("container engine: inspecting {name}: {e}")),
+        }
+    }
+
     /// The containers (id, name) a runtime on `state` created, found by [`STATE_LABEL`],
     /// running or not.
     pub async fn containers_of(&self, state: &Path) -> Result<Vec<(String, String)>, String> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{STATE_LABEL}={}", state.display())],
-        )]);
-        let list = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| engine_error("listing containers", e))?;
+        // Read as plain JSON: Podman gives a container between its exit and its clean-up the
+        // state `stopped`, which bollard's typed answers refuse.
+        let filters = json!({"label": [format!("{STATE_LABEL}={}", state.display())]});
+        let filters = filters.to_string();
+        let query =
+            percent_encoding::utf8_percent_encode(&filters, percent_encoding::NON_ALPHANUMERIC);
+        let list = match get_json(
+            &self.socket,
+            &format!("/containers/json?all=1&filters={query}"),
+        )
+        .await
+        {
+            Ok((200, list)) => list,
+            Ok((status, v)) => {
+                return Err(format!(
+                    "container engine: listing containers: {status} {v}"
+                ))
+            }
+            Err(e) => return Err(format!("container engine: listing containers: {e}")),
+        };
         Ok(list
-            .into_iter()
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
             .filter_map(|c| {
-                let id = c.id?;
+                let id = c.get("Id")?.as_str()?.to_owned();
                 let name = c
-                    .names
-                    .and_then(|n| n.first().cloned())
-                    .unwrap_or_else(|| id.clone());
-                Some((id, name.trim_start_matches('/').to_owned()))
+                    .pointer("/Names/0")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&id)
+                    .trim_start_matches('/')
+                    .to_owned();
+                Some((id, name))
             })
             .collect())
     }
@@ -539,45 +596,40 @@ impl Running {
         health: HealthSink,
     ) -> Result<Running, String> {
         let docker = &spec.engine.docker;
-        match docker
-            .inspect_container(&spec.name, None::<InspectContainerOptions>)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if not_found(&e) => {
-                docker
-                    .create_container(
-                        Some(CreateContainerOptions {
-                            name: Some(spec.name.clone()),
-                            ..Default::default()
-                        }),
-                        spec.body.clone(),
-                    )
-                    .await
-                    .map_err(|e| engine_error(&format!("creating {}", spec.name), e))?;
-                info!(container = %spec.name, image = %spec.image, "container created");
-            }
-            Err(e) => return Err(engine_error(&format!("inspecting {}", spec.name), e)),
+        // Created once; a restart starts the same container again.
+        if spec.engine.inspect(&spec.name).await?.is_none() {
+            docker
+                .create_container(
+                    Some(CreateContainerOptions {
+                        name: Some(spec.name.clone()),
+                        ..Default::default()
+                    }),
+                    spec.body.clone(),
+                )
+                .await
+                .map_err(|e| engine_error(&format!("creating {}", spec.name), e))?;
+            info!(container = %spec.name, image = %spec.image, "container created");
         }
         let since = chrono::Utc::now().timestamp() as i32;
         docker
             .start_container(&spec.name, None::<StartContainerOptions>)
             .await
             .map_err(|e| engine_error(&format!("starting {}", spec.name), e))?;
-        let inspect = docker
-            .inspect_container(&spec.name, None::<InspectContainerOptions>)
-            .await
-            .map_err(|e| engine_error(&format!("inspecting {}", spec.name), e))?;
-        let state = inspect.state.unwrap_or_default();
+        let inspect = spec
+            .engine
+            .inspect(&spec.name)
+            .await?
+            .ok_or_else(|| format!("container {} is gone", spec.name))?;
         // The container's own check: the image's HEALTHCHECK, or createOptions' Healthcheck
         // (Podman's image inspection leaves it out; the container's never does).
         let healthcheck = inspect
-            .config
-            .and_then(|c| c.healthcheck)
+            .pointer("/Config/Healthcheck")
+            .and_then(|h| serde_json::from_value::<HealthConfig>(h.clone()).ok())
             .as_ref()
             .and_then(HealthCheck::from_config);
-        let pid = state
-            .pid
+        let pid = inspect
+            .pointer("/State/Pid")
+            .and_then(Value::as_u64)
             .filter(|p| *p > 0)
             .and_then(|p| u32::try_from(p).ok());
         let mut tasks = vec![tokio::spawn(copy_logs(

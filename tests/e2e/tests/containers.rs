@@ -6,13 +6,18 @@
 //! (`out/images.json`) and `DOCKER_HOST` the engine (`scripts/setup-container-engine.sh`
 //! prints both); `scripts/test.sh` sets them. Without `TURBOFAN_IMAGES` the tests say so and
 //! pass; with it, an engine that does not answer fails them.
+//!
+//! A runtime killed with `kill -9` leaves its containers running; the next one started on the
+//! same state finds them by their labels and removes them before it creates its own.
 
 use e2e::pipeline::{self, wait_for};
 use e2e::run::{avro_records, leaf_run, quiet_period, rul_messages, sent_by, wait_sent, DEVICES};
 use e2e::{Pipeline, Uploads, CLASSIFIER, MODULES, WRITER};
 use iotedge_local::agent::container::{ContainerMode, Engine};
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Container mode with the images of `TURBOFAN_IMAGES`, or `None` (and why) without it.
@@ -190,4 +195,99 @@ async fn the_derived_manifests_run_or_are_refused_clearly() {
             "{e}"
         );
     }
+}
+
+/// The ids of the containers a runtime on `state` created, once there are `n`, none of them
+/// in `not`.
+async fn containers_once(
+    mode: &ContainerMode,
+    state: &Path,
+    n: usize,
+    not: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let engine = Engine::connect(&mode.engine).await.expect("the engine");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ids: BTreeSet<String> = engine
+            .containers_of(state)
+            .await
+            .expect("listing containers")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        if ids.len() == n && ids.is_disjoint(not) {
+            return ids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "containers of {}: {ids:?}, expected {n} new ones",
+            state.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_started_after_a_crash_removes_the_containers_the_crashed_one_left() {
+    let Some(mode) = container_mode() else {
+        return;
+    };
+    let images = std::env::var_os("TURBOFAN_IMAGES").expect("TURBOFAN_IMAGES");
+    let bin = pipeline::module_bin_dir().expect("the binaries");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let state = state.canonicalize().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let start = || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("runtime.log"))
+            .unwrap();
+        Command::new(bin.join("iotedge-local"))
+            .arg("--state")
+            .arg(&state)
+            .args(["run", "--metrics", "off", "--mqtt-port", &port.to_string()])
+            .arg("--manifest")
+            .arg(pipeline::repo_root().join("deployment.template.json"))
+            .args(["--containers", "--engine", &mode.engine, "--images"])
+            .arg(&images)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("iotedge-local starts")
+    };
+    let mut first = start();
+    let before = containers_once(&mode, &state, MODULES.len(), &BTreeSet::new()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let engine = Engine::connect(&mode.engine).await.expect("the engine");
+    let left: BTreeSet<String> = engine
+        .containers_of(&state)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        left, before,
+        "a crashed runtime's containers stay until the next one"
+    );
+
+    let mut second = start();
+    let after = containers_once(&mode, &state, MODULES.len(), &before).await;
+    assert!(after.is_disjoint(&before));
+    pipeline::terminate(second.id()).unwrap();
+    let status = second.wait().unwrap();
+    assert!(
+        status.success(),
+        "the runtime stops cleanly on SIGTERM: {status}"
+    );
+    no_container_left(&mode, &state).await;
 }

@@ -4,7 +4,7 @@
 # when missing), idempotently, and prints their sizes as the engine reports them.
 #
 #   docker/build-images.sh [--bases local|registry] [--registry ADDR] [--bin-dir DIR]
-#                          [--modules "M ..."]
+#                          [--modules "M ..."] [--gpu]
 #
 # --bases local     (default) for a machine that reaches no container registry: the base image
 #                   is made here from Debian 12 packages (docker/base-tree.sh: what distroless
@@ -19,6 +19,9 @@
 #                   localhost: the engine's own store).
 # --bin-dir DIR     release binaries for --bases local (default: built now with cargo build
 #                   --release into $CARGO_TARGET_DIR or target).
+# --gpu             also the classifier's GPU image (docker/Dockerfile.amd64.gpu, tagged
+#                   <version>-amd64.gpu; about 2.5 GB): onnxruntime-gpu and NVIDIA's CUDA and
+#                   cuDNN wheels from PyPI (pip's cache keeps them after the first time).
 #
 # Writes out/images.json: for each module its image name, id, size in bytes and user.
 set -euo pipefail
@@ -29,13 +32,15 @@ BASES=local
 REGISTRY=localhost
 BIN_DIR=""
 MODULES="turbofanRouter turbofanRulClassifier avroFileWriter"
+GPU=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --bases) BASES="$2"; shift 2 ;;
         --registry) REGISTRY="$2"; shift 2 ;;
         --bin-dir) BIN_DIR="$2"; shift 2 ;;
         --modules) MODULES="$2"; shift 2 ;;
-        -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+        --gpu) GPU=1; shift ;;
+        -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "build-images.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -89,6 +94,15 @@ fi
 
 json="{"
 sep=""
+# record KEY IMAGE: prints the image's size as the engine reports it and adds it to images.json.
+record() {
+    local id size user health
+    read -r id size user < <($ENGINE image inspect --format '{{.Id}} {{.Size}} {{.Config.User}}' "$2")
+    health="$($ENGINE image inspect --format '{{json .Config.Healthcheck}}' "$2")"
+    awk -v i="$2" -v s="$size" 'BEGIN { printf "build-images: %-48s %6.1f MB\n", i, s / 1e6 }' >&2
+    json="$json$sep\"$1\": {\"image\": \"$2\", \"id\": \"$id\", \"bytes\": $size, \"user\": \"$user\", \"healthcheck\": $health}"
+    sep=", "
+}
 for m in $MODULES; do
     spec="modules/$m/module.json"
     [ -f "$spec" ] || fail "no $spec"
@@ -99,12 +113,22 @@ for m in $MODULES; do
     note "building $image"
     $ENGINE build -q "${FORMAT[@]}" "${ULIMITS[@]}" -f docker/Dockerfile.amd64 "${options[@]}" "${args[@]}" -t "$image" . >/dev/null ||
         fail "building $image failed"
-    read -r id size user < <($ENGINE image inspect --format '{{.Id}} {{.Size}} {{.Config.User}}' "$image")
-    health="$($ENGINE image inspect --format '{{json .Config.Healthcheck}}' "$image")"
-    awk -v i="$image" -v s="$size" 'BEGIN { printf "build-images: %-48s %6.1f MB\n", i, s / 1e6 }' >&2
-    json="$json$sep\"$m\": {\"image\": \"$image\", \"id\": \"$id\", \"bytes\": $size, \"user\": \"$user\", \"healthcheck\": $health}"
-    sep=", "
+    record "$m" "$image"
 done
+if [ "$GPU" = 1 ]; then
+    m=turbofanRulClassifier
+    version="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["image"]["tag"]["version"])' "modules/$m/module.json")"
+    image="$REGISTRY/turbofanrulclassifier:$version-amd64.gpu"
+    if [ "$BASES" = local ]; then
+        note "the classifier's GPU files (docker/assemble.sh --gpu --parts docker/prebuilt)"
+        rm -rf "docker/prebuilt/$m"
+        bash docker/assemble.sh --gpu --bin-dir "$BIN_DIR" --out "$ROOT/out/image-tree-gpu" --parts docker/prebuilt >&2
+    fi
+    note "building $image"
+    $ENGINE build -q "${FORMAT[@]}" "${ULIMITS[@]}" -f docker/Dockerfile.amd64.gpu --build-arg MODULE=$m "${args[@]}" -t "$image" . >/dev/null ||
+        fail "building $image failed"
+    record "$m.amd64.gpu" "$image"
+fi
 mkdir -p out
 echo "$json}" >out/images.json
 note "images in out/images.json"

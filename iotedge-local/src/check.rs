@@ -77,7 +77,10 @@ async fn containers(i: &Inputs, mode: &crate::agent::container::ContainerMode) -
         Ok(e) => e,
         Err(e) => return Verdict::Error(e),
     };
-    let wanted = m.modules.iter().filter(|s| !i.no_program.contains(&s.name));
+    let wanted = m
+        .modules
+        .iter()
+        .filter(|s| !i.no_program.contains(&s.name) && s.status == "running");
     let (images, problems) = engine.images_for(mode, wanted).await;
     if !problems.is_empty() {
         return Verdict::Error(problems.join("; "));
@@ -147,6 +150,7 @@ fn configuration(i: &Inputs) -> Verdict {
         .modules
         .iter()
         .filter(|s| !i.no_program.contains(&s.name) && i.containers.is_none())
+        .filter(|s| s.status == "running")
         .filter_map(|s| agent::resolve_program(&s.name, &s.image, None, &i.bin_dir).err())
         .collect();
     if !missing.is_empty() {

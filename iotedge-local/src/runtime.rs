@@ -161,6 +161,55 @@ async fn resolve_modules(opts: &Options, manifest: &Manifest) -> Result<Modules>
     Ok(modules)
 }
 
+/// The file naming the engine a runtime in container mode runs its containers in, while it
+/// runs: a runtime started later on the same state, in either mode, removes what a crashed
+/// one left there.
+const CONTAINERS_MARKER: &str = "containers.json";
+
+async fn remove_earlier_containers(
+    state: &Path,
+    modules: &Modules,
+    mode: Option<&ContainerMode>,
+) -> Result<()> {
+    let marker = state.join(CONTAINERS_MARKER);
+    let earlier = std::fs::read(&marker)
+        .ok()
+        .and_then(|t| serde_json::from_slice::<Value>(&t).ok())
+        .and_then(|v| Some(v.get("engine")?.as_str()?.to_owned()));
+    let mut unreachable = false;
+    if let Some(uri) = earlier.filter(|u| mode.is_none_or(|m| m.engine != *u)) {
+        match Engine::connect(&uri).await {
+            Ok(e) => {
+                e.remove_leftovers(state)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+            }
+            Err(e) => {
+                warn!(engine = %uri, error = %e, "an earlier runtime on this state ran containers in an engine that does not answer now; they may still run (the next start tries again)");
+                unreachable = true;
+            }
+        }
+    }
+    match (modules, mode) {
+        (Modules::Containers { engine, .. }, Some(mode)) => {
+            engine
+                .remove_leftovers(state)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            std::fs::write(
+                &marker,
+                serde_json::json!({"engine": mode.engine}).to_string(),
+            )
+            .with_context(|| format!("writing {}", marker.display()))?;
+        }
+        _ if !unreachable => {
+            let _ = std::fs::remove_file(&marker);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// A module's container: its create body from the manifest's createOptions, binds mapped
 /// into the state folder and given to the module's user, as preparing a device does.
 fn container_spec(
@@ -226,12 +275,7 @@ fn container_spec(
     for n in notes {
         info!(module = %m.name, "{n}");
     }
-    Ok(ContainerSpec {
-        engine: engine.clone(),
-        name,
-        image,
-        body,
-    })
+    Ok(ContainerSpec::new(engine.clone(), name, image, body))
 }
 
 /// A running runtime.
@@ -298,7 +342,16 @@ fn write_device_config(state: &Path, hub: &str, device: &str, key: &str) -> Resu
 }
 
 fn bind_dir(state: &Path, host: &str, container: &str) -> Result<PathBuf> {
-    let local = state.join("binds").join(host.trim_start_matches('/'));
+    use std::path::Component;
+    let inside = Path::new(host.trim_start_matches('/'));
+    if inside.as_os_str().is_empty()
+        || inside
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        bail!("bind '{host}:{container}': the host path must name a folder or file below / without '..' (it is mapped into the state folder)");
+    }
+    let local = state.join("binds").join(inside);
     // A bind of a file (e.g. a config file) gets its folder; a directory is created.
     let is_file = Path::new(container).extension().is_some();
     let dir = if is_file {
@@ -383,13 +436,8 @@ impl Runtime {
 
         // Check every program (or image) before starting anything.
         let mut modules = resolve_modules(&opts, &manifest).await?;
-        if let Modules::Containers { engine, .. } = &modules {
-            // Containers an earlier runtime on this state left go first, as its processes do.
-            engine
-                .remove_leftovers(&state)
-                .await
-                .map_err(anyhow::Error::msg)?;
-        }
+        // Containers an earlier runtime on this state left go first, as its processes do.
+        remove_earlier_containers(&state, &modules, opts.containers.as_ref()).await?;
 
         let addr = SocketAddr::new(opts.bind, opts.mqtt_port);
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -540,8 +588,21 @@ impl Runtime {
             } else {
                 &PASS_THROUGH
             };
+            // The manifest's env and createOptions.Env win over the runtime's own.
+            let written: Vec<&str> = m
+                .create_options
+                .get("Env")
+                .and_then(Value::as_array)
+                .map(|e| {
+                    e.iter()
+                        .filter_map(Value::as_str)
+                        .map(|e| e.split('=').next().unwrap_or(e))
+                        .collect()
+                })
+                .unwrap_or_default();
             let mut env: Vec<(String, String)> = pass
                 .iter()
+                .filter(|k| !m.env.contains_key(**k) && !written.contains(k))
                 .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
                 .collect();
             env.extend(m.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -649,10 +710,16 @@ impl Runtime {
             "routeErrors": route_errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
             "metrics": metrics.iter().map(|(k, a)| (k.clone(), format!("http://{a}/metrics"))).collect::<BTreeMap<_, _>>(),
         });
-        std::fs::write(
-            layout::ready_file(&state),
-            serde_json::to_vec_pretty(&ready)?,
-        )?;
+        if let Err(e) = serde_json::to_vec_pretty(&ready)
+            .map_err(anyhow::Error::from)
+            .and_then(|j| Ok(std::fs::write(layout::ready_file(&state), j)?))
+        {
+            // Nothing started here outlives a failed start.
+            if let Some(a) = agent {
+                a.stop().await;
+            }
+            return Err(e.context("writing the ready file"));
+        }
         info!(port = mqtt_port, state = %state.display(), routes = manifest.routes.len() - route_errors.len(), "runtime ready");
         Ok(Runtime {
             hub,
@@ -719,6 +786,8 @@ impl Runtime {
             az.stop().await;
         }
         let _ = std::fs::remove_file(layout::ready_file(&self.state_dir));
+        // Every container is removed by now.
+        let _ = std::fs::remove_file(self.state_dir.join(CONTAINERS_MARKER));
         info!("runtime stopped");
     }
 }
@@ -751,4 +820,28 @@ pub fn mqtt_connection_budget(open_files: u64, modules: usize) -> usize {
     usize::try_from(left)
         .unwrap_or(usize::MAX)
         .clamp(64, tokio::sync::Semaphore::MAX_PERMITS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_stay_inside_the_state_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["/", "/data/../../etc", "/./x", ""] {
+            let e = bind_dir(dir.path(), bad, "/x").unwrap_err().to_string();
+            assert!(e.contains("without '..'"), "{bad}: {e}");
+        }
+        let ok = bind_dir(dir.path(), "/data/avrofiles", "/avrofiles").unwrap();
+        assert_eq!(ok, dir.path().join("binds/data/avrofiles"));
+        assert!(ok.is_dir());
+        let file = bind_dir(
+            dir.path(),
+            "/etc/aziot/config.toml",
+            "/etc/aziot/config.toml",
+        )
+        .unwrap();
+        assert!(file.parent().unwrap().is_dir() && !file.exists());
+    }
 }

@@ -224,10 +224,11 @@ impl Engine {
             .version()
             .await
             .map_err(|e| format!("no container engine answers at {uri}: {e}; {hint}"))?;
-        let info = docker
-            .info()
+        // Plain JSON: only the runtimes' names are needed, whatever else the engine says.
+        let info = get_json(Path::new(path), "/info")
             .await
-            .map_err(|e| engine_error("asking for its runtimes", e))?;
+            .map_err(|e| format!("container engine: asking for its runtimes: {e}"))?
+            .1;
         let name = version
             .platform
             .as_ref()
@@ -240,8 +241,8 @@ impl Engine {
             version.api_version.unwrap_or_default()
         );
         let gpu = info
-            .runtimes
-            .as_ref()
+            .get("Runtimes")
+            .and_then(Value::as_object)
             .is_some_and(|r| r.contains_key("nvidia"));
         Ok(Engine {
             docker,
@@ -411,6 +412,27 @@ pub struct ContainerSpec {
     pub image: String,
     /// The create body (the manifest's createOptions plus the runtime's additions).
     pub body: ContainerCreateBody,
+    /// The time of the last line of output copied to the module's log, and how many lines
+    /// with that time were copied (Podman's times are whole seconds).
+    log_mark: std::sync::Mutex<Option<(chrono::DateTime<chrono::FixedOffset>, usize)>>,
+}
+
+impl ContainerSpec {
+    /// A container to create from `body`.
+    pub fn new(
+        engine: Arc<Engine>,
+        name: String,
+        image: String,
+        body: ContainerCreateBody,
+    ) -> ContainerSpec {
+        ContainerSpec {
+            engine,
+            name,
+            image,
+            body,
+            log_mark: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 impl std::fmt::Debug for ContainerSpec {
@@ -546,6 +568,16 @@ pub fn create_body(
             a.extend(add.extra_hosts.into_iter().map(Value::String));
         }
     }
+    let bind_mounts = host
+        .get("Mounts")
+        .and_then(Value::as_array)
+        .is_some_and(|m| {
+            m.iter()
+                .any(|m| m.get("Type").and_then(Value::as_str) == Some("bind"))
+        });
+    if bind_mounts {
+        return Err("HostConfig.Mounts of type bind would mount host paths as they are: write them as HostConfig.Binds, which the runtime maps into its state folder".into());
+    }
     // A network of the manifest's (azure-iot-edge) does not exist here.
     body.remove("NetworkingConfig");
     let body = serde_json::from_value(Value::Object(body))
@@ -579,12 +611,17 @@ pub fn give_to(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
 /// Reports health changes (`starting`, `healthy`, `unhealthy: …`).
 pub type HealthSink = Arc<dyn Fn(String) + Send + Sync>;
 
+/// How long the log copier gets, once its container stopped, to copy the last lines.
+const LOG_DRAIN: Duration = Duration::from_secs(2);
+
 /// A started container.
 pub struct Running {
     spec: Arc<ContainerSpec>,
     /// The host pid of its main process.
     pub pid: Option<u32>,
-    tasks: Vec<JoinHandle<()>>,
+    logs: Option<JoinHandle<()>>,
+    health: Option<JoinHandle<()>>,
+    unhealthy: Option<tokio::sync::mpsc::Receiver<String>>,
 }
 
 impl Running {
@@ -610,7 +647,6 @@ impl Running {
                 .map_err(|e| engine_error(&format!("creating {}", spec.name), e))?;
             info!(container = %spec.name, image = %spec.image, "container created");
         }
-        let since = chrono::Utc::now().timestamp() as i32;
         docker
             .start_container(&spec.name, None::<StartContainerOptions>)
             .await
@@ -632,16 +668,23 @@ impl Running {
             .and_then(Value::as_u64)
             .filter(|p| *p > 0)
             .and_then(|p| u32::try_from(p).ok());
-        let mut tasks = vec![tokio::spawn(copy_logs(
-            spec.clone(),
-            log.to_path_buf(),
-            since,
-        ))];
-        if let Some(check) = healthcheck {
-            health("starting".into());
-            tasks.push(tokio::spawn(run_health_checks(spec.clone(), check, health)));
-        }
-        Ok(Running { spec, pid, tasks })
+        let logs = Some(tokio::spawn(copy_logs(spec.clone(), log.to_path_buf())));
+        let (health_task, unhealthy) = match healthcheck {
+            Some(check) => {
+                health("starting".into());
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                let task = tokio::spawn(run_health_checks(spec.clone(), check, health, tx));
+                (Some(task), Some(rx))
+            }
+            None => (None, None),
+        };
+        Ok(Running {
+            spec,
+            pid,
+            logs,
+            health: health_task,
+            unhealthy,
+        })
     }
 
     /// Waits until the container stops; its exit as text, and whether it failed.
@@ -670,13 +713,22 @@ impl Running {
             Some(Err(e)) => (format!("lost track of the container: {e}"), true),
             None => ("lost track of the container".into(), true),
         };
-        self.end_tasks();
+        self.end_health();
+        self.drain_logs().await;
         exit
     }
 
+    /// Where the health check says why it turned unhealthy (once per episode), for the
+    /// supervisor; `None` without a check, or once taken.
+    pub fn take_unhealthy(&mut self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        self.unhealthy.take()
+    }
+
     /// Stops the container (SIGTERM, then SIGKILL after [`super::STOP_GRACE`]); it stays,
-    /// to be started again.
+    /// to be started again. Its health check ends first: a check of a stopping container
+    /// says nothing of the next one.
     pub async fn stop(&mut self) {
+        self.end_health();
         let grace = super::STOP_GRACE.as_secs() as i32;
         if let Err(e) = self
             .spec
@@ -695,24 +747,50 @@ impl Running {
                 warn!(container = %self.spec.name, error = %e, "stopping the container failed");
             }
         }
-        self.end_tasks();
+        self.drain_logs().await;
     }
 
-    fn end_tasks(&mut self) {
-        for t in self.tasks.drain(..) {
+    fn end_health(&mut self) {
+        if let Some(t) = self.health.take() {
             t.abort();
+        }
+        self.unhealthy = None;
+    }
+
+    /// Lets the log copier write the stopped container's last lines (its stream ends with
+    /// the container), for at most [`LOG_DRAIN`].
+    async fn drain_logs(&mut self) {
+        if let Some(mut t) = self.logs.take() {
+            if tokio::time::timeout(LOG_DRAIN, &mut t).await.is_err() {
+                t.abort();
+            }
         }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.end_tasks();
+        self.end_health();
+        if let Some(t) = self.logs.take() {
+            t.abort();
+        }
     }
 }
 
-/// Appends the container's output (from `since`) to the module's log file until it stops.
-async fn copy_logs(spec: Arc<ContainerSpec>, log: PathBuf, since: i32) {
+/// A line of a container's output read with timestamps: its time and its text, or `None`
+/// for a line without a time.
+fn split_timestamp(line: &[u8]) -> Option<(chrono::DateTime<chrono::FixedOffset>, &[u8])> {
+    let space = line.iter().position(|b| *b == b' ')?;
+    let time = std::str::from_utf8(&line[..space]).ok()?;
+    let time = chrono::DateTime::parse_from_rfc3339(time).ok()?;
+    Some((time, &line[space + 1..]))
+}
+
+/// Appends the container's output to the module's log file until it stops. Lines are read
+/// with their times, and only those after the last line copied from an earlier run of the
+/// same container are written (the engine's `since`, and Podman's times, count whole
+/// seconds: lines of the same second are told apart by their place in it).
+async fn copy_logs(spec: Arc<ContainerSpec>, log: PathBuf) {
     let mut file = match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -724,25 +802,56 @@ async fn copy_logs(spec: Arc<ContainerSpec>, log: PathBuf, since: i32) {
             return;
         }
     };
+    let since = spec
+        .log_mark
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map_or(0, |(t, _)| t.timestamp() as i32);
     let mut stream = spec.engine.docker.logs(
         &spec.name,
         Some(LogsOptions {
             follow: true,
             stdout: true,
             stderr: true,
+            timestamps: true,
             since,
             ..Default::default()
         }),
     );
+    // This stream's lines with the time of the last one: the first as many as were copied
+    // with that time from an earlier stream are copies.
+    let mut at: Option<(chrono::DateTime<chrono::FixedOffset>, usize)> = None;
     while let Some(item) = stream.next().await {
-        match item {
-            Ok(out) => {
-                if file.write_all(&out.into_bytes()).is_err() {
-                    return;
-                }
-            }
+        let bytes = match item {
+            Ok(out) => out.into_bytes(),
             Err(e) => {
                 warn!(container = %spec.name, error = %e, "reading the container's output failed");
+                return;
+            }
+        };
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            let text = match split_timestamp(line) {
+                Some((time, text)) => {
+                    let seen = match at {
+                        Some((t, n)) if t == time => n + 1,
+                        _ => 1,
+                    };
+                    at = Some((time, seen));
+                    let mut mark = spec.log_mark.lock().unwrap_or_else(|p| p.into_inner());
+                    let copied = match *mark {
+                        Some((m, n)) if m == time => n,
+                        Some((m, _)) if m > time => usize::MAX,
+                        _ => 0,
+                    };
+                    if seen <= copied {
+                        continue;
+                    }
+                    *mark = Some((time, seen));
+                    text
+                }
+                None => line,
+            };
+            if file.write_all(text).is_err() {
                 return;
             }
         }
@@ -798,7 +907,12 @@ async fn check_once(spec: &ContainerSpec, check: &HealthCheck) -> Result<(), Str
 /// Runs the image's health check as the engine would: every `interval`, failures counting
 /// only after `start_period`, unhealthy after `retries` in a row; while starting, every 2 s
 /// until one passes (Docker's start interval).
-async fn run_health_checks(spec: Arc<ContainerSpec>, check: HealthCheck, sink: HealthSink) {
+async fn run_health_checks(
+    spec: Arc<ContainerSpec>,
+    check: HealthCheck,
+    sink: HealthSink,
+    unhealthy: tokio::sync::mpsc::Sender<String>,
+) {
     let started = tokio::time::Instant::now();
     let mut failures = 0;
     let mut healthy_once = false;
@@ -827,6 +941,7 @@ async fn run_health_checks(spec: Arc<ContainerSpec>, check: HealthCheck, sink: H
                 if failures >= check.retries {
                     warn!(container = %spec.name, failures, reason = %why, "health check failed: unhealthy");
                     sink(format!("unhealthy: {why}"));
+                    let _ = unhealthy.try_send(why);
                 }
             }
         }
@@ -961,6 +1076,21 @@ mod tests {
             ..Default::default()
         };
         assert!(HealthCheck::from_config(&none).is_none());
+    }
+
+    #[test]
+    fn bind_mounts_are_refused_and_log_lines_split_off_their_time() {
+        let socket = PathBuf::from("/s");
+        let e = create_body(
+            &json!({"HostConfig": {"Mounts": [{"Type": "bind", "Source": "/etc", "Target": "/x"}]}}),
+            additions(&socket),
+        )
+        .unwrap_err();
+        assert!(e.contains("HostConfig.Binds"), "{e}");
+        let (t, text) = split_timestamp(b"2026-12-07T19:48:28.396650123Z models loaded\n").unwrap();
+        assert_eq!(text, b"models loaded\n");
+        assert_eq!(t.timestamp_subsec_nanos(), 396_650_123);
+        assert!(split_timestamp(b"no time here\n").is_none());
     }
 
     #[test]

@@ -191,6 +191,17 @@ pub async fn stop_leftovers(launches: &[Launch]) -> Vec<String> {
     stopped
 }
 
+/// Why the health check turned unhealthy; pending without a check, or while healthy.
+async fn unhealthy(rx: &mut Option<tokio::sync::mpsc::Receiver<String>>) -> String {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(why) => why,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// A started module: a process of its own, or a container.
 enum Instance {
     Process(Child),
@@ -198,6 +209,14 @@ enum Instance {
 }
 
 impl Instance {
+    /// Where its health check says it turned unhealthy (a container with a check).
+    fn take_unhealthy(&mut self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        match self {
+            Instance::Process(_) => None,
+            Instance::Container(r) => r.take_unhealthy(),
+        }
+    }
+
     fn pid(&self) -> Option<u32> {
         match self {
             Instance::Process(c) => c.id(),
@@ -308,7 +327,11 @@ async fn supervise(
         Program::Container(spec) => Some(spec.clone()),
         _ => None,
     };
-    run_module(l, stop, status, restart_now).await;
+    // In a task of its own: a panic in it still removes the container.
+    let name = l.name.clone();
+    if let Err(e) = tokio::spawn(run_module(l, stop, status, restart_now)).await {
+        error!(module = %name, error = %e, "the module's supervisor failed");
+    }
     if let Some(spec) = spec {
         if let Err(e) = spec.engine.remove(&spec.name).await {
             warn!(container = %spec.name, error = %e, "the container could not be removed");
@@ -331,33 +354,48 @@ async fn run_module(
         set(&|s| s.container = Some(spec.name.clone()));
     }
     let health: container::HealthSink = {
-        let (status, name, restart_now) = (status.clone(), l.name.clone(), restart_now.clone());
-        let on_unhealthy = l.restart == RestartPolicy::OnUnhealthy;
+        let (status, name) = (status.clone(), l.name.clone());
         Arc::new(move |h: String| {
-            let unhealthy = h.starts_with("unhealthy");
             let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
             s.entry(name.clone()).or_default().health = Some(h);
-            if unhealthy && on_unhealthy {
-                warn!(module = %name, "unhealthy: restarting it (restartPolicy on-unhealthy)");
-                restart_now.notify_one();
-            }
         })
     };
+    let on_unhealthy = l.restart == RestartPolicy::OnUnhealthy;
     loop {
         let mut child = match start(&l, health.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 error!(module = %l.name, error = %e, program = ?l.program, "cannot start module");
                 set(&|s| s.last_exit = Some(format!("failed to start: {e}")));
-                return;
+                if !matches!(l.program, Program::Container(_)) {
+                    return;
+                }
+                // The engine may be restarting or busy: try again, as edgeAgent does.
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                continue;
             }
         };
         let pid = child.pid();
         info!(module = %l.name, pid, "module started");
         set(&|s| s.pid = pid);
         let started = Instant::now();
+        let mut unhealthy_rx = child.take_unhealthy();
         let exit = tokio::select! {
             r = child.wait() => r,
+            why = unhealthy(&mut unhealthy_rx), if on_unhealthy => {
+                warn!(module = %l.name, reason = %why, "unhealthy: restarting it (restartPolicy on-unhealthy)");
+                child.stop(&l.name).await;
+                set(&|s| {
+                    s.pid = None;
+                    s.last_exit = Some(format!("unhealthy: {why}"));
+                    s.restarts += 1;
+                });
+                continue;
+            }
             _ = stop.changed() => {
                 child.stop(&l.name).await;
                 let _ = std::fs::remove_file(l.workdir.join(PID_FILE));

@@ -127,11 +127,14 @@ async fn the_images_run_the_pipeline_and_a_killed_container_loses_nothing() {
         uploads.blobs() > 0,
         "the Avro files were uploaded to Azurite"
     );
+    // The container's output is in the module's log, each run's once: its start line as
+    // many times as it started.
     let log = std::fs::read_to_string(p.state().join("logs").join(format!("{CLASSIFIER}.log")))
         .expect("the classifier's log");
-    assert!(
-        !log.is_empty(),
-        "the container's output is in the module's log"
+    assert_eq!(
+        log.matches("models loaded").count(),
+        p.restarts(CLASSIFIER) as usize + 1,
+        "{log}"
     );
     println!(
         "containers: {} messages; RUL messages {ruls}; Avro records {avro} in {} blob(s); {:.1} s",
@@ -289,5 +292,50 @@ async fn a_runtime_started_after_a_crash_removes_the_containers_the_crashed_one_
         status.success(),
         "the runtime stops cleanly on SIGTERM: {status}"
     );
+    no_container_left(&mode, &state).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_container_is_restarted_once_per_episode_under_on_unhealthy() {
+    let Some(mode) = container_mode() else {
+        return;
+    };
+    // The router's check fails (an argument the module refuses) every second; two failures
+    // make it unhealthy.
+    let mut manifest = pipeline::deployment_manifest(&[]).expect("the deployment manifest");
+    let router = manifest
+        .pointer_mut("/modulesContent/$edgeAgent/properties.desired/modules/turbofanRouter")
+        .expect("the router");
+    router["restartPolicy"] = "on-unhealthy".into();
+    router["settings"]["createOptions"] = serde_json::json!({"Healthcheck": {
+        "Test": ["CMD", "/app/module", "--no-such-flag"],
+        "Interval": 1_000_000_000u64, "Timeout": 5_000_000_000u64, "Retries": 2, "StartPeriod": 0}});
+    let p = start(&manifest, &mode).await.expect("the runtime starts");
+    let started = Instant::now();
+    wait_for(
+        "the router restarted twice",
+        Duration::from_secs(60),
+        || Ok((p.restarts(e2e::ROUTER) >= 2).then_some(())),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}: {:?}", p.rt.process_status()));
+    let status = p.rt.process_status()[e2e::ROUTER].clone();
+    let elapsed = started.elapsed().as_secs_f64();
+    // An episode takes at least two failed checks a second apart: no more than one restart
+    // for each, however long the container takes to stop.
+    assert!(
+        f64::from(status.restarts) <= elapsed / 2.0 + 1.0,
+        "{} restarts in {elapsed:.1} s: {status:?}",
+        status.restarts
+    );
+    assert!(
+        status
+            .last_exit
+            .as_deref()
+            .is_some_and(|e| e.starts_with("unhealthy")),
+        "{status:?}"
+    );
+    let state = p.state().to_path_buf();
+    p.shutdown().await;
     no_container_left(&mode, &state).await;
 }

@@ -1,7 +1,7 @@
 //! The pure part of the report: which sent message got which outcome, each engine's last
 //! prediction against the truth, RMSE and the PHM08 score.
 
-use crate::upstream::{DeadLetter, RulMessage};
+use hub_records::{DeadLetter, RulMessage};
 use leaf_simulator::plan::unit_of;
 use leaf_simulator::SentRecord;
 use serde::Serialize;
@@ -323,6 +323,8 @@ mod tests {
         DeadLetter {
             correlation_id: cid.map(str::to_owned),
             reason: reason.into(),
+            payload: serde_json::Value::Null,
+            payload_encoding: "json".into(),
         }
     }
 

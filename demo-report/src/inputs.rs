@@ -3,7 +3,7 @@
 
 use crate::analysis::Truth;
 use crate::error::ReportError;
-use crate::upstream::UpstreamReader;
+use hub_records::Reader;
 use leaf_simulator::SentRecord;
 use runtime_state::layout;
 use serde::Serialize;
@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// The module that archives records as Avro files.
-pub const AVRO_WRITER: &str = "avroFileWriter";
+pub const AVRO_WRITER: &str = turbofan_domain::ports::writer::MODULE;
 
 /// Where a run's traces are.
 #[derive(Debug, Clone)]
@@ -244,7 +244,7 @@ pub struct Snapshot {
     /// The sent log.
     pub sent: Vec<SentRecord>,
     /// The upstream store, sorted.
-    pub upstream: UpstreamReader,
+    pub upstream: Reader,
     /// File-upload notifications.
     pub uploads: Vec<Upload>,
     /// The runtime's status, when it runs.
@@ -260,7 +260,7 @@ impl Snapshot {
     pub async fn read(sources: &Sources) -> Result<Snapshot, ReportError> {
         let mut s = Snapshot {
             sent: read_sent(&sources.sent_log)?,
-            upstream: UpstreamReader::new(&sources.upstream()),
+            upstream: Reader::new(&sources.upstream()),
             uploads: Vec::new(),
             status: None,
             avro_reported: None,

@@ -21,7 +21,6 @@ mod error;
 pub mod inputs;
 pub mod plot;
 pub mod report;
-pub mod upstream;
 pub mod wait;
 
 pub use error::ReportError;

@@ -3,13 +3,16 @@
 
 use crate::analysis::{self, EngineResult, Outcomes, Truth};
 use crate::inputs::{self, AvroStats, ModuleStatus, Snapshot, Sources, Upload};
-use crate::upstream::RulMessage;
+use hub_records::RulMessage;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 /// The modules a telemetry message passes before its RUL message reaches IoT Hub.
-const PIPELINE: [&str; 2] = ["turbofanRouter", "turbofanRulClassifier"];
+const PIPELINE: [&str; 2] = [
+    turbofan_domain::ports::router::MODULE,
+    turbofan_domain::ports::classifier::MODULE,
+];
 
 /// How waiting for the pipeline ended.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -642,7 +645,6 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::UpstreamReader;
     use leaf_simulator::SentRecord;
     use std::path::Path;
     use turbofan_domain::cmapss::Row;
@@ -657,7 +659,7 @@ mod tests {
                 sent_at: String::new(),
             })
             .collect();
-        let mut upstream = UpstreamReader::new(Path::new("/nonexistent"));
+        let mut upstream = hub_records::Reader::new(Path::new("/nonexistent"));
         upstream.ruls = vec![
             RulMessage {
                 correlation_id: "c1".into(),
@@ -674,6 +676,7 @@ mod tests {
                 interval: Some((95.0, 150.0)),
                 history_cycles: Some(2),
                 model: Some("rul-history-hgb".into()),
+                ..Default::default()
             },
         ];
         Snapshot {

@@ -227,7 +227,7 @@ fn certificates(state: &Path, gateway: &str) -> Verdict {
     }
 }
 
-fn ports(i: &Inputs, running: Option<&(u32, serde_json::Value)>) -> Verdict {
+fn ports(i: &Inputs, running: Option<&runtime_state::Ready>) -> Verdict {
     let mut wanted = vec![("edgeHub MQTT/TLS", SocketAddr::new(i.bind, i.mqtt_port))];
     if let Some(m) = i.metrics.filter(|m| m.port() != 0) {
         wanted.push(("edgeHub metrics", m));
@@ -239,7 +239,7 @@ fn ports(i: &Inputs, running: Option<&(u32, serde_json::Value)>) -> Verdict {
             continue;
         }
         match running {
-            Some((pid, _)) => ours.push(format!("{what} {addr} (the runtime, pid {pid})")),
+            Some(r) => ours.push(format!("{what} {addr} (the runtime, pid {})", r.pid)),
             None => taken.push(format!("{what} {addr}")),
         }
     }

@@ -696,29 +696,32 @@ impl Runtime {
             let _ = agent_slot.set(a.handle());
         }
 
-        let ready = serde_json::json!({
-            "pid": std::process::id(),
-            "mqttPort": mqtt_port,
-            "hubHostname": opts.hub_hostname,
-            "deviceId": opts.device_id,
-            "gatewayHostname": opts.gateway_hostname,
-            "caCert": layout::certs(&state).join("ca.pem"),
-            "upstream": layout::upstream_store(&state),
-            "hubHttps": authority,
-            "blobStore": match &blob_store { crate::iothub::files::BlobStore::Azurite { host } => format!("https://{host}"), crate::iothub::files::BlobStore::Directory(d) => d.display().to_string() },
-            "fileNotifications": layout::file_notifications(&state),
-            "routeErrors": route_errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-            "metrics": metrics.iter().map(|(k, a)| (k.clone(), format!("http://{a}/metrics"))).collect::<BTreeMap<_, _>>(),
-        });
-        if let Err(e) = serde_json::to_vec_pretty(&ready)
-            .map_err(anyhow::Error::from)
-            .and_then(|j| Ok(std::fs::write(layout::ready_file(&state), j)?))
-        {
+        let ready = runtime_state::Ready {
+            pid: std::process::id(),
+            mqtt_port,
+            hub_hostname: opts.hub_hostname.clone(),
+            device_id: opts.device_id.clone(),
+            gateway_hostname: opts.gateway_hostname.clone(),
+            ca_cert: layout::certs(&state).join("ca.pem"),
+            upstream: layout::upstream_store(&state),
+            hub_https: authority,
+            blob_store: match &blob_store {
+                crate::iothub::files::BlobStore::Azurite { host } => format!("https://{host}"),
+                crate::iothub::files::BlobStore::Directory(d) => d.display().to_string(),
+            },
+            file_notifications: layout::file_notifications(&state),
+            route_errors: route_errors.iter().map(|e| e.to_string()).collect(),
+            metrics: metrics
+                .iter()
+                .map(|(k, a)| (k.clone(), format!("http://{a}/metrics")))
+                .collect(),
+        };
+        if let Err(e) = ready.write(&state) {
             // Nothing started here outlives a failed start.
             if let Some(a) = agent {
                 a.stop().await;
             }
-            return Err(e.context("writing the ready file"));
+            return Err(anyhow::Error::from(e).context("writing the ready file"));
         }
         info!(port = mqtt_port, state = %state.display(), routes = manifest.routes.len() - route_errors.len(), "runtime ready");
         Ok(Runtime {

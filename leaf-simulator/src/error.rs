@@ -5,25 +5,10 @@ use std::path::PathBuf;
 /// Why the simulator cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    /// No `runtime.json` in the state folder: no runtime is running there.
-    #[error(
-        "no runtime is running with state folder {state} (no runtime.json there): start it first, e.g. `iotedge-local --state {state} run`, or pass --state"
-    )]
-    NotRunning {
-        /// The state folder.
-        state: PathBuf,
-    },
-    /// `runtime.json` names a process that is gone: the runtime stopped without cleaning up.
-    #[error(
-        "the runtime of state folder {state} (pid {pid}) is not running any more: start it again"
-    )]
-    Stale {
-        /// The state folder.
-        state: PathBuf,
-        /// The pid the ready file names.
-        pid: u32,
-    },
-    /// `runtime.json` or the CA certificate it names cannot be used.
+    /// No runtime runs on the state folder, or its ready file cannot be used.
+    #[error(transparent)]
+    NotReady(#[from] runtime_state::ReadyError),
+    /// The CA certificate the ready file names cannot be used.
     #[error("{path}: {reason}")]
     ReadyFile {
         /// The file.

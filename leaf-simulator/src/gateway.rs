@@ -5,8 +5,7 @@ use crate::error::SimError;
 use edge_client::settings::TrustSource;
 use edge_client::Settings;
 use edge_protocol::ConnectionString;
-use runtime_state::layout;
-use serde_json::Value;
+use runtime_state::Ready;
 use std::path::{Path, PathBuf};
 
 /// The edge gateway leaf devices connect through.
@@ -24,75 +23,19 @@ pub struct Gateway {
     pub ca_pem: String,
 }
 
-fn field<'a>(ready: &'a Value, name: &str, path: &Path) -> Result<&'a Value, SimError> {
-    ready.get(name).ok_or_else(|| SimError::ReadyFile {
-        path: path.to_path_buf(),
-        reason: format!("has no '{name}': is it from an older runtime?"),
-    })
-}
-
-fn text(ready: &Value, name: &str, path: &Path) -> Result<String, SimError> {
-    field(ready, name, path)?
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| SimError::ReadyFile {
-            path: path.to_path_buf(),
-            reason: format!("'{name}' is not a string"),
-        })
-}
-
 impl Gateway {
     /// Reads the ready file of the runtime running with state folder `state_dir`.
     pub fn from_state(state_dir: &Path) -> Result<Gateway, SimError> {
-        let path = layout::ready_file(state_dir);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SimError::NotRunning {
-                    state: state_dir.to_path_buf(),
-                })
-            }
-            Err(e) => {
-                return Err(SimError::ReadyFile {
-                    path,
-                    reason: e.to_string(),
-                })
-            }
-        };
-        let ready: Value = serde_json::from_slice(&bytes).map_err(|e| SimError::ReadyFile {
-            path: path.clone(),
-            reason: format!("not JSON: {e}"),
-        })?;
-        if let Some(pid) = ready
-            .get("pid")
-            .and_then(Value::as_u64)
-            .and_then(|p| u32::try_from(p).ok())
-        {
-            if !runtime_state::process_exists(pid) {
-                return Err(SimError::Stale {
-                    state: state_dir.to_path_buf(),
-                    pid,
-                });
-            }
-        }
-        let mqtt_port = field(&ready, "mqttPort", &path)?
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| SimError::ReadyFile {
-                path: path.clone(),
-                reason: "'mqttPort' is not a port number".into(),
-            })?;
-        let ca_path = PathBuf::from(text(&ready, "caCert", &path)?);
-        let ca_pem = std::fs::read_to_string(&ca_path).map_err(|e| SimError::ReadyFile {
-            path: ca_path.clone(),
+        let ready = Ready::running(state_dir)?;
+        let ca_pem = std::fs::read_to_string(&ready.ca_cert).map_err(|e| SimError::ReadyFile {
+            path: ready.ca_cert.clone(),
             reason: format!("cannot read the runtime's CA certificate: {e}"),
         })?;
         Ok(Gateway {
             state_dir: state_dir.to_path_buf(),
-            mqtt_port,
-            hub_hostname: text(&ready, "hubHostname", &path)?,
-            gateway_hostname: text(&ready, "gatewayHostname", &path)
-                .unwrap_or_else(|_| "localhost".into()),
+            mqtt_port: ready.mqtt_port,
+            hub_hostname: ready.hub_hostname,
+            gateway_hostname: ready.gateway_hostname,
             ca_pem,
         })
     }
@@ -133,11 +76,22 @@ mod tests {
 
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, "PEM").unwrap();
-        let ready = serde_json::json!({
-            "pid": std::process::id(), "mqttPort": 18883, "hubHostname": "hub.local",
-            "gatewayHostname": "localhost", "caCert": ca,
-        });
-        std::fs::write(layout::ready_file(dir.path()), ready.to_string()).unwrap();
+        Ready {
+            pid: std::process::id(),
+            mqtt_port: 18883,
+            hub_hostname: "hub.local".into(),
+            device_id: "edge".into(),
+            gateway_hostname: "localhost".into(),
+            ca_cert: ca,
+            upstream: dir.path().join("upstream"),
+            hub_https: "localhost:1".into(),
+            blob_store: "blobs".into(),
+            file_notifications: dir.path().join("notes"),
+            route_errors: vec![],
+            metrics: Default::default(),
+        }
+        .write(dir.path())
+        .unwrap();
         let g = Gateway::from_state(dir.path()).unwrap();
         assert_eq!((g.mqtt_port, g.ca_pem.as_str()), (18883, "PEM"));
         let s = g.device_settings("Client_001", "a2V5").unwrap();
@@ -147,7 +101,7 @@ mod tests {
         assert!(matches!(s.trust, TrustSource::Pem(ref p) if p == "PEM"));
 
         std::fs::write(
-            layout::ready_file(dir.path()),
+            runtime_state::layout::ready_file(dir.path()),
             r#"{"pid": 1, "caCert": "/x"}"#,
         )
         .unwrap();

@@ -465,6 +465,12 @@ mod tests {
         assert!(e.to_string().contains("rate"), "{e}");
         cfg.rate = DEFAULT_RATE;
         let e = simulate(&cfg, Progress::new()).await.unwrap_err();
-        assert!(matches!(e, SimError::NotRunning { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                SimError::NotReady(runtime_state::ReadyError::NotRunning { .. })
+            ),
+            "{e}"
+        );
     }
 }

@@ -3,17 +3,21 @@
 //!
 //! - [`layout`]: where each file of the folder is;
 //! - [`keys`]: the identity key stores (module keys, the leaf-device registry);
-//! - [`control`]: the client of the running runtime's control socket (twins, status).
+//! - [`control`]: the client of the running runtime's control socket (twins, status);
+//! - [`ready`]: the ready file a running runtime writes, and its readers.
 //!
 //! A tool that needs these depends on this crate, not on the runtime.
 
 pub mod control;
 pub mod keys;
 pub mod layout;
+pub mod ready;
 
 pub use keys::{new_key, write_private, KeyStore};
 
 use std::path::{Path, PathBuf};
+
+pub use ready::{Ready, ReadyError};
 
 /// Whether process `pid` exists (checked where `/proc` is available; assumed elsewhere).
 pub fn process_exists(pid: u32) -> bool {
@@ -23,11 +27,8 @@ pub fn process_exists(pid: u32) -> bool {
 
 /// The ready file of the runtime running on `state`, if one is running: the file says so and
 /// its process exists.
-pub fn running_runtime(state: &Path) -> Option<(u32, serde_json::Value)> {
-    let ready: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout::ready_file(state)).ok()?).ok()?;
-    let pid = u32::try_from(ready["pid"].as_u64()?).ok()?;
-    process_exists(pid).then_some((pid, ready))
+pub fn running_runtime(state: &Path) -> Option<ready::Ready> {
+    ready::Ready::running(state).ok()
 }
 
 /// The state folder when none is given.

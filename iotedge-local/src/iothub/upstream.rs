@@ -343,6 +343,22 @@ mod tests {
             assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
             let written: Value = serde_json::from_slice(&out).unwrap();
             assert_eq!(written, record(n as u64, m), "message {n}");
+            // The readers' definition of a line (hub-records) reads every field back.
+            let r: hub_records::Record = serde_json::from_slice(&out).unwrap();
+            assert_eq!(r.seq, n as u64);
+            assert_eq!(r.module.as_deref(), m.connection_module_id.as_deref());
+            assert_eq!(r.origin.as_deref(), m.connection_device_id.as_deref());
+            assert_eq!(r.enqueued_time_utc.as_deref(), m.enqueued_time.as_deref());
+            assert_eq!(
+                r.properties.system.correlation_id.as_deref(),
+                m.correlation_id.as_deref()
+            );
+            assert_eq!(
+                r.properties.system.message_id.as_deref(),
+                m.message_id.as_deref()
+            );
+            assert_eq!(r.properties.application.len(), m.properties.len());
+            assert_eq!(r.payload, written["payload"]);
         }
     }
 

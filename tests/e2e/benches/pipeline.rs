@@ -525,7 +525,7 @@ async fn run(k: u64) -> Result<RunResult> {
     let window = Arc::new(Semaphore::new(window_n));
     let stop = Arc::new(AtomicBool::new(false));
     let follower = follow(
-        Tail::new(p.state()),
+        Tail::of_state(p.state()),
         ledger.clone(),
         window.clone(),
         stop.clone(),

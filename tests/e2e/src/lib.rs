@@ -15,7 +15,9 @@ pub mod pipeline;
 pub mod procfs;
 pub mod run;
 pub mod tally;
-pub mod upstream;
+
+/// What reached IoT Hub: the one reader of the `$upstream` store, shared with the demo report.
+pub use hub_records as upstream;
 
 pub use pipeline::{Pipeline, Uploads, CLASSIFIER, MODULES, ROUTER, WRITER};
 pub use tally::Tally;

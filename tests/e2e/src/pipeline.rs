@@ -338,7 +338,7 @@ impl Pipeline {
 
     /// What reached IoT Hub so far.
     pub fn upstream(&self) -> Result<Outcomes> {
-        upstream::read(self.state())
+        Ok(upstream::read(self.state())?)
     }
 
     /// The Avro writer's archive (`/avrofiles` as the manifest binds it).

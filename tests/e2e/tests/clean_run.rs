@@ -90,7 +90,7 @@ async fn every_message_yields_one_rul_message_and_one_avro_record_uploaded_to_az
     for s in &sent {
         let r = by_cid[s.correlation_id.as_str()];
         assert_eq!(r.device, s.device, "{r:?}");
-        assert_eq!(r.cycle, f64::from(s.cycle), "{r:?}");
+        assert_eq!(r.cycle, s.cycle, "{r:?}");
         assert_eq!(
             r.system_correlation_id.as_deref(),
             Some(s.correlation_id.as_str())

@@ -103,6 +103,12 @@ async fn the_images_run_the_pipeline_and_a_killed_container_loses_nothing() {
         .await
         .expect("every container connected to edgeHub");
     healthy_as_nonroot(&p).await;
+    // Each module's metrics and health checks, on the port the runtime gave it.
+    for m in MODULES {
+        p.scrape(m, "/health/ready").await.expect("ready");
+        let metrics = p.scrape(m, "/metrics").await.expect("metrics");
+        assert!(metrics.contains("# TYPE"), "{m}: {metrics}");
+    }
 
     // Ten engines of test_FD003; the classifier's container is killed mid-stream.
     let log = p.dir().join("sent.jsonl");
@@ -160,6 +166,20 @@ async fn the_derived_manifests_run_or_are_refused_clearly() {
         .await
         .expect("every container connected to edgeHub");
     healthy_as_nonroot(&p).await;
+    // `iotedge-local restart` (the control socket) restarts a container as it does a process.
+    let socket = runtime_state::layout::control_socket(p.state());
+    let old = p.pid(WRITER).expect("the writer runs");
+    runtime_state::control::call(&socket, "POST", &format!("/modules/{WRITER}/restart"), None)
+        .await
+        .expect("restart");
+    wait_for("the writer restarted", Duration::from_secs(60), || {
+        Ok(p.pid(WRITER).filter(|p| *p != old).map(|_| ()))
+    })
+    .await
+    .unwrap();
+    p.wait_connected(Duration::from_secs(60))
+        .await
+        .expect("connected again");
     let log = p.dir().join("sent.jsonl");
     let (_, run) = leaf_run(&p, &log, 5, 20.0);
     let sent = sent_by(run, &log).await;

@@ -68,7 +68,7 @@ async fn ten_engines_in_history_mode_end_with_the_reference_predictions() {
     let mut last: HashMap<&str, &e2e::upstream::RulMessage> = HashMap::new();
     for r in &up.ruls {
         assert_eq!(r.model.as_deref(), Some("rul-history-hgb"), "{r:?}");
-        assert_eq!(r.history_cycles, Some(r.cycle as u64), "a clean run: {r:?}");
+        assert_eq!(r.history_cycles, Some(r.cycle), "a clean run: {r:?}");
         let (low, high) = r.interval.expect("an interval");
         assert!(low <= r.predicted_rul && r.predicted_rul <= high, "{r:?}");
         let e = last.entry(r.device.as_str()).or_insert(r);
@@ -86,7 +86,7 @@ async fn ten_engines_in_history_mode_end_with_the_reference_predictions() {
             .max()
             .unwrap();
         assert_eq!(
-            r.cycle as u32, last_cycle,
+            r.cycle, last_cycle,
             "{device}: its last cycle reached IoT Hub"
         );
         let want = reference[&(unit, last_cycle)];

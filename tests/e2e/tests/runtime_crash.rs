@@ -47,7 +47,7 @@ async fn ready(state: &Path, runtime: &Child) {
     let pid = runtime.id();
     wait_for("the runtime's ready file", Duration::from_secs(60), || {
         Ok(runtime_state::running_runtime(state)
-            .filter(|(p, _)| *p == pid)
+            .filter(|r| r.pid == pid)
             .map(|_| ()))
     })
     .await

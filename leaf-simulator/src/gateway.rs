@@ -80,15 +80,9 @@ mod tests {
             pid: std::process::id(),
             mqtt_port: 18883,
             hub_hostname: "hub.local".into(),
-            device_id: "edge".into(),
             gateway_hostname: "localhost".into(),
             ca_cert: ca,
-            upstream: dir.path().join("upstream"),
-            hub_https: "localhost:1".into(),
-            blob_store: "blobs".into(),
-            file_notifications: dir.path().join("notes"),
-            route_errors: vec![],
-            metrics: Default::default(),
+            ..Ready::default()
         }
         .write(dir.path())
         .unwrap();

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What a ready runtime says of itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Ready {
     /// The runtime's process id.
@@ -68,10 +68,14 @@ pub enum ReadyError {
 }
 
 impl Ready {
-    /// Writes the ready file of `state`.
+    /// Writes the ready file of `state`, whole or not at all (a tool waiting for it never
+    /// reads half of it).
     pub fn write(&self, state: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(layout::ready_file(state), json)
+        let path = layout::ready_file(state);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, &path)
     }
 
     /// Reads the ready file of `state`, whether or not its runtime still runs.
@@ -115,15 +119,9 @@ mod tests {
             pid: std::process::id(),
             mqtt_port: 18883,
             hub_hostname: "hub.local".into(),
-            device_id: "edge".into(),
-            gateway_hostname: "localhost".into(),
             ca_cert: "/s/certs/ca.pem".into(),
-            upstream: "/s/upstream".into(),
-            hub_https: "localhost:1".into(),
-            blob_store: "/s/blobs".into(),
-            file_notifications: "/s/notes".into(),
-            route_errors: vec![],
             metrics: BTreeMap::from([("edgeHub".into(), "http://127.0.0.1:9600/metrics".into())]),
+            ..Ready::default()
         }
     }
 

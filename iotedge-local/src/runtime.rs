@@ -222,28 +222,16 @@ fn container_spec(
     gateway_hostname: &str,
 ) -> Result<ContainerSpec> {
     let mut binds = Vec::new();
-    let written = m
-        .create_options
-        .pointer("/HostConfig/Binds")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for b in written.iter().filter_map(Value::as_str) {
-        let Some((host, inside, options)) = container::split_bind(b) else {
-            bail!(
-                "module '{}': bind '{b}' is not /host/path:/container/path[:options]",
-                m.name
-            );
-        };
-        let local = bind_dir(state, host, inside)?;
+    for b in &m.binds {
+        let local = bind_dir(state, &b.host, &b.container)?;
         if let Some(o) = owner {
             if let Err(e) = container::give_to(&local, o.uid, o.gid) {
                 warn!(module = %m.name, path = %local.display(), error = %e, "cannot give the bind to the module's user; it may not be able to use it");
             }
         }
-        binds.push(match options {
-            Some(o) => format!("{}:{inside}:{o}", local.display()),
-            None => format!("{}:{inside}", local.display()),
+        binds.push(match &b.options {
+            Some(o) => format!("{}:{}:{o}", local.display(), b.container),
+            None => format!("{}:{}", local.display(), b.container),
         });
     }
     let name = container::container_name(state, &m.name);
@@ -625,10 +613,11 @@ impl Runtime {
                 }
             }
             let mut binds = Vec::new();
-            for (host, container) in m.binds.iter().filter(|_| !in_container) {
+            for b in m.binds.iter().filter(|_| !in_container) {
                 binds.push(format!(
-                    "{container}={}",
-                    bind_dir(&state, host, container)?.display()
+                    "{}={}",
+                    b.container,
+                    bind_dir(&state, &b.host, &b.container)?.display()
                 ));
             }
             env.extend([

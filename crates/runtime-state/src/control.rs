@@ -45,6 +45,25 @@ pub async fn call(
     path: &str,
     body: Option<String>,
 ) -> Result<Value, ControlError> {
+    let (status, value) = exchange(socket, method, path, body).await?;
+    if !(200..300).contains(&status) {
+        return Err(ControlError::Refused {
+            status,
+            body: value,
+        });
+    }
+    Ok(value)
+}
+
+/// One HTTP/1.1 request to the server on unix socket `socket` (the runtime's control socket,
+/// or a container engine's API): the answer's status and body as JSON (a body that is not
+/// JSON comes as a string), whatever the status.
+pub async fn exchange(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> Result<(u16, Value), ControlError> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|source| ControlError::Unreachable {
@@ -68,18 +87,13 @@ pub async fn call(
             return Err(e.into());
         }
     };
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await;
     conn.abort();
+    let bytes = bytes?.to_bytes();
     let value: Value = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::from(String::from_utf8_lossy(&bytes).into_owned()));
-    if !status.is_success() {
-        return Err(ControlError::Refused {
-            status: status.as_u16(),
-            body: value,
-        });
-    }
-    Ok(value)
+    Ok((status, value))
 }
 
 #[cfg(test)]

@@ -163,33 +163,15 @@ impl HealthCheck {
 /// `GET path` on the engine's socket: the status and the JSON answer. For the answers read
 /// as plain JSON rather than through bollard's types (see [`Engine::containers_of`]).
 async fn get_json(socket: &Path, path: &str) -> Result<(u16, Value), String> {
-    use http_body_util::BodyExt;
-    let stream = tokio::net::UnixStream::connect(socket)
+    use runtime_state::control::{exchange, ControlError};
+    exchange(socket, "GET", path, None)
         .await
-        .map_err(|e| format!("cannot reach {}: {e}", socket.display()))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    let conn = tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", "engine")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let answer = async {
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        let value = serde_json::from_slice(&body.to_bytes()).unwrap_or(Value::Null);
-        Ok((status, value))
-    }
-    .await;
-    conn.abort();
-    answer
+        .map_err(|e| match e {
+            ControlError::Unreachable { socket, source } => {
+                format!("cannot reach {}: {source}", socket.display())
+            }
+            other => other.to_string(),
+        })
 }
 
 /// An engine call that failed, with what the runtime was doing.
@@ -252,7 +234,7 @@ impl Engine {
         })
     }
 
-    /// The image's user and health check; a clear error when the engine does not have it.
+    /// The image's user; a clear error when the engine does not have it.
     pub async fn image(&self, image: &str) -> Result<ImageFacts, String> {
         let inspect = self.docker.inspect_image(image).await.map_err(|e| {
             if not_found(&e) {
@@ -461,14 +443,6 @@ pub fn container_name(state: &Path, module: &str) -> String {
     format!("iotedge-local-{:08x}-{module}", h.finish() as u32)
 }
 
-/// A manifest bind, `host:container[:options]`, split.
-pub fn split_bind(bind: &str) -> Option<(&str, &str, Option<&str>)> {
-    let mut parts = bind.splitn(3, ':');
-    let host = parts.next()?;
-    let container = parts.next()?;
-    (host.starts_with('/') && container.starts_with('/')).then_some((host, container, parts.next()))
-}
-
 /// What the runtime adds to a module's `createOptions`.
 pub struct Additions<'a> {
     /// The image.
@@ -597,10 +571,18 @@ pub fn host_ulimits() -> (u64, u64) {
 }
 
 /// Gives `path` (and, for a folder, everything in it) to `uid:gid`, as preparing a device
-/// for a module that runs as another user does (`chown 65532:65532 /data/…`).
+/// for a module that runs as another user does (`chown 65532:65532 /data/…`). Symbolic
+/// links are not followed, and a file with other hard links is left alone: a module cannot
+/// make the runtime give it a file from outside its bind.
 pub fn give_to(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_file() && meta.nlink() > 1 {
+        warn!(path = %path.display(), "a file with other hard links in a bind is not given to the module's user");
+        return Ok(());
+    }
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    if path.is_dir() && !path.is_symlink() {
+    if meta.is_dir() {
         for entry in std::fs::read_dir(path)? {
             give_to(&entry?.path(), uid, gid)?;
         }
@@ -1094,16 +1076,52 @@ mod tests {
     }
 
     #[test]
+    fn binds_are_given_without_following_links_out_of_them() {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+            println!("skipped: giving files to another user needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "secret").unwrap();
+        let bind = dir.path().join("bind");
+        std::fs::create_dir_all(bind.join("sub")).unwrap();
+        std::fs::write(bind.join("sub/own"), "x").unwrap();
+        std::fs::hard_link(&outside, bind.join("hard")).unwrap();
+        std::os::unix::fs::symlink(&outside, bind.join("soft")).unwrap();
+        give_to(&bind, 54321, 54321).unwrap();
+        let uid = |p: &Path| std::fs::symlink_metadata(p).unwrap().uid();
+        assert_eq!(uid(&bind.join("sub/own")), 54321);
+        assert_eq!(uid(&bind.join("soft")), 54321, "the link itself");
+        assert_eq!(uid(&outside), 0, "neither link gives the file they name");
+    }
+
+    #[test]
     fn names_differ_per_state_and_binds_split() {
         assert_ne!(
             container_name(Path::new("/a"), "m"),
             container_name(Path::new("/b"), "m")
         );
+        use super::super::manifest::Bind;
+        let ro = Bind::parse("/etc/x:/etc/x:ro").unwrap();
         assert_eq!(
-            split_bind("/etc/x:/etc/x:ro"),
-            Some(("/etc/x", "/etc/x", Some("ro")))
+            (
+                ro.host.as_str(),
+                ro.container.as_str(),
+                ro.options.as_deref()
+            ),
+            ("/etc/x", "/etc/x", Some("ro"))
         );
-        assert_eq!(split_bind("/d:/e"), Some(("/d", "/e", None)));
-        assert_eq!(split_bind("vol:/e"), None);
+        let rw = Bind::parse("/d:/e").unwrap();
+        assert_eq!(
+            (
+                rw.host.as_str(),
+                rw.container.as_str(),
+                rw.options.as_deref()
+            ),
+            ("/d", "/e", None)
+        );
+        assert_eq!(Bind::parse("vol:/e"), None);
     }
 }

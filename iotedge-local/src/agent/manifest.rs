@@ -50,8 +50,8 @@ pub struct ModuleSpec {
     pub restart_policy: RestartPolicy,
     /// `env`, name → value.
     pub env: BTreeMap<String, String>,
-    /// `createOptions.HostConfig.Binds`: (host path, container path).
-    pub binds: Vec<(String, String)>,
+    /// `createOptions.HostConfig.Binds`.
+    pub binds: Vec<Bind>,
     /// `startupOrder`, lower first.
     pub startup_order: u32,
     /// `createOptions.User` (`uid`, `uid:gid`, or a name), as written; the image's `USER`
@@ -60,6 +60,31 @@ pub struct ModuleSpec {
     /// `settings.createOptions` as a JSON object (`Null` when absent): the container create
     /// body edgeAgent starts from, used as such in container mode.
     pub create_options: Value,
+}
+
+/// A bind of `createOptions.HostConfig.Binds`: `host:container[:options]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// The host path (absolute).
+    pub host: String,
+    /// The path inside the container (absolute).
+    pub container: String,
+    /// Its options (`ro`, `z`, …), as written.
+    pub options: Option<String>,
+}
+
+impl Bind {
+    /// Reads `host:container[:options]`; `None` unless both paths are absolute.
+    pub fn parse(bind: &str) -> Option<Bind> {
+        let mut parts = bind.splitn(3, ':');
+        let host = parts.next()?;
+        let container = parts.next()?;
+        (host.starts_with('/') && container.starts_with('/')).then(|| Bind {
+            host: host.to_owned(),
+            container: container.to_owned(),
+            options: parts.next().map(str::to_owned),
+        })
+    }
 }
 
 /// When edgeAgent restarts a module that exited.
@@ -253,8 +278,8 @@ fn module_spec(name: &str, spec: &Value) -> Result<ModuleSpec, ManifestError> {
                     "entry is not a string",
                 )
             })?;
-            match crate::agent::container::split_bind(b) {
-                Some((h, c, _)) => binds.push((h.to_owned(), c.to_owned())),
+            match Bind::parse(b) {
+                Some(bind) => binds.push(bind),
                 None => {
                     return Err(shape(
                         format!("{at}.settings.createOptions.HostConfig.Binds"),
@@ -319,13 +344,19 @@ mod tests {
         assert_eq!(
             w.binds,
             vec![
-                ("/data/avrofiles".to_owned(), "/avrofiles".to_owned()),
-                (
-                    "/etc/aziot/config.toml".to_owned(),
-                    "/etc/aziot/config.toml".to_owned()
-                )
+                Bind {
+                    host: "/data/avrofiles".to_owned(),
+                    container: "/avrofiles".to_owned(),
+                    options: None
+                },
+                Bind {
+                    host: "/etc/aziot/config.toml".to_owned(),
+                    container: "/etc/aziot/config.toml".to_owned(),
+                    options: Some("ro".to_owned())
+                }
             ]
         );
+        assert_eq!(Bind::parse("vol:/e"), None);
         assert_eq!(m.desired["router"]["RulThreshold"], json!(80));
         assert_eq!(w.user, None);
         let r = m.modules.iter().find(|m| m.name == "router").unwrap();

@@ -196,6 +196,9 @@ pub fn classify(record: &Record) -> Sorted {
 #[derive(Debug)]
 pub struct Tail {
     path: PathBuf,
+    /// The store, once it exists: kept open (it is only appended to), so that a follower
+    /// polling every millisecond does not open it a thousand times a second.
+    file: Option<std::fs::File>,
     offset: u64,
     partial: Vec<u8>,
     restarted: bool,
@@ -206,6 +209,7 @@ impl Tail {
     pub fn new(path: &Path) -> Tail {
         Tail {
             path: path.to_path_buf(),
+            file: None,
             offset: 0,
             partial: Vec::new(),
             restarted: false,
@@ -226,22 +230,29 @@ impl Tail {
     /// file does not exist); returns how many. A store that became shorter was made anew:
     /// it is read again from its start (and [`take_restarted`](Tail::take_restarted) says so).
     pub fn poll_lines(&mut self, mut each: impl FnMut(&[u8])) -> std::io::Result<usize> {
-        // Opened anew each time: a store made anew is a new file.
-        let mut f = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
+        let f = match &mut self.file {
+            Some(f) => f,
+            None => match std::fs::File::open(&self.path) {
+                Ok(f) => self.file.insert(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(e),
+            },
         };
         if f.metadata()?.len() < self.offset {
-            self.offset = 0;
-            self.partial.clear();
-            self.restarted = true;
+            self.start_over();
+            return self.poll_lines(each);
         }
         f.seek(std::io::SeekFrom::Start(self.offset))?;
         let mut buf = std::mem::take(&mut self.partial);
         let before = buf.len();
         f.read_to_end(&mut buf)?;
         self.offset += (buf.len() - before) as u64;
+        if buf.len() == before && self.replaced() {
+            // Nothing new, and the path names another file now: the store was made anew.
+            self.partial = buf;
+            self.start_over();
+            return self.poll_lines(each);
+        }
         let Some(last) = buf.iter().rposition(|b| *b == b'\n') else {
             self.partial = buf;
             return Ok(0);
@@ -256,6 +267,24 @@ impl Tail {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Whether the path names another file than the one open (checked only when nothing new
+    /// was read).
+    fn replaced(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(open) = self.file.as_ref().and_then(|f| f.metadata().ok()) else {
+            return false;
+        };
+        std::fs::metadata(&self.path)
+            .map_or(true, |m| (m.dev(), m.ino()) != (open.dev(), open.ino()))
+    }
+
+    fn start_over(&mut self) {
+        self.file = None;
+        self.offset = 0;
+        self.partial.clear();
+        self.restarted = true;
     }
 
     /// Whether the store was read again from its start since the last call.
@@ -444,5 +473,16 @@ mod tests {
         r.poll().unwrap();
         assert_eq!(r.ruls.len(), 1, "read again from the start");
         assert_eq!(r.ruls[0].correlation_id, "b");
+        // A store replaced by another file (longer than the one read) is read anew too.
+        let tmp = dir.path().join("new.jsonl");
+        let lines: String = ["c", "d", "e"]
+            .iter()
+            .map(|c| format!("{}\n", rul(c, "Client_003", 3, 30.0)))
+            .collect();
+        std::fs::write(&tmp, lines).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        r.poll().unwrap();
+        let cids: Vec<&str> = r.ruls.iter().map(|m| m.correlation_id.as_str()).collect();
+        assert_eq!(cids, ["c", "d", "e"]);
     }
 }

@@ -74,6 +74,11 @@ enum Command {
         device_send_limit: u32,
         #[command(flatten)]
         containers: ContainerArgs,
+        /// IoT Hub's message routing: routes, storage endpoints and fallback route, in the
+        /// shape of a hub's `properties.routing` (docs/deploy.md). Default: IoT Hub's,
+        /// everything to the built-in `events` endpoint.
+        #[arg(long, value_name = "FILE")]
+        hub_config: Option<PathBuf>,
     },
     /// Leaf devices in the registry.
     Device {
@@ -105,6 +110,15 @@ enum Command {
         /// Exit after this many seconds.
         #[arg(long)]
         timeout: Option<f64>,
+        /// Only messages IoT Hub's routing sent to this endpoint (`events`, the built-in
+        /// one, or a storage endpoint of the hub configuration).
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// IoT Hub's message routing: test routes on a message or on the stored messages.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
     },
     /// Counters and queues of the running runtime, and each module process.
     Status,
@@ -162,6 +176,36 @@ enum Command {
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Which routes and endpoints a message reaches (as the portal's "Test route"), or, with
+    /// --store, where every message already in IoT Hub would go. Exits 1 on an invalid
+    /// configuration or query, naming the route and the position.
+    Test {
+        /// Hub configuration (default: the one the runtime of --state applies).
+        #[arg(long, value_name = "FILE")]
+        hub_config: Option<PathBuf>,
+        /// Test this query alone instead of the configuration's routes.
+        #[arg(long)]
+        query: Option<String>,
+        /// The message body (JSON text, sent as UTF-8 JSON unless --system says otherwise).
+        #[arg(long, default_value = "{}")]
+        body: String,
+        /// Application property NAME=VALUE (repeatable).
+        #[arg(long = "property", value_name = "NAME=VALUE")]
+        properties: Vec<String>,
+        /// System property NAME=VALUE, e.g. connectionDeviceId=Client_001 (repeatable).
+        #[arg(long = "system", value_name = "NAME=VALUE")]
+        system: Vec<String>,
+        /// Route every message of the store instead, and count.
+        #[arg(long)]
+        store: bool,
+        /// With --store: print each message's routes and endpoints, one JSON line each.
+        #[arg(long)]
+        each: bool,
     },
 }
 
@@ -278,6 +322,7 @@ async fn run(cli: Cli) -> Result<()> {
             queue_memory_mb,
             device_send_limit,
             containers,
+            hub_config,
         } => {
             let mut opts = Options::new(manifest, &state);
             opts.queue_memory = queue_memory_mb.saturating_mul(1024 * 1024);
@@ -292,6 +337,7 @@ async fn run(cli: Cli) -> Result<()> {
             opts.azurite = azurite;
             opts.metrics = edge_process::observe::parse_addr(Some(&metrics))?;
             opts.containers = containers.mode()?;
+            opts.hub_config = hub_config;
             let rt = Runtime::start(opts).await?;
             for (name, addr) in &rt.metrics {
                 eprintln!("iotedge-local: {name} metrics on http://{addr}/metrics");
@@ -447,11 +493,13 @@ async fn run(cli: Cli) -> Result<()> {
             from_start,
             count,
             timeout,
+            endpoint,
         } => {
             let filter = MonitorFilter {
                 device,
                 module,
                 rul_below,
+                endpoint,
             };
             monitor(
                 &layout::upstream_store(&state),
@@ -462,6 +510,83 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await?;
         }
+        Command::Route {
+            command:
+                RouteCommand::Test {
+                    hub_config,
+                    query,
+                    body,
+                    properties,
+                    system,
+                    store,
+                    each,
+                },
+        } => route_test(
+            &state,
+            hub_config,
+            query,
+            &body,
+            &properties,
+            &system,
+            store,
+            each,
+        )?,
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn route_test(
+    state: &std::path::Path,
+    hub_config: Option<PathBuf>,
+    query: Option<String>,
+    body: &str,
+    properties: &[String],
+    system: &[String],
+    store: bool,
+    each: bool,
+) -> Result<()> {
+    use iotedge_local::iothub::route_test;
+    use iotedge_local::iothub::routing::{HubConfig, HubRouting, MessageRef};
+    if let Some(q) = query {
+        let m = route_test::message(body, properties, system)?;
+        println!("{}", route_test::test_query(&q, &m)?);
+        return Ok(());
+    }
+    let path = hub_config.unwrap_or_else(|| layout::hub_config(state));
+    let config = if path.exists() {
+        HubConfig::read(&path)?
+    } else {
+        eprintln!(
+            "route test: no hub configuration at {}: IoT Hub's default (everything to events)",
+            path.display()
+        );
+        HubConfig::default()
+    };
+    let routing = HubRouting::new(config)?;
+    if !store {
+        let m = route_test::message(body, properties, system)?;
+        print!("{}", route_test::explain(&routing, &MessageRef::new(&m)));
+        return Ok(());
+    }
+    let s = route_test::test_store(&routing, &layout::upstream_store(state), |seq, r, e| {
+        if each {
+            println!(
+                "{}",
+                serde_json::json!({"seq": seq, "routes": r, "endpoints": e})
+            );
+        }
+    })?;
+    println!("{} messages in the store", s.messages);
+    for (name, n) in &s.routes {
+        println!("  route {name}: {n}");
+    }
+    for (name, n) in &s.endpoints {
+        println!("  endpoint {name}: {n}");
+    }
+    println!("  dropped (no route, no fallback): {}", s.dropped);
+    if s.unreadable > 0 {
+        println!("  lines that are not records: {}", s.unreadable);
     }
     Ok(())
 }
@@ -479,6 +604,7 @@ struct MonitorFilter {
     device: Option<String>,
     module: Option<String>,
     rul_below: Option<f64>,
+    endpoint: Option<String>,
 }
 
 impl MonitorFilter {
@@ -492,7 +618,14 @@ impl MonitorFilter {
                 .and_then(Value::as_f64)
                 .is_some_and(|v| v < limit)
         });
-        is("origin", &self.device) && is("module", &self.module) && rul_ok
+        // A record from before routing went to the built-in endpoint.
+        let endpoint_ok = self.endpoint.as_ref().is_none_or(|want| {
+            match r.get("endpoints").and_then(Value::as_array) {
+                Some(e) => e.iter().any(|e| e.as_str() == Some(want.as_str())),
+                None => want == "events",
+            }
+        });
+        is("origin", &self.device) && is("module", &self.module) && rul_ok && endpoint_ok
     }
 
     /// What to print for a store line, if the filter takes it. A record is never skipped
@@ -592,7 +725,27 @@ mod monitor_tests {
             device: device.map(str::to_owned),
             module: None,
             rul_below: None,
+            endpoint: None,
         }
+    }
+
+    #[test]
+    fn an_endpoint_filter_takes_what_routing_sent_there() {
+        let f = MonitorFilter {
+            endpoint: Some("ruldata".into()),
+            ..filter(None)
+        };
+        assert!(f.show(r#"{"seq":1,"endpoints":["ruldata"]}"#).is_some());
+        assert!(f.show(r#"{"seq":1,"endpoints":["events"]}"#).is_none());
+        let events = MonitorFilter {
+            endpoint: Some("events".into()),
+            ..filter(None)
+        };
+        assert!(
+            events.show(r#"{"seq":1}"#).is_some(),
+            "stored before routing"
+        );
+        assert!(events.show(r#"{"seq":1,"endpoints":[]}"#).is_none());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -72,6 +73,9 @@ pub struct Options {
     /// Run each module from its image in a container engine, as edgeAgent does, instead of
     /// as a local process.
     pub containers: Option<ContainerMode>,
+    /// IoT Hub's message routing: routes, storage endpoints, fallback route
+    /// (`iothub::routing`). None: IoT Hub's default, everything to the built-in endpoint.
+    pub hub_config: Option<PathBuf>,
 }
 
 impl Options {
@@ -97,6 +101,7 @@ impl Options {
             upload_container: "avrofiles".into(),
             metrics: None,
             containers: None,
+            hub_config: None,
         }
     }
 }
@@ -283,6 +288,8 @@ pub struct Runtime {
     /// Where edgeHub (`edgeHub`) and each module serve metrics and health checks.
     pub metrics: BTreeMap<String, SocketAddr>,
     azurite: Option<crate::iothub::files::Azurite>,
+    /// Storage endpoints' writers, and what tells them to write what waits and stop.
+    endpoints: (watch::Sender<bool>, Vec<JoinHandle<()>>),
     envs: HashMap<String, Vec<(String, String)>>,
     agent: Option<Agent>,
     tasks: Vec<JoinHandle<()>>,
@@ -397,7 +404,9 @@ impl Runtime {
             .map(|(m, d)| (format!("{}/{}", opts.device_id, m), d.clone()))
             .collect();
         let twins = Twins::new(desired, Some(state.join("twins")));
-        let upstream = Upstream::open(&state).context("opening the upstream store")?;
+        let routing = Arc::new(hub_routing(opts.hub_config.as_deref(), &state)?);
+        let upstream =
+            Upstream::open(&state, routing.clone()).context("opening the upstream store")?;
         let journal = Journal::open(&journal::journal_dir(&state), journal::SEGMENT_BYTES)
             .context("opening edgeHub's message store")?;
         let cfg = HubConfig {
@@ -508,6 +517,22 @@ impl Runtime {
                 None,
             ),
         };
+        let (stop_endpoints, stopped) = watch::channel(false);
+        let endpoint_tasks = routing
+            .storage_endpoints()
+            .iter()
+            .map(|e| {
+                let writer = crate::iothub::storage::EndpointWriter {
+                    endpoint: e.clone(),
+                    hub: routing.config().name.clone(),
+                    partitions: routing.config().partition_count,
+                    store: blob_store.clone(),
+                    ca_pem: tls.ca_pem.clone(),
+                    state: state.clone(),
+                };
+                tokio::spawn(writer.run(stopped.clone()))
+            })
+            .collect();
         let files = Arc::new(crate::iothub::files::FileService::new(
             authority.clone(),
             registry,
@@ -722,6 +747,7 @@ impl Runtime {
             blob_store,
             metrics,
             azurite,
+            endpoints: (stop_endpoints, endpoint_tasks),
             envs,
             agent,
             tasks,
@@ -774,6 +800,18 @@ impl Runtime {
         if let Ok(Err(e)) = self.hub.flush().await {
             warn!(error = %e, "message store not synced at shutdown");
         }
+        // Storage endpoints write what waits (before Azurite stops); what they cannot write
+        // in time is written after the next start.
+        let (stop, writers) = self.endpoints;
+        let _ = stop.send(true);
+        for w in writers {
+            if tokio::time::timeout(Duration::from_secs(10), w)
+                .await
+                .is_err()
+            {
+                warn!("a storage endpoint did not finish writing within 10 s; it resumes at the next start");
+            }
+        }
         if let Some(az) = self.azurite {
             az.stop().await;
         }
@@ -782,6 +820,24 @@ impl Runtime {
         let _ = std::fs::remove_file(self.state_dir.join(CONTAINERS_MARKER));
         info!("runtime stopped");
     }
+}
+
+/// The hub's routing: the configuration file's, checked (an invalid route stops the start,
+/// naming it), or IoT Hub's default. What applies is kept in the state for the route tester.
+fn hub_routing(config: Option<&Path>, state: &Path) -> Result<crate::iothub::routing::HubRouting> {
+    use crate::iothub::routing::{HubConfig, HubRouting};
+    let config = match config {
+        Some(path) => HubConfig::read(path)?,
+        None => HubConfig::default(),
+    };
+    let routing = HubRouting::new(config)?;
+    let path = layout::hub_config(state);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(routing.config())?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(routing)
 }
 
 /// Raises this process's soft open-file limit to its hard limit (modules inherit it);

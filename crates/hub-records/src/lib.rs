@@ -10,9 +10,15 @@
 //!   [`DeadLetter`] from it, or anything else;
 //! - [`Reader`]: both, keeping the sorted [`Outcomes`] so far.
 //!
+//! - [`routed`]: what IoT Hub's message routing writes to a storage endpoint (IoT Hub's
+//!   Avro schema or JSON lines), and the log of blobs each endpoint wrote.
+//!
 //! Who sent a record is what edgeHub authenticated (`module`), never what the body says: only
 //! the router's records are RUL messages or dead letters.
 
+pub mod routed;
+
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -45,6 +51,33 @@ pub struct Record {
     /// The sending module, for a module's message.
     #[serde(default)]
     pub module: Option<String>,
+    /// The endpoints IoT Hub's message routing sent it to (`events` is the built-in one);
+    /// none when no route and no fallback took it. Absent in stores older than routing.
+    #[serde(default)]
+    pub endpoints: Option<Vec<String>>,
+}
+
+impl Record {
+    /// The body's bytes as the sender gave them (a JSON body written compactly).
+    pub fn body_bytes(&self) -> Vec<u8> {
+        match (self.payload_encoding.as_str(), &self.payload) {
+            ("base64", Value::String(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b.as_bytes())
+                .unwrap_or_else(|_| b.as_bytes().to_vec()),
+            ("json", v) => serde_json::to_vec(v).unwrap_or_default(),
+            (_, Value::String(t)) => t.as_bytes().to_vec(),
+            (_, v) => serde_json::to_vec(v).unwrap_or_default(),
+        }
+    }
+
+    /// Whether routing sent it to `endpoint` (a store older than routing sent everything
+    /// to the built-in `events`).
+    pub fn reached(&self, endpoint: &str) -> bool {
+        match &self.endpoints {
+            Some(e) => e.iter().any(|e| e == endpoint),
+            None => endpoint == "events",
+        }
+    }
 }
 
 /// A record's properties.
@@ -214,6 +247,20 @@ impl Tail {
             partial: Vec::new(),
             restarted: false,
         }
+    }
+
+    /// Follows the store at `path` from byte `offset`, the start of a line (an
+    /// [`offset`](Tail::offset) an earlier tail gave).
+    pub fn from_offset(path: &Path, offset: u64) -> Tail {
+        Tail {
+            offset,
+            ..Tail::new(path)
+        }
+    }
+
+    /// Where the next whole line starts: the bytes of the lines given so far.
+    pub fn offset(&self) -> u64 {
+        self.offset - self.partial.len() as u64
     }
 
     /// Follows the store of the runtime with state folder `state`.

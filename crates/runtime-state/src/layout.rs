@@ -46,3 +46,20 @@ pub fn file_notifications(state: &Path) -> PathBuf {
 pub fn upstream_store(state: &Path) -> PathBuf {
     state.join("upstream").join("messages.jsonl")
 }
+
+/// What IoT Hub's message routing keeps for storage endpoint `endpoint`: its blob log and
+/// how far into the upstream store it has written.
+pub fn endpoint_dir(state: &Path, endpoint: &str) -> PathBuf {
+    state.join("upstream").join("endpoints").join(endpoint)
+}
+
+/// The blobs storage endpoint `endpoint` wrote, one JSON line each
+/// (`hub_records::routed::BlobWritten`).
+pub fn endpoint_blob_log(state: &Path, endpoint: &str) -> PathBuf {
+    endpoint_dir(state, endpoint).join("blobs.jsonl")
+}
+
+/// The hub configuration (routes and endpoints) the running runtime applies, as it read it.
+pub fn hub_config(state: &Path) -> PathBuf {
+    state.join("upstream").join("hub.json")
+}

@@ -450,7 +450,7 @@ fn partial_name(path: &std::path::Path) -> PathBuf {
 }
 
 /// Writes `parts` as the file `path`, atomically (temporary file, sync, rename).
-fn write_blob(path: &std::path::Path, parts: &[&[u8]]) -> std::io::Result<()> {
+pub(crate) fn write_blob(path: &std::path::Path, parts: &[&[u8]]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -3,4 +3,7 @@
 //! state folder (`runtime_state::keys`).
 
 pub mod files;
+pub mod route_test;
+pub mod routing;
+pub mod storage;
 pub mod upstream;

@@ -4,6 +4,7 @@
 
 use crate::edgehub::durable::{self, Appended};
 use crate::edgehub::hub_message::HubMessage;
+use crate::iothub::routing::{HubRouting, MessageRef, Routed};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use edge_protocol::{CompactString, Message};
@@ -23,6 +24,7 @@ pub struct Upstream {
     tx: mpsc::UnboundedSender<Append>,
     count: Arc<AtomicU64>,
     path: PathBuf,
+    routing: Arc<HubRouting>,
 }
 
 /// The body as a store line carries it: JSON as it is (when it fits on one line), other
@@ -81,6 +83,23 @@ struct Properties<'a> {
     application: Application<'a>,
 }
 
+/// The routes a message matched, or the endpoints it reached, by name.
+struct Names<'a> {
+    routing: &'a HubRouting,
+    routed: &'a Routed,
+    endpoints: bool,
+}
+
+impl serde::Serialize for Names<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.endpoints {
+            s.collect_seq(self.routing.names(self.routed.endpoints))
+        } else {
+            s.collect_seq(self.routing.route_names_of(self.routed))
+        }
+    }
+}
+
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Line<'a> {
@@ -92,12 +111,21 @@ struct Line<'a> {
     properties: Properties<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     module: Option<&'a str>,
+    routes: Names<'a>,
+    endpoints: Names<'a>,
 }
 
 /// Writes the store's line for `m` (as `monitor` prints it): `seq`, `enqueuedTimeUtc`,
 /// `origin`, `payload` with its `payloadEncoding` (`json`, `utf-8` or `base64`),
-/// `properties.system` / `properties.application`, and `module` for a module's message.
-pub fn write_record(out: &mut impl Write, seq: u64, m: &Message) -> std::io::Result<()> {
+/// `properties.system` / `properties.application`, `module` for a module's message, and
+/// where IoT Hub's message routing sent it: `routes` it matched, `endpoints` it reached.
+pub fn write_record(
+    out: &mut impl Write,
+    seq: u64,
+    m: &Message,
+    routing: &HubRouting,
+    routed: &Routed,
+) -> std::io::Result<()> {
     fn s(o: &Option<CompactString>) -> Option<&str> {
         o.as_deref()
     }
@@ -136,6 +164,16 @@ pub fn write_record(out: &mut impl Write, seq: u64, m: &Message) -> std::io::Res
             application: Application(&m.properties),
         },
         module: s(&m.connection_module_id),
+        routes: Names {
+            routing,
+            routed,
+            endpoints: false,
+        },
+        endpoints: Names {
+            routing,
+            routed,
+            endpoints: true,
+        },
     };
     serde_json::to_writer(&mut *out, &line)?;
     out.write_all(b"\n")
@@ -172,8 +210,9 @@ fn existing_lines(path: &Path) -> u64 {
 }
 
 impl Upstream {
-    /// Opens (or creates) the store in `state_dir` and starts its writer thread.
-    pub fn open(state_dir: &Path) -> std::io::Result<Upstream> {
+    /// Opens (or creates) the store in `state_dir` and starts its writer thread, which
+    /// routes each message with `routing` as it stores it.
+    pub fn open(state_dir: &Path, routing: Arc<HubRouting>) -> std::io::Result<Upstream> {
         let path = runtime_state::layout::upstream_store(state_dir);
         std::fs::create_dir_all(path.parent().unwrap_or(state_dir))?;
         let file = std::fs::OpenOptions::new()
@@ -188,10 +227,16 @@ impl Upstream {
         let count = Arc::new(AtomicU64::new(existing_lines(&path)));
         let (tx, rx) = mpsc::unbounded_channel();
         let c = count.clone();
+        let r = routing.clone();
         std::thread::Builder::new()
             .name("upstream-writer".into())
-            .spawn(move || writer(file, rx, c))?;
-        Ok(Upstream { tx, count, path })
+            .spawn(move || writer(file, rx, c, &r))?;
+        Ok(Upstream {
+            tx,
+            count,
+            path,
+            routing,
+        })
     }
 
     /// Appends a message; the receiver resolves once it is synced to disk. Its properties
@@ -213,12 +258,22 @@ impl Upstream {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// IoT Hub's message routing, as the store applies it.
+    pub fn routing(&self) -> &HubRouting {
+        &self.routing
+    }
 }
 
 /// Writes batches: everything queued is written, synced once, then acknowledged. A batch
 /// that fails is cut off again (the store ends after the last synced batch), so a later
 /// batch never follows a torn line.
-fn writer(file: std::fs::File, mut rx: mpsc::UnboundedReceiver<Append>, count: Arc<AtomicU64>) {
+fn writer(
+    file: std::fs::File,
+    mut rx: mpsc::UnboundedReceiver<Append>,
+    count: Arc<AtomicU64>,
+    routing: &HubRouting,
+) {
     let mut good_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
     let mut waiting = Vec::new();
@@ -231,7 +286,10 @@ fn writer(file: std::fs::File, mut rx: mpsc::UnboundedReceiver<Append>, count: A
         while let Some((m, ack)) = next.take() {
             let seq = count.fetch_add(1, Ordering::Relaxed);
             if result.is_ok() {
-                result = write_record(&mut out, seq, m.message()).map_err(|e| e.to_string());
+                let message = m.message();
+                let routed = routing.route(&MessageRef::new(message));
+                result = write_record(&mut out, seq, message, routing, &routed)
+                    .map_err(|e| e.to_string());
             }
             waiting.push(ack);
             if waiting.len() < 4096 {
@@ -311,6 +369,8 @@ mod tests {
             "payload": payload,
             "payloadEncoding": encoding,
             "properties": {"system": system, "application": application},
+            "routes": ["$fallback"],
+            "endpoints": ["events"],
         });
         if let Some(module) = &m.connection_module_id {
             r["module"] = Value::from(module.as_str());
@@ -339,7 +399,9 @@ mod tests {
             .enumerate()
         {
             let mut out = Vec::new();
-            write_record(&mut out, n as u64, m).unwrap();
+            let routing = HubRouting::builtin();
+            let routed = routing.route(&MessageRef::new(m));
+            write_record(&mut out, n as u64, m, &routing, &routed).unwrap();
             assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
             let written: Value = serde_json::from_slice(&out).unwrap();
             assert_eq!(written, record(n as u64, m), "message {n}");
@@ -359,13 +421,20 @@ mod tests {
             );
             assert_eq!(r.properties.application.len(), m.properties.len());
             assert_eq!(r.payload, written["payload"]);
+            assert!(r.reached("events"));
+            if m.is_json_utf8() && serde_json::from_slice::<Value>(&m.body).is_ok() {
+                let back: Value = serde_json::from_slice(&r.body_bytes()).unwrap();
+                assert_eq!(back, serde_json::from_slice::<Value>(&m.body).unwrap());
+            } else {
+                assert_eq!(r.body_bytes(), m.body.to_vec(), "message {n}");
+            }
         }
     }
 
     #[tokio::test]
     async fn appends_are_durable_json_lines_and_numbering_continues() {
         let dir = tempfile::tempdir().unwrap();
-        let up = Upstream::open(dir.path()).unwrap();
+        let up = Upstream::open(dir.path(), Arc::new(HubRouting::builtin())).unwrap();
         // As the hub holds it: the delivered bag, decoded by the store's writer.
         let m = HubMessage::new(
             "$.cid=c1&$.ct=application%2Fjson&$.ce=utf-8&DeadLetter=true&$.cdid=edge&$.cmid=turbofanRouter".into(),
@@ -396,7 +465,7 @@ mod tests {
         assert_eq!(lines[1]["payloadEncoding"], json!("base64"));
         assert_eq!(lines[1]["seq"], json!(1));
         drop(up);
-        let again = Upstream::open(dir.path()).unwrap();
+        let again = Upstream::open(dir.path(), Arc::new(HubRouting::builtin())).unwrap();
         assert_eq!(again.count(), 2);
     }
 
@@ -404,7 +473,7 @@ mod tests {
     async fn a_torn_last_line_is_cut_off_on_open_and_the_next_record_reads() {
         let dir = tempfile::tempdir().unwrap();
         let path = runtime_state::layout::upstream_store(dir.path());
-        let up = Upstream::open(dir.path()).unwrap();
+        let up = Upstream::open(dir.path(), Arc::new(HubRouting::builtin())).unwrap();
         up.append(Arc::new(Message::json(r#"{"a":1}"#).into()))
             .await
             .unwrap()
@@ -416,7 +485,7 @@ mod tests {
         torn.extend_from_slice(br#"{"seq":1,"payload":{"a""#);
         std::fs::write(&path, &torn).unwrap();
 
-        let up = Upstream::open(dir.path()).unwrap();
+        let up = Upstream::open(dir.path(), Arc::new(HubRouting::builtin())).unwrap();
         assert_eq!(
             std::fs::read(&path).unwrap(),
             whole,
@@ -439,7 +508,7 @@ mod tests {
         // A store that is one torn line only is emptied.
         std::fs::write(&path, b"{\"seq\":0,").unwrap();
         drop(up);
-        let up = Upstream::open(dir.path()).unwrap();
+        let up = Upstream::open(dir.path(), Arc::new(HubRouting::builtin())).unwrap();
         assert_eq!(up.count(), 0);
         assert!(std::fs::read(&path).unwrap().is_empty());
     }

@@ -1,0 +1,344 @@
+//! IoT Hub's storage endpoints: the messages routing sent to an endpoint, written as blobs
+//! of a container in Azurite or the folder store.
+//!
+//! Each endpoint follows the `$upstream` store, where every record says which endpoints
+//! routing sent it to, so the hub's ingestion path does no more than route. Messages are
+//! batched per partition (a device always lands in the same one) and written as one blob
+//! per partition when the batch frequency has passed since the batch began, when its
+//! messages reach the chunk size, or when the runtime stops. After the blobs are written the
+//! endpoint records them in its blob log and notes how far into the store it got, so after
+//! a crash it resumes there: a message is written at least once, as IoT Hub promises.
+
+use crate::iothub::files::{account_sas, https_client, BlobStore, AZURITE_ACCOUNT, AZURITE_KEY};
+use crate::iothub::routing::{blob_name, partition_of, StorageEndpoint};
+use hub_records::routed::{encode, BlobWritten, RoutedMessage};
+use hub_records::{Record, Tail};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// How often an endpoint looks for new records in the store.
+const POLL: Duration = Duration::from_millis(200);
+/// How long after a failed blob write the endpoint tries again.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Where an endpoint has got to in the `$upstream` store.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+struct Checkpoint {
+    /// Bytes of the store whose messages are written (or were not for this endpoint).
+    offset: u64,
+    /// The last record's sequence number among them.
+    seq: u64,
+}
+
+/// One storage endpoint's writer.
+pub struct EndpointWriter {
+    /// The endpoint.
+    pub endpoint: StorageEndpoint,
+    /// `{iothub}` in blob names.
+    pub hub: String,
+    /// Partitions of the hub.
+    pub partitions: u32,
+    /// Where blobs go.
+    pub store: BlobStore,
+    /// The CA that signed Azurite's certificate.
+    pub ca_pem: String,
+    /// The runtime's state folder.
+    pub state: PathBuf,
+}
+
+/// Messages waiting for their blob.
+#[derive(Default)]
+struct Batch {
+    partitions: BTreeMap<u32, Vec<RoutedMessage>>,
+    bytes: u64,
+    began: Option<(Instant, chrono::DateTime<chrono::Utc>)>,
+    first_seq: BTreeMap<u32, u64>,
+    last_seq: BTreeMap<u32, u64>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
+    }
+
+    fn add(&mut self, partition: u32, seq: u64, m: RoutedMessage) {
+        self.bytes += m.body.as_ref().map_or(0, |b| b.len() as u64) + 160;
+        self.began
+            .get_or_insert_with(|| (Instant::now(), chrono::Utc::now()));
+        self.first_seq.entry(partition).or_insert(seq);
+        self.last_seq.insert(partition, seq);
+        self.partitions.entry(partition).or_default().push(m);
+    }
+}
+
+/// Whether a store line's routing sent it to `endpoint`, read without parsing the line:
+/// `endpoints` is the line's last field.
+fn line_reaches(line: &[u8], quoted_endpoint: &[u8]) -> bool {
+    const FIELD: &[u8] = b"\"endpoints\":[";
+    let Some(at) = line.windows(FIELD.len()).rposition(|w| w == FIELD) else {
+        return false;
+    };
+    line[at + FIELD.len()..]
+        .windows(quoted_endpoint.len())
+        .any(|w| w == quoted_endpoint)
+}
+
+impl EndpointWriter {
+    fn dir(&self) -> PathBuf {
+        runtime_state::layout::endpoint_dir(&self.state, &self.endpoint.name)
+    }
+
+    fn read_checkpoint(&self) -> Checkpoint {
+        std::fs::read(self.dir().join("checkpoint.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn write_checkpoint(&self, c: Checkpoint) -> std::io::Result<()> {
+        let path = self.dir().join("checkpoint.json");
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&c)?)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Follows the store and writes blobs until `stop` turns true, then writes what waits.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let name = self.endpoint.name.clone();
+        if let Err(e) = std::fs::create_dir_all(self.dir()) {
+            warn!(endpoint = %name, error = %e, "storage endpoint cannot keep its state; it writes nothing");
+            return;
+        }
+        while let Err(e) = self.create_container().await {
+            warn!(endpoint = %name, error = %e, "cannot create the endpoint's container; trying again");
+            if wait_or_stop(&mut stop, RETRY).await {
+                return;
+            }
+        }
+        let log = runtime_state::layout::endpoint_blob_log(&self.state, &name);
+        let mut used: HashSet<String> = hub_records::routed::read_blob_log(&log)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| b.blob)
+            .collect();
+        let mut done = self.read_checkpoint();
+        let upstream = runtime_state::layout::upstream_store(&self.state);
+        let mut tail = Tail::from_offset(&upstream, done.offset);
+        let quoted = format!("\"{name}\"").into_bytes();
+        let frequency = Duration::from_secs(self.endpoint.batch_frequency_in_seconds);
+        let mut batch = Batch::default();
+        let mut seen = done.seq;
+        info!(endpoint = %name, container = %self.endpoint.container_name, from = done.offset, "storage endpoint started");
+        loop {
+            let stopping = wait_or_stop(&mut stop, POLL).await;
+            let polled = tail.poll_lines(|line| {
+                if !line_reaches(line, &quoted) {
+                    return;
+                }
+                let Ok(r) = serde_json::from_slice::<Record>(line) else {
+                    return;
+                };
+                if r.seq <= done.seq && done.seq > 0 {
+                    return;
+                }
+                seen = seen.max(r.seq);
+                let device = r.properties.system.connection_device_id.as_deref();
+                let partition = partition_of(device.unwrap_or(""), self.partitions);
+                batch.add(partition, r.seq, RoutedMessage::from_record(&r));
+            });
+            if let Err(e) = polled {
+                warn!(endpoint = %name, error = %e, "cannot read the upstream store");
+            }
+            let due = batch.began.is_some_and(|(t, _)| t.elapsed() >= frequency)
+                || batch.bytes >= self.endpoint.max_chunk_size_in_bytes;
+            if !batch.is_empty() && (due || stopping) {
+                match self.flush(&batch, &log, &mut used).await {
+                    Ok(()) => batch = Batch::default(),
+                    Err(e) => {
+                        warn!(endpoint = %name, error = %e, "writing the endpoint's blobs failed; they are written again later");
+                        if stopping {
+                            break;
+                        }
+                        let _ = wait_or_stop(&mut stop, RETRY).await;
+                        continue;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                let now = Checkpoint {
+                    offset: tail.offset(),
+                    seq: seen,
+                };
+                if now != done {
+                    match self.write_checkpoint(now) {
+                        Ok(()) => done = now,
+                        Err(e) => {
+                            warn!(endpoint = %name, error = %e, "cannot save how far the endpoint got")
+                        }
+                    }
+                }
+            }
+            if stopping {
+                break;
+            }
+        }
+        info!(endpoint = %name, "storage endpoint stopped");
+    }
+
+    /// Writes one blob per partition, then records them in the blob log.
+    async fn flush(
+        &self,
+        batch: &Batch,
+        log: &Path,
+        used: &mut HashSet<String>,
+    ) -> anyhow::Result<()> {
+        let began = batch.began.map(|(_, t)| t).unwrap_or_else(chrono::Utc::now);
+        let mut written = Vec::new();
+        for (partition, messages) in &batch.partitions {
+            let base = blob_name(
+                &self.endpoint.file_name_format,
+                &self.hub,
+                *partition,
+                began,
+            );
+            // Two batches in one minute (a short frequency, or a full chunk): the later
+            // blob gets a suffix rather than replacing the earlier one.
+            let mut blob = base.clone();
+            let mut n = 1;
+            while used.contains(&blob) {
+                blob = format!("{base}_{n}");
+                n += 1;
+            }
+            let bytes = encode(messages, self.endpoint.encoding)?;
+            self.put_blob(&blob, bytes.clone()).await?;
+            used.insert(blob.clone());
+            written.push(BlobWritten {
+                endpoint: self.endpoint.name.clone(),
+                container: self.endpoint.container_name.clone(),
+                blob,
+                encoding: self.endpoint.encoding,
+                messages: messages.len() as u64,
+                bytes: bytes.len() as u64,
+                first_seq: batch.first_seq.get(partition).copied().unwrap_or(0),
+                last_seq: batch.last_seq.get(partition).copied().unwrap_or(0),
+            });
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let mut lines = Vec::new();
+        for w in &written {
+            serde_json::to_writer(&mut lines, w)?;
+            lines.push(b'\n');
+        }
+        f.write_all(&lines)?;
+        f.sync_data()?;
+        for w in &written {
+            info!(endpoint = %w.endpoint, blob = %w.blob, messages = w.messages, "blob written");
+        }
+        Ok(())
+    }
+
+    async fn create_container(&self) -> anyhow::Result<()> {
+        match &self.store {
+            BlobStore::Directory(root) => {
+                std::fs::create_dir_all(root.join(&self.endpoint.container_name))?;
+                Ok(())
+            }
+            BlobStore::Azurite { host } => {
+                let token = azurite_sas("rwdlac", "sco")?;
+                let url = format!(
+                    "https://{host}/{}?restype=container&{token}",
+                    self.endpoint.container_name
+                );
+                let r = https_client(&self.ca_pem)?
+                    .put(&url)
+                    .header("content-length", "0")
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT,
+                    "creating container {} in Azurite answered {}",
+                    self.endpoint.container_name,
+                    r.status()
+                );
+                Ok(())
+            }
+        }
+    }
+
+    async fn put_blob(&self, blob: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        let container = &self.endpoint.container_name;
+        match &self.store {
+            BlobStore::Directory(root) => {
+                let path = root.join(container).join(blob);
+                tokio::task::spawn_blocking(move || {
+                    crate::iothub::files::write_blob(&path, &[&bytes[..]])
+                })
+                .await??;
+                Ok(())
+            }
+            BlobStore::Azurite { host } => {
+                let token = azurite_sas("cw", "o")?;
+                let r = https_client(&self.ca_pem)?
+                    .put(format!("https://{host}/{container}/{blob}?{token}"))
+                    .header("x-ms-blob-type", "BlockBlob")
+                    .body(bytes)
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    r.status().is_success(),
+                    "writing blob {container}/{blob} to Azurite answered {}",
+                    r.status()
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+fn azurite_sas(permissions: &str, resource_types: &str) -> anyhow::Result<String> {
+    account_sas(
+        AZURITE_ACCOUNT,
+        AZURITE_KEY,
+        permissions,
+        resource_types,
+        Duration::from_secs(600),
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// Waits `d`, or until `stop` turns true; returns whether it did.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        r = stop.changed() => r.is_err() || *stop.borrow(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_reaches_the_endpoints_its_routing_names() {
+        let line = br#"{"seq":1,"payload":{"endpoints":["ruldata"]},"routes":["r"],"endpoints":["events","devicedata"]}"#;
+        assert!(line_reaches(line, b"\"devicedata\""));
+        assert!(line_reaches(line, b"\"events\""));
+        assert!(
+            !line_reaches(line, b"\"ruldata\""),
+            "a body's look-alike does not count"
+        );
+        assert!(!line_reaches(br#"{"seq":1}"#, b"\"events\""));
+    }
+}

@@ -342,3 +342,127 @@ mod tests {
         assert!(!line_reaches(br#"{"seq":1}"#, b"\"events\""));
     }
 }
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+    use crate::iothub::routing::{HubConfig, HubRouting, MessageRef};
+    use crate::iothub::upstream::write_record;
+    use edge_protocol::Message;
+    use hub_records::routed::{decode, read_blob_log};
+
+    fn routing() -> HubRouting {
+        let config: HubConfig =
+            serde_json::from_value(serde_json::json!({"name": "hub", "routing": {
+                "endpoints": {"storageContainers": [{"name": "ruldata", "containerName": "ruldata",
+                    "batchFrequencyInSeconds": 3600}]},
+                "routes": [{"name": "rul", "endpointNames": ["ruldata"],
+                    "condition": "IS_DEFINED($body.PredictedRul)"}]
+            }}))
+            .unwrap();
+        HubRouting::new(config).unwrap()
+    }
+
+    /// Appends messages to the store as the upstream writer does: half RUL messages.
+    fn append(state: &Path, routing: &HubRouting, from: u64, n: u64) {
+        let path = runtime_state::layout::upstream_store(state);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        for seq in from..from + n {
+            let body = if seq % 2 == 0 {
+                format!(r#"{{"PredictedRul":{seq},"CorrelationId":"c{seq}"}}"#)
+            } else {
+                format!(r#"{{"Sensor1":{seq}}}"#)
+            };
+            let mut m = Message::json(body);
+            m.connection_device_id = Some(format!("Client_{:03}", seq % 5).into());
+            m.enqueued_time = Some("2026-12-07T21:00:00.000Z".into());
+            let routed = routing.route(&MessageRef::new(&m));
+            write_record(&mut out, seq, &m, routing, &routed).unwrap();
+        }
+    }
+
+    fn writer(state: &Path, routing: &HubRouting) -> EndpointWriter {
+        EndpointWriter {
+            endpoint: routing.storage_endpoints()[0].clone(),
+            hub: "hub".into(),
+            partitions: 4,
+            store: BlobStore::Directory(state.join("blobs")),
+            ca_pem: String::new(),
+            state: state.to_path_buf(),
+        }
+    }
+
+    /// Runs an endpoint writer until it has seen the store, then stops it (it writes what
+    /// waits as it stops).
+    async fn run_once(state: &Path, routing: &HubRouting) {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(writer(state, routing).run(stopped));
+        tokio::time::sleep(POLL * 3).await;
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    /// Every RUL message's correlation id in the endpoint's blobs, in blob-log order.
+    fn written(state: &Path) -> Vec<String> {
+        let log = runtime_state::layout::endpoint_blob_log(state, "ruldata");
+        let mut ids = Vec::new();
+        for b in read_blob_log(&log).unwrap() {
+            let bytes =
+                std::fs::read(state.join("blobs").join(&b.container).join(&b.blob)).unwrap();
+            let messages = decode(&bytes, b.encoding).unwrap();
+            assert_eq!(messages.len() as u64, b.messages);
+            for m in messages {
+                ids.push(
+                    m.body_json().unwrap()["CorrelationId"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_writes_its_messages_once_and_resumes_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let routing = routing();
+        append(dir.path(), &routing, 0, 40);
+        run_once(dir.path(), &routing).await;
+        let first = written(dir.path());
+        assert_eq!(first.len(), 20, "the RUL half of 40 messages");
+        // More messages after a restart: only they are written, into new blobs (same minute,
+        // same partitions: suffixed names, nothing replaced).
+        append(dir.path(), &routing, 40, 40);
+        run_once(dir.path(), &routing).await;
+        let mut all = written(dir.path());
+        assert_eq!(all.len(), 40);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 40, "no message written twice");
+    }
+
+    #[tokio::test]
+    async fn blobs_written_but_not_checkpointed_are_written_again_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let routing = routing();
+        append(dir.path(), &routing, 0, 10);
+        run_once(dir.path(), &routing).await;
+        // A crash after the blobs, before the checkpoint: the checkpoint is behind.
+        let checkpoint =
+            runtime_state::layout::endpoint_dir(dir.path(), "ruldata").join("checkpoint.json");
+        std::fs::remove_file(&checkpoint).unwrap();
+        run_once(dir.path(), &routing).await;
+        let ids = written(dir.path());
+        assert_eq!(ids.len(), 10, "each of 5 RUL messages twice: at least once");
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 5);
+    }
+}

@@ -55,6 +55,9 @@ pub struct Record {
     /// none when no route and no fallback took it. Absent in stores older than routing.
     #[serde(default)]
     pub endpoints: Option<Vec<String>>,
+    /// The hub routes it matched (the fallback route's name when only it took it).
+    #[serde(default)]
+    pub routes: Option<Vec<String>>,
 }
 
 impl Record {

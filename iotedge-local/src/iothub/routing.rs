@@ -121,6 +121,9 @@ pub struct RoutingConfig {
     /// The fallback route (IoT Hub's default when absent: enabled, to `events`).
     #[serde(default)]
     pub fallback_route: Option<RouteConfig>,
+    /// Message enrichments (not available here: refused rather than ignored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enrichments: Vec<Value>,
 }
 
 /// Custom endpoints by kind. Only storage containers exist here; other kinds are refused.
@@ -361,6 +364,12 @@ impl HubRouting {
                     "{kind} endpoints are not available on the local hub (storage containers are)"
                 ));
             }
+        }
+        if !config.routing.enrichments.is_empty() {
+            return invalid(
+                "message enrichments are not available on the local hub; remove them to run here"
+                    .into(),
+            );
         }
         let mut endpoint_names = vec![EVENTS.to_owned()];
         for s in &e.storage_containers {

@@ -2,7 +2,8 @@
 //! bind-mounts, SAS URI → blob PUT → notification, into a folder or into Azurite.
 
 use bytes::Bytes;
-use edge_client::upload::{find_connection_string, FileUploader};
+use cloud_upload::upload::{block_id, block_list_xml, BLOCK_BYTES};
+use cloud_upload::{find_connection_string, FileUploader};
 use iotedge_local::iothub::files::{read_blob, BlobStore};
 use iotedge_local::testing::{start_with, TestRuntime};
 use serde_json::{json, Value};
@@ -30,7 +31,7 @@ fn azurite_bin() -> PathBuf {
 
 async fn upload_and_check(t: &TestRuntime) {
     let settings = t.settings("writer");
-    let cs = find_connection_string(&settings)
+    let cs = find_connection_string(|p| settings.container_path(p))
         .expect("the device identity is in the bind-mounted config.toml");
     assert_eq!(cs.device_id, "edge-device");
     let uploader = FileUploader::new(cs.clone(), Some(&t.rt.ca_pem)).unwrap();
@@ -79,11 +80,11 @@ async fn upload_and_check(t: &TestRuntime) {
 /// A file over the block size (a 5-minute Avro file at 2,000 msg/s is ~120 MB) goes up as
 /// blocks, read from disk one at a time, and reads back whole.
 async fn a_large_file_goes_up_in_blocks(t: &TestRuntime) {
-    let cs = find_connection_string(&t.settings("writer")).unwrap();
+    let cs = find_connection_string(|p| t.settings("writer").container_path(p)).unwrap();
     let uploader = FileUploader::new(cs, Some(&t.rt.ca_pem)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.avro");
-    let data: Vec<u8> = (0..2 * edge_client::upload::BLOCK_BYTES + 12_345)
+    let data: Vec<u8> = (0..2 * BLOCK_BYTES + 12_345)
         .map(|i| (i * 7 % 251) as u8)
         .collect();
     std::fs::write(&path, &data).unwrap();
@@ -109,7 +110,7 @@ async fn a_large_file_goes_up_in_blocks(t: &TestRuntime) {
 /// The SAS a device gets writes the one blob it asked for: not another of its own, not
 /// another device's; and a device may have only IoT Hub's 10 uploads in progress.
 async fn a_sas_writes_its_one_blob_only(t: &TestRuntime) {
-    let cs = find_connection_string(&t.settings("writer")).unwrap();
+    let cs = find_connection_string(|p| t.settings("writer").container_path(p)).unwrap();
     let http = iotedge_local::iothub::files::https_client(&t.rt.ca_pem).unwrap();
     let token = edge_protocol::sas::make_token(
         &edge_protocol::sas::resource_uri(&cs.host_name, &cs.device_id, None),
@@ -154,9 +155,7 @@ async fn a_sas_writes_its_one_blob_only(t: &TestRuntime) {
             sas["blobName"].as_str().unwrap(),
             sas["sasToken"].as_str().unwrap()
         ))
-        .body(edge_client::upload::block_list_xml(&[
-            edge_client::upload::block_id(7),
-        ]))
+        .body(block_list_xml(&[block_id(7)]))
         .send()
         .await
         .unwrap();

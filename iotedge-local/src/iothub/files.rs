@@ -719,7 +719,10 @@ impl Azurite {
 /// An HTTPS client trusting the runtime's CA.
 pub fn https_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
     use edge_protocol::trust;
-    let tls = trust::client_config(trust::root_store(ca_pem.as_bytes())?)?;
+    // An empty `ca_pem` gives a client for plain HTTP only (tests).
+    let mut roots = rustls::RootCertStore::empty();
+    trust::add_roots(&mut roots, ca_pem.as_bytes())?;
+    let tls = trust::client_config(roots)?;
     Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .build()?)

@@ -4,6 +4,9 @@
 use bytes::Bytes;
 use cloud_upload::upload::{block_id, block_list_xml, BLOCK_BYTES};
 use cloud_upload::{find_connection_string, FileUploader};
+use edge_protocol::file_upload::{
+    self, ErrorBody, SasUri, SasUriRequest, API_VERSION, TOO_MANY_ACTIVE_UPLOADS,
+};
 use iotedge_local::iothub::files::{read_blob, BlobStore};
 use iotedge_local::testing::{start_with, TestRuntime};
 use serde_json::{json, Value};
@@ -63,7 +66,10 @@ async fn upload_and_check(t: &TestRuntime) {
         .upload("x.avro", data)
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("401"), "{e}");
+    assert!(
+        matches!(e, cloud_upload::Error::Unauthorized { .. }) && e.to_string().contains("401"),
+        "{e}"
+    );
     assert!(read_blob(
         &t.rt.blob_store,
         "avrofiles",
@@ -120,40 +126,40 @@ async fn a_sas_writes_its_one_blob_only(t: &TestRuntime) {
     .unwrap();
     let ask = |name: &str| {
         http.post(format!(
-            "https://{}/devices/{}/files?api-version=2021-04-12",
-            cs.host_name, cs.device_id
+            "https://{}{}?api-version={API_VERSION}",
+            cs.host_name,
+            file_upload::sas_uri_path(&cs.device_id)
         ))
         .header("authorization", token.clone())
         .header("content-type", "application/json")
-        .body(json!({ "blobName": name }).to_string())
+        .body(
+            serde_json::to_vec(&SasUriRequest {
+                blob_name: name.to_owned(),
+            })
+            .unwrap(),
+        )
         .send()
     };
-    let sas: Value =
+    let sas: SasUri =
         serde_json::from_slice(&ask("one.avro").await.unwrap().bytes().await.unwrap()).unwrap();
     let put = |blob: String| {
         let url = format!(
             "https://{}/{}/{blob}{}",
-            sas["hostName"].as_str().unwrap(),
-            sas["containerName"].as_str().unwrap(),
-            sas["sasToken"].as_str().unwrap()
+            sas.host_name, sas.container_name, sas.sas_token
         );
         http.put(url)
             .header("x-ms-blob-type", "BlockBlob")
             .body("data")
             .send()
     };
-    let own = put(sas["blobName"].as_str().unwrap().to_owned())
-        .await
-        .unwrap();
+    let own = put(sas.blob_name.clone()).await.unwrap();
     assert!(own.status().is_success(), "{}", own.status());
     // A block list naming a block that was never uploaded is refused; the blob stays.
     let bogus = http
         .put(format!(
-            "https://{}/{}/{}{}&comp=blocklist",
-            sas["hostName"].as_str().unwrap(),
-            sas["containerName"].as_str().unwrap(),
-            sas["blobName"].as_str().unwrap(),
-            sas["sasToken"].as_str().unwrap()
+            "{}{}&comp=blocklist",
+            sas.blob_url(),
+            sas.sas_token
         ))
         .body(block_list_xml(&[block_id(7)]))
         .send()
@@ -165,14 +171,9 @@ async fn a_sas_writes_its_one_blob_only(t: &TestRuntime) {
         "{}",
         bogus.text().await.unwrap()
     );
-    let kept = read_blob(
-        &t.rt.blob_store,
-        "avrofiles",
-        sas["blobName"].as_str().unwrap(),
-        &t.rt.ca_pem,
-    )
-    .await
-    .unwrap();
+    let kept = read_blob(&t.rt.blob_store, "avrofiles", &sas.blob_name, &t.rt.ca_pem)
+        .await
+        .unwrap();
     assert_eq!(kept, b"data");
     for other in ["edge-device/other.avro", "another-device/one.avro"] {
         let r = put(other.to_owned()).await.unwrap();
@@ -195,7 +196,18 @@ async fn a_sas_writes_its_one_blob_only(t: &TestRuntime) {
     }
     let r = ask("eleventh.avro").await.unwrap();
     assert_eq!(r.status().as_u16(), 403);
-    assert!(r.text().await.unwrap().contains("403006"));
+    let refusal: ErrorBody = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(refusal.error_code, Some(TOO_MANY_ACTIVE_UPLOADS));
+    // The uploader reads that refusal as "come back later", not as a wrong key.
+    let e = FileUploader::new(cs, Some(&t.rt.ca_pem))
+        .unwrap()
+        .upload("twelfth.avro", Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, cloud_upload::Error::Unavailable { .. }) && e.is_retryable(),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

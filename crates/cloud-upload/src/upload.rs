@@ -3,6 +3,9 @@
 //! 2. `PUT https://{hostName}/{containerName}/{blobName}{sasToken}` (`x-ms-blob-type: BlockBlob`);
 //! 3. `POST https://{hub}/devices/{id}/files/notifications` with the outcome.
 //!
+//! The bodies are [`edge_protocol::file_upload`]'s, as the local runtime's IoT Hub reads and
+//! writes them. A container SAS URL ([`ContainerUploader`]) skips steps 1 and 3.
+//!
 //! The device connection string comes from the environment or from the IoT Edge
 //! configuration file bind-mounted into the module (`/etc/aziot/config.toml` on 1.2+,
 //! `/etc/iotedge/config.yaml` on 1.1), as in the tutorial.

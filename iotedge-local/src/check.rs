@@ -170,7 +170,6 @@ fn configuration(i: &Inputs) -> Verdict {
 
 fn certificates(state: &Path, gateway: &str) -> Verdict {
     use rustls::client::danger::ServerCertVerifier;
-    use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
     let dir = layout::certs(state);
     let (ca, chain) = (dir.join("ca.pem"), dir.join("server.pem"));
@@ -182,15 +181,13 @@ fn certificates(state: &Path, gateway: &str) -> Verdict {
     }
     let read = |p: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
         let pem = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
+        edge_protocol::trust::certificates(&pem)
             .map_err(|e| format!("{} is not PEM certificates: {e}", p.display()))
     };
     let checked = (|| -> Result<(), String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in read(&ca)? {
-            roots.add(c).map_err(|e| format!("the CA: {e}"))?;
-        }
+        let pem = std::fs::read(&ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+        let roots = edge_protocol::trust::root_store(&pem)
+            .map_err(|e| format!("the CA ({}): {e}", ca.display()))?;
         let chain = read(&chain)?;
         let (leaf, rest) = chain
             .split_first()

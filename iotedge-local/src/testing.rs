@@ -162,18 +162,10 @@ pub fn largest_sendable(
 /// TLS client settings that trust the runtime's CA (`ca_pem`), for raw MQTT and HTTPS
 /// clients in tests.
 pub fn tls_client_config(ca_pem: &str) -> std::sync::Arc<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()).flatten() {
-        let _ = roots.add(c);
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    use edge_protocol::trust;
+    let roots =
+        trust::root_store(ca_pem.as_bytes()).expect("the runtime's CA is a PEM certificate");
+    let cfg = trust::client_config(roots).expect("ring supports the default TLS versions");
     std::sync::Arc::new(cfg)
 }
 

@@ -2,7 +2,11 @@
 //! bind-mounts, SAS URI → blob PUT → notification, into a folder or into Azurite.
 
 use bytes::Bytes;
-use edge_client::upload::{find_connection_string, FileUploader};
+use cloud_upload::upload::{block_id, block_list_xml, BLOCK_BYTES};
+use cloud_upload::{find_connection_string, FileUploader};
+use edge_protocol::file_upload::{
+    self, ErrorBody, SasUri, SasUriRequest, API_VERSION, TOO_MANY_ACTIVE_UPLOADS,
+};
 use iotedge_local::iothub::files::{read_blob, BlobStore};
 use iotedge_local::testing::{start_with, TestRuntime};
 use serde_json::{json, Value};
@@ -30,7 +34,7 @@ fn azurite_bin() -> PathBuf {
 
 async fn upload_and_check(t: &TestRuntime) {
     let settings = t.settings("writer");
-    let cs = find_connection_string(&settings)
+    let cs = find_connection_string(|p| settings.container_path(p))
         .expect("the device identity is in the bind-mounted config.toml");
     assert_eq!(cs.device_id, "edge-device");
     let uploader = FileUploader::new(cs.clone(), Some(&t.rt.ca_pem)).unwrap();
@@ -62,7 +66,10 @@ async fn upload_and_check(t: &TestRuntime) {
         .upload("x.avro", data)
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("401"), "{e}");
+    assert!(
+        matches!(e, cloud_upload::Error::Unauthorized { .. }) && e.to_string().contains("401"),
+        "{e}"
+    );
     assert!(read_blob(
         &t.rt.blob_store,
         "avrofiles",
@@ -79,11 +86,11 @@ async fn upload_and_check(t: &TestRuntime) {
 /// A file over the block size (a 5-minute Avro file at 2,000 msg/s is ~120 MB) goes up as
 /// blocks, read from disk one at a time, and reads back whole.
 async fn a_large_file_goes_up_in_blocks(t: &TestRuntime) {
-    let cs = find_connection_string(&t.settings("writer")).unwrap();
+    let cs = find_connection_string(|p| t.settings("writer").container_path(p)).unwrap();
     let uploader = FileUploader::new(cs, Some(&t.rt.ca_pem)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.avro");
-    let data: Vec<u8> = (0..2 * edge_client::upload::BLOCK_BYTES + 12_345)
+    let data: Vec<u8> = (0..2 * BLOCK_BYTES + 12_345)
         .map(|i| (i * 7 % 251) as u8)
         .collect();
     std::fs::write(&path, &data).unwrap();
@@ -109,7 +116,7 @@ async fn a_large_file_goes_up_in_blocks(t: &TestRuntime) {
 /// The SAS a device gets writes the one blob it asked for: not another of its own, not
 /// another device's; and a device may have only IoT Hub's 10 uploads in progress.
 async fn a_sas_writes_its_one_blob_only(t: &TestRuntime) {
-    let cs = find_connection_string(&t.settings("writer")).unwrap();
+    let cs = find_connection_string(|p| t.settings("writer").container_path(p)).unwrap();
     let http = iotedge_local::iothub::files::https_client(&t.rt.ca_pem).unwrap();
     let token = edge_protocol::sas::make_token(
         &edge_protocol::sas::resource_uri(&cs.host_name, &cs.device_id, None),
@@ -119,44 +126,42 @@ async fn a_sas_writes_its_one_blob_only(t: &TestRuntime) {
     .unwrap();
     let ask = |name: &str| {
         http.post(format!(
-            "https://{}/devices/{}/files?api-version=2021-04-12",
-            cs.host_name, cs.device_id
+            "https://{}{}?api-version={API_VERSION}",
+            cs.host_name,
+            file_upload::sas_uri_path(&cs.device_id)
         ))
         .header("authorization", token.clone())
         .header("content-type", "application/json")
-        .body(json!({ "blobName": name }).to_string())
+        .body(
+            serde_json::to_vec(&SasUriRequest {
+                blob_name: name.to_owned(),
+            })
+            .unwrap(),
+        )
         .send()
     };
-    let sas: Value =
+    let sas: SasUri =
         serde_json::from_slice(&ask("one.avro").await.unwrap().bytes().await.unwrap()).unwrap();
     let put = |blob: String| {
         let url = format!(
             "https://{}/{}/{blob}{}",
-            sas["hostName"].as_str().unwrap(),
-            sas["containerName"].as_str().unwrap(),
-            sas["sasToken"].as_str().unwrap()
+            sas.host_name, sas.container_name, sas.sas_token
         );
         http.put(url)
             .header("x-ms-blob-type", "BlockBlob")
             .body("data")
             .send()
     };
-    let own = put(sas["blobName"].as_str().unwrap().to_owned())
-        .await
-        .unwrap();
+    let own = put(sas.blob_name.clone()).await.unwrap();
     assert!(own.status().is_success(), "{}", own.status());
     // A block list naming a block that was never uploaded is refused; the blob stays.
     let bogus = http
         .put(format!(
-            "https://{}/{}/{}{}&comp=blocklist",
-            sas["hostName"].as_str().unwrap(),
-            sas["containerName"].as_str().unwrap(),
-            sas["blobName"].as_str().unwrap(),
-            sas["sasToken"].as_str().unwrap()
+            "{}{}&comp=blocklist",
+            sas.blob_url(),
+            sas.sas_token
         ))
-        .body(edge_client::upload::block_list_xml(&[
-            edge_client::upload::block_id(7),
-        ]))
+        .body(block_list_xml(&[block_id(7)]))
         .send()
         .await
         .unwrap();
@@ -166,14 +171,9 @@ async fn a_sas_writes_its_one_blob_only(t: &TestRuntime) {
         "{}",
         bogus.text().await.unwrap()
     );
-    let kept = read_blob(
-        &t.rt.blob_store,
-        "avrofiles",
-        sas["blobName"].as_str().unwrap(),
-        &t.rt.ca_pem,
-    )
-    .await
-    .unwrap();
+    let kept = read_blob(&t.rt.blob_store, "avrofiles", &sas.blob_name, &t.rt.ca_pem)
+        .await
+        .unwrap();
     assert_eq!(kept, b"data");
     for other in ["edge-device/other.avro", "another-device/one.avro"] {
         let r = put(other.to_owned()).await.unwrap();
@@ -196,7 +196,18 @@ async fn a_sas_writes_its_one_blob_only(t: &TestRuntime) {
     }
     let r = ask("eleventh.avro").await.unwrap();
     assert_eq!(r.status().as_u16(), 403);
-    assert!(r.text().await.unwrap().contains("403006"));
+    let refusal: ErrorBody = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(refusal.error_code, Some(TOO_MANY_ACTIVE_UPLOADS));
+    // The uploader reads that refusal as "come back later", not as a wrong key.
+    let e = FileUploader::new(cs, Some(&t.rt.ca_pem))
+        .unwrap()
+        .upload("twelfth.avro", Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, cloud_upload::Error::Unavailable { .. }) && e.is_retryable(),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

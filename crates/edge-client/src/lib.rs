@@ -18,7 +18,6 @@
 
 mod acks;
 mod backoff;
-pub mod blob;
 mod client;
 mod driver;
 mod error;
@@ -27,7 +26,6 @@ mod run;
 pub mod settings;
 mod tls;
 mod token;
-pub mod upload;
 pub mod workload;
 
 pub use acks::AckToken;

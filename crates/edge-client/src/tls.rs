@@ -1,21 +1,17 @@
 //! The TLS client configuration for edgeHub: the trust bundle's roots, ring's provider.
 
 use crate::error::Error;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use edge_protocol::trust::{self, TrustError};
 use std::sync::Arc;
 
 pub(crate) fn tls_config(pem: &str) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        let cert = cert.map_err(|e| Error::Tls(format!("trust bundle is not valid PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| Error::Tls(format!("trust bundle certificate rejected: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(Error::Tls("the trust bundle holds no certificate".into()));
-    }
+    let roots = trust::root_store(pem.as_bytes()).map_err(|e| {
+        Error::Tls(match e {
+            TrustError::Pem(e) => format!("trust bundle is not valid PEM: {e}"),
+            TrustError::Rejected(e) => format!("trust bundle certificate rejected: {e}"),
+            TrustError::Empty => "the trust bundle holds no certificate".into(),
+        })
+    })?;
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?

@@ -7,15 +7,20 @@
 //! - [`topic`]: the MQTT topic scheme of IoT Hub and edgeHub (outputs, inputs, twin);
 //! - [`sas`]: shared access signature tokens (make and verify);
 //! - [`connection_string`]: device and module connection strings;
-//! - [`identity`]: IoT Hub's rules for device and module ids.
+//! - [`identity`]: IoT Hub's rules for device and module ids;
+//! - [`file_upload`]: the bodies of IoT Hub's file-upload API for devices;
+//! - `trust` (feature `tls`): rustls root stores and client settings from PEM bundles.
 
 pub mod connection_string;
+pub mod file_upload;
 pub mod identity;
 pub mod message;
 pub mod mqtt;
 pub mod properties;
 pub mod sas;
 pub mod topic;
+#[cfg(feature = "tls")]
+pub mod trust;
 
 pub use compact_str::CompactString;
 pub use connection_string::{ConnectionString, ConnectionStringError};

@@ -2,8 +2,10 @@
 //! its SAS token), and the blob store the SAS URIs point at — Azurite, the Azure Storage
 //! emulator, or a folder of the state directory served by this runtime.
 //!
-//! - `POST /devices/{id}/files` `{"blobName"}` → `{correlationId, hostName, containerName, blobName, sasToken}`
+//! - `POST /devices/{id}/files` `{"blobName"}` → `{blobName, containerName, correlationId, hostName, sasToken}`
 //! - `POST /devices/{id}/files/notifications` `{correlationId, isSuccess, statusCode, statusDescription}` → 204
+//!
+//! The bodies are [`edge_protocol::file_upload`]'s, which the device side writes and reads.
 //! - `PUT /localblob/{container}/{blob…}{sas}` (folder store only)
 //!
 //! As IoT Hub does, blobs are named `{deviceId}/{blobName}`.
@@ -14,10 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
+use edge_protocol::file_upload::{self, ErrorBody, Notification, SasUri, SasUriRequest};
 use edge_protocol::{sas, SasToken};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use runtime_state::KeyStore;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::Write;
@@ -139,21 +141,6 @@ struct PendingUpload {
     issued: std::time::Instant,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SasRequest {
-    blob_name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Notification {
-    correlation_id: String,
-    is_success: bool,
-    status_code: Option<i64>,
-    status_description: Option<String>,
-}
-
 /// Whether `p` is a relative path of plain names only (no empty, `.` or `..` segment, no
 /// leading `/`): joined to a folder, it stays inside it.
 fn is_plain_path(p: &str) -> bool {
@@ -163,7 +150,11 @@ fn is_plain_path(p: &str) -> bool {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"Message": message.into()}))).into_response()
+    let body = ErrorBody {
+        message: message.into(),
+        error_code: None,
+    };
+    (status, Json(body)).into_response()
 }
 
 impl FileService {
@@ -265,7 +256,7 @@ async fn create_sas_uri(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let req: SasRequest =
+    let req: SasUriRequest =
         match s.device_request(&headers, &device, &body, "body must be {\"blobName\": …}") {
             Ok(r) => r,
             Err((status, message)) => return error(status, message),
@@ -297,13 +288,13 @@ async fn create_sas_uri(
                 "file upload refused: too many in progress"
             );
             // IoT Hub's answer: 403006 DeviceMaximumActiveFileUploadLimitExceeded.
-            return (
-                StatusCode::FORBIDDEN,
-                Json(json!({"errorCode": 403006, "Message": format!(
+            let body = ErrorBody {
+                message: format!(
                     "device '{device}' has {in_progress} file uploads in progress, IoT Hub's limit: notify the hub of those first"
-                )})),
-            )
-                .into_response();
+                ),
+                error_code: Some(file_upload::TOO_MANY_ACTIVE_UPLOADS),
+            };
+            return (StatusCode::FORBIDDEN, Json(body)).into_response();
         }
         pending.insert(
             cid.clone(),
@@ -314,8 +305,14 @@ async fn create_sas_uri(
             },
         );
     }
-    Json(json!({"correlationId": cid, "hostName": host, "containerName": s.container, "blobName": blob, "sasToken": token}))
-        .into_response()
+    Json(SasUri {
+        blob_name: blob,
+        container_name: s.container.clone(),
+        correlation_id: cid,
+        host_name: host,
+        sas_token: token,
+    })
+    .into_response()
 }
 
 async fn notify(
@@ -520,8 +517,8 @@ pub const LOCAL_BLOB_MAX_BODY: usize = 8 * 1024 * 1024;
 /// The service's routes.
 pub fn router(service: Arc<FileService>) -> Router {
     Router::new()
-        .route("/devices/{id}/files", post(create_sas_uri))
-        .route("/devices/{id}/files/notifications", post(notify))
+        .route(file_upload::SAS_URI_ROUTE, post(create_sas_uri))
+        .route(file_upload::NOTIFICATION_ROUTE, post(notify))
         .route(
             "/localblob/{container}/{*blob}",
             // A block (or a small blob) at a time: larger blobs come as blocks.
@@ -721,17 +718,11 @@ impl Azurite {
 
 /// An HTTPS client trusting the runtime's CA.
 pub fn https_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
-    use rustls_pki_types::pem::PemObject;
+    use edge_protocol::trust;
+    // An empty `ca_pem` gives a client for plain HTTP only (tests).
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c?)?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    trust::add_roots(&mut roots, ca_pem.as_bytes())?;
+    let tls = trust::client_config(roots)?;
     Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .build()?)

@@ -94,9 +94,8 @@ fn create(hostnames: &[String]) -> Result<TlsMaterial> {
 /// A rustls server configuration from the material.
 pub fn server_config(m: &TlsMaterial) -> Result<std::sync::Arc<rustls::ServerConfig>> {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_slice_iter(m.server_chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
+    use rustls_pki_types::PrivateKeyDer;
+    let chain = edge_protocol::trust::certificates(m.server_chain_pem.as_bytes())
         .context("server certificate PEM")?;
     let key =
         PrivateKeyDer::from_pem_slice(m.server_key_pem.as_bytes()).context("server key PEM")?;

@@ -371,7 +371,10 @@ mod tests {
             if n < self.fail {
                 return Err(UploadError::Refused {
                     blob: blob.into(),
-                    reason: "503 try later".into(),
+                    source: cloud_upload::Error::Unavailable {
+                        step: "writing the blob",
+                        reason: "503 try later".into(),
+                    },
                 });
             }
             let dest = self.dir.join(blob);

@@ -18,14 +18,15 @@
 //!    or a cloud account (`DefaultEndpointsProtocol=https;AccountName=…;AccountKey=…;EndpointSuffix=core.windows.net`);
 //!    the container is created if missing. This needs no IoT Hub identity: the way for a
 //!    device provisioned through DPS or with X.509, since IoT Hub file upload works only for
-//!    device identities, not module identities (`edge-client`'s `blob::AccountUploader`);
+//!    device identities, not module identities (`cloud_upload::AccountUploader`);
 //! 4. IoT Hub file upload with the device identity, as the tutorial does
 //!    ([`UploadTarget::IotHub`]: ask the hub for a blob SAS URI, `PUT` the blob, notify the
-//!    hub; `edge-client`'s `FileUploader`), when a device connection string is found in the
+//!    hub; `cloud_upload::FileUploader`), when a device connection string is found in the
 //!    environment or in the IoT Edge config file bind-mounted into the module.
 //!
 //! Remote targets return `Ok` once the blob is stored (and, for IoT Hub, the hub notified),
-//! [`UploadError::Refused`] with what the hub or the blob store answered otherwise.
+//! [`UploadError::Refused`] with what the hub or the blob store answered otherwise
+//! ([`cloud_upload::Error`]: unreachable or busy, unauthorized, not found, refused).
 //! [`Uploader::describe`] names where files go, never a key or SAS token.
 
 use crate::container;
@@ -58,12 +59,12 @@ pub enum UploadError {
         source: io::Error,
     },
     /// A remote service refused the upload (for uploaders that talk to one).
-    #[error("the upload service refused blob {blob}: {reason}")]
+    #[error("the upload service refused blob {blob}: {source}")]
     Refused {
         /// The blob name.
         blob: String,
-        /// What the service said.
-        reason: String,
+        /// What went wrong, sorted by what can be done about it.
+        source: cloud_upload::Error,
     },
 }
 
@@ -87,11 +88,11 @@ pub enum UploadTarget {
     Directory(PathBuf),
     /// PUT each file into a blob container through a container SAS URL, as
     /// `<device id>/<blob name>` (the prefix: see [`device_prefix`]).
-    Container(edge_client::upload::ContainerUploader, String),
+    Container(cloud_upload::ContainerUploader, String),
     /// PUT each file into a container of a storage account, signed with the account key.
-    Account(edge_client::blob::AccountUploader, String),
+    Account(cloud_upload::AccountUploader, String),
     /// IoT Hub file upload with the device identity.
-    IotHub(edge_client::upload::FileUploader),
+    IotHub(cloud_upload::FileUploader),
 }
 
 /// Environment variable naming the directory target.
@@ -141,17 +142,17 @@ impl UploadTarget {
         trust_pem: &str,
     ) -> Result<Option<UploadTarget>, String> {
         if let Some(url) = var(&get, CONTAINER_SAS_VAR) {
-            return edge_client::upload::ContainerUploader::new(&url, Some(trust_pem))
+            return cloud_upload::ContainerUploader::new(&url, Some(trust_pem))
                 .map(|u| Some(UploadTarget::Container(u, device_prefix(&get))))
                 .map_err(|e| format!("{CONTAINER_SAS_VAR}: {e}"));
         }
         let Some(text) = var(&get, STORAGE_CONNECTION_STRING_VAR) else {
             return Ok(None);
         };
-        let account = edge_client::blob::StorageAccount::from_connection_string(&text)
+        let account = cloud_upload::StorageAccount::from_connection_string(&text)
             .map_err(|e| format!("{STORAGE_CONNECTION_STRING_VAR}: {e}"))?;
         let container = var(&get, CONTAINER_VAR).unwrap_or_else(|| DEFAULT_CONTAINER.to_owned());
-        edge_client::blob::AccountUploader::new(account, &container, Some(trust_pem))
+        cloud_upload::AccountUploader::new(account, &container, Some(trust_pem))
             .map(|u| Some(UploadTarget::Account(u, device_prefix(&get))))
             .map_err(|e| format!("{STORAGE_CONNECTION_STRING_VAR} with {CONTAINER_VAR}: {e}"))
     }
@@ -172,28 +173,21 @@ impl UploadTarget {
         if let Some(t) = UploadTarget::storage_from_vars(&get, trust_pem)? {
             return Ok(Some(t));
         }
-        match edge_client::upload::find_connection_string(settings) {
-            Ok(cs) => edge_client::upload::FileUploader::new(cs, Some(trust_pem))
+        match cloud_upload::find_connection_string(|p| settings.container_path(p)) {
+            Ok(cs) => cloud_upload::FileUploader::new(cs, Some(trust_pem))
                 .map(|u| Some(UploadTarget::IotHub(u)))
                 .map_err(|e| e.to_string()),
-            Err(edge_client::upload::UploadError::Config(why))
-                if why.starts_with("no device connection string") =>
-            {
-                Ok(None)
-            }
+            Err(cloud_upload::Error::NoDeviceIdentity) => Ok(None),
             Err(e) => Err(e.to_string()),
         }
     }
 }
 
 /// A remote store's answer as the scanner's result: what it said, when it refused.
-fn refused<T>(
-    blob: &str,
-    r: Result<T, edge_client::upload::UploadError>,
-) -> Result<(), UploadError> {
-    r.map(|_| ()).map_err(|e| UploadError::Refused {
+fn refused<T>(blob: &str, r: Result<T, cloud_upload::Error>) -> Result<(), UploadError> {
+    r.map(|_| ()).map_err(|source| UploadError::Refused {
         blob: blob.to_owned(),
-        reason: e.to_string(),
+        source,
     })
 }
 

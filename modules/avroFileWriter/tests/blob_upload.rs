@@ -13,7 +13,7 @@ use avro_file_writer::upload::{
     UploadError, UploadTarget, Uploader, CONTAINER_SAS_VAR, CONTAINER_VAR,
     STORAGE_CONNECTION_STRING_VAR,
 };
-use edge_client::blob::{escape_path, StorageAccount, BLOB_API_VERSION};
+use cloud_upload::blob::{escape_path, StorageAccount, BLOB_API_VERSION};
 use iotedge_local::iothub::files::{
     https_client, read_blob, BlobStore, AZURITE_ACCOUNT, AZURITE_KEY,
 };
@@ -209,7 +209,16 @@ async fn the_storage_account_target_stores_blobs_over_http_and_creates_its_conta
         .await
         .unwrap_err();
     let text = e.to_string();
-    assert!(matches!(e, UploadError::Refused { .. }), "{text}");
+    assert!(
+        matches!(
+            e,
+            UploadError::Refused {
+                source: cloud_upload::Error::Unauthorized { .. },
+                ..
+            }
+        ),
+        "{text}"
+    );
     assert!(
         text.contains("403")
             && (text.contains("(AuthenticationFailed)") || text.contains("(AuthorizationFailure)"))
@@ -234,7 +243,7 @@ fn container_sas(key: &str, container: &str, permissions: &str) -> String {
     let to_sign = format!(
         "{permissions}\n\n{se}\n/blob/{AZURITE_ACCOUNT}/{container}\n\n\nhttps\n{BLOB_API_VERSION}\n\n\n\n\n"
     );
-    let sig = edge_client::blob::sign(key, &to_sign).unwrap();
+    let sig = cloud_upload::blob::sign(key, &to_sign).unwrap();
     format!(
         "sv={BLOB_API_VERSION}&sr=c&sp={permissions}&se={}&spr=https&sig={}",
         escape_path(&se),
@@ -311,7 +320,13 @@ async fn the_sas_and_account_targets_store_blobs_over_https() {
         .unwrap_err();
     let text = e.to_string();
     assert!(
-        matches!(e, UploadError::Refused { .. }) && text.contains("403"),
+        matches!(
+            e,
+            UploadError::Refused {
+                source: cloud_upload::Error::Unauthorized { .. },
+                ..
+            }
+        ) && text.contains("403"),
         "{text}"
     );
     assert!(!text.contains("sig="), "{text}");

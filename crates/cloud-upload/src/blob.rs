@@ -17,7 +17,8 @@
 //! Requests carry `x-ms-version` [`BLOB_API_VERSION`], the Blob REST version documented for
 //! Blob Storage on IoT Edge.
 
-use crate::upload::{https_client, UploadError, Uploaded};
+use crate::upload::Uploaded;
+use crate::Error;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -189,16 +190,16 @@ impl StorageAccount {
     }
 
     /// The URL of `path` (e.g. `container/blob`, escaped here) under the blob endpoint.
-    pub fn url(&self, path: &str) -> Result<Url, UploadError> {
+    pub fn url(&self, path: &str) -> Result<Url, Error> {
         let escaped = escape_path(path.trim_start_matches('/'));
         let text = format!("{}/{escaped}", self.blob_endpoint());
-        Url::parse(&text).map_err(|e| UploadError::Config(format!("{text}: {e}")))
+        Url::parse(&text).map_err(|e| Error::Config(format!("{text}: {e}")))
     }
 
     /// Signs `request` with the account key: sets `x-ms-date` and `x-ms-version`
     /// ([`BLOB_API_VERSION`]) unless present, `Content-Length` from an in-memory body, and
     /// `Authorization: SharedKey {account}:{signature}`.
-    pub fn authorize(&self, request: &mut Request) -> Result<(), UploadError> {
+    pub fn authorize(&self, request: &mut Request) -> Result<(), Error> {
         let length = request.body().and_then(|b| b.as_bytes()).map(<[u8]>::len);
         let headers = request.headers_mut();
         if let Some(n) = length {
@@ -207,7 +208,7 @@ impl StorageAccount {
                 .or_insert(HeaderValue::from(n));
         }
         let date = HeaderValue::try_from(httpdate::fmt_http_date(SystemTime::now()))
-            .map_err(|e| UploadError::Config(format!("x-ms-date: {e}")))?;
+            .map_err(|e| Error::Config(format!("x-ms-date: {e}")))?;
         headers
             .entry(HeaderName::from_static("x-ms-date"))
             .or_insert(date);
@@ -222,7 +223,7 @@ impl StorageAccount {
         );
         let signature = sign(&self.key, &text)?;
         let value = HeaderValue::try_from(format!("SharedKey {}:{signature}", self.name))
-            .map_err(|e| UploadError::Config(format!("authorization: {e}")))?;
+            .map_err(|e| Error::Config(format!("authorization: {e}")))?;
         request
             .headers_mut()
             .insert(reqwest::header::AUTHORIZATION, value);
@@ -311,14 +312,14 @@ pub fn string_to_sign(account: &str, method: &Method, headers: &HeaderMap, url: 
 }
 
 /// The base64 HMAC-SHA256 of `text` with the base64 account key `key_b64`.
-pub fn sign(key_b64: &str, text: &str) -> Result<String, UploadError> {
+pub fn sign(key_b64: &str, text: &str) -> Result<String, Error> {
     edge_protocol::sas::sign(key_b64, text.as_bytes())
-        .map_err(|_| UploadError::Config(ConnectionStringError::KeyNotBase64.to_string()))
+        .map_err(|_| Error::Config(ConnectionStringError::KeyNotBase64.to_string()))
 }
 
 /// A container name as the Blob service takes it: 3–63 lower-case letters, digits and
 /// single hyphens, starting and ending with a letter or digit.
-pub fn check_container_name(name: &str) -> Result<(), UploadError> {
+pub fn check_container_name(name: &str) -> Result<(), Error> {
     let chars_ok = name
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
@@ -326,23 +327,20 @@ pub fn check_container_name(name: &str) -> Result<(), UploadError> {
     if (3..=63).contains(&name.len()) && chars_ok && ends_ok && !name.contains("--") {
         return Ok(());
     }
-    Err(UploadError::Config(format!(
+    Err(Error::Config(format!(
         "container name '{name}' is not 3-63 lower-case letters, digits and single hyphens"
     )))
 }
 
 /// A blob name the URL keeps as is: non-empty `/`-separated parts, none `.` or `..`.
-fn check_blob_name(name: &str) -> Result<(), UploadError> {
+fn check_blob_name(name: &str) -> Result<(), Error> {
     let parts_ok = name
         .split('/')
         .all(|p| !p.is_empty() && p != "." && p != "..");
     if parts_ok && name.len() <= 1024 {
         return Ok(());
     }
-    Err(UploadError::Step {
-        step: "naming the blob",
-        reason: format!("'{name}' is not a relative path of at most 1024 characters"),
-    })
+    Err(Error::BadBlobName(name.to_owned()))
 }
 
 /// What the Blob service answered.
@@ -357,6 +355,12 @@ struct Answer {
 impl Answer {
     fn is(&self, status: u16, code: &str) -> bool {
         self.status.as_u16() == status && self.code.as_deref() == Some(code)
+    }
+
+    /// The failure of `step` (a `PUT` of `url`) this answer means, sorted by its status.
+    fn failure(&self, step: &'static str, url: &Url) -> Error {
+        let reason = format!("PUT {url} answered {}", self.describe());
+        Error::from_status(step, self.status.as_u16(), false, reason)
     }
 
     /// `{status} ({code}): {message}` for an error, with a hint for a refused signature.
@@ -412,12 +416,12 @@ impl AccountUploader {
         account: StorageAccount,
         container: &str,
         extra_roots_pem: Option<&str>,
-    ) -> Result<Self, UploadError> {
+    ) -> Result<Self, Error> {
         check_container_name(container)?;
         Ok(AccountUploader {
             account,
             container: container.to_owned(),
-            http: https_client(extra_roots_pem)?,
+            http: crate::https::client(extra_roots_pem)?,
             container_ready: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -438,10 +442,10 @@ impl AccountUploader {
     }
 
     /// Signs and sends `request`; a transport failure is an error of `step`.
-    async fn send(&self, step: &'static str, mut request: Request) -> Result<Answer, UploadError> {
+    async fn send(&self, step: &'static str, mut request: Request) -> Result<Answer, Error> {
         let target = format!("{} {}", request.method(), request.url());
         self.account.authorize(&mut request)?;
-        let fail = |reason: String| UploadError::Step { step, reason };
+        let fail = |reason: String| Error::transport(step, reason);
         let response = self
             .http
             .execute(request)
@@ -461,24 +465,21 @@ impl AccountUploader {
     }
 
     /// Creates the container; one that already exists is fine.
-    async fn create_container(&self) -> Result<(), UploadError> {
+    async fn create_container(&self) -> Result<(), Error> {
         const STEP: &str = "creating the container";
         let mut url = self.account.url(&self.container)?;
         url.set_query(Some("restype=container"));
         let request = self.http.put(url.clone()).body(Bytes::new()).build();
-        let request = request.map_err(|e| UploadError::Config(e.to_string()))?;
+        let request = request.map_err(|e| Error::Config(e.to_string()))?;
         let answer = self.send(STEP, request).await?;
         if answer.status.is_success() || answer.is(409, "ContainerAlreadyExists") {
             self.container_ready.store(true, Ordering::Relaxed);
             return Ok(());
         }
-        Err(UploadError::Step {
-            step: STEP,
-            reason: format!("PUT {url} answered {}", answer.describe()),
-        })
+        Err(answer.failure(STEP, &url))
     }
 
-    async fn put_blob(&self, url: &Url, data: Bytes) -> Result<Answer, UploadError> {
+    async fn put_blob(&self, url: &Url, data: Bytes) -> Result<Answer, Error> {
         let request = self
             .http
             .put(url.clone())
@@ -486,16 +487,16 @@ impl AccountUploader {
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(data)
             .build()
-            .map_err(|e| UploadError::Config(e.to_string()))?;
+            .map_err(|e| Error::Config(e.to_string()))?;
         self.send("writing the blob", request).await
     }
 
     /// Stores `data` as the block blob `blob_name` in the container (replacing one of that
     /// name), creating the container first when needed.
-    pub async fn upload(&self, blob_name: &str, data: Bytes) -> Result<Uploaded, UploadError> {
+    pub async fn upload(&self, blob_name: &str, data: Bytes) -> Result<Uploaded, Error> {
         check_blob_name(blob_name)?;
         if data.len() > MAX_PUT_BLOB_BYTES {
-            return Err(UploadError::Step {
+            return Err(Error::Refused {
                 step: "writing the blob",
                 reason: format!(
                     "{blob_name} has {} bytes, more than one Put Blob takes ({MAX_PUT_BLOB_BYTES})",
@@ -516,10 +517,7 @@ impl AccountUploader {
             answer = self.put_blob(&url, data).await?;
         }
         if !answer.status.is_success() {
-            return Err(UploadError::Step {
-                step: "writing the blob",
-                reason: format!("PUT {url} answered {}", answer.describe()),
-            });
+            return Err(answer.failure("writing the blob", &url));
         }
         Ok(Uploaded {
             url: url.to_string(),

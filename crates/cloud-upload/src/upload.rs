@@ -3,22 +3,22 @@
 //! 2. `PUT https://{hostName}/{containerName}/{blobName}{sasToken}` (`x-ms-blob-type: BlockBlob`);
 //! 3. `POST https://{hub}/devices/{id}/files/notifications` with the outcome.
 //!
+//! The bodies are [`edge_protocol::file_upload`]'s, as the local runtime's IoT Hub reads and
+//! writes them. A container SAS URL ([`ContainerUploader`]) skips steps 1 and 3.
+//!
 //! The device connection string comes from the environment or from the IoT Edge
 //! configuration file bind-mounted into the module (`/etc/aziot/config.toml` on 1.2+,
 //! `/etc/iotedge/config.yaml` on 1.1), as in the tutorial.
 
-use crate::settings::Settings;
+use crate::Error;
 use bytes::Bytes;
+use edge_protocol::file_upload::{self, ErrorBody, Notification, SasUri, SasUriRequest};
 use edge_protocol::{sas, ConnectionString};
-use rustls_pki_types::pem::PemObject;
-use serde::Deserialize;
-use serde_json::json;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The IoT Hub REST API version used.
-pub const API_VERSION: &str = "2021-04-12";
+pub use edge_protocol::file_upload::API_VERSION;
 /// Variables holding a device connection string, checked in order before the config files.
 pub const CONNECTION_STRING_VARS: [&str; 2] =
     ["DeviceConnectionString", "IOTHUB_DEVICE_CONNECTION_STRING"];
@@ -26,32 +26,6 @@ pub const CONNECTION_STRING_VARS: [&str; 2] =
 pub const CONFIG_TOML: &str = "/etc/aziot/config.toml";
 /// Where IoT Edge 1.1 kept it.
 pub const CONFIG_YAML: &str = "/etc/iotedge/config.yaml";
-
-/// Why an upload failed.
-#[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    /// No usable device identity.
-    #[error("file upload configuration: {0}")]
-    Config(String),
-    /// A step of the protocol failed.
-    #[error("file upload, {step}: {reason}")]
-    Step {
-        /// Which step.
-        step: &'static str,
-        /// What happened (status and body, or the transport error).
-        reason: String,
-    },
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SasUri {
-    correlation_id: String,
-    host_name: String,
-    container_name: String,
-    blob_name: String,
-    sas_token: String,
-}
 
 /// Where an uploaded file went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,90 +36,63 @@ pub struct Uploaded {
 
 /// Reads the device connection string from a 1.2+ `config.toml` (`[provisioning]`
 /// `source = "manual"`, `connection_string = "…"`).
-pub fn connection_string_from_toml(text: &str) -> Result<ConnectionString, UploadError> {
-    let v: toml::Value = toml::from_str(text)
-        .map_err(|e| UploadError::Config(format!("config.toml is not TOML: {e}")))?;
+pub fn connection_string_from_toml(text: &str) -> Result<ConnectionString, Error> {
+    let v: toml::Value =
+        toml::from_str(text).map_err(|e| Error::Config(format!("config.toml is not TOML: {e}")))?;
     let cs = v
         .get("provisioning")
         .and_then(|p| p.get("connection_string"))
         .and_then(|c| c.as_str())
         .ok_or_else(|| {
-            UploadError::Config(
+            Error::Config(
                 "config.toml has no [provisioning] connection_string (manual provisioning)".into(),
             )
         })?;
-    ConnectionString::parse(cs).map_err(|e| UploadError::Config(e.to_string()))
+    ConnectionString::parse(cs).map_err(|e| Error::Config(e.to_string()))
 }
 
 /// Reads the device connection string from a 1.1 `config.yaml` (`provisioning:`
 /// `device_connection_string: "…"`).
-pub fn connection_string_from_yaml(text: &str) -> Result<ConnectionString, UploadError> {
+pub fn connection_string_from_yaml(text: &str) -> Result<ConnectionString, Error> {
     let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| UploadError::Config(format!("config.yaml is not YAML: {e}")))?;
+        .map_err(|e| Error::Config(format!("config.yaml is not YAML: {e}")))?;
     let cs = v
         .get("provisioning")
         .and_then(|p| p.get("device_connection_string"))
         .and_then(|c| c.as_str())
         .ok_or_else(|| {
-            UploadError::Config(
+            Error::Config(
                 "config.yaml has no provisioning.device_connection_string (manual provisioning)"
                     .into(),
             )
         })?;
-    ConnectionString::parse(cs).map_err(|e| UploadError::Config(e.to_string()))
+    ConnectionString::parse(cs).map_err(|e| Error::Config(e.to_string()))
 }
 
 /// Finds the device connection string: an environment variable of [`CONNECTION_STRING_VARS`],
-/// else the IoT Edge config file (container paths resolved through `settings`' binds).
-pub fn find_connection_string(settings: &Settings) -> Result<ConnectionString, UploadError> {
+/// else the IoT Edge config file, its container path mapped to this machine by `resolve`
+/// (a module's binds). [`Error::NoDeviceIdentity`] when there is none.
+pub fn find_connection_string(
+    resolve: impl Fn(&Path) -> PathBuf,
+) -> Result<ConnectionString, Error> {
     for var in CONNECTION_STRING_VARS {
         if let Ok(cs) = std::env::var(var) {
-            return ConnectionString::parse(&cs)
-                .map_err(|e| UploadError::Config(format!("{var}: {e}")));
+            return ConnectionString::parse(&cs).map_err(|e| Error::Config(format!("{var}: {e}")));
         }
     }
-    let toml_path = settings.container_path(Path::new(CONFIG_TOML));
-    if let Ok(text) = std::fs::read_to_string(&toml_path) {
+    if let Ok(text) = std::fs::read_to_string(resolve(Path::new(CONFIG_TOML))) {
         return connection_string_from_toml(&text);
     }
-    let yaml_path = settings.container_path(Path::new(CONFIG_YAML));
-    if let Ok(text) = std::fs::read_to_string(&yaml_path) {
+    if let Ok(text) = std::fs::read_to_string(resolve(Path::new(CONFIG_YAML))) {
         return connection_string_from_yaml(&text);
     }
-    Err(UploadError::Config(format!(
-        "no device connection string: set {} or bind-mount the IoT Edge config ({CONFIG_TOML} or {CONFIG_YAML}) into the module",
-        CONNECTION_STRING_VARS.join(" or ")
-    )))
+    Err(Error::NoDeviceIdentity)
 }
 
-/// An HTTPS client trusting the system's roots plus `extra_roots_pem` (the edge trust
-/// bundle, when the hub or the storage is local).
-pub(crate) fn https_client(extra_roots_pem: Option<&str>) -> Result<reqwest::Client, UploadError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for c in native.certs {
-        let _ = roots.add(c);
-    }
-    if let Some(pem) = extra_roots_pem {
-        for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let c = c.map_err(|e| UploadError::Config(format!("trust bundle: {e}")))?;
-            roots
-                .add(c)
-                .map_err(|e| UploadError::Config(format!("trust bundle: {e}")))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| UploadError::Config(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .map_err(|e| UploadError::Config(e.to_string()))
+/// Why a blob was not written: no answer (the transport's reason), or its data not read.
+enum PutFailure {
+    Transport(String),
+    Read(PathBuf, std::io::Error),
 }
 
 async fn put_block_blob(
@@ -153,7 +100,7 @@ async fn put_block_blob(
     url: &str,
     token: &str,
     data: Bytes,
-) -> Result<(u16, String), String> {
+) -> Result<(u16, String), PutFailure> {
     let r = http
         .put(format!("{url}{token}"))
         .header("x-ms-blob-type", "BlockBlob")
@@ -162,7 +109,7 @@ async fn put_block_blob(
         .send()
         .await
         // Without the URL: it holds the SAS token.
-        .map_err(|e| e.without_url().to_string())?;
+        .map_err(|e| PutFailure::Transport(e.without_url().to_string()))?;
     let status = r.status();
     let text = r.text().await.unwrap_or_default();
     Ok((
@@ -185,7 +132,7 @@ pub enum BlobData {
     /// Bytes in memory.
     Bytes(Bytes),
     /// A file, read a block at a time.
-    File(std::path::PathBuf),
+    File(PathBuf),
 }
 
 /// The id of block `n` of a blob: base64 of a fixed-width number, as every id of a blob
@@ -215,12 +162,12 @@ async fn put_blob(
     url: &str,
     token: &str,
     data: &BlobData,
-) -> Result<(u16, String), String> {
+) -> Result<(u16, String), PutFailure> {
     let path = match data {
         BlobData::Bytes(b) => return put_block_blob(http, url, token, b.clone()).await,
         BlobData::File(p) => p,
     };
-    let read_err = |e: std::io::Error| format!("reading {}: {e}", path.display());
+    let read_err = |e: std::io::Error| PutFailure::Read(path.clone(), e);
     let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
     let len = file.metadata().await.map_err(read_err)?.len();
     if len <= BLOCK_BYTES as u64 {
@@ -232,10 +179,10 @@ async fn put_blob(
             .send()
             .await
             // Without the URL: it holds the SAS token.
-            .map_err(|e| e.without_url().to_string())?;
+            .map_err(|e| PutFailure::Transport(e.without_url().to_string()))?;
         let status = r.status();
         let text = r.text().await.unwrap_or_default();
-        Ok::<_, String>((status.as_u16(), status.is_success(), text))
+        Ok::<_, PutFailure>((status.as_u16(), status.is_success(), text))
     };
     let mut ids = Vec::new();
     loop {
@@ -269,6 +216,23 @@ async fn put_blob(
     Ok((code, if ok { "uploaded".to_owned() } else { text }))
 }
 
+/// What writing a blob at `url` came to: `Ok` for a 2xx answer, else the failure sorted by
+/// the answer's status (a transport failure may pass if tried again).
+fn blob_outcome(url: &str, put: Result<(u16, String), PutFailure>) -> Result<(), Error> {
+    const STEP: &str = "writing the blob";
+    match put {
+        Ok((code, _)) if (200..300).contains(&code) => Ok(()),
+        Ok((code, text)) => Err(Error::from_status(
+            STEP,
+            code,
+            false,
+            format!("{url}: {code} {text}"),
+        )),
+        Err(PutFailure::Transport(e)) => Err(Error::transport(STEP, format!("{url}: {e}"))),
+        Err(PutFailure::Read(path, source)) => Err(Error::Read { path, source }),
+    }
+}
+
 /// Uploads files to IoT Hub's storage with a device identity.
 #[derive(Clone)]
 pub struct FileUploader {
@@ -289,10 +253,10 @@ impl std::fmt::Debug for FileUploader {
 impl FileUploader {
     /// An uploader for the device `cs`, trusting the system's roots plus `extra_roots_pem`
     /// (the edge trust bundle, when the hub or storage is local).
-    pub fn new(cs: ConnectionString, extra_roots_pem: Option<&str>) -> Result<Self, UploadError> {
+    pub fn new(cs: ConnectionString, extra_roots_pem: Option<&str>) -> Result<Self, Error> {
         Ok(FileUploader {
             device: cs,
-            http: https_client(extra_roots_pem)?,
+            http: crate::https::client(extra_roots_pem)?,
         })
     }
 
@@ -301,7 +265,7 @@ impl FileUploader {
         &self.device
     }
 
-    fn token(&self) -> Result<String, UploadError> {
+    fn token(&self) -> Result<String, Error> {
         let expiry = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -309,82 +273,97 @@ impl FileUploader {
             + 3600;
         let resource = sas::resource_uri(&self.device.host_name, &self.device.device_id, None);
         sas::make_token(&resource, &self.device.shared_access_key, expiry)
-            .map_err(|e| UploadError::Config(e.to_string()))
+            .map_err(|e| Error::Config(e.to_string()))
     }
 
+    /// POSTs `body` to the hub's `path` as the device; the answer's body when it succeeded.
     async fn post_json(
         &self,
         step: &'static str,
         path: &str,
-        body: serde_json::Value,
-    ) -> Result<Bytes, UploadError> {
+        body: &impl serde::Serialize,
+    ) -> Result<Bytes, Error> {
         let url = format!(
-            "https://{}/devices/{}{path}?api-version={API_VERSION}",
-            self.device.host_name, self.device.device_id
+            "https://{}{path}?api-version={API_VERSION}",
+            self.device.host_name
         );
-        let fail = |reason: String| UploadError::Step { step, reason };
+        let body = serde_json::to_vec(body).map_err(|e| Error::Refused {
+            step,
+            reason: format!("the request's body: {e}"),
+        })?;
         let resp = self
             .http
             .post(&url)
             .header("authorization", self.token()?)
             .header("content-type", "application/json")
-            .body(body.to_string())
+            .body(body)
             .send()
             .await
-            .map_err(|e| fail(format!("{url}: {e}")))?;
+            .map_err(|e| Error::transport(step, format!("{url}: {e}")))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::transport(step, e.to_string()))?;
         if !status.is_success() {
-            return Err(fail(format!(
+            // Too many uploads in progress: they expire, so a later try may pass.
+            let busy = serde_json::from_slice::<ErrorBody>(&bytes)
+                .is_ok_and(|b| b.error_code == Some(file_upload::TOO_MANY_ACTIVE_UPLOADS));
+            let reason = format!(
                 "{url} answered {status}: {}",
                 String::from_utf8_lossy(&bytes)
-            )));
+            );
+            return Err(Error::from_status(step, status.as_u16(), busy, reason));
         }
         Ok(bytes)
     }
 
     /// Uploads `data` as `blob_name` (IoT Hub stores it under the device's folder).
-    pub async fn upload(&self, blob_name: &str, data: Bytes) -> Result<Uploaded, UploadError> {
+    pub async fn upload(&self, blob_name: &str, data: Bytes) -> Result<Uploaded, Error> {
         self.upload_data(blob_name, &BlobData::Bytes(data)).await
     }
 
     /// Uploads the file at `path` as `blob_name`, streamed: a file larger than
     /// [`BLOCK_BYTES`] goes as blocks, read one at a time.
-    pub async fn upload_file(&self, blob_name: &str, path: &Path) -> Result<Uploaded, UploadError> {
+    pub async fn upload_file(&self, blob_name: &str, path: &Path) -> Result<Uploaded, Error> {
         self.upload_data(blob_name, &BlobData::File(path.to_path_buf()))
             .await
     }
 
-    async fn upload_data(&self, blob_name: &str, data: &BlobData) -> Result<Uploaded, UploadError> {
+    async fn upload_data(&self, blob_name: &str, data: &BlobData) -> Result<Uploaded, Error> {
+        const STEP: &str = "getting a SAS URI";
+        let request = SasUriRequest {
+            blob_name: blob_name.to_owned(),
+        };
+        let device = &self.device.device_id;
         let answer = self
-            .post_json(
-                "getting a SAS URI",
-                "/files",
-                json!({"blobName": blob_name}),
-            )
+            .post_json(STEP, &file_upload::sas_uri_path(device), &request)
             .await?;
-        let sas: SasUri = serde_json::from_slice(&answer).map_err(|e| UploadError::Step {
-            step: "getting a SAS URI",
+        let sas: SasUri = serde_json::from_slice(&answer).map_err(|e| Error::Refused {
+            step: STEP,
             reason: format!("unexpected answer: {e}"),
         })?;
-        let url = format!(
-            "https://{}/{}/{}",
-            sas.host_name, sas.container_name, sas.blob_name
-        );
-        let (ok, code, description) = match put_blob(&self.http, &url, &sas.sas_token, data).await {
-            Ok((code, text)) => ((200..300).contains(&code), code, text),
-            Err(e) => (false, 500, e),
+        let url = sas.blob_url();
+        let put = put_blob(&self.http, &url, &sas.sas_token, data).await;
+        let (code, description) = match &put {
+            Ok((code, text)) => (*code, text.clone()),
+            Err(PutFailure::Transport(e)) => (500, e.clone()),
+            Err(PutFailure::Read(path, e)) => (500, format!("reading {}: {e}", path.display())),
         };
-        let note = json!({"correlationId": sas.correlation_id, "isSuccess": ok, "statusCode": code, "statusDescription": description});
+        let note = Notification {
+            correlation_id: sas.correlation_id,
+            is_success: (200..300).contains(&code),
+            status_code: Some(code.into()),
+            status_description: Some(description),
+        };
         let notified = self
-            .post_json("notifying the hub", "/files/notifications", note)
+            .post_json(
+                "notifying the hub",
+                &file_upload::notification_path(device),
+                &note,
+            )
             .await;
-        if !ok {
-            return Err(UploadError::Step {
-                step: "writing the blob",
-                reason: format!("{url}: {code} {description}"),
-            });
-        }
+        blob_outcome(&url, put)?;
         notified?;
         Ok(Uploaded { url })
     }
@@ -407,22 +386,19 @@ impl std::fmt::Debug for ContainerUploader {
 
 impl ContainerUploader {
     /// An uploader for a container SAS URL (the SAS must allow create and write).
-    pub fn new(
-        container_sas_url: &str,
-        extra_roots_pem: Option<&str>,
-    ) -> Result<Self, UploadError> {
-        let (base, query) = container_sas_url.split_once('?').ok_or_else(|| {
-            UploadError::Config("the container SAS URL has no ?sv=… token".into())
-        })?;
+    pub fn new(container_sas_url: &str, extra_roots_pem: Option<&str>) -> Result<Self, Error> {
+        let (base, query) = container_sas_url
+            .split_once('?')
+            .ok_or_else(|| Error::Config("the container SAS URL has no ?sv=… token".into()))?;
         if !base.starts_with("https://") {
-            return Err(UploadError::Config(
+            return Err(Error::Config(
                 "the container SAS URL must be https://…".into(),
             ));
         }
         Ok(ContainerUploader {
             base: base.trim_end_matches('/').to_owned(),
             token: format!("?{query}"),
-            http: https_client(extra_roots_pem)?,
+            http: crate::https::client(extra_roots_pem)?,
         })
     }
 
@@ -432,30 +408,21 @@ impl ContainerUploader {
     }
 
     /// Uploads `data` as `blob_name` in the container.
-    pub async fn upload(&self, blob_name: &str, data: Bytes) -> Result<Uploaded, UploadError> {
+    pub async fn upload(&self, blob_name: &str, data: Bytes) -> Result<Uploaded, Error> {
         self.upload_data(blob_name, &BlobData::Bytes(data)).await
     }
 
     /// Uploads the file at `path` as `blob_name` in the container, streamed (blocks for a
     /// file larger than [`BLOCK_BYTES`]).
-    pub async fn upload_file(&self, blob_name: &str, path: &Path) -> Result<Uploaded, UploadError> {
+    pub async fn upload_file(&self, blob_name: &str, path: &Path) -> Result<Uploaded, Error> {
         self.upload_data(blob_name, &BlobData::File(path.to_path_buf()))
             .await
     }
 
-    async fn upload_data(&self, blob_name: &str, data: &BlobData) -> Result<Uploaded, UploadError> {
+    async fn upload_data(&self, blob_name: &str, data: &BlobData) -> Result<Uploaded, Error> {
         let url = format!("{}/{}", self.base, crate::blob::escape_path(blob_name));
-        match put_blob(&self.http, &url, &self.token, data).await {
-            Ok((code, _)) if (200..300).contains(&code) => Ok(Uploaded { url }),
-            Ok((code, text)) => Err(UploadError::Step {
-                step: "writing the blob",
-                reason: format!("{url}: {code} {text}"),
-            }),
-            Err(e) => Err(UploadError::Step {
-                step: "writing the blob",
-                reason: format!("{url}: {e}"),
-            }),
-        }
+        blob_outcome(&url, put_blob(&self.http, &url, &self.token, data).await)?;
+        Ok(Uploaded { url })
     }
 }
 
@@ -471,8 +438,9 @@ mod tests {
         let e = u
             .upload("edge#1/2026/11/21/5/15.avro", Bytes::from_static(b"x"))
             .await
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert!(e.is_retryable(), "{e}");
+        let e = e.to_string();
         assert!(!e.contains("sig=") && !e.contains("c2VjcmV0"), "{e}");
         assert!(
             e.contains("https://127.0.0.1:9/avro/edge%231/2026/11/21/5/15.avro"),

@@ -525,6 +525,46 @@ impl AccountUploader {
     }
 }
 
+impl AccountUploader {
+    /// Reads blob `blob_name` of the container (what a cloud consumer of the container
+    /// does: the demo report reads IoT Hub's storage endpoints with it).
+    pub async fn download(&self, blob_name: &str) -> Result<Bytes, Error> {
+        const STEP: &str = "reading the blob";
+        check_blob_name(blob_name)?;
+        let url = self
+            .account
+            .url(&format!("{}/{blob_name}", self.container))?;
+        let mut request = self
+            .http
+            .get(url.clone())
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        self.account.authorize(&mut request)?;
+        let fail = |reason: String| Error::transport(STEP, reason);
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| fail(format!("GET {url}: {e}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            let code = response
+                .headers()
+                .get("x-ms-error-code")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = response.text().await.unwrap_or_default();
+            let answer = Answer { status, code, body };
+            let reason = format!("GET {url} answered {}", answer.describe());
+            return Err(Error::from_status(STEP, status.as_u16(), false, reason));
+        }
+        response
+            .bytes()
+            .await
+            .map_err(|e| fail(format!("GET {url}: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,8 @@
 //! endpoint records them in its blob log and notes how far into the store it got, so after
 //! a crash it resumes there: a message is written at least once, as IoT Hub promises.
 
-use crate::iothub::files::{account_sas, https_client, BlobStore, AZURITE_ACCOUNT, AZURITE_KEY};
+use crate::iothub::files::{BlobStore, AZURITE_ACCOUNT, AZURITE_KEY};
+use cloud_upload::blob::{AccountUploader, StorageAccount};
 use crate::iothub::routing::{blob_name, partition_of, StorageEndpoint};
 use hub_records::routed::{encode, BlobWritten, RoutedMessage};
 use hub_records::{Record, Tail};
@@ -115,12 +116,13 @@ impl EndpointWriter {
             warn!(endpoint = %name, error = %e, "storage endpoint cannot keep its state; it writes nothing");
             return;
         }
-        while let Err(e) = self.create_container().await {
-            warn!(endpoint = %name, error = %e, "cannot create the endpoint's container; trying again");
-            if wait_or_stop(&mut stop, RETRY).await {
+        let target = match self.target() {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(endpoint = %name, error = %e, "storage endpoint cannot reach its container; it writes nothing");
                 return;
             }
-        }
+        };
         let log = runtime_state::layout::endpoint_blob_log(&self.state, &name);
         let mut used: HashSet<String> = hub_records::routed::read_blob_log(&log)
             .unwrap_or_default()
@@ -158,7 +160,7 @@ impl EndpointWriter {
             let due = batch.began.is_some_and(|(t, _)| t.elapsed() >= frequency)
                 || batch.bytes >= self.endpoint.max_chunk_size_in_bytes;
             if !batch.is_empty() && (due || stopping) {
-                match self.flush(&batch, &log, &mut used).await {
+                match self.flush(&target, &batch, &log, &mut used).await {
                     Ok(()) => batch = Batch::default(),
                     Err(e) => {
                         warn!(endpoint = %name, error = %e, "writing the endpoint's blobs failed; they are written again later");
@@ -194,6 +196,7 @@ impl EndpointWriter {
     /// Writes one blob per partition, then records them in the blob log.
     async fn flush(
         &self,
+        target: &Target,
         batch: &Batch,
         log: &Path,
         used: &mut HashSet<String>,
@@ -216,7 +219,7 @@ impl EndpointWriter {
                 n += 1;
             }
             let bytes = encode(messages, self.endpoint.encoding)?;
-            self.put_blob(&blob, bytes.clone()).await?;
+            target.put(&blob, bytes.clone()).await?;
             used.insert(blob.clone());
             written.push(BlobWritten {
                 endpoint: self.endpoint.name.clone(),
@@ -246,73 +249,44 @@ impl EndpointWriter {
         Ok(())
     }
 
-    async fn create_container(&self) -> anyhow::Result<()> {
-        match &self.store {
-            BlobStore::Directory(root) => {
-                std::fs::create_dir_all(root.join(&self.endpoint.container_name))?;
-                Ok(())
-            }
-            BlobStore::Azurite { host } => {
-                let token = azurite_sas("rwdlac", "sco")?;
-                let url = format!(
-                    "https://{host}/{}?restype=container&{token}",
-                    self.endpoint.container_name
-                );
-                let r = https_client(&self.ca_pem)?
-                    .put(&url)
-                    .header("content-length", "0")
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT,
-                    "creating container {} in Azurite answered {}",
-                    self.endpoint.container_name,
-                    r.status()
-                );
-                Ok(())
-            }
-        }
-    }
-
-    async fn put_blob(&self, blob: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+    /// Where this endpoint's blobs go: a folder of the folder store, or the container in
+    /// Azurite through the project's blob client (Shared Key, Azurite's well-known account).
+    fn target(&self) -> anyhow::Result<Target> {
         let container = &self.endpoint.container_name;
-        match &self.store {
-            BlobStore::Directory(root) => {
-                let path = root.join(container).join(blob);
+        Ok(match &self.store {
+            BlobStore::Directory(root) => Target::Folder(root.join(container)),
+            BlobStore::Azurite { host } => {
+                let account = StorageAccount::from_connection_string(&format!(
+                    "DefaultEndpointsProtocol=https;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint=https://{host}"
+                ))?;
+                Target::Azurite(AccountUploader::new(account, container, Some(&self.ca_pem))?)
+            }
+        })
+    }
+}
+
+/// A storage endpoint's container.
+enum Target {
+    Folder(PathBuf),
+    Azurite(AccountUploader),
+}
+
+impl Target {
+    async fn put(&self, blob: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Target::Folder(dir) => {
+                let path = dir.join(blob);
                 tokio::task::spawn_blocking(move || {
                     crate::iothub::files::write_blob(&path, &[&bytes[..]])
                 })
                 .await??;
-                Ok(())
             }
-            BlobStore::Azurite { host } => {
-                let token = azurite_sas("cw", "o")?;
-                let r = https_client(&self.ca_pem)?
-                    .put(format!("https://{host}/{container}/{blob}?{token}"))
-                    .header("x-ms-blob-type", "BlockBlob")
-                    .body(bytes)
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    r.status().is_success(),
-                    "writing blob {container}/{blob} to Azurite answered {}",
-                    r.status()
-                );
-                Ok(())
+            Target::Azurite(container) => {
+                container.upload(blob, bytes.into()).await?;
             }
         }
+        Ok(())
     }
-}
-
-fn azurite_sas(permissions: &str, resource_types: &str) -> anyhow::Result<String> {
-    account_sas(
-        AZURITE_ACCOUNT,
-        AZURITE_KEY,
-        permissions,
-        resource_types,
-        Duration::from_secs(600),
-    )
-    .map_err(anyhow::Error::msg)
 }
 
 /// Waits `d`, or until `stop` turns true; returns whether it did.

@@ -27,6 +27,9 @@ pub enum ReportError {
         /// What failed.
         reason: String,
     },
+    /// A storage endpoint's blobs could not be read.
+    #[error("IoT Hub storage endpoint: {0}")]
+    Endpoint(String),
     /// The report could not be serialised.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),

@@ -13,10 +13,13 @@
 //! - [`analysis`]: matching by correlation id, each engine's last prediction, RMSE, PHM08
 //!   score (pure, no I/O);
 //! - [`inputs`]: reading the traces;
+//! - [`endpoint`]: the RUL messages in IoT Hub's `ruldata` storage endpoint, and the hub
+//!   routes' counts;
 //! - [`wait`]: waiting for a run to settle;
 //! - [`report`]: the report (Markdown, JSON, terminal summary) and [`plot`] its picture.
 
 pub mod analysis;
+pub mod endpoint;
 mod error;
 pub mod inputs;
 pub mod plot;

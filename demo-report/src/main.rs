@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use demo_report::endpoint;
 use demo_report::inputs::{self, Snapshot, Sources};
 use demo_report::wait::{self, WaitGoal};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -117,6 +118,58 @@ fn compare_row_model(
     }))
 }
 
+/// The hub routes' counts and the RUL figures read from the `ruldata` storage endpoint,
+/// beside the hub's; waits up to 30 s for the endpoint to hold every RUL message the hub
+/// received (it writes every few seconds). `None` when the hub has no such endpoint.
+async fn hub_routing(
+    sources: &Sources,
+    snapshot: &Snapshot,
+    truth: &demo_report::analysis::Truth,
+) -> Result<Option<endpoint::HubRouting>> {
+    use std::collections::HashSet;
+    let sent: HashSet<&str> = snapshot
+        .sent
+        .iter()
+        .map(|s| s.correlation_id.as_str())
+        .collect();
+    let in_hub: Vec<_> = snapshot
+        .upstream
+        .ruls
+        .iter()
+        .filter(|r| sent.contains(r.correlation_id.as_str()))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let read = loop {
+        let Some(read) = endpoint::read(&sources.state_dir, endpoint::RUL_ENDPOINT).await? else {
+            return Ok(None);
+        };
+        let mine = read
+            .ruls
+            .iter()
+            .filter(|r| sent.contains(r.correlation_id.as_str()))
+            .count();
+        if mine >= in_hub.len() || std::time::Instant::now() >= deadline {
+            break read;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let from_endpoint: Vec<_> = read
+        .ruls
+        .iter()
+        .filter(|r| sent.contains(r.correlation_id.as_str()))
+        .collect();
+    let units = demo_report::analysis::units_of_devices(&snapshot.sent);
+    Ok(Some(endpoint::HubRouting {
+        routes: endpoint::route_counts(&sources.upstream())?,
+        endpoint: read.endpoint.clone(),
+        container: read.container.clone(),
+        blobs: read.blobs,
+        messages: read.messages,
+        from_endpoint: endpoint::Figures::of(&from_endpoint, &units, truth),
+        from_hub: endpoint::Figures::of(&in_hub, &units, truth),
+    }))
+}
+
 fn secs(v: f64, what: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(v).with_context(|| format!("--{what} must be a number of seconds"))
 }
@@ -193,6 +246,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Ok(None) => {}
         Err(e) => report.notes.push(format!("no per-row comparison: {e:#}")),
+    }
+    match hub_routing(&sources, &snapshot, &truth).await {
+        Ok(h) => report.hub_routing = h,
+        Err(e) => report
+            .notes
+            .push(format!("IoT Hub routing not reported: {e:#}")),
     }
     let out = cli.out.unwrap_or_else(|| {
         PathBuf::from("out").join(format!("demo-{}", now.format("%Y%m%dT%H%M%SZ")))

@@ -100,6 +100,9 @@ pub struct Report {
     pub accuracy: Option<Accuracy>,
     /// The per-row model at the same engines and cycles (set by the caller, which runs it).
     pub row_model: Option<RowComparison>,
+    /// IoT Hub's message routing: each route's count, and the RUL figures read from the
+    /// `ruldata` storage endpoint beside the hub's own (set by the caller, which reads it).
+    pub hub_routing: Option<crate::endpoint::HubRouting>,
     /// edgeHub's module queues when the report was made.
     pub modules: Vec<ModuleStatus>,
     /// Engines drawn in rul.svg.
@@ -260,6 +263,7 @@ pub fn build(
         engines,
         accuracy,
         row_model: None,
+        hub_routing: None,
         modules,
         plotted_engines: plotted,
         wait,
@@ -453,6 +457,52 @@ impl Report {
                 );
             }
         }
+        if let Some(h) = &self.hub_routing {
+            let _ = writeln!(s, "\n## IoT Hub message routing\n");
+            let _ = writeln!(s, "| hub route | messages |\n|---|---:|");
+            for (route, n) in &h.routes {
+                let _ = writeln!(s, "| {} | {n} |", md_escape(route));
+            }
+            let fmt = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.2}"));
+            let cov = |c: Option<(f64, usize)>| {
+                c.map_or_else(
+                    || "–".to_owned(),
+                    |(f, n)| format!("{:.0} % of {n}", f * 100.0),
+                )
+            };
+            let _ = writeln!(
+                s,
+                "\nThe operator's view, as in the tutorial: the RUL messages read back from storage endpoint `{}` (container `{}`, {} blobs of IoT Hub's Avro records, {} messages), beside the same figures from everything that reached the hub.\n",
+                h.endpoint, h.container, h.blobs, h.messages
+            );
+            let _ = writeln!(
+                s,
+                "| source | RUL messages | engines | RMSE | PHM08 | interval coverage |\n|---|---:|---:|---:|---:|---:|"
+            );
+            for (name, f) in [
+                (h.endpoint.as_str(), &h.from_endpoint),
+                ("IoT Hub (all received)", &h.from_hub),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} | {} | {} | {} | {} |",
+                    f.rul_messages,
+                    f.engines,
+                    fmt(f.rmse),
+                    fmt(f.phm08_score),
+                    cov(f.interval_coverage)
+                );
+            }
+            let _ = writeln!(
+                s,
+                "\n{}",
+                if h.agrees() {
+                    "The endpoint gives the same figures as the hub."
+                } else {
+                    "**The endpoint's figures differ from the hub's**: some RUL messages are not (yet) in its blobs."
+                }
+            );
+        }
         let _ = writeln!(s, "\n## Predicted vs true RUL\n");
         match &self.accuracy {
             Some(a) => {
@@ -602,6 +652,22 @@ impl Report {
         );
         for u in self.uploads.iter().filter(|u| u.is_success).take(5) {
             let _ = writeln!(s, "                {}", u.url);
+        }
+        if let Some(h) = &self.hub_routing {
+            let routes: Vec<String> = h.routes.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            let _ = writeln!(s, "  hub routes    {}", routes.join(", "));
+            let _ = writeln!(
+                s,
+                "  {:<13} {} RUL messages in {} blobs; {}",
+                h.endpoint,
+                h.from_endpoint.rul_messages,
+                h.blobs,
+                if h.agrees() {
+                    "same figures as the hub's"
+                } else {
+                    "figures DIFFER from the hub's"
+                }
+            );
         }
         match &self.accuracy {
             Some(a) => {

@@ -10,8 +10,8 @@
 //! a crash it resumes there: a message is written at least once, as IoT Hub promises.
 
 use crate::iothub::files::{BlobStore, AZURITE_ACCOUNT, AZURITE_KEY};
-use cloud_upload::blob::{AccountUploader, StorageAccount};
 use crate::iothub::routing::{blob_name, partition_of, StorageEndpoint};
+use cloud_upload::blob::{AccountUploader, StorageAccount};
 use hub_records::routed::{encode, BlobWritten, RoutedMessage};
 use hub_records::{Record, Tail};
 use serde::{Deserialize, Serialize};
@@ -259,7 +259,11 @@ impl EndpointWriter {
                 let account = StorageAccount::from_connection_string(&format!(
                     "DefaultEndpointsProtocol=https;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint=https://{host}"
                 ))?;
-                Target::Azurite(AccountUploader::new(account, container, Some(&self.ca_pem))?)
+                Target::Azurite(AccountUploader::new(
+                    account,
+                    container,
+                    Some(&self.ca_pem),
+                )?)
             }
         })
     }

@@ -504,44 +504,6 @@ impl ModuleClient {
         Ok(())
     }
 
-    /// Follows the module's desired properties: applies the twin's desired document now and
-    /// every patch later with `apply`, and reports what `apply` returns (a JSON object;
-    /// anything else reports nothing). `initial` is merged into the first report. Twin
-    /// failures are logged; the module goes on with its defaults.
-    pub async fn follow_desired<F>(&self, initial: Value, apply: F)
-    where
-        F: Fn(&Value) -> Value + Send + Sync + 'static,
-    {
-        let mut first = initial;
-        match self.twin().await {
-            Ok(twin) => {
-                if let (Value::Object(r), Value::Object(applied)) =
-                    (&mut first, apply(&twin["desired"]))
-                {
-                    r.extend(applied);
-                }
-            }
-            Err(e) => warn!("could not read the module twin; using defaults: {e}"),
-        }
-        self.report(&first).await;
-        if let Ok(mut patches) = self.desired_updates() {
-            let client = self.clone();
-            tokio::spawn(async move {
-                while let Some(patch) = patches.recv().await {
-                    client.report(&apply(&patch)).await;
-                }
-            });
-        }
-    }
-
-    async fn report(&self, reported: &Value) {
-        if reported.as_object().is_some_and(|o| !o.is_empty()) {
-            if let Err(e) = self.update_reported(reported).await {
-                warn!("could not report properties: {e}");
-            }
-        }
-    }
-
     /// Stops cleanly: waits (up to `grace`) for every sent message to be accepted and every
     /// handled input to be acknowledged, then disconnects.
     pub async fn close(&self, grace: Duration) {

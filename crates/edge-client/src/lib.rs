@@ -7,7 +7,8 @@
 //! - handles messages per named input ([`ModuleClient::inputs`], [`run_inputs`], or
 //!   [`forward_inputs`] for a module that turns each input into outputs), acknowledging
 //!   each only after it was handled,
-//! - reads its twin, receives desired-property patches and reports properties.
+//! - reads its twin, receives desired-property patches and reports properties; a module's
+//!   settings follow its desired properties the same way in every module ([`desired`]).
 //!
 //! The connection reconnects with capped exponential backoff (jittered, so a fleet does not
 //! reconnect in step) and renews its SAS token
@@ -19,6 +20,7 @@
 mod acks;
 mod backoff;
 mod client;
+pub mod desired;
 mod driver;
 mod error;
 pub mod metrics;

@@ -64,9 +64,9 @@ pub struct ModuleProcess {
 ///    none): live at once, ready once connected to edgeHub (and whatever the module adds);
 ///    a port it cannot bind is a warning, not a failure;
 /// 4. the client from the IoT Edge environment ([`ModuleClient::from_env`]), its counters
-///    registered. If it cannot connect, logs why and exits with status 1, so that the
-///    runtime restarts the module.
-pub async fn start_module() -> ModuleProcess {
+///    registered. If it cannot connect, the error says why: the module then exits with a
+///    failure status, so that the runtime restarts it.
+pub async fn start_module() -> Result<ModuleProcess, Error> {
     if std::env::args().nth(1).as_deref() == Some("--health") {
         match observe::probe().await {
             Ok(()) => std::process::exit(0),
@@ -98,21 +98,15 @@ pub async fn start_module() -> ModuleProcess {
         ),
         Err(e) => warn!("{e}; running without metrics and health checks"),
     }
-    let client = match ModuleClient::from_env().await {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::error!("cannot connect to edgeHub: {e}");
-            std::process::exit(1)
-        }
-    };
+    let client = ModuleClient::from_env().await?;
     client.metrics().register(&metrics);
     let _ = client_slot.set(client.clone());
     answer_ping_and_status(&client, metrics.clone());
-    ModuleProcess {
+    Ok(ModuleProcess {
         client,
         log,
         metrics,
-    }
+    })
 }
 
 /// Answers the direct methods every module has: `ping` (`{"pong": true, "module": …}`) and

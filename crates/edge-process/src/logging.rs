@@ -2,7 +2,6 @@
 //! `logs/<module>.log` in its state folder), at `RUST_LOG`'s level, with the level changeable
 //! at run time through the `LoggingLevel` desired property, as the tutorial's modules allow.
 
-use serde_json::Value;
 use std::io::IsTerminal;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -12,6 +11,8 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 #[derive(Clone)]
 pub struct LogLevel {
     handle: reload::Handle<EnvFilter, Registry>,
+    /// The filter the module started with, which [`LogLevel::reset`] puts back.
+    initial: std::sync::Arc<str>,
 }
 
 /// Starts logging at `RUST_LOG`'s level, else `info`.
@@ -22,7 +23,11 @@ pub fn init() -> LogLevel {
 /// Starts logging at `RUST_LOG`'s level, else at `default` (e.g. `error` for a command-line
 /// tool whose own output is the point).
 pub fn init_or(default: &str) -> LogLevel {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let initial: std::sync::Arc<str> = match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(v) if EnvFilter::try_new(&v).is_ok() => v.into(),
+        _ => default.into(),
+    };
+    let filter = EnvFilter::new(&*initial);
     let (layer, handle) = reload::Layer::new(filter);
     let _ = tracing_subscriber::registry()
         .with(layer)
@@ -34,7 +39,7 @@ pub fn init_or(default: &str) -> LogLevel {
                 .with_target(false),
         )
         .try_init();
-    LogLevel { handle }
+    LogLevel { handle, initial }
 }
 
 /// Maps a `LoggingLevel` value (`trace`, `debug`, `info`, `warn`/`warning`, `error`,
@@ -61,22 +66,11 @@ impl LogLevel {
             .map_err(|e| e.to_string())
     }
 
-    /// Applies the `LoggingLevel` of a desired-properties document or patch, if it has one,
-    /// and returns the level applied, to report. A value that is not a level (or not a
-    /// string) is logged as a warning and the level stays as it was.
-    pub fn apply_desired<'a>(&self, desired: &'a Value) -> Option<&'a str> {
-        let value = desired.get(LOGGING_LEVEL)?;
-        let Some(level) = value.as_str() else {
-            tracing::warn!(%value, "{LOGGING_LEVEL} must be a string");
-            return None;
-        };
-        match self.set(level) {
-            Ok(()) => Some(level),
-            Err(e) => {
-                tracing::warn!("{e}");
-                None
-            }
-        }
+    /// Puts back the level the module started with (`RUST_LOG`'s, else the default).
+    pub fn reset(&self) -> Result<(), String> {
+        self.handle
+            .reload(EnvFilter::new(&*self.initial))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -95,26 +89,17 @@ mod tests {
     }
 
     #[test]
-    fn desired_logging_level_is_applied_or_refused() {
+    fn a_level_is_set_refused_or_reset() {
         let log = init_or("info");
-        let patch = serde_json::json!({"LoggingLevel": "Debug"});
-        assert_eq!(log.apply_desired(&patch), Some("Debug"));
+        log.set("Debug").unwrap();
         assert!(tracing::enabled!(tracing::Level::DEBUG));
-        assert_eq!(
-            log.apply_desired(&serde_json::json!({"LoggingLevel": "loud"})),
-            None
-        );
-        assert_eq!(
-            log.apply_desired(&serde_json::json!({"LoggingLevel": 3})),
-            None
-        );
-        assert_eq!(log.apply_desired(&serde_json::json!({"Other": 1})), None);
-        // The refused values left the level where it was.
+        let e = log.set("loud").unwrap_err();
+        assert!(e.contains("LoggingLevel 'loud'"), "{e}");
+        // The refused value left the level where it was.
         assert!(tracing::enabled!(tracing::Level::DEBUG));
-        assert_eq!(
-            log.apply_desired(&serde_json::json!({"LoggingLevel": "error"})),
-            Some("error")
-        );
+        log.set("error").unwrap();
         assert!(!tracing::enabled!(tracing::Level::WARN));
+        log.reset().unwrap();
+        assert!(tracing::enabled!(tracing::Level::INFO) || std::env::var("RUST_LOG").is_ok());
     }
 }

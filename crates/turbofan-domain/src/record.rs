@@ -1,46 +1,36 @@
 //! The Avro record of the archive: the tutorial's schema (`turbofan.EngineData`) and the JSON
 //! the router sends on `avroOutput`.
 
+use crate::ports::properties::{
+    CONNECTION_DEVICE_ID, CORRELATION_ID, CREATION_TIME, ENQUEUED_TIME,
+};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
-/// The tutorial's Avro schema.
-pub const SCHEMA: &str = r#"{
-  "type": "record",
-  "name": "EngineData",
-  "namespace": "turbofan",
-  "fields": [
-    {"name": "CorrelationId", "type": "string"},
-    {"name": "ConnectionDeviceId", "type": "string"},
-    {"name": "CreationTimeUtc", "type": "string"},
-    {"name": "EnqueuedTimeUtc", "type": "string"},
-    {"name": "Body", "type": {
-      "type": "record",
-      "name": "Body",
-      "fields": [
-        {"name": "Sensor1", "type": "float"}, {"name": "Sensor2", "type": "float"},
-        {"name": "Sensor3", "type": "float"}, {"name": "Sensor4", "type": "float"},
-        {"name": "Sensor5", "type": "float"}, {"name": "Sensor6", "type": "float"},
-        {"name": "Sensor7", "type": "float"}, {"name": "Sensor8", "type": "float"},
-        {"name": "Sensor9", "type": "float"}, {"name": "Sensor10", "type": "float"},
-        {"name": "Sensor11", "type": "float"}, {"name": "Sensor12", "type": "float"},
-        {"name": "Sensor13", "type": "float"}, {"name": "Sensor14", "type": "float"},
-        {"name": "Sensor15", "type": "float"}, {"name": "Sensor16", "type": "float"},
-        {"name": "Sensor17", "type": "float"}, {"name": "Sensor18", "type": "float"},
-        {"name": "Sensor19", "type": "float"}, {"name": "Sensor20", "type": "float"},
-        {"name": "Sensor21", "type": "float"},
-        {"name": "OperationalSetting1", "type": "float"},
-        {"name": "OperationalSetting2", "type": "float"},
-        {"name": "OperationalSetting3", "type": "float"},
-        {"name": "PredictedRul", "type": "float"},
-        {"name": "CycleTime", "type": "float"}
-      ]
-    }}
-  ]
-}"#;
+/// The record's name in the schema.
+pub const NAME: &str = "EngineData";
+/// The record's namespace.
+pub const NAMESPACE: &str = "turbofan";
 
+/// How many string fields the record has.
+pub const STRING_LEN: usize = 4;
+/// The record's string fields, in schema order, before `Body`: the properties the router
+/// set on the leaf message (`crate::ports::properties`), under the same names.
+pub const STRING_FIELDS: [&str; STRING_LEN] = [
+    CORRELATION_ID,
+    CONNECTION_DEVICE_ID,
+    CREATION_TIME,
+    ENQUEUED_TIME,
+];
+
+/// The record field holding the numbers: a record (also named `Body`) of floats.
+pub const BODY: &str = "Body";
+/// How many float fields `Body` has.
+pub const BODY_LEN: usize = 26;
 /// The float fields of `Body`, in schema order.
-pub const BODY_FIELDS: [&str; 26] = [
+pub const BODY_FIELDS: [&str; BODY_LEN] = [
     "Sensor1",
     "Sensor2",
     "Sensor3",
@@ -69,6 +59,30 @@ pub const BODY_FIELDS: [&str; 26] = [
     "CycleTime",
 ];
 
+/// The tutorial's Avro schema (`turbofan.EngineData`: [`STRING_FIELDS`] as `string`, then
+/// [`BODY`], a record of [`BODY_FIELDS`] as `float`), as JSON text built from the lists
+/// above.
+pub fn schema() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        let field = |name: &str, ty: Value| json!({"name": name, "type": ty});
+        let body: Vec<Value> = BODY_FIELDS
+            .iter()
+            .map(|f| field(f, json!("float")))
+            .collect();
+        let mut fields: Vec<Value> = STRING_FIELDS
+            .iter()
+            .map(|f| field(f, json!("string")))
+            .collect();
+        fields.push(field(
+            BODY,
+            json!({"type": "record", "name": BODY, "fields": body}),
+        ));
+        json!({"type": "record", "name": NAME, "namespace": NAMESPACE, "fields": fields})
+            .to_string()
+    })
+}
+
 /// What the router sends on `avroOutput` (and the writer reads).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -87,8 +101,8 @@ pub struct EngineRecord {
 
 impl EngineRecord {
     /// The `Body` values in schema order, or the first missing field.
-    pub fn body_in_schema_order(&self) -> Result<[f32; 26], &'static str> {
-        let mut out = [0f32; 26];
+    pub fn body_in_schema_order(&self) -> Result<[f32; BODY_LEN], &'static str> {
+        let mut out = [0f32; BODY_LEN];
         for (slot, name) in out.iter_mut().zip(BODY_FIELDS) {
             *slot = *self.body.get(name).ok_or(name)? as f32;
         }
@@ -101,15 +115,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn schema_is_valid_json_with_every_body_field_in_order() {
-        let v: serde_json::Value = serde_json::from_str(SCHEMA).unwrap();
-        let names: Vec<&str> = v["fields"][4]["type"]["fields"]
+    fn the_schema_lists_every_field_in_order() {
+        let v: Value = serde_json::from_str(schema()).unwrap();
+        assert_eq!(
+            (&v["name"], &v["namespace"]),
+            (&json!(NAME), &json!(NAMESPACE))
+        );
+        let names = |fields: &Value| -> Vec<String> {
+            let names = fields.as_array().unwrap().iter();
+            names
+                .map(|f| f["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let mut top = STRING_FIELDS.map(String::from).to_vec();
+        top.push(BODY.into());
+        assert_eq!(names(&v["fields"]), top);
+        let body = &v["fields"][STRING_LEN]["type"];
+        assert_eq!(names(&body["fields"]), BODY_FIELDS);
+        assert!(body["fields"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|f| f["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names, BODY_FIELDS);
+            .all(|f| f["type"] == "float"));
+        // Names the router writes into JSON without escaping.
+        for name in STRING_FIELDS.iter().chain(&BODY_FIELDS).chain([&BODY]) {
+            assert!(name.bytes().all(|b| b.is_ascii_alphanumeric()), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_router_record_has_the_schema_fields() {
+        let r = EngineRecord {
+            correlation_id: "c".into(),
+            connection_device_id: "d".into(),
+            creation_time_utc: "t".into(),
+            enqueued_time_utc: "t".into(),
+            body: BTreeMap::new(),
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = STRING_FIELDS.to_vec();
+        want.push(BODY);
+        keys.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(keys, want);
     }
 
     #[test]
@@ -121,7 +170,7 @@ mod tests {
             enqueued_time_utc: "t".into(),
             body: BODY_FIELDS.iter().map(|f| (f.to_string(), 1.5)).collect(),
         };
-        assert_eq!(r.body_in_schema_order().unwrap()[25], 1.5);
+        assert_eq!(r.body_in_schema_order().unwrap()[BODY_LEN - 1], 1.5);
         r.body.remove("OperationalSetting2");
         assert_eq!(r.body_in_schema_order(), Err("OperationalSetting2"));
     }

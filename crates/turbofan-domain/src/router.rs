@@ -15,6 +15,7 @@ use crate::ports::properties::{
     DEAD_LETTER_REASON, ENQUEUED_TIME, MAX_LEAF_PROPERTY_BAG, MODEL_NAME, SET_BY_PIPELINE,
 };
 use crate::ports::router::{AVRO_OUTPUT, CLASS_OUTPUT, DEAD_OUTPUT, HUB_OUTPUT};
+use crate::record;
 use crate::scoring::{HISTORY_CYCLES, MISSING_CYCLES, PREDICTED_RUL_HIGH, PREDICTED_RUL_LOW};
 use crate::PREDICTED_RUL;
 use bytes::Bytes;
@@ -244,19 +245,24 @@ fn hub_body(device: &str, cid: &str, s: &Scored<'_>, model: Option<&str>) -> Byt
     b.into()
 }
 
-/// The full record for the Avro writer; `Body` is the classified row's own text (an object of
-/// numbers with `PredictedRul`), copied verbatim.
-fn avro_body(cid: &str, device: &str, created: &str, enqueued: &str, row: &str) -> Bytes {
+/// The full record for the Avro writer: the record's strings ([`record::STRING_FIELDS`]),
+/// then [`record::BODY`], the classified row's own text (an object of numbers with
+/// `PredictedRul`), copied verbatim.
+fn avro_body(strings: [&str; record::STRING_LEN], row: &str) -> Bytes {
     let mut b = Vec::with_capacity(160 + row.len());
-    b.extend_from_slice(b"{\"CorrelationId\":");
-    push_str(&mut b, cid);
-    b.extend_from_slice(b",\"ConnectionDeviceId\":");
-    push_str(&mut b, device);
-    b.extend_from_slice(b",\"CreationTimeUtc\":");
-    push_str(&mut b, created);
-    b.extend_from_slice(b",\"EnqueuedTimeUtc\":");
-    push_str(&mut b, enqueued);
-    b.extend_from_slice(b",\"Body\":");
+    let mut separator = b'{';
+    // The names need no escaping (a test of `record` checks).
+    for (name, value) in record::STRING_FIELDS.iter().zip(strings) {
+        b.push(separator);
+        separator = b',';
+        b.push(b'"');
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(b"\":");
+        push_str(&mut b, value);
+    }
+    b.extend_from_slice(b",\"");
+    b.extend_from_slice(record::BODY.as_bytes());
+    b.extend_from_slice(b"\":");
     b.extend_from_slice(row.as_bytes());
     b.push(b'}');
     b.into()
@@ -273,13 +279,11 @@ pub fn rul_input(m: Message, threshold: Option<f64>) -> Outgoing {
         };
         return vec![(DEAD_OUTPUT, dead_letter(m, reason))];
     }
-    let props = [
-        CORRELATION_ID,
-        CONNECTION_DEVICE_ID,
-        CREATION_TIME,
-        ENQUEUED_TIME,
-    ];
-    if let Some(missing) = props.iter().find(|p| m.property(p).is_none()) {
+    // The record's strings are these properties, set on `deviceInput`.
+    if let Some(missing) = record::STRING_FIELDS
+        .iter()
+        .find(|p| m.property(p).is_none())
+    {
         let reason =
             format!("property {missing} is missing: the message did not come through deviceInput");
         return vec![(DEAD_OUTPUT, dead_letter(m, reason))];
@@ -310,23 +314,16 @@ pub fn rul_input(m: Message, threshold: Option<f64>) -> Outgoing {
             extra: HISTORY_FIELDS.map(|f| (f, o.get(f))),
         });
     }
+    let strings = record::STRING_FIELDS.map(|k| m.property(k).unwrap_or_default());
     let p = |k| m.property(k).unwrap_or_default();
-    let (cid, device, created, enqueued) = (
-        p(CORRELATION_ID),
-        p(CONNECTION_DEVICE_ID),
-        p(CREATION_TIME),
-        p(ENQUEUED_TIME),
-    );
+    let (cid, device) = (p(CORRELATION_ID), p(CONNECTION_DEVICE_ID));
     let model = m.property(MODEL_NAME);
     let mut out = Vec::with_capacity(scored.len() * 2);
     for s in scored {
         if threshold.is_none_or(|t| s.rul < t) {
             out.push((HUB_OUTPUT, hub_body(device, cid, &s, model)));
         }
-        out.push((
-            AVRO_OUTPUT,
-            avro_body(cid, device, created, enqueued, s.row),
-        ));
+        out.push((AVRO_OUTPUT, avro_body(strings, s.row)));
     }
     let cid = CompactString::from(cid);
     drop(objects);
@@ -551,6 +548,10 @@ mod tests {
         );
         assert_eq!(out[0].1.correlation_id.as_deref(), Some("corr-1"));
         assert!(out[0].1.is_json_utf8());
+        // The record's text, as the writer has always been sent it.
+        let text = std::str::from_utf8(&out[1].1.body).unwrap();
+        let strings = r#"{"CorrelationId":"corr-1","ConnectionDeviceId":"Client_001","CreationTimeUtc":"2026-11-21T04:59:59.500Z","EnqueuedTimeUtc":"2026-11-21T04:59:59.500Z","Body":{"#;
+        assert!(text.starts_with(strings), "{text}");
         let record: EngineRecord = serde_json::from_slice(&out[1].1.body).unwrap();
         assert_eq!(record.correlation_id, "corr-1");
         assert_eq!(record.connection_device_id, "Client_001");

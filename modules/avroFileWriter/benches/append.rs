@@ -24,7 +24,7 @@ use edge_client::Message;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use turbofan_domain::record::SCHEMA;
+use turbofan_domain::record::schema;
 
 const IN_FLIGHT: usize = 2048;
 
@@ -142,7 +142,7 @@ async fn main() {
         let dir = PathBuf::from(dir);
         std::fs::create_dir_all(&dir).expect("export folder");
         std::fs::write(dir.join("records.jsonl"), bodies.join("\n") + "\n").expect("records");
-        std::fs::write(dir.join("schema.avsc"), SCHEMA).expect("schema");
+        std::fs::write(dir.join("schema.avsc"), schema()).expect("schema");
     }
     let messages: Vec<Message> = bodies.into_iter().map(Message::json).collect();
     let mut rates = Vec::new();

@@ -15,10 +15,13 @@
 //! | `AVRO_UPLOAD_STORAGE_CONNECTION_STRING` (+ `AVRO_UPLOAD_CONTAINER`, default `avrofiles`) | a storage account's container, signed with its key: Blob Storage on IoT Edge or a cloud account; no IoT Hub identity needed |
 //! | none of these | IoT Hub file upload with the device identity from the bind-mounted IoT Edge config (manual provisioning only) |
 //!
-//! Settings: see [`avro_file_writer::config`]; also `LoggingLevel`. Reported: the settings,
-//! counters, `DiskFull`, `AvroTreeMB`, `UploadTarget` (where files go, without keys or tokens).
+//! Settings: see [`avro_file_writer::config`] (environment, then desired properties through
+//! [`edge_client::desired`]; `null` puts back the environment's value); also `LoggingLevel`.
+//! Reported: the settings, counters, `DiskFull`, `AvroTreeMB`, `UploadTarget` (where files go,
+//! without keys or tokens).
 #![allow(non_snake_case)] // the binary is named after the module, as the manifest names it
 
+use anyhow::{bail, Context};
 use avro_file_writer::archive::{self, Archive};
 use avro_file_writer::bucket::Clock;
 use avro_file_writer::budget::{DiskBudget, MIB};
@@ -29,9 +32,11 @@ use avro_file_writer::stats::Stats;
 use avro_file_writer::tree::{self, TreeLock};
 use avro_file_writer::upload::{UploadTarget, Uploader};
 use avro_file_writer::writer::{self, WriterConfig};
-use edge_client::{logging, ModuleClient};
+use edge_client::desired;
+use edge_client::ModuleClient;
 use serde_json::{json, Value};
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -48,65 +53,34 @@ fn env(k: &str) -> Option<String> {
     std::env::var(k).ok()
 }
 
-fn fail(msg: impl std::fmt::Display) -> ! {
-    error!("{msg}");
-    std::process::exit(1)
-}
-
-/// Everything desired properties can change.
+/// What the settings drive, changed when desired properties change them.
 struct Live {
-    config: Mutex<Config>,
-    base: Config,
     writer: writer::Writer,
     budget: Arc<DiskBudget>,
     scan: Arc<Mutex<avro_file_writer::scanner::ScanPolicy>>,
     /// Wakes the scanner when its settings change, so a new check interval applies now.
     scan_changed: Arc<Notify>,
-    log: logging::LogLevel,
-    logging_level: Mutex<Option<String>>,
+    /// Wakes the reporter: `DiskFull` may have changed with `MaxDiskMB`.
     changed: Notify,
 }
 
 impl Live {
-    fn apply_desired(&self, desired: &Value) {
-        if let Some(level) = self.log.apply_desired(desired) {
-            *self.logging_level.lock().unwrap_or_else(|p| p.into_inner()) = Some(level.to_owned());
-        }
-        let mut c = self.config.lock().unwrap_or_else(|p| p.into_inner());
-        for problem in c.apply_desired(desired, &self.base) {
-            warn!("{problem}");
-        }
-        self.writer.set_policy(c.sync);
+    fn apply(&self, c: &Config) {
+        self.writer.set_policy(c.sync_policy());
         self.budget.set_max(c.max_disk_bytes());
         *self.scan.lock().unwrap_or_else(|p| p.into_inner()) = c.scan;
-        info!(settings = %c.reported(), "settings");
-        drop(c);
+        info!(settings = ?c, "settings");
         self.scan_changed.notify_one();
         self.changed.notify_one();
     }
 
+    /// The counters and the archive's state (the settings are reported by
+    /// [`desired::follow`]).
     fn reported(&self, stats: &Stats, upload: &Option<UploadTarget>) -> Value {
-        let mut r = self
-            .config
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .reported();
-        if let Value::Object(counters) = stats.reported() {
-            for (k, v) in counters {
-                r[k] = v;
-            }
-        }
+        let mut r = stats.reported();
         r["DiskFull"] = json!(self.budget.is_full());
         r["AvroTreeMB"] = json!((self.budget.used() as f64 / MIB * 1000.0).round() / 1000.0);
         r["UploadTarget"] = json!(upload.as_ref().map(|u| u.describe()));
-        if let Some(l) = self
-            .logging_level
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            r[logging::LOGGING_LEVEL] = json!(l);
-        }
         r
     }
 }
@@ -142,13 +116,25 @@ async fn report_loop(
 #[global_allocator]
 static ALLOC: edge_client::Allocator = edge_client::Allocator;
 
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+async fn run() -> anyhow::Result<()> {
     let edge_client::ModuleProcess {
         client,
         log,
         metrics,
-    } = edge_client::start_module().await;
+    } = edge_client::start_module()
+        .await
+        .context("cannot connect to edgeHub")?;
     let root = client.settings().container_path(Path::new(ROOT));
     let (base, problems) = Config::from_vars(env);
     for p in problems {
@@ -163,40 +149,31 @@ async fn main() {
             );
             Clock::with_offset_secs(s)
         }
-        Some(Err(_)) => fail(format!(
-            "{CLOCK_OFFSET_VAR} must be a whole number of seconds"
-        )),
+        Some(Err(_)) => bail!("{CLOCK_OFFSET_VAR} must be a whole number of seconds"),
     };
-    let upload = match UploadTarget::from_env(env, client.settings(), client.trust_bundle()) {
-        Ok(Some(t)) => {
-            info!(target = %t.describe(), "quiet files are uploaded");
-            Some(t)
-        }
-        Ok(None) => None,
-        Err(e) => fail(format!("upload configuration: {e}")),
-    };
+    let upload = UploadTarget::from_env(env, client.settings(), client.trust_bundle())
+        .map_err(|e| anyhow::anyhow!("upload configuration: {e}"))?;
+    if let Some(t) = &upload {
+        info!(target = %t.describe(), "quiet files are uploaded");
+    }
 
     // Repair what a crash may have left before writing or uploading anything.
-    if let Err(e) = std::fs::create_dir_all(&root) {
-        fail(format!(
-            "cannot create the archive folder {}: {e}; check the module's bind of {ROOT}",
+    std::fs::create_dir_all(&root).with_context(|| {
+        format!(
+            "cannot create the archive folder {}; check the module's bind of {ROOT}",
             root.display()
-        ));
-    }
+        )
+    })?;
     // One writer per archive, before anything is repaired or written: two would interleave
     // their blocks in the same files.
-    let _archive_lock = match tree::ArchiveLock::acquire(&root) {
-        Ok(l) => l,
-        Err(e) => fail(e),
-    };
+    let _archive_lock = tree::ArchiveLock::acquire(&root)?;
     let stats = Arc::new(Stats::default());
-    let used = match tree::repair_tree(&root, &stats) {
-        Ok(u) => u,
-        Err(e) => fail(format!(
-            "cannot check the archive {}: {e}; check the disk and the folder's permissions",
+    let used = tree::repair_tree(&root, &stats).with_context(|| {
+        format!(
+            "cannot check the archive {}; check the disk and the folder's permissions",
             root.display()
-        )),
-    };
+        )
+    })?;
 
     let tree_lock = Arc::new(TreeLock::with_ledger(&root));
     // The counters go on from what the archive holds and its ledger says was uploaded, so a
@@ -224,39 +201,33 @@ async fn main() {
     metrics.on_scrape(move || {
         disk_used.set(i64::try_from(b.used()).unwrap_or(i64::MAX));
     });
-    let (writer, threads) = match writer::start(
+    let (writer, threads) = writer::start(
         WriterConfig {
             root: root.clone(),
             clock,
             schema: schema.clone(),
-            policy: base.sync,
+            policy: base.sync_policy(),
         },
         budget.clone(),
         stats.clone(),
         tree_lock.clone(),
-    ) {
-        Ok(w) => w,
-        Err(e) => fail(format!("cannot start the writer: {e}")),
-    };
+    )
+    .context("cannot start the writer")?;
     let live = Arc::new(Live {
-        config: Mutex::new(base),
-        base,
         writer: writer.clone(),
         budget: budget.clone(),
         scan: Arc::new(Mutex::new(base.scan)),
         scan_changed: Arc::new(Notify::new()),
-        log,
-        logging_level: Mutex::new(None),
         changed: Notify::new(),
     });
-    // The module's own reporter sends the reported properties (settings and counters).
+    // The settings are reported here; the module's own reporter sends the counters.
+    let (settings, _) = watch::channel(base);
     let l = live.clone();
-    client
-        .follow_desired(Value::Null, move |d| {
-            l.apply_desired(d);
-            Value::Null
-        })
-        .await;
+    desired::follow(&client, log, settings, json!({}), move |c| {
+        l.apply(c);
+        Value::Null
+    })
+    .await;
 
     let (stop_tx, stopping) = watch::channel(false);
     let scanner = tokio::spawn(
@@ -281,26 +252,20 @@ async fn main() {
 
     info!(root = %root.display(), "avroFileWriter running");
     let archive = Archive::new(writer, schema, budget, stopping);
-    let threads_ref = &threads;
     let stop = async move {
-        let writer_died = async {
-            while !threads_ref.is_finished() {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        };
-        let died = tokio::select! {
-            _ = edge_client::shutdown_signal() => false,
-            _ = writer_died => true,
-        };
+        edge_client::shutdown_signal().await;
         let _ = stop_tx.send(true);
-        if died {
-            error!(
-                "the writer thread ended unexpectedly; exiting so the runtime restarts the module"
-            );
-            std::process::exit(1);
+    };
+    let writer_died = async {
+        while !threads.is_finished() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     };
-    let result = archive::serve(&client, archive, MAX_IN_FLIGHT, stop).await;
+    let result = tokio::select! {
+        r = archive::serve(&client, archive, MAX_IN_FLIGHT, stop) => r,
+        // Nothing to finish or close without it: exits so the runtime restarts the module.
+        _ = writer_died => bail!("the writer thread ended unexpectedly; exiting so the runtime restarts the module"),
+    };
     // Every handler has returned: sync and close the open files.
     if tokio::task::spawn_blocking(move || threads.close())
         .await
@@ -310,8 +275,7 @@ async fn main() {
     }
     let _ = scanner.await;
     let _ = reporter.await;
-    match result {
-        Ok(()) => info!("avroFileWriter stopped cleanly"),
-        Err(e) => fail(e),
-    }
+    result?;
+    info!("avroFileWriter stopped cleanly");
+    Ok(())
 }

@@ -7,7 +7,10 @@ use serde::ser::{Serialize, SerializeStruct, Serializer};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
-use turbofan_domain::record::{EngineRecord, BODY_FIELDS, SCHEMA};
+use turbofan_domain::ports::properties::CORRELATION_ID;
+use turbofan_domain::record::{
+    self, EngineRecord, BODY, BODY_FIELDS, BODY_LEN, STRING_FIELDS, STRING_LEN,
+};
 
 /// The record schema (`turbofan.EngineData`), parsed once and shared.
 #[derive(Debug)]
@@ -18,10 +21,10 @@ pub struct RecordSchema {
 }
 
 impl RecordSchema {
-    /// Parses the tutorial's schema ([`turbofan_domain::record::SCHEMA`]).
+    /// Parses the tutorial's schema ([`turbofan_domain::record::schema`]).
     pub fn tutorial() -> RecordSchema {
-        RecordSchema::parse(SCHEMA).unwrap_or_else(|e| {
-            // A compile-time constant covered by tests; failing here is a build defect.
+        RecordSchema::parse(record::schema()).unwrap_or_else(|e| {
+            // Built from constants and covered by tests; failing here is a build defect.
             panic!("the built-in Avro schema does not parse: {e}")
         })
     }
@@ -70,20 +73,40 @@ impl RecordSchema {
     }
 }
 
+/// A record of the schema: its strings ([`STRING_FIELDS`]) and its `Body` values
+/// ([`BODY_FIELDS`]), in schema order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record<S> {
+    /// The string fields, in schema order.
+    pub strings: [S; STRING_LEN],
+    /// The `Body` values in schema order, as `float`.
+    pub body: [f32; BODY_LEN],
+}
+
 /// A record checked against the schema, ready to encode; its strings borrow from the
 /// message body where they have no escapes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GoodRecord<'a> {
-    /// `CorrelationId`.
-    pub correlation_id: Cow<'a, str>,
-    /// `ConnectionDeviceId`.
-    pub connection_device_id: Cow<'a, str>,
-    /// `CreationTimeUtc`.
-    pub creation_time_utc: Cow<'a, str>,
-    /// `EnqueuedTimeUtc`.
-    pub enqueued_time_utc: Cow<'a, str>,
-    /// The `Body` values in schema order, as `float`.
-    pub body: [f32; 26],
+pub type GoodRecord<'a> = Record<Cow<'a, str>>;
+
+/// A record read back from an archive file.
+pub type ArchivedRecord = Record<String>;
+
+impl<S: AsRef<str>> Record<S> {
+    /// The string field `name` ([`STRING_FIELDS`]).
+    pub fn string(&self, name: &str) -> Option<&str> {
+        let i = STRING_FIELDS.iter().position(|f| *f == name)?;
+        Some(self.strings[i].as_ref())
+    }
+
+    /// The `Body` field `name` ([`BODY_FIELDS`]).
+    pub fn body_field(&self, name: &str) -> Option<f32> {
+        let i = BODY_FIELDS.iter().position(|f| *f == name)?;
+        Some(self.body[i])
+    }
+
+    /// `CorrelationId`: what tells records apart.
+    pub fn correlation_id(&self) -> &str {
+        self.string(CORRELATION_ID).unwrap_or_default()
+    }
 }
 
 impl GoodRecord<'_> {
@@ -114,7 +137,7 @@ pub fn parse(body: &[u8]) -> Result<GoodRecord<'_>, String> {
 fn reason(body: &[u8]) -> String {
     match serde_json::from_slice::<EngineRecord>(body) {
         Ok(record) => match record.body_in_schema_order() {
-            Err(missing) => format!("Body has no field '{missing}'"),
+            Err(missing) => format!("{BODY} has no field '{missing}'"),
             Ok(_) => "body does not match the record schema".to_owned(),
         },
         Err(_) => diagnose(body),
@@ -124,30 +147,22 @@ fn reason(body: &[u8]) -> String {
 /// The router's record as it comes off the wire: every field optional, so that what is
 /// missing can be told apart from what is malformed.
 struct Wire<'a> {
-    strings: [Option<Cow<'a, str>>; 4],
-    body: Option<[Option<f32>; 26]>,
+    strings: [Option<Cow<'a, str>>; STRING_LEN],
+    body: Option<[Option<f32>; BODY_LEN]>,
 }
-
-const STRING_FIELDS: [&str; 4] = [
-    "CorrelationId",
-    "ConnectionDeviceId",
-    "CreationTimeUtc",
-    "EnqueuedTimeUtc",
-];
 
 impl<'a> Wire<'a> {
     fn complete(self) -> Option<GoodRecord<'a>> {
-        let [a, b, c, d] = self.strings;
         let fields = self.body?;
-        let mut body = [0f32; 26];
+        let mut body = [0f32; BODY_LEN];
         for (slot, v) in body.iter_mut().zip(fields) {
             *slot = v?;
         }
+        if self.strings.iter().any(Option::is_none) {
+            return None;
+        }
         Some(GoodRecord {
-            correlation_id: a?,
-            connection_device_id: b?,
-            creation_time_utc: c?,
-            enqueued_time_utc: d?,
+            strings: self.strings.map(Option::unwrap_or_default),
             body,
         })
     }
@@ -179,7 +194,7 @@ impl<'de> Deserialize<'de> for Text<'de> {
 }
 
 /// `Body`: every value a number (as `EngineRecord` requires), the schema's fields kept.
-struct BodyFields([Option<f32>; 26]);
+struct BodyFields([Option<f32>; BODY_LEN]);
 
 impl<'de> Deserialize<'de> for BodyFields {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -190,7 +205,7 @@ impl<'de> Deserialize<'de> for BodyFields {
                 f.write_str("an object of numbers")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = [None; 26];
+                let mut out = [None; BODY_LEN];
                 // Bodies list their fields in one order, mostly the schema's: the field
                 // after the previous one is tried before searching.
                 let mut next = 0;
@@ -222,13 +237,13 @@ impl<'de> Deserialize<'de> for Wire<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut w = Wire {
-                    strings: [None, None, None, None],
+                    strings: Default::default(),
                     body: None,
                 };
                 while let Some(key) = map.next_key::<Text<'de>>()? {
-                    if key.0 == "Body" {
+                    if key.0 == BODY {
                         if w.body.is_some() {
-                            return Err(de::Error::duplicate_field("Body"));
+                            return Err(de::Error::duplicate_field(BODY));
                         }
                         w.body = Some(map.next_value::<BodyFields>()?.0);
                     } else if let Some(i) = STRING_FIELDS.iter().position(|f| *f == key.0) {
@@ -261,27 +276,22 @@ fn diagnose(body: &[u8]) -> String {
     let Some(obj) = v.as_object() else {
         return format!("body must be a JSON object, found {}", kind(&v));
     };
-    for name in [
-        "CorrelationId",
-        "ConnectionDeviceId",
-        "CreationTimeUtc",
-        "EnqueuedTimeUtc",
-    ] {
+    for name in STRING_FIELDS {
         match obj.get(name) {
             None => return format!("field '{name}' is missing"),
             Some(Value::String(_)) => {}
             Some(other) => return format!("field '{name}' is {}, not a string", kind(other)),
         }
     }
-    let Some(b) = obj.get("Body") else {
-        return "field 'Body' is missing".to_owned();
+    let Some(b) = obj.get(BODY) else {
+        return format!("field '{BODY}' is missing");
     };
     let Some(b) = b.as_object() else {
-        return format!("field 'Body' is {}, not an object", kind(b));
+        return format!("field '{BODY}' is {}, not an object", kind(b));
     };
     for (k, v) in b {
         if !v.is_number() {
-            return format!("Body field '{k}' is {}, not a number", kind(v));
+            return format!("{BODY} field '{k}' is {}, not a number", kind(v));
         }
     }
     // Numbers beyond f64 and the like: whatever serde says.
@@ -302,29 +312,11 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// A record read back from an archive file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ArchivedRecord {
-    /// `CorrelationId`.
-    pub correlation_id: String,
-    /// `ConnectionDeviceId`.
-    pub connection_device_id: String,
-    /// `CreationTimeUtc`.
-    pub creation_time_utc: String,
-    /// `EnqueuedTimeUtc`.
-    pub enqueued_time_utc: String,
-    /// `Body`, in schema order.
-    pub body: [f32; 26],
-}
-
 impl ArchivedRecord {
     /// What a good record becomes once archived.
     pub fn from_good(g: &GoodRecord<'_>) -> ArchivedRecord {
-        ArchivedRecord {
-            correlation_id: g.correlation_id.clone().into_owned(),
-            connection_device_id: g.connection_device_id.clone().into_owned(),
-            creation_time_utc: g.creation_time_utc.clone().into_owned(),
-            enqueued_time_utc: g.enqueued_time_utc.clone().into_owned(),
+        Record {
+            strings: g.strings.clone().map(Cow::into_owned),
             body: g.body,
         }
     }
@@ -353,23 +345,21 @@ pub fn read_file(path: &std::path::Path) -> Result<Vec<ArchivedRecord>, String> 
             return Err(format!("{}: not a record", path.display()));
         };
         let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v);
-        let Some(Avro::Record(body_fields)) = get("Body") else {
-            return Err(format!("{}: no Body record", path.display()));
+        let Some(Avro::Record(body_fields)) = get(BODY) else {
+            return Err(format!("{}: no {BODY} record", path.display()));
         };
-        let mut body = [0f32; 26];
+        let mut body = [0f32; BODY_LEN];
         for (slot, name) in body.iter_mut().zip(BODY_FIELDS) {
             match body_fields.iter().find(|(k, _)| k == name) {
                 Some((_, Avro::Float(f))) => *slot = *f,
-                other => return Err(format!("Body.{name} is {other:?}")),
+                other => return Err(format!("{BODY}.{name} is {other:?}")),
             }
         }
-        out.push(ArchivedRecord {
-            correlation_id: text(get("CorrelationId"), "CorrelationId")?,
-            connection_device_id: text(get("ConnectionDeviceId"), "ConnectionDeviceId")?,
-            creation_time_utc: text(get("CreationTimeUtc"), "CreationTimeUtc")?,
-            enqueued_time_utc: text(get("EnqueuedTimeUtc"), "EnqueuedTimeUtc")?,
-            body,
-        });
+        let mut strings: [String; STRING_LEN] = Default::default();
+        for (slot, name) in strings.iter_mut().zip(STRING_FIELDS) {
+            *slot = text(get(name), name)?;
+        }
+        out.push(Record { strings, body });
     }
     Ok(out)
 }
@@ -377,24 +367,23 @@ pub fn read_file(path: &std::path::Path) -> Result<Vec<ArchivedRecord>, String> 
 /// Serialises a record in schema order for `apache-avro`'s schema-aware serializer.
 struct AvroView<'a, 'b>(&'a GoodRecord<'b>);
 
-struct BodyView<'a>(&'a [f32; 26]);
+struct BodyView<'a>(&'a [f32; BODY_LEN]);
 
 impl Serialize for AvroView<'_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.0;
-        let mut st = s.serialize_struct("EngineData", 5)?;
-        st.serialize_field("CorrelationId", r.correlation_id.as_ref())?;
-        st.serialize_field("ConnectionDeviceId", r.connection_device_id.as_ref())?;
-        st.serialize_field("CreationTimeUtc", r.creation_time_utc.as_ref())?;
-        st.serialize_field("EnqueuedTimeUtc", r.enqueued_time_utc.as_ref())?;
-        st.serialize_field("Body", &BodyView(&self.0.body))?;
+        let mut st = s.serialize_struct(record::NAME, STRING_LEN + 1)?;
+        for (name, v) in STRING_FIELDS.iter().zip(&r.strings) {
+            st.serialize_field(name, v.as_ref())?;
+        }
+        st.serialize_field(BODY, &BodyView(&r.body))?;
         st.end()
     }
 }
 
 impl Serialize for BodyView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Body", BODY_FIELDS.len())?;
+        let mut st = s.serialize_struct(BODY, BODY_LEN)?;
         for (name, v) in BODY_FIELDS.iter().zip(self.0.iter()) {
             st.serialize_field(name, v)?;
         }
@@ -434,7 +423,6 @@ pub(crate) mod tests {
         let good = parse(text.as_bytes()).unwrap();
         let mut ours = Vec::new();
         good.encode(&schema, &mut ours).unwrap();
-        let r = &good;
         let body = Avro::Record(
             BODY_FIELDS
                 .iter()
@@ -442,25 +430,13 @@ pub(crate) mod tests {
                 .map(|(n, v)| (n.to_string(), Avro::Float(v)))
                 .collect(),
         );
-        let value = Avro::Record(vec![
-            (
-                "CorrelationId".into(),
-                Avro::String(r.correlation_id.to_string()),
-            ),
-            (
-                "ConnectionDeviceId".into(),
-                Avro::String(r.connection_device_id.to_string()),
-            ),
-            (
-                "CreationTimeUtc".into(),
-                Avro::String(r.creation_time_utc.to_string()),
-            ),
-            (
-                "EnqueuedTimeUtc".into(),
-                Avro::String(r.enqueued_time_utc.to_string()),
-            ),
-            ("Body".into(), body),
-        ]);
+        let mut fields: Vec<(String, Avro)> = STRING_FIELDS
+            .iter()
+            .zip(&good.strings)
+            .map(|(n, v)| (n.to_string(), Avro::String(v.to_string())))
+            .collect();
+        fields.push((BODY.into(), body));
+        let value = Avro::Record(fields);
         let reference = apache_avro::to_avro_datum(schema.schema(), value).unwrap();
         assert_eq!(ours, reference);
     }
@@ -479,7 +455,7 @@ pub(crate) mod tests {
         let mut rotated: Vec<_> = BODY_FIELDS.iter().enumerate().collect();
         rotated.rotate_left(21);
         let rotated = body(&mut rotated.into_iter());
-        let expected: Vec<f32> = (0..26).map(|i| i as f32 + 0.5).collect();
+        let expected: Vec<f32> = (0..BODY_LEN).map(|i| i as f32 + 0.5).collect();
         for text in [in_order, reversed, rotated] {
             assert_eq!(
                 parse(text.as_bytes()).unwrap().body.to_vec(),
@@ -541,10 +517,10 @@ pub(crate) mod tests {
                 .and_then(|r| r.body_in_schema_order().ok().map(|b| (r, b)));
             match (parse(v.as_bytes()), contract) {
                 (Ok(g), Some((r, b))) => {
-                    assert_eq!(g.correlation_id, r.correlation_id, "{v}");
-                    assert_eq!(g.connection_device_id, r.connection_device_id, "{v}");
-                    assert_eq!(g.creation_time_utc, r.creation_time_utc, "{v}");
-                    assert_eq!(g.enqueued_time_utc, r.enqueued_time_utc, "{v}");
+                    let r = serde_json::to_value(&r).unwrap();
+                    for (name, g) in STRING_FIELDS.iter().zip(&g.strings) {
+                        assert_eq!(r[name], json!(g), "{v}");
+                    }
                     assert_eq!(g.body.map(f32::to_bits), b.map(f32::to_bits), "{v}");
                 }
                 (Err(_), None) => {}
@@ -552,7 +528,7 @@ pub(crate) mod tests {
             }
         }
         assert!(matches!(
-            parse(text.as_bytes()).unwrap().correlation_id,
+            parse(text.as_bytes()).unwrap().strings[0],
             Cow::Borrowed(_)
         ));
     }
@@ -603,10 +579,20 @@ pub(crate) mod tests {
     #[test]
     fn schema_identity_ignores_formatting() {
         let s = RecordSchema::tutorial();
-        assert!(s.same_as(SCHEMA));
+        assert!(s.same_as(record::schema()));
         assert!(s.same_as(s.json()));
         assert!(!s.same_as("\"string\""));
         assert!(!s.same_as("not json"));
         assert!(!s.json().contains('\n'));
+    }
+
+    /// The schema in file headers, byte for byte as this module has always written it
+    /// (readers of the archive compare it): a change of the schema changes this too.
+    #[test]
+    fn file_headers_carry_the_schema_as_before() {
+        assert_eq!(
+            RecordSchema::tutorial().json(),
+            r#"{"fields":[{"name":"CorrelationId","type":"string"},{"name":"ConnectionDeviceId","type":"string"},{"name":"CreationTimeUtc","type":"string"},{"name":"EnqueuedTimeUtc","type":"string"},{"name":"Body","type":{"fields":[{"name":"Sensor1","type":"float"},{"name":"Sensor2","type":"float"},{"name":"Sensor3","type":"float"},{"name":"Sensor4","type":"float"},{"name":"Sensor5","type":"float"},{"name":"Sensor6","type":"float"},{"name":"Sensor7","type":"float"},{"name":"Sensor8","type":"float"},{"name":"Sensor9","type":"float"},{"name":"Sensor10","type":"float"},{"name":"Sensor11","type":"float"},{"name":"Sensor12","type":"float"},{"name":"Sensor13","type":"float"},{"name":"Sensor14","type":"float"},{"name":"Sensor15","type":"float"},{"name":"Sensor16","type":"float"},{"name":"Sensor17","type":"float"},{"name":"Sensor18","type":"float"},{"name":"Sensor19","type":"float"},{"name":"Sensor20","type":"float"},{"name":"Sensor21","type":"float"},{"name":"OperationalSetting1","type":"float"},{"name":"OperationalSetting2","type":"float"},{"name":"OperationalSetting3","type":"float"},{"name":"PredictedRul","type":"float"},{"name":"CycleTime","type":"float"}],"name":"Body","type":"record"}}],"name":"EngineData","namespace":"turbofan","type":"record"}"#
+        );
     }
 }

@@ -896,8 +896,8 @@ mod tests {
             "the current bucket's file"
         );
         let mut got = read_file(&files[0]).unwrap();
-        got.sort_by(|a, b| a.correlation_id.cmp(&b.correlation_id));
-        want.sort_by(|a, b| a.correlation_id.cmp(&b.correlation_id));
+        got.sort_by(|a, b| a.correlation_id().cmp(b.correlation_id()));
+        want.sort_by(|a, b| a.correlation_id().cmp(b.correlation_id()));
         assert_eq!(got, want);
         let len = std::fs::metadata(&files[0]).unwrap().len();
         let s = container::scan(File::open(&files[0]).unwrap(), len)

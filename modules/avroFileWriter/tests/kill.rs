@@ -79,7 +79,7 @@ fn records_after_crash(root: &Path, scratch: &Path) -> Vec<String> {
         }
         let recs = read_file(&copy)
             .unwrap_or_else(|e| panic!("{} unreadable after repair: {e}", f.path.display()));
-        ids.extend(recs.into_iter().map(|r| r.correlation_id));
+        ids.extend(recs.iter().map(|r| r.correlation_id().to_owned()));
     }
     ids
 }
@@ -194,7 +194,7 @@ async fn kill_9_loses_no_acknowledged_record_and_leaves_readable_files() {
     let mut count: HashMap<String, u32> = HashMap::new();
     for f in tree::list_avro_files(&root).unwrap() {
         for r in read_file(&f.path).unwrap() {
-            *count.entry(r.correlation_id).or_default() += 1;
+            *count.entry(r.correlation_id().to_owned()).or_default() += 1;
         }
     }
     let missing: Vec<String> = (0..RECORDS)

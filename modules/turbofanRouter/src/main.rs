@@ -6,13 +6,17 @@
 //! | `rulInput` (classifier answers) | `hubOutput` (RUL messages for IoT Hub), `avroOutput` (records for the Avro writer) |
 //! | anything bad | `deadMessages` (`DeadLetter=true`, `DeadLetterReason`) |
 //!
-//! Desired properties: `LoggingLevel`; `RulThreshold` (only predictions below it go to
-//! `hubOutput`; the Avro record is always written).
+//! Desired properties ([`edge_client::desired`]: an invalid value is refused with a warning,
+//! `null` puts back the default): `LoggingLevel`; `RulThreshold` (only predictions below it
+//! go to `hubOutput`; the Avro record is always written; default none: all go).
 #![allow(non_snake_case)] // the binary is named after the module, as the manifest names it
 
-use edge_client::{logging, Message, ModuleClient};
+use anyhow::Context;
+use edge_client::desired::{self, ModuleSettings, Property};
+use edge_client::{Message, ModuleClient};
 use serde_json::{json, Value};
-use std::sync::{Arc, RwLock};
+use std::process::ExitCode;
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 use turbofan_domain::ports::properties::DEAD_LETTER_REASON;
 use turbofan_domain::ports::router::{DEAD_OUTPUT, DEVICE_INPUT, RUL_INPUT};
@@ -21,34 +25,28 @@ use turbofan_domain::router;
 /// Settings from desired properties.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct Settings {
+    /// `RulThreshold`: only predictions below it go to `hubOutput` (default: none, all go).
     rul_threshold: Option<f64>,
 }
 
-/// Applies a desired document or patch; returns what to report.
-fn apply_desired(desired: &Value, settings: &RwLock<Settings>, log: &logging::LogLevel) -> Value {
-    let mut reported = serde_json::Map::new();
-    if let Some(level) = log.apply_desired(desired) {
-        reported.insert(logging::LOGGING_LEVEL.into(), json!(level));
+impl ModuleSettings for Settings {
+    fn properties() -> Vec<Property<Settings>> {
+        vec![Property::new(
+            "RulThreshold",
+            |s: &mut Settings| &mut s.rul_threshold,
+            |_, v| match v {
+                Value::Number(n) => Ok(n.as_f64()),
+                _ => Err("must be a number (or null for none)".into()),
+            },
+            |t| json!(t),
+        )]
     }
-    if let Some(t) = desired.get("RulThreshold") {
-        let mut s = settings.write().unwrap_or_else(|p| p.into_inner());
-        match t {
-            Value::Null => s.rul_threshold = None,
-            Value::Number(n) => s.rul_threshold = n.as_f64(),
-            other => {
-                warn!(value = %other, "RulThreshold must be a number or null; keeping {:?}", s.rul_threshold)
-            }
-        }
-        info!(threshold = ?s.rul_threshold, "RulThreshold");
-        reported.insert("RulThreshold".into(), json!(s.rul_threshold));
-    }
-    Value::Object(reported)
 }
 
 /// The outputs for input message `m`, made ready to send.
 fn handle(
     client: &ModuleClient,
-    settings: &RwLock<Settings>,
+    settings: &watch::Receiver<Settings>,
     input: &str,
     m: Message,
 ) -> Vec<edge_client::Prepared> {
@@ -59,10 +57,7 @@ fn handle(
             || uuid::Uuid::new_v4().to_string(),
         ),
         RUL_INPUT => {
-            let threshold = settings
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .rul_threshold;
+            let threshold = settings.borrow().rul_threshold;
             router::rul_input(m, threshold)
         }
         other => vec![(
@@ -105,28 +100,31 @@ fn prepare(client: &ModuleClient, output: &str, m: Message) -> Option<edge_clien
 #[global_allocator]
 static ALLOC: edge_client::Allocator = edge_client::Allocator;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    // The router's metrics are the client's: messages in per input, out per output (its
-    // dead letters are those on deadMessages).
-    let edge_client::ModuleProcess { client, log, .. } = edge_client::start_module().await;
-    let settings = Arc::new(RwLock::new(Settings::default()));
-    let s = settings.clone();
-    client
-        .follow_desired(json!({}), move |d| apply_desired(d, &s, &log))
-        .await;
-    info!("turbofanRouter running");
-    let c = client.clone();
-    let result =
-        edge_client::forward_inputs(&client, edge_client::shutdown_signal(), move |input, m| {
-            handle(&c, &settings, input, m)
-        })
-        .await;
-    match result {
-        Ok(()) => info!("turbofanRouter stopped cleanly"),
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e}");
-            std::process::exit(1);
+            error!("{e:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn run() -> anyhow::Result<()> {
+    // The router's metrics are the client's: messages in per input, out per output (its
+    // dead letters are those on deadMessages).
+    let edge_client::ModuleProcess { client, log, .. } = edge_client::start_module()
+        .await
+        .context("cannot connect to edgeHub")?;
+    let (settings, current) = watch::channel(Settings::default());
+    desired::follow(&client, log, settings, json!({}), |_| Value::Null).await;
+    info!("turbofanRouter running");
+    let c = client.clone();
+    edge_client::forward_inputs(&client, edge_client::shutdown_signal(), move |input, m| {
+        handle(&c, &current, input, m)
+    })
+    .await?;
+    info!("turbofanRouter stopped cleanly");
+    Ok(())
 }

@@ -6,7 +6,7 @@ use edge_client::Message;
 use iotedge_local::testing::{next_input, start_with};
 use serde_json::{json, Value};
 use std::time::Duration;
-use turbofan_domain::record::EngineRecord;
+use turbofan_domain::record::{EngineRecord, BODY_FIELDS};
 
 fn manifest() -> Value {
     let routes = json!({
@@ -87,7 +87,8 @@ async fn routes_classifies_archives_dead_letters_and_obeys_the_threshold() {
     assert_eq!(record.correlation_id, "corr-42");
     assert_eq!(record.connection_device_id, "edge-device");
     assert_eq!(record.body["PredictedRul"], 87.5);
-    assert_eq!(record.body_in_schema_order().unwrap()[25], 42.0);
+    let cycle = BODY_FIELDS.iter().position(|f| *f == "CycleTime").unwrap();
+    assert_eq!(record.body_in_schema_order().unwrap()[cycle], 42.0);
     let up = t.wait_upstream(1).await;
     assert_eq!(up.len(), 1);
     assert_eq!(

@@ -11,6 +11,7 @@
 //! cycles its history lacks (`MissingCycles`).
 
 use crate::scoring::apply_answers;
+use bytes::Bytes;
 use edge_client::Message;
 use rul_model::{Interval, ModelError};
 use turbofan_domain::history::{self, Answer, Change, HistoryStore, Prediction, Seen};
@@ -49,6 +50,10 @@ struct Row {
 /// Scores `messages` in place: rows join their device's history in `store` (at `now`, unix
 /// seconds), then one call of `predict` scores every row that needs the model. Each row that
 /// moved a history on is pushed to `changes`. Returns how many messages were scored.
+///
+/// Four stages: each message parsed ([`parse`]), its rows joined to their history
+/// ([`join_histories`], which gathers the model's input), one model run, each message
+/// answered ([`answer`]).
 pub fn score_batch(
     messages: &mut [Message],
     max_body: usize,
@@ -58,130 +63,154 @@ pub fn score_batch(
     mut predict: impl FnMut(&[f32]) -> Result<Vec<Interval>, ModelError>,
 ) -> usize {
     let mut features: Vec<f32> = Vec::with_capacity(messages.len() * history::N_FEATURES);
-    let mut answers = Vec::with_capacity(messages.len());
-    {
-        let requests: Vec<Result<Parsed<'_>, String>> = messages
+    let answers = {
+        let requests: Vec<Result<Parsed<'_>, String>> =
+            messages.iter().map(|m| parse(m, max_body)).collect();
+        let joined: Vec<Result<(&Parsed<'_>, Vec<Row>), &String>> = requests
             .iter()
-            .map(|m| {
-                let req = Request::parse(&m.body, max_body).map_err(|e| e.to_string())?;
-                let device = m.property(CONNECTION_DEVICE_ID).ok_or_else(|| {
-                    format!("property {CONNECTION_DEVICE_ID} is missing: history scoring keeps a history per leaf device")
-                })?;
-                let cycles = req
-                    .cycles
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| cycle_of(i, *c))
-                    .collect::<Result<Vec<u32>, String>>()?;
-                Ok((req, device, cycles))
+            .map(|r| {
+                let parsed = r.as_ref()?;
+                Ok((parsed, join_histories(parsed, store, now, &mut features)))
             })
             .collect();
-        let mut rows: Vec<Result<Vec<Row>, String>> = Vec::with_capacity(requests.len());
-        for r in &requests {
-            let Ok((req, device, cycles)) = r else {
-                rows.push(Err(String::new()));
-                continue;
-            };
-            let mut out = Vec::with_capacity(cycles.len());
-            for (i, cycle) in cycles.iter().enumerate() {
-                let sensors = history::model_sensors(
-                    &req.features[i * rul_model::N_FEATURES..(i + 1) * rul_model::N_FEATURES],
-                );
-                let obs = store.observe(device, *cycle, &sensors, now);
-                if obs.skipped > 0 {
-                    tracing::warn!(
-                        device = *device,
-                        cycle,
-                        skipped = obs.skipped,
-                        missing = obs.missing_cycles,
-                        "the history skips cycles it never received: its answers say MissingCycles"
-                    );
-                } else if !matches!(obs.seen, Seen::Next | Seen::First) {
-                    tracing::debug!(device = *device, cycle, seen = ?obs.seen, "not the next cycle");
-                }
-                let pending = match obs.answer {
-                    Answer::Again(p) => Pending::Known(p),
-                    Answer::Score(f) => {
-                        features.extend_from_slice(&f[..]);
-                        Pending::Model {
-                            at: features.len() / history::N_FEATURES - 1,
-                            record: matches!(obs.seen, Seen::Next | Seen::First | Seen::Restart),
-                        }
-                    }
-                };
-                out.push(Row {
-                    cycle: *cycle,
-                    history_cycles: obs.history_cycles,
-                    missing_cycles: obs.missing_cycles,
-                    pending,
-                    sensors,
-                });
-            }
-            rows.push(Ok(out));
-        }
         let predictions = if features.is_empty() {
             Ok(Vec::new())
         } else {
             predict(&features)
         };
-        for (r, rows) in requests.iter().zip(rows) {
-            answers.push(match (r, rows, &predictions) {
-                (Err(e), _, _) => Err(e.clone()),
-                (Ok(_), Err(e), _) => Err(e),
-                (Ok((_, device, _)), Ok(rows), Err(e)) => {
-                    // The rows moved their histories on all the same: logged, unanswered,
-                    // so a restart has the histories the module had.
-                    for row in rows {
-                        if let Pending::Model { record: true, .. } = row.pending {
-                            changes.push(Change {
-                                device: (*device).into(),
-                                cycle: row.cycle,
-                                sensors: row.sensors,
-                                prediction: Prediction::NONE,
-                            });
-                        }
-                    }
-                    Err(e.to_string())
-                }
-                (Ok((req, device, _)), Ok(rows), Ok(p)) => {
-                    let mut written = Vec::with_capacity(rows.len());
-                    for row in rows {
-                        let got = match row.pending {
-                            Pending::Known(k) => k,
-                            Pending::Model { at, record } => {
-                                let i = p[at];
-                                let k = Prediction {
-                                    rul: i.rul,
-                                    low: i.low,
-                                    high: i.high,
-                                };
-                                if record {
-                                    store.record(device, row.cycle, k);
-                                    changes.push(Change {
-                                        device: (*device).into(),
-                                        cycle: row.cycle,
-                                        sensors: row.sensors,
-                                        prediction: k,
-                                    });
-                                }
-                                k
-                            }
-                        };
-                        written.push(RowAnswer {
-                            rul: got.rul,
-                            interval: Some((got.low, got.high)),
-                            history_cycles: Some(row.history_cycles),
-                            missing_cycles: Some(row.missing_cycles),
-                        });
-                    }
-                    let mut out = Vec::new();
-                    req.write_answers(&written, &mut out);
-                    Ok(out.into())
-                }
-            });
-        }
-    }
+        joined
+            .into_iter()
+            .map(|j| match j {
+                Ok((parsed, rows)) => answer(parsed, rows, &predictions, store, changes),
+                Err(e) => Err(e.clone()),
+            })
+            .collect()
+    };
     apply_answers(messages, answers)
+}
+
+/// Stage 1: a message's request, its device and its rows' cycles, or why it cannot be
+/// scored.
+fn parse(m: &Message, max_body: usize) -> Result<Parsed<'_>, String> {
+    let req = Request::parse(&m.body, max_body).map_err(|e| e.to_string())?;
+    let device = m.property(CONNECTION_DEVICE_ID).ok_or_else(|| {
+        format!("property {CONNECTION_DEVICE_ID} is missing: history scoring keeps a history per leaf device")
+    })?;
+    let cycles = req
+        .cycles
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cycle_of(i, *c))
+        .collect::<Result<Vec<u32>, String>>()?;
+    Ok((req, device, cycles))
+}
+
+/// Stage 2: each row of a parsed message joins its device's history; a row the model must
+/// score has its features appended to `features`, and remembers where.
+fn join_histories(
+    (req, device, cycles): &Parsed<'_>,
+    store: &mut HistoryStore,
+    now: u64,
+    features: &mut Vec<f32>,
+) -> Vec<Row> {
+    let mut out = Vec::with_capacity(cycles.len());
+    for (i, cycle) in cycles.iter().enumerate() {
+        let sensors = history::model_sensors(
+            &req.features[i * rul_model::N_FEATURES..(i + 1) * rul_model::N_FEATURES],
+        );
+        let obs = store.observe(device, *cycle, &sensors, now);
+        if obs.skipped > 0 {
+            tracing::warn!(
+                device = *device,
+                cycle,
+                skipped = obs.skipped,
+                missing = obs.missing_cycles,
+                "the history skips cycles it never received: its answers say MissingCycles"
+            );
+        } else if !matches!(obs.seen, Seen::Next | Seen::First) {
+            tracing::debug!(device = *device, cycle, seen = ?obs.seen, "not the next cycle");
+        }
+        let pending = match obs.answer {
+            Answer::Again(p) => Pending::Known(p),
+            Answer::Score(f) => {
+                features.extend_from_slice(&f[..]);
+                Pending::Model {
+                    at: features.len() / history::N_FEATURES - 1,
+                    record: matches!(obs.seen, Seen::Next | Seen::First | Seen::Restart),
+                }
+            }
+        };
+        out.push(Row {
+            cycle: *cycle,
+            history_cycles: obs.history_cycles,
+            missing_cycles: obs.missing_cycles,
+            pending,
+            sensors,
+        });
+    }
+    out
+}
+
+/// Stage 4: a message's answer from the model run's `predictions` (stage 3); each row that
+/// moved its history on is recorded in `store` and pushed to `changes`.
+fn answer(
+    (req, device, _): &Parsed<'_>,
+    rows: Vec<Row>,
+    predictions: &Result<Vec<Interval>, ModelError>,
+    store: &mut HistoryStore,
+    changes: &mut Vec<Change>,
+) -> Result<Bytes, String> {
+    let p = match predictions {
+        Ok(p) => p,
+        Err(e) => {
+            // The rows moved their histories on all the same: logged, unanswered, so a
+            // restart has the histories the module had.
+            for row in rows {
+                if let Pending::Model { record: true, .. } = row.pending {
+                    changes.push(Change {
+                        device: (*device).into(),
+                        cycle: row.cycle,
+                        sensors: row.sensors,
+                        prediction: Prediction::NONE,
+                    });
+                }
+            }
+            return Err(e.to_string());
+        }
+    };
+    let mut written = Vec::with_capacity(rows.len());
+    for row in rows {
+        let got = match row.pending {
+            Pending::Known(k) => k,
+            Pending::Model { at, record } => {
+                let i = p[at];
+                let k = Prediction {
+                    rul: i.rul,
+                    low: i.low,
+                    high: i.high,
+                };
+                if record {
+                    store.record(device, row.cycle, k);
+                    changes.push(Change {
+                        device: (*device).into(),
+                        cycle: row.cycle,
+                        sensors: row.sensors,
+                        prediction: k,
+                    });
+                }
+                k
+            }
+        };
+        written.push(RowAnswer {
+            rul: got.rul,
+            interval: Some((got.low, got.high)),
+            history_cycles: Some(row.history_cycles),
+            missing_cycles: Some(row.missing_cycles),
+        });
+    }
+    let mut out = Vec::new();
+    req.write_answers(&written, &mut out);
+    Ok(out.into())
 }
 
 #[cfg(test)]

@@ -22,9 +22,10 @@
 //! the manifest's bind), `ORT_DYLIB_PATH` (ONNX Runtime library), `ORT_EXECUTION_PROVIDER` (`cpu`, the default, or
 //! `cuda`/`cuda:<device>`: ONNX Runtime's CUDA provider, with the GPU image; when CUDA cannot
 //! run the models run on the CPU, and the log and `ExecutionProvider` say why), `SCORING_HTTP_ADDR`
-//! (enables the debug endpoint, per-row model). Desired properties: `LoggingLevel`,
-//! `MaxBatchSize`, `MaxBatchWaitMs`, `MaxBodyBytes`, `ScoringMode`, `HistoryMaxDevices`,
-//! `HistoryIdleSeconds`, `HistorySnapshotSeconds`. Reported: `ScoringMode`, the live
+//! (enables the debug endpoint, per-row model). Desired properties ([`Settings`], through
+//! [`edge_client::desired`]: an invalid value is refused with a warning, `null` puts back the
+//! default): `LoggingLevel`, `MaxBatchSize`, `MaxBatchWaitMs`, `MaxBodyBytes`, `ScoringMode`,
+//! `HistoryMaxDevices`, `HistoryIdleSeconds`, `HistorySnapshotSeconds`. Reported: `ScoringMode`, the live
 //! `Model` (name, hash, signature, execution provider), both `Models`, `ExecutionProvider`
 //! (`Requested`, `Used`, `Fallback`), and the desired values applied.
 #![allow(non_snake_case)] // the binary is named after the module, as the manifest names it
@@ -35,15 +36,18 @@ mod metrics;
 mod scoring;
 mod state;
 
-use edge_client::{logging, AckToken, InputMessage, Message, ModuleClient, Prepared};
+use anyhow::Context;
+use edge_client::desired::{self, whole_number, ModuleSettings, Property};
+use edge_client::{AckToken, InputMessage, Message, ModuleClient, Prepared};
 use rul_model::{HistoryModel, ModelInfo, Provider, ProviderUse, RulModel};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::watch;
 use tracing::{error, info, warn, Instrument};
 use turbofan_domain::history::HistoryStore;
 
@@ -56,8 +60,8 @@ pub struct Shared {
     model_info: Value,
     history_model: Option<Mutex<HistoryModel>>,
     history_info: Option<Value>,
-    /// Scoring with the history model (else the per-row model).
-    history_mode: AtomicBool,
+    /// The settings in force (desired properties).
+    settings: watch::Receiver<Settings>,
     store: Mutex<HistoryStore>,
     /// Where each batch's history changes go before it is acknowledged (none without a
     /// state file).
@@ -68,23 +72,96 @@ pub struct Shared {
     log_failing: AtomicBool,
     /// Histories changed since the last snapshot.
     dirty: AtomicBool,
-    max_devices: AtomicUsize,
-    idle_secs: AtomicU64,
-    snapshot_secs: AtomicU64,
-    max_batch: AtomicUsize,
-    max_wait_ms: AtomicU64,
-    max_body: AtomicUsize,
     metrics: metrics::ClassifierMetrics,
 }
 
-/// Defaults of the history bounds (desired properties override them).
-const MAX_DEVICES: usize = 10_000;
-const IDLE_SECS: u64 = 7 * 24 * 3600;
-const SNAPSHOT_SECS: u64 = 2;
+/// The classifier's settings: its desired properties, with their defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// `MaxBatchSize`: messages scored in one model run.
+    max_batch: u64,
+    /// `MaxBatchWaitMs`: how long a batch waits to fill.
+    max_wait_ms: u64,
+    /// `MaxBodyBytes`: larger messages are not scored.
+    max_body: u64,
+    /// `HistoryMaxDevices`: histories kept at most.
+    max_devices: u64,
+    /// `HistoryIdleSeconds`: a history not added to for this long is dropped.
+    idle_secs: u64,
+    /// `HistorySnapshotSeconds`: time between snapshots of the histories.
+    snapshot_secs: u64,
+    /// `ScoringMode`: `history` (true) or `row`.
+    history_mode: bool,
+    /// Whether the history model is loaded (not a property: `history` needs it).
+    history_model: bool,
+}
+
+impl Settings {
+    /// The defaults: `history` mode when the history model is loaded.
+    fn defaults(history_model: bool) -> Settings {
+        Settings {
+            max_batch: 64,
+            max_wait_ms: 0,
+            max_body: 256 * 1024,
+            max_devices: 10_000,
+            idle_secs: 7 * 24 * 3600,
+            snapshot_secs: 2,
+            history_mode: history_model,
+            history_model,
+        }
+    }
+}
+
+impl ModuleSettings for Settings {
+    fn properties() -> Vec<Property<Settings>> {
+        let number = |name, field: fn(&mut Settings) -> &mut u64, min, max| {
+            let parse = whole_number(min, max);
+            Property::new(name, field, move |_, v| parse(v), |n| json!(n))
+        };
+        vec![
+            number("MaxBatchSize", |s| &mut s.max_batch, 1, 4096),
+            number("MaxBatchWaitMs", |s| &mut s.max_wait_ms, 0, 1000),
+            number("MaxBodyBytes", |s| &mut s.max_body, 1024, 16 << 20),
+            number("HistoryMaxDevices", |s| &mut s.max_devices, 1, 10_000_000),
+            number(
+                "HistoryIdleSeconds",
+                |s| &mut s.idle_secs,
+                60,
+                10 * 365 * 24 * 3600,
+            ),
+            number("HistorySnapshotSeconds", |s| &mut s.snapshot_secs, 1, 3600),
+            Property::new(
+                "ScoringMode",
+                |s: &mut Settings| &mut s.history_mode,
+                |s, v| match v.as_str() {
+                    Some("history") if s.history_model => Ok(true),
+                    Some("history") => Err(
+                        "is 'history', but there is no history model (HISTORY_MODEL_PATH)".into(),
+                    ),
+                    Some("row") => Ok(false),
+                    _ => Err("must be 'history' or 'row'".into()),
+                },
+                |h| json!(mode_name(*h)),
+            ),
+        ]
+    }
+}
+
+fn mode_name(history: bool) -> &'static str {
+    if history {
+        "history"
+    } else {
+        "row"
+    }
+}
 
 impl Shared {
+    fn settings(&self) -> Settings {
+        *self.settings.borrow()
+    }
+
     fn max_body(&self) -> usize {
-        self.max_body.load(Ordering::Relaxed)
+        self.settings().max_body as usize
     }
 }
 
@@ -128,94 +205,25 @@ fn describe_provider(p: &ProviderUse) -> Value {
 
 impl Shared {
     fn live_model(&self) -> &Value {
-        match (
-            &self.history_info,
-            self.history_mode.load(Ordering::Relaxed),
-        ) {
+        match (&self.history_info, self.settings().history_mode) {
             (Some(h), true) => h,
             _ => &self.model_info,
         }
     }
 
     fn mode_name(&self) -> &'static str {
-        if self.history_mode.load(Ordering::Relaxed) {
-            "history"
-        } else {
-            "row"
-        }
+        mode_name(self.settings().history_mode)
     }
 
-    fn bounds(&self) -> (usize, u64) {
-        (
-            self.max_devices.load(Ordering::Relaxed),
-            self.idle_secs.load(Ordering::Relaxed),
-        )
-    }
-}
-
-fn apply_desired(desired: &Value, s: &Shared, log: &logging::LogLevel) -> Value {
-    let mut reported = serde_json::Map::new();
-    if let Some(level) = log.apply_desired(desired) {
-        reported.insert(logging::LOGGING_LEVEL.into(), json!(level));
-    }
-    let mut number = |key: &str, min: u64, max: u64, apply: &dyn Fn(u64)| {
-        if let Some(v) = desired.get(key) {
-            match v.as_u64().filter(|n| (min..=max).contains(n)) {
-                Some(n) => {
-                    apply(n);
-                    reported.insert(key.into(), json!(n));
-                }
-                None => {
-                    warn!(value = %v, "{key} must be a whole number from {min} to {max}; ignored")
-                }
-            }
-        }
-    };
-    number("MaxBatchSize", 1, 4096, &|n| {
-        s.max_batch.store(n as usize, Ordering::Relaxed)
-    });
-    number("MaxBatchWaitMs", 0, 1000, &|n| {
-        s.max_wait_ms.store(n, Ordering::Relaxed)
-    });
-    number("MaxBodyBytes", 1024, 16 << 20, &|n| {
-        s.max_body.store(n as usize, Ordering::Relaxed)
-    });
-    let mut bounds_changed = false;
-    number("HistoryMaxDevices", 1, 10_000_000, &|n| {
-        s.max_devices.store(n as usize, Ordering::Relaxed)
-    });
-    number("HistoryIdleSeconds", 60, 10 * 365 * 24 * 3600, &|n| {
-        s.idle_secs.store(n, Ordering::Relaxed)
-    });
-    number("HistorySnapshotSeconds", 1, 3600, &|n| {
-        s.snapshot_secs.store(n, Ordering::Relaxed)
-    });
-    if desired.get("HistoryMaxDevices").is_some() || desired.get("HistoryIdleSeconds").is_some() {
-        bounds_changed = true;
-    }
-    if bounds_changed {
-        let (max, idle) = s.bounds();
-        s.store
+    /// Applies new settings to the history store; returns the live model, to report.
+    fn settings_changed(&self, new: &Settings) -> Value {
+        self.store
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .set_bounds(max, idle);
+            .set_bounds(new.max_devices as usize, new.idle_secs);
+        info!(mode = self.mode_name(), model = %self.live_model()["Name"], "scoring mode");
+        json!({"Model": self.live_model()})
     }
-    if let Some(v) = desired.get("ScoringMode") {
-        match v.as_str() {
-            Some("history") if s.history_model.is_some() => {
-                s.history_mode.store(true, Ordering::Relaxed)
-            }
-            Some("history") => warn!(
-                "ScoringMode 'history' asked, but there is no history model (HISTORY_MODEL_PATH): scoring per row"
-            ),
-            Some("row") => s.history_mode.store(false, Ordering::Relaxed),
-            _ => warn!(value = %v, "ScoringMode must be 'history' or 'row'; ignored"),
-        }
-    }
-    reported.insert("ScoringMode".into(), json!(s.mode_name()));
-    reported.insert("Model".into(), s.live_model().clone());
-    info!(mode = s.mode_name(), model = %s.live_model()["Name"], "scoring mode");
-    Value::Object(reported)
 }
 
 /// Collects what arrived together (up to the batch size, waiting at most the batch wait).
@@ -224,8 +232,9 @@ async fn next_batch(
     first: InputMessage,
     s: &Shared,
 ) -> Vec<InputMessage> {
-    let max = s.max_batch.load(Ordering::Relaxed).max(1);
-    let wait = Duration::from_millis(s.max_wait_ms.load(Ordering::Relaxed));
+    let settings = s.settings();
+    let max = (settings.max_batch as usize).max(1);
+    let wait = Duration::from_millis(settings.max_wait_ms);
     let deadline = tokio::time::Instant::now() + wait;
     let mut batch = vec![first];
     while batch.len() < max {
@@ -258,10 +267,7 @@ async fn score_and_send(batch: Vec<InputMessage>, s: &Shared, client: &ModuleCli
         tokens.push(token);
     }
     let started = std::time::Instant::now();
-    let (scored, model_name, mode) = match (
-        &s.history_model,
-        s.history_mode.load(Ordering::Relaxed),
-    ) {
+    let (scored, model_name, mode) = match (&s.history_model, s.settings().history_mode) {
         (Some(h), true) => {
             let mut store = s.store.lock().unwrap_or_else(|p| p.into_inner());
             let mut model = h.lock().unwrap_or_else(|p| p.into_inner());
@@ -350,7 +356,7 @@ fn prepare_answer(client: &ModuleClient, m: Message) -> Option<Prepared> {
 /// Writes the histories when they changed, every `HistorySnapshotSeconds`.
 async fn snapshots(s: Arc<Shared>, path: PathBuf) {
     loop {
-        let secs = s.snapshot_secs.load(Ordering::Relaxed).max(1);
+        let secs = s.settings().snapshot_secs.max(1);
         tokio::time::sleep(Duration::from_secs(secs)).await;
         if s.dirty.swap(false, Ordering::Relaxed) {
             snapshot(&s, &path).await;
@@ -379,13 +385,34 @@ async fn snapshot(s: &Arc<Shared>, path: &std::path::Path) {
 #[global_allocator]
 static ALLOC: edge_client::Allocator = edge_client::Allocator;
 
+/// Why the module stopped without its models (exit status 2, so it is told from a lost
+/// connection).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load the models: {0}")]
+struct NoModels(rul_model::ModelError);
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            match e.downcast_ref::<NoModels>() {
+                Some(_) => ExitCode::from(2),
+                None => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+async fn run() -> anyhow::Result<()> {
     let edge_client::ModuleProcess {
         client,
         log,
         metrics,
-    } = edge_client::start_module().await;
+    } = edge_client::start_module()
+        .await
+        .context("cannot connect to edgeHub")?;
     let models_loaded = Arc::new(AtomicBool::new(false));
     let loaded_flag = models_loaded.clone();
     metrics.ready_when(move || match loaded_flag.load(Ordering::SeqCst) {
@@ -416,12 +443,11 @@ async fn main() {
         Err(e) => {
             // Say it where operators look (logs and the twin), then stop: a module without
             // its models must not take messages.
-            error!("{e}");
             let _ = client
                 .update_reported(&json!({"ModelStatus": "error", "ModelError": e.to_string()}))
                 .await;
             client.close(Duration::from_secs(2)).await;
-            std::process::exit(2);
+            return Err(NoModels(e).into());
         }
     };
     // Both models are asked for the same provider; a fallback of either is the one to report.
@@ -450,8 +476,14 @@ async fn main() {
             (p, mapped)
         }
     };
-    let opened = state::check_writable(&state_path, create)
-        .and_then(|()| state::open(&state_path, MAX_DEVICES, IDLE_SECS));
+    let defaults = Settings::defaults(history_model.is_some());
+    let opened = state::check_writable(&state_path, create).and_then(|()| {
+        state::open(
+            &state_path,
+            defaults.max_devices as usize,
+            defaults.idle_secs,
+        )
+    });
     let (store, change_log, state_path) = match opened {
         Ok(o) => {
             info!(
@@ -463,13 +495,18 @@ async fn main() {
         }
         Err(e) => {
             warn!(path = %state_path.display(), "cannot write the history state file ({e}): histories are kept in memory only and start empty after a restart");
-            (HistoryStore::new(MAX_DEVICES, IDLE_SECS), None, None)
+            (
+                HistoryStore::new(defaults.max_devices as usize, defaults.idle_secs),
+                None,
+                None,
+            )
         }
     };
+    let (settings, current) = watch::channel(defaults);
     let shared = Arc::new(Shared {
         model: Mutex::new(model),
         model_info: model_info.clone(),
-        history_mode: AtomicBool::new(history_model.is_some()),
+        settings: current,
         history_model: history_model.map(Mutex::new),
         history_info: history_info.clone(),
         store: Mutex::new(store),
@@ -477,12 +514,6 @@ async fn main() {
         saving: Mutex::new(()),
         log_failing: AtomicBool::new(false),
         dirty: AtomicBool::new(false),
-        max_devices: AtomicUsize::new(MAX_DEVICES),
-        idle_secs: AtomicU64::new(IDLE_SECS),
-        snapshot_secs: AtomicU64::new(SNAPSHOT_SECS),
-        max_batch: AtomicUsize::new(64),
-        max_wait_ms: AtomicU64::new(0),
-        max_body: AtomicUsize::new(256 * 1024),
         metrics: metrics::ClassifierMetrics::default(),
     });
     shared.metrics.register(&metrics);
@@ -492,35 +523,30 @@ async fn main() {
         s.metrics.history_devices.set(devices as i64);
     });
     let s = shared.clone();
-    client
-        .follow_desired(
-            json!({
-                "ModelStatus": "loaded",
-                "ScoringMode": shared.mode_name(),
-                "Model": shared.live_model(),
-                "Models": {"row": model_info, "history": history_info},
-                "ExecutionProvider": describe_provider(&provider),
-            }),
-            move |d| apply_desired(d, &s, &log),
-        )
-        .await;
+    desired::follow(
+        &client,
+        log,
+        settings,
+        json!({
+            "ModelStatus": "loaded",
+            "ScoringMode": shared.mode_name(),
+            "Model": shared.live_model(),
+            "Models": {"row": model_info, "history": history_info},
+            "ExecutionProvider": describe_provider(&provider),
+        }),
+        move |new| s.settings_changed(new),
+    )
+    .await;
     if let Some(path) = state_path.clone() {
         tokio::spawn(snapshots(shared.clone(), path));
     }
     if let Ok(addr) = std::env::var("SCORING_HTTP_ADDR") {
-        if let Err(e) = http::serve(&addr, shared.clone()).await {
-            error!("cannot serve HTTP scoring on {addr}: {e}");
-            std::process::exit(1);
-        }
+        http::serve(&addr, shared.clone())
+            .await
+            .with_context(|| format!("cannot serve HTTP scoring on {addr}"))?;
     }
 
-    let mut inputs = match client.inputs() {
-        Ok(i) => i,
-        Err(e) => {
-            error!("{e}");
-            std::process::exit(1);
-        }
-    };
+    let mut inputs = client.inputs()?;
     info!("turbofanRulClassifier running");
     // Nothing waits per answer: `forward` acknowledges each input when edgeHub has
     // accepted its answer.
@@ -536,4 +562,5 @@ async fn main() {
     }
     client.close(Duration::from_secs(10)).await;
     info!("turbofanRulClassifier stopped cleanly");
+    Ok(())
 }

@@ -255,10 +255,15 @@ async fn an_answer_too_large_for_mqtt_comes_back_without_its_body_and_the_module
     t.rt.hub
         .patch_desired("turbofanRulClassifier", patch.as_object().unwrap())
         .expect("the twin is saved");
-    assert_eq!(
-        reported(&t, "MaxBodyBytes").await["MaxBodyBytes"],
-        json!(1 << 20)
-    );
+    // Every property is reported from the start: wait for the new value.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while reported(&t, "MaxBodyBytes").await["MaxBodyBytes"] != json!(1 << 20) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "MaxBodyBytes not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let rows = cmapss::read_rows(&cmapss::data_dir().join("test_FD003.txt")).unwrap();
     let array = |n: usize| {

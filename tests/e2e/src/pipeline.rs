@@ -476,7 +476,7 @@ pub async fn fastavro_correlation_ids(files: &[PathBuf]) -> Result<BTreeMap<Path
 pub async fn same_with_fastavro(file: &Path, records: &[ArchivedRecord]) -> Result<()> {
     let read = fastavro_correlation_ids(&[file.to_path_buf()]).await?;
     let theirs = read.into_values().next().unwrap_or_default();
-    let ours: Vec<&str> = records.iter().map(|r| r.correlation_id.as_str()).collect();
+    let ours: Vec<&str> = records.iter().map(|r| r.correlation_id()).collect();
     if theirs != ours {
         bail!(
             "{}: fastavro reads {} records, apache-avro {} (or in another order)",

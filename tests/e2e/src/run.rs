@@ -100,7 +100,7 @@ pub async fn avro_tally(
         uploads
             .records()
             .chain(&archived)
-            .map(|r| r.correlation_id.as_str()),
+            .map(|r| r.correlation_id()),
     ))
 }
 

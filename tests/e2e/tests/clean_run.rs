@@ -138,7 +138,7 @@ async fn every_message_yields_one_rul_message_and_one_avro_record_uploaded_to_az
         .expect("blobs read back");
     let avro_tally = Tally::count(
         sent_cids.iter().copied(),
-        uploads.records().map(|r| r.correlation_id.as_str()),
+        uploads.records().map(|r| r.correlation_id()),
     );
     assert!(avro_tally.is_exact(), "Avro records: {avro_tally}");
     let (rul_i, cycle_i) = (
@@ -146,11 +146,11 @@ async fn every_message_yields_one_rul_message_and_one_avro_record_uploaded_to_az
         body_index("CycleTime").unwrap(),
     );
     for rec in uploads.records() {
-        let r = by_cid[rec.correlation_id.as_str()];
-        assert_eq!(rec.connection_device_id, r.device);
+        let r = by_cid[rec.correlation_id()];
+        assert_eq!(rec.string("ConnectionDeviceId"), Some(r.device.as_str()));
         assert_eq!(rec.body[rul_i], r.predicted_rul as f32, "{rec:?}");
         assert_eq!(rec.body[cycle_i], r.cycle as f32, "{rec:?}");
-        assert!(!rec.enqueued_time_utc.is_empty() && !rec.creation_time_utc.is_empty());
+        assert!(rec.strings.iter().all(|s| !s.is_empty()), "{rec:?}");
     }
     println!(
         "clean run: {} messages; RUL messages {rul_tally}; Avro records {avro_tally} in {} blob(s), {} uploaded again; {:.1} s",

@@ -165,7 +165,7 @@ async fn every_message_is_accounted_for_through_module_kills_a_runtime_restart_a
             let records = p.archived_records()?;
             let t = Tally::count(
                 run3_cids.iter().copied(),
-                records.iter().map(|r| r.correlation_id.as_str()),
+                records.iter().map(|r| r.correlation_id()),
             );
             Ok(t.missing.is_empty().then_some(t))
         },

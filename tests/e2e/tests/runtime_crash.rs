@@ -169,7 +169,7 @@ async fn a_runtime_killed_mid_stream_loses_no_acknowledged_message() {
             }
             let t = Tally::count(
                 cids.iter().copied(),
-                records.iter().map(|r| r.correlation_id.as_str()),
+                records.iter().map(|r| r.correlation_id()),
             );
             Ok(t.missing.is_empty().then_some(t))
         },
@@ -199,7 +199,7 @@ async fn a_runtime_killed_mid_stream_loses_no_acknowledged_message() {
         let ours: Vec<String> = avro_file_writer::record::read_file(f)
             .unwrap()
             .into_iter()
-            .map(|r| r.correlation_id)
+            .map(|r| r.correlation_id().to_owned())
             .collect();
         assert_eq!(
             theirs.get(f),

@@ -14,6 +14,7 @@ use crate::iothub::upstream::Upstream;
 use crate::workload::{self, certs};
 use anyhow::{bail, Context, Result};
 use edge_process::observe::{self, Exporter};
+use edge_protocol::env::ModuleEnv;
 use runtime_state::{layout, KeyStore};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -614,41 +615,28 @@ impl Runtime {
             }
             let mut binds = Vec::new();
             for b in m.binds.iter().filter(|_| !in_container) {
-                binds.push(format!(
-                    "{}={}",
-                    b.container,
-                    bind_dir(&state, &b.host, &b.container)?.display()
-                ));
+                let host = bind_dir(&state, &b.host, &b.container)?;
+                binds.push((b.container.clone(), host.display().to_string()));
             }
-            env.extend([
-                (
-                    "IOTEDGE_IOTHUBHOSTNAME".to_owned(),
-                    opts.hub_hostname.clone(),
-                ),
-                (
-                    "IOTEDGE_GATEWAYHOSTNAME".to_owned(),
-                    opts.gateway_hostname.clone(),
-                ),
-                ("IOTEDGE_DEVICEID".to_owned(), opts.device_id.clone()),
-                ("IOTEDGE_MODULEID".to_owned(), m.name.clone()),
-                ("IOTEDGE_MODULEGENERATIONID".to_owned(), generation_id),
-                (
-                    "IOTEDGE_WORKLOADURI".to_owned(),
-                    if in_container {
-                        format!("unix://{}", container::WORKLOAD_SOCKET)
-                    } else {
-                        format!("unix://{}", socket.display())
-                    },
-                ),
-                ("IOTEDGE_APIVERSION".to_owned(), "2019-01-30".to_owned()),
-                ("IOTEDGE_AUTHSCHEME".to_owned(), "sasToken".to_owned()),
-            ]);
-            if mqtt_port != 8883 {
-                env.push(("IOTEDGE_GATEWAYPORT".into(), mqtt_port.to_string()));
-            }
-            if !binds.is_empty() {
-                env.push(("IOTEDGE_LOCAL_BINDS".into(), binds.join(";")));
-            }
+            let workload_uri = if in_container {
+                format!("unix://{}", container::WORKLOAD_SOCKET)
+            } else {
+                format!("unix://{}", socket.display())
+            };
+            env.extend(
+                ModuleEnv {
+                    iothub_hostname: opts.hub_hostname.clone(),
+                    gateway_hostname: opts.gateway_hostname.clone(),
+                    device_id: opts.device_id.clone(),
+                    module_id: m.name.clone(),
+                    generation_id,
+                    workload_uri,
+                    api_version: edge_protocol::env::DEFAULT_API_VERSION.to_owned(),
+                    gateway_port: mqtt_port,
+                    binds,
+                }
+                .to_vars(),
+            );
             let program = match &mut modules {
                 Modules::Processes(programs) => programs.remove(&m.name),
                 Modules::Containers { engine, images } => match images.remove(&m.name) {

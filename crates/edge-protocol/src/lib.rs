@@ -7,15 +7,19 @@
 //! - [`topic`]: the MQTT topic scheme of IoT Hub and edgeHub (outputs, inputs, twin);
 //! - [`sas`]: shared access signature tokens (make and verify);
 //! - [`connection_string`]: device and module connection strings;
-//! - [`identity`]: IoT Hub's rules for device and module ids.
+//! - [`identity`]: IoT Hub's rules for device and module ids;
+//! - [`env`]: the `IOTEDGE_*` environment a runtime gives a module;
+//! - [`workload`]: the workload API's routes, paths and JSON bodies.
 
 pub mod connection_string;
+pub mod env;
 pub mod identity;
 pub mod message;
 pub mod mqtt;
 pub mod properties;
 pub mod sas;
 pub mod topic;
+pub mod workload;
 
 pub use compact_str::CompactString;
 pub use connection_string::{ConnectionString, ConnectionStringError};

@@ -35,7 +35,8 @@ pub use client::{InputMessage, MethodHandler, ModuleClient, Prepared, Unsendable
 pub use edge_protocol::{CompactString, Message};
 pub use error::Error;
 pub use run::{
-    forward_inputs, next_input, run_inputs, shutdown_signal, start_module, ModuleProcess,
+    forward_inputs, next_input, run_inputs, shutdown_signal, start, start_module, ModuleProcess,
+    Started,
 };
 pub use settings::Settings;
 

@@ -1,4 +1,4 @@
-//! A module's process: [`start_module`] sets it up (logging, metrics, health) and connects;
+//! A module's process: [`start`] sets it up (logging, metrics, health) and connects;
 //! its main loop handles inputs until SIGTERM/SIGINT, then finishes what is in flight and
 //! closes. [`run_inputs`] runs asynchronous handlers concurrently; [`forward_inputs`]
 //! runs a plain handler that turns each input into outputs, and needs no future per
@@ -55,26 +55,29 @@ pub struct ModuleProcess {
     pub metrics: Arc<Exporter>,
 }
 
+/// What [`start`] made of the process.
+pub enum Started {
+    /// Run as `<module> --health` (a container's `HEALTHCHECK`): whether the running module
+    /// is ready, else why not. The process then ends: 0 if ready, else 1.
+    Health(Result<(), String>),
+    /// The module, connected to edgeHub.
+    Module(ModuleProcess),
+}
+
 /// Starts a module's process, the same way for every module:
 ///
 /// 1. run as `<module> --health` (a container's `HEALTHCHECK`), asks the running module's
-///    readiness endpoint and exits 0 if it is ready, else 1;
+///    readiness endpoint: [`Started::Health`];
 /// 2. logging at `RUST_LOG`'s level (else `info`);
 /// 3. the metrics and health endpoint on `METRICS_ADDR` (default `0.0.0.0:9600`, `off` for
 ///    none): live at once, ready once connected to edgeHub (and whatever the module adds);
 ///    a port it cannot bind is a warning, not a failure;
 /// 4. the client from the IoT Edge environment ([`ModuleClient::from_env`]), its counters
-///    registered. If it cannot connect, logs why and exits with status 1, so that the
-///    runtime restarts the module.
-pub async fn start_module() -> ModuleProcess {
+///    registered: [`Started::Module`]. If it cannot connect, the error: the binary ends with
+///    status 1, so that the runtime restarts the module.
+pub async fn start() -> Result<Started, Error> {
     if std::env::args().nth(1).as_deref() == Some("--health") {
-        match observe::probe().await {
-            Ok(()) => std::process::exit(0),
-            Err(why) => {
-                eprintln!("not healthy: {why}");
-                std::process::exit(1)
-            }
-        }
+        return Ok(Started::Health(observe::probe().await));
     }
     let log = crate::logging::init();
     let metrics = Arc::new(Exporter::new());
@@ -98,20 +101,32 @@ pub async fn start_module() -> ModuleProcess {
         ),
         Err(e) => warn!("{e}; running without metrics and health checks"),
     }
-    let client = match ModuleClient::from_env().await {
-        Ok(client) => client,
+    let client = ModuleClient::from_env().await?;
+    client.metrics().register(&metrics);
+    let _ = client_slot.set(client.clone());
+    answer_ping_and_status(&client, metrics.clone());
+    Ok(Started::Module(ModuleProcess {
+        client,
+        log,
+        metrics,
+    }))
+}
+
+/// [`start`] for a `main` that does not return an exit code: ends the process itself for
+/// `--health` (0 if ready, else 1) and when it cannot connect (1, the error logged). A `main`
+/// that returns an `ExitCode` calls [`start`] instead.
+pub async fn start_module() -> ModuleProcess {
+    match start().await {
+        Ok(Started::Module(process)) => process,
+        Ok(Started::Health(Ok(()))) => std::process::exit(0),
+        Ok(Started::Health(Err(why))) => {
+            eprintln!("not healthy: {why}");
+            std::process::exit(1)
+        }
         Err(e) => {
             tracing::error!("cannot connect to edgeHub: {e}");
             std::process::exit(1)
         }
-    };
-    client.metrics().register(&metrics);
-    let _ = client_slot.set(client.clone());
-    answer_ping_and_status(&client, metrics.clone());
-    ModuleProcess {
-        client,
-        log,
-        metrics,
     }
 }
 

@@ -120,7 +120,7 @@ impl ModuleEnv {
             generation_id: need(GENERATION_ID)?,
             workload_uri,
             api_version: get(API_VERSION).unwrap_or_else(|| DEFAULT_API_VERSION.to_owned()),
-            gateway_port: gateway_port(&get)?,
+            gateway_port: gateway_port(get)?,
             binds: get(LOCAL_BINDS)
                 .map(|b| parse_binds(&b))
                 .unwrap_or_default(),

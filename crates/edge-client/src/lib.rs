@@ -24,6 +24,7 @@ mod driver;
 mod error;
 pub mod metrics;
 mod run;
+mod session;
 pub mod settings;
 mod tls;
 mod token;

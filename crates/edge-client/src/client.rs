@@ -205,7 +205,8 @@ impl ModuleClient {
     }
 
     /// `message` made ready to send to `output` with [`ModuleClient::forward`]; or, if
-    /// MQTT cannot carry it (a packet over [`MAX_PACKET`], or a topic with its property bag
+    /// MQTT cannot carry it (a packet over
+    /// [`MAX_PACKET`](edge_protocol::mqtt::MAX_PACKET), or a topic with its property bag
     /// over 64 KiB), the message back unsent, with the reason, so that the caller can send
     /// something in its place (a dead letter without the body, say) and need not leave its
     /// input for a redelivery that would fail the same way.

@@ -8,7 +8,7 @@
 //! - [`sas`]: shared access signature tokens (make and verify);
 //! - [`connection_string`]: device and module connection strings;
 //! - [`identity`]: IoT Hub's rules for device and module ids;
-//! - [`env`]: the `IOTEDGE_*` environment a runtime gives a module;
+//! - [`env`](mod@env): the `IOTEDGE_*` environment a runtime gives a module;
 //! - [`workload`]: the workload API's routes, paths and JSON bodies.
 
 pub mod connection_string;

@@ -5,6 +5,7 @@ use crate::analysis::Truth;
 use crate::error::ReportError;
 use hub_records::Reader;
 use leaf_simulator::SentRecord;
+use runtime_state::control::{self, Status};
 use runtime_state::layout;
 use serde::Serialize;
 use serde_json::Value;
@@ -175,43 +176,31 @@ pub struct ModuleStatus {
     pub delivered: u64,
 }
 
-/// The modules of a runtime status document (`iotedge-local status`), by name.
-pub fn module_statuses(status: &Value) -> Vec<ModuleStatus> {
-    let mut v: Vec<ModuleStatus> = status
-        .get("modules")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(name, s)| {
-                    let n = |k: &str| s.get(k).and_then(Value::as_u64).unwrap_or(0);
-                    ModuleStatus {
-                        module: name.clone(),
-                        connected: s.get("connected").and_then(Value::as_bool) == Some(true),
-                        queued: n("queued") + n("in_flight"),
-                        delivered: n("delivered"),
-                    }
-                })
-                .collect()
+/// The modules of a runtime status (`iotedge-local status`), by name.
+pub fn module_statuses(status: &Status) -> Vec<ModuleStatus> {
+    // A BTreeMap: already by name.
+    status
+        .modules
+        .iter()
+        .map(|(name, s)| ModuleStatus {
+            module: name.clone(),
+            connected: s.connected,
+            queued: s.queued + s.in_flight,
+            delivered: s.delivered,
         })
-        .unwrap_or_default();
-    v.sort_by(|a, b| a.module.cmp(&b.module));
-    v
+        .collect()
 }
 
 /// What the running runtime says: its status and the Avro writer's reported properties.
 /// Both are `None` when the runtime does not answer (not running).
-pub async fn runtime_view(state_dir: &Path) -> (Option<Value>, Option<Value>) {
+pub async fn runtime_view(state_dir: &Path) -> (Option<Status>, Option<Value>) {
     let socket = layout::control_socket(state_dir);
-    let status = runtime_state::control::call(&socket, "GET", "/status", None)
-        .await
-        .ok();
+    let status = control::status(&socket).await.ok();
     let twin = match status {
-        Some(_) => {
-            runtime_state::control::call(&socket, "GET", &format!("/twins/{AVRO_WRITER}"), None)
-                .await
-                .ok()
-                .map(|t| t["reported"].clone())
-        }
+        Some(_) => control::twin(&socket, AVRO_WRITER)
+            .await
+            .ok()
+            .map(|t| t.reported),
         None => None,
     };
     (status, twin)
@@ -248,7 +237,7 @@ pub struct Snapshot {
     /// File-upload notifications.
     pub uploads: Vec<Upload>,
     /// The runtime's status, when it runs.
-    pub status: Option<Value>,
+    pub status: Option<Status>,
     /// The Avro writer's reported properties, when the runtime runs.
     pub avro_reported: Option<Value>,
     /// Avro files not uploaded yet.
@@ -314,9 +303,11 @@ mod tests {
             None
         );
 
-        let status = json!({"modules": {
-            "turbofanRouter": {"queued": 1, "in_flight": 2, "delivered": 9, "expired": 0, "connected": true},
-            "avroFileWriter": {"queued": 0, "in_flight": 0, "delivered": 0, "expired": 0, "connected": false}}});
+        let status: Status = serde_json::from_value(json!({"received": 0, "unrouted": 0,
+            "toModules": 0, "toUpstream": 0, "authFailures": 0, "upstreamStored": 0, "modules": {
+            "turbofanRouter": {"queued": 1, "on_disk": 0, "in_flight": 2, "delivered": 9, "expired": 0, "undeliverable": 0, "connected": true},
+            "avroFileWriter": {"queued": 0, "on_disk": 0, "in_flight": 0, "delivered": 0, "expired": 0, "undeliverable": 0, "connected": false}}}))
+        .unwrap();
         let m = module_statuses(&status);
         assert_eq!(m[0].module, "avroFileWriter");
         assert_eq!((m[1].connected, m[1].queued, m[1].delivered), (true, 3, 9));

@@ -749,8 +749,17 @@ mod tests {
             sent,
             upstream,
             uploads: Vec::new(),
-            status: Some(serde_json::json!({"modules": {
-                "turbofanRulClassifier": {"queued": 1, "in_flight": 0, "delivered": 2, "connected": false}}})),
+            status: Some(runtime_state::control::Status {
+                modules: BTreeMap::from([(
+                    "turbofanRulClassifier".to_owned(),
+                    runtime_state::control::QueueStats {
+                        queued: 1,
+                        delivered: 2,
+                        ..Default::default()
+                    },
+                )]),
+                ..Default::default()
+            }),
             avro_reported: Some(
                 serde_json::json!({"RecordsWritten": 2, "QuietPeriodSecs": 600.0, "UploadTarget": "iothub"}),
             ),

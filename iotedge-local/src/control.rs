@@ -1,5 +1,6 @@
-//! The runtime's management API on its control socket (`runtime.sock`, used by the `twin`
-//! and `status` commands; the client is `runtime_state::control`).
+//! The runtime's management API on its control socket (`runtime.sock`, used by the `twin`,
+//! `invoke`, `status` and `restart` commands). Its routes and bodies are defined once, in
+//! [`runtime_state::control`], whose client the tools use.
 
 use crate::agent::AgentHandle;
 use crate::edgehub::hub::{Hub, MethodError};
@@ -10,7 +11,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde_json::{json, Value};
+use runtime_state::control::{
+    routes, ErrorBody, MethodAnswer, MethodCall, PatchAnswer, ProcessStatus, Restarting, Status,
+};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
@@ -29,15 +34,15 @@ pub async fn serve(
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)?;
     let app = Router::new()
-        .route("/twins/{module}/desired", patch(patch_desired))
-        .route("/twins/{module}", get(get_twin))
-        .route("/status", get(status))
-        .route("/methods/{module}", post(invoke))
+        .route(routes::DESIRED, patch(patch_desired))
+        .route(routes::TWIN, get(get_twin))
+        .route(routes::STATUS, get(status))
+        .route(routes::METHOD, post(invoke))
         .with_state(hub)
         .merge(
             Router::new()
-                .route("/modules", get(processes))
-                .route("/modules/{module}/restart", post(restart))
+                .route(routes::MODULES, get(processes))
+                .route(routes::RESTART, post(restart))
                 .with_state(agent),
         );
     let make = move || hyper_util::service::TowerToHyperService::new(app.clone());
@@ -54,6 +59,11 @@ pub async fn serve(
     )))
 }
 
+/// A refusal: `status` with `{"message"}`.
+fn refuse(status: StatusCode, message: String) -> Response {
+    (status, Json(ErrorBody { message })).into_response()
+}
+
 async fn patch_desired(
     State(hub): State<Arc<Hub>>,
     Path(module): Path<String>,
@@ -61,100 +71,83 @@ async fn patch_desired(
 ) -> Response {
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(p)) => match hub.patch_desired(&module, &p) {
-            Ok(v) => Json(json!({ "$version": v })).into_response(),
+            Ok(version) => Json(PatchAnswer { version }).into_response(),
             Err(e) => {
                 let status = match e {
                     TwinError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                     TwinError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 };
-                (status, Json(json!({"message": e.to_string()}))).into_response()
+                refuse(status, e.to_string())
             }
         },
-        _ => (
+        _ => refuse(
             StatusCode::BAD_REQUEST,
-            Json(json!({"message": "the patch must be a JSON object"})),
-        )
-            .into_response(),
+            "the patch must be a JSON object".into(),
+        ),
     }
 }
 
-/// `POST /methods/{module}` `{"methodName", "payload", "responseTimeoutInSeconds"}`, as IoT
-/// Hub's "invoke module method": `{"status", "payload"}` from the module; 404 if it does not
-/// listen, 504 if it does not answer in time.
+/// `POST /methods/{module}` [`MethodCall`], as IoT Hub's "invoke module method":
+/// [`MethodAnswer`] from the module; 404 if it does not listen, 504 if it does not answer in
+/// time.
 async fn invoke(State(hub): State<Arc<Hub>>, Path(module): Path<String>, body: Bytes) -> Response {
-    let bad =
-        |msg: String| (StatusCode::BAD_REQUEST, Json(json!({ "message": msg }))).into_response();
-    let req: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return bad(format!("the call must be JSON: {e}")),
+    let call: MethodCall = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the call must be a JSON object with a \"methodName\" string: {e}"),
+            )
+        }
     };
-    let Some(method) = req.get("methodName").and_then(Value::as_str) else {
-        return bad("the call needs a \"methodName\" string".into());
-    };
-    let timeout = req
-        .get("responseTimeoutInSeconds")
-        .and_then(Value::as_f64)
-        .filter(|t| *t > 0.0 && *t <= 300.0)
-        .unwrap_or(30.0);
-    let payload = req.get("payload").cloned().unwrap_or(Value::Null);
     match hub
-        .invoke_method(
-            &module,
-            method,
-            &payload,
-            std::time::Duration::from_secs_f64(timeout),
-        )
+        .invoke_method(&module, &call.method_name, &call.payload, call.timeout())
         .await
     {
-        Ok((status, payload)) => {
-            Json(json!({ "status": status, "payload": payload })).into_response()
-        }
-        Err(e @ MethodError::NotListening(_)) => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "message": e.to_string() })),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::GATEWAY_TIMEOUT,
-            Json(json!({ "message": e.to_string() })),
-        )
-            .into_response(),
+        Ok((status, payload)) => Json(MethodAnswer { status, payload }).into_response(),
+        Err(e @ MethodError::NotListening(_)) => refuse(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => refuse(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
     }
 }
 
 /// `GET /modules`: each module process (pid, restarts, last exit).
 async fn processes(State(agent): State<AgentSlot>) -> Response {
-    let status = agent.get().map(AgentHandle::status).unwrap_or_default();
-    Json(json!(status)).into_response()
+    let status: BTreeMap<String, ProcessStatus> = agent
+        .get()
+        .map(AgentHandle::status)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    Json(status).into_response()
 }
 
 /// `POST /modules/{module}/restart`: restarts the module's process now.
 async fn restart(State(agent): State<AgentSlot>, Path(module): Path<String>) -> Response {
     let Some(agent) = agent.get() else {
         let msg = "this runtime starts no module processes (--skip, or none in the manifest)";
-        return (StatusCode::NOT_FOUND, Json(json!({ "message": msg }))).into_response();
+        return refuse(StatusCode::NOT_FOUND, msg.into());
     };
     match agent.restart(&module) {
-        Ok(()) => Json(json!({ "restarting": module })).into_response(),
-        Err(msg) => (StatusCode::NOT_FOUND, Json(json!({ "message": msg }))).into_response(),
+        Ok(()) => Json(Restarting { restarting: module }).into_response(),
+        Err(msg) => refuse(StatusCode::NOT_FOUND, msg),
     }
 }
 
 async fn get_twin(State(hub): State<Arc<Hub>>, Path(module): Path<String>) -> Response {
     let id = format!("{}/{}", hub.config().device_id, module);
-    Json(hub.twins.get(&id)).into_response()
+    Json(hub.twins.twin(&id)).into_response()
 }
 
 async fn status(State(hub): State<Arc<Hub>>) -> Response {
     let m = &hub.metrics;
-    Json(json!({
-        "received": m.received.load(Ordering::Relaxed),
-        "unrouted": m.unrouted.load(Ordering::Relaxed),
-        "toModules": m.to_modules.load(Ordering::Relaxed),
-        "toUpstream": m.to_upstream.load(Ordering::Relaxed),
-        "authFailures": m.auth_failures.load(Ordering::Relaxed),
-        "upstreamStored": hub.upstream.count(),
-        "modules": hub.endpoint_stats(),
-    }))
+    Json(Status {
+        received: m.received.load(Ordering::Relaxed),
+        unrouted: m.unrouted.load(Ordering::Relaxed),
+        to_modules: m.to_modules.load(Ordering::Relaxed),
+        to_upstream: m.to_upstream.load(Ordering::Relaxed),
+        auth_failures: m.auth_failures.load(Ordering::Relaxed),
+        upstream_stored: hub.upstream.count(),
+        modules: hub.endpoint_stats().into_iter().collect(),
+    })
     .into_response()
 }

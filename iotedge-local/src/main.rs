@@ -1,16 +1,17 @@
 //! `iotedge-local`: run a deployment manifest locally, manage leaf devices and twins, and
 //! watch what reaches IoT Hub.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use edge_protocol::ConnectionString;
 use iotedge_local::{Options, Runtime};
-use runtime_state::layout;
 use runtime_state::KeyStore;
+use runtime_state::{control, layout};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{BufRead, Seek, Write};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -295,17 +296,32 @@ fn parse_pairs(items: &[String], flag: &str, form: &str) -> Result<HashMap<Strin
 #[global_allocator]
 static ALLOC: edge_process::Allocator = edge_process::Allocator;
 
+/// Exits 0 on success; 1 on an error (printed on stderr), when `check` finds an error, or when
+/// the method `invoke` calls answers with a status that is not 2xx.
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     edge_process::logging::init_or("info");
-    if let Err(e) = run(cli).await {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+/// Prints `answer` as indented JSON, its keys in order.
+fn print_pretty(answer: &impl serde::Serialize) -> Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::to_value(answer)?)?
+    );
+    Ok(())
+}
+
+/// Runs the command; the exit code when it did its job but the result is a failure.
+async fn run(cli: Cli) -> Result<ExitCode> {
     let state = cli.state.dir;
     match cli.command {
         Command::Run {
@@ -381,26 +397,18 @@ async fn run(cli: Cli) -> Result<()> {
             command: TwinCommand::Set { module, patch },
         } => {
             let patch: Value = serde_json::from_str(&patch).context("the patch is not JSON")?;
-            let r = runtime_state::control::call(
-                &layout::control_socket(&state),
-                "PATCH",
-                &format!("/twins/{module}/desired"),
-                Some(patch.to_string()),
-            )
-            .await?;
-            println!("{r}");
+            let Value::Object(patch) = patch else {
+                bail!("the patch must be a JSON object");
+            };
+            let r =
+                control::patch_desired(&layout::control_socket(&state), &module, &patch).await?;
+            println!("{}", serde_json::to_value(r)?);
         }
         Command::Twin {
             command: TwinCommand::Get { module },
         } => {
-            let r = runtime_state::control::call(
-                &layout::control_socket(&state),
-                "GET",
-                &format!("/twins/{module}"),
-                None,
-            )
-            .await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            let r = control::twin(&layout::control_socket(&state), &module).await?;
+            print_pretty(&r)?;
         }
         Command::Invoke {
             module,
@@ -410,31 +418,22 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let payload: Value = serde_json::from_str(&payload)
                 .with_context(|| format!("the payload '{payload}' is not JSON"))?;
-            let call = serde_json::json!({
-                "methodName": method,
-                "payload": payload,
-                "responseTimeoutInSeconds": timeout,
-            });
-            let r = runtime_state::control::call(
-                &layout::control_socket(&state),
-                "POST",
-                &format!("/methods/{module}"),
-                Some(call.to_string()),
-            )
-            .await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            if !r["status"]
-                .as_u64()
-                .is_some_and(|s| (200..300).contains(&s))
-            {
-                std::process::exit(1);
+            let call = control::MethodCall {
+                method_name: method,
+                payload,
+                response_timeout_in_seconds: Some(timeout),
+            };
+            let r = control::invoke(&layout::control_socket(&state), &module, &call).await?;
+            print_pretty(&r)?;
+            if !r.is_success() {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Status => {
             let socket = layout::control_socket(&state);
-            let mut r = runtime_state::control::call(&socket, "GET", "/status", None).await?;
-            r["processes"] = runtime_state::control::call(&socket, "GET", "/modules", None).await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            let mut r = serde_json::to_value(control::status(&socket).await?)?;
+            r["processes"] = serde_json::to_value(control::processes(&socket).await?)?;
+            print_pretty(&r)?;
         }
         Command::Check {
             manifest,
@@ -465,7 +464,7 @@ async fn run(cli: Cli) -> Result<()> {
                 containers: containers.mode()?,
             };
             if !iotedge_local::check::print(&iotedge_local::check::run_all(&inputs).await) {
-                std::process::exit(1);
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Logs {
@@ -477,14 +476,8 @@ async fn run(cli: Cli) -> Result<()> {
             iotedge_local::logs::print(&path, &module, tail, follow).await?;
         }
         Command::Restart { module } => {
-            let r = runtime_state::control::call(
-                &layout::control_socket(&state),
-                "POST",
-                &format!("/modules/{module}/restart"),
-                None,
-            )
-            .await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            let r = control::restart(&layout::control_socket(&state), &module).await?;
+            print_pretty(&r)?;
         }
         Command::Monitor {
             device,
@@ -532,7 +525,7 @@ async fn run(cli: Cli) -> Result<()> {
             each,
         )?,
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 #[allow(clippy::too_many_arguments)]

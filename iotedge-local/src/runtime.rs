@@ -14,6 +14,7 @@ use crate::iothub::upstream::Upstream;
 use crate::workload::{self, certs};
 use anyhow::{bail, Context, Result};
 use edge_process::observe::{self, Exporter};
+use edge_protocol::env::ModuleEnv;
 use runtime_state::{layout, KeyStore};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -374,17 +375,326 @@ fn module_metrics_addr(base: SocketAddr, i: usize) -> Result<SocketAddr> {
     Ok(SocketAddr::new(base.ip(), port))
 }
 
+/// Makes the state folder (and its `logs`), removes a ready file a stopped runtime left, and
+/// gives the folder's absolute path.
+fn prepare_state(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir.join("logs"))
+        .with_context(|| format!("creating the state folder {}", dir.display()))?;
+    let _ = std::fs::remove_file(layout::ready_file(dir));
+    Ok(std::fs::canonicalize(dir)?)
+}
+
+/// edgeHub's state from the manifest and the state folder: twins, the `$upstream` store, the
+/// message store, the routes (with the ones it could not read, each logged).
+fn open_hub(
+    opts: &Options,
+    manifest: &Manifest,
+    state: &Path,
+    routing: Arc<crate::iothub::routing::HubRouting>,
+) -> Result<(Arc<Hub>, Vec<RouteError>)> {
+    let desired = manifest
+        .desired
+        .iter()
+        .map(|(m, d)| (format!("{}/{}", opts.device_id, m), d.clone()))
+        .collect();
+    let twins = Twins::new(desired, Some(state.join("twins")));
+    let upstream = Upstream::open(state, routing).context("opening the upstream store")?;
+    let journal = Journal::open(&journal::journal_dir(state), journal::SEGMENT_BYTES)
+        .context("opening edgeHub's message store")?;
+    let cfg = HubConfig {
+        hub_hostname: opts.hub_hostname.clone(),
+        device_id: opts.device_id.clone(),
+        ttl: Duration::from_secs(manifest.ttl_secs),
+        window: opts.window,
+        queue_memory: opts.queue_memory,
+        device_units_per_sec: opts.device_units_per_sec,
+    };
+    let (hub, route_errors) = Hub::new(
+        cfg,
+        manifest,
+        twins,
+        upstream,
+        journal,
+        KeyStore::new(layout::module_keys(state)),
+        KeyStore::new(layout::registry(state)),
+    );
+    for e in &route_errors {
+        error!("{e}");
+    }
+    Ok((Arc::new(hub), route_errors))
+}
+
+/// edgeHub's MQTT/TLS listener and its sweeper (expiry, queues), for `modules` modules: the
+/// port it listens on and the tasks.
+async fn serve_edgehub(
+    opts: &Options,
+    hub: &Arc<Hub>,
+    tls: &certs::TlsMaterial,
+    modules: usize,
+) -> Result<(u16, Vec<JoinHandle<()>>)> {
+    let addr = SocketAddr::new(opts.bind, opts.mqtt_port);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "edgeHub cannot listen on {addr}: {e}{}",
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                " (another runtime or MQTT broker is using the port: stop it or pass --mqtt-port)"
+            } else {
+                ""
+            }
+        )
+    })?;
+    let mqtt_port = listener.local_addr()?.port();
+    let open_files = open_file_budget();
+    let mqtt_connections = mqtt_connection_budget(open_files, modules);
+    info!(open_files, mqtt_connections, "open-file budget");
+    let mut tasks = vec![tokio::spawn(broker::serve(
+        listener,
+        tokio_rustls::TlsAcceptor::from(certs::server_config(tls)?),
+        hub.clone(),
+        mqtt_connections,
+    ))];
+    let sweeper = hub.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = sweeper.store_written() => {}
+            }
+            sweeper.tick();
+        }
+    }));
+    Ok((mqtt_port, tasks))
+}
+
+/// edgeHub's Prometheus endpoint (`--metrics`), if asked for: where it listens, its task.
+async fn serve_edgehub_metrics(
+    opts: &Options,
+    hub: &Arc<Hub>,
+) -> Result<Option<(SocketAddr, JoinHandle<()>)>> {
+    let Some(addr) = opts.metrics else {
+        return Ok(None);
+    };
+    let exporter = Arc::new(Exporter::with_labels(vec![
+        ("iothub".into(), opts.hub_hostname.clone()),
+        ("edge_device".into(), opts.device_id.clone()),
+        ("instance_number".into(), uuid::Uuid::new_v4().to_string()),
+    ]));
+    hub.prometheus.register(&exporter);
+    let h = hub.clone();
+    exporter.on_scrape(move || h.refresh_metrics());
+    let (bound, task) = observe::serve(addr, exporter)
+        .await
+        .context("edgeHub's metrics endpoint (--metrics)")?;
+    Ok(Some((bound, task)))
+}
+
+/// What every module's setting up shares.
+struct ModuleSetup<'a> {
+    opts: &'a Options,
+    state: &'a Path,
+    mqtt_port: u16,
+    keys: &'a Arc<KeyStore>,
+    trust_bundle: &'a str,
+}
+
+/// One module, set up: its workload API serving, its environment, and what the agent starts
+/// (none for a module not started here).
+struct PreparedModule {
+    workload: JoinHandle<()>,
+    env: Vec<(String, String)>,
+    launch: Option<Launch>,
+}
+
+impl ModuleSetup<'_> {
+    /// Sets up module `m`, the `i`th of the manifest: a new generation, its workload socket,
+    /// its environment, and its program (taken from `modules`); its metrics address goes in
+    /// `metrics`.
+    async fn module(
+        &self,
+        i: usize,
+        m: &ModuleSpec,
+        modules: &mut Modules,
+        metrics: &mut BTreeMap<String, SocketAddr>,
+    ) -> Result<PreparedModule> {
+        let (opts, state) = (self.opts, self.state);
+        let generation_id = uuid::Uuid::new_v4().simple().to_string();
+        let socket = layout::workload_socket(state, &m.name);
+        let image_user = match &*modules {
+            Modules::Containers { images, .. } => {
+                images.get(&m.name).and_then(|(_, f)| f.user.clone())
+            }
+            Modules::Processes(_) => None,
+        };
+        let owner = m.user.clone().or(image_user).and_then(|u| {
+            let owner = workload::SocketOwner::parse(&u);
+            if owner.is_none() {
+                warn!(module = %m.name, user = u, "the module's user is not numeric: its workload socket stays the runtime user's");
+            }
+            owner
+        });
+        let workload = workload::serve(
+            socket.clone(),
+            workload::ModuleWorkload {
+                module: m.name.clone(),
+                generation_id: generation_id.clone(),
+                keys: self.keys.clone(),
+                trust_bundle: self.trust_bundle.to_owned(),
+            },
+            owner,
+        )
+        .await
+        .with_context(|| format!("workload socket {}", socket.display()))?;
+        let in_container = matches!(modules, Modules::Containers { .. });
+        let mut env = passed_env(m, in_container);
+        match m.env.get(observe::METRICS_ADDR_VAR) {
+            Some(v) => {
+                if let Ok(Some(a)) = observe::parse_addr(Some(v)) {
+                    metrics.insert(m.name.clone(), a);
+                }
+            }
+            None => {
+                let value = match opts.metrics {
+                    Some(base) => {
+                        let a = module_metrics_addr(base, i)?;
+                        metrics.insert(m.name.clone(), a);
+                        a.to_string()
+                    }
+                    None => "off".to_owned(),
+                };
+                env.push((observe::METRICS_ADDR_VAR.to_owned(), value));
+            }
+        }
+        let mut binds = Vec::new();
+        for b in m.binds.iter().filter(|_| !in_container) {
+            let host = bind_dir(state, &b.host, &b.container)?;
+            binds.push((b.container.clone(), host.display().to_string()));
+        }
+        let workload_uri = if in_container {
+            format!("unix://{}", container::WORKLOAD_SOCKET)
+        } else {
+            format!("unix://{}", socket.display())
+        };
+        env.extend(
+            ModuleEnv {
+                iothub_hostname: opts.hub_hostname.clone(),
+                gateway_hostname: opts.gateway_hostname.clone(),
+                device_id: opts.device_id.clone(),
+                module_id: m.name.clone(),
+                generation_id,
+                workload_uri,
+                api_version: edge_protocol::env::DEFAULT_API_VERSION.to_owned(),
+                gateway_port: self.mqtt_port,
+                binds,
+            }
+            .to_vars(),
+        );
+        let program = match modules {
+            Modules::Processes(programs) => programs.remove(&m.name),
+            Modules::Containers { engine, images } => match images.remove(&m.name) {
+                Some((image, _)) => Some(Program::Container(Arc::new(container_spec(
+                    state,
+                    m,
+                    engine,
+                    image,
+                    &env,
+                    owner,
+                    &opts.gateway_hostname,
+                )?))),
+                None => None,
+            },
+        };
+        let launch = match program {
+            Some(program) => {
+                let workdir = state.join("modules").join(&m.name);
+                std::fs::create_dir_all(&workdir)?;
+                Some(Launch {
+                    name: m.name.clone(),
+                    program,
+                    env: env.clone(),
+                    restart: m.restart_policy,
+                    log: layout::module_log(state, &m.name),
+                    workdir,
+                })
+            }
+            None => None,
+        };
+        Ok(PreparedModule {
+            workload,
+            env,
+            launch,
+        })
+    }
+}
+
+/// The environment a module starts with before the runtime's own variables: what passes
+/// through from the runtime's (the log settings only, for a container, which has its image's),
+/// then the manifest's `env`. The manifest's env and `createOptions.Env` win over what would
+/// pass through.
+fn passed_env(m: &ModuleSpec, in_container: bool) -> Vec<(String, String)> {
+    let pass: &[&str] = if in_container {
+        &LOG_SETTINGS
+    } else {
+        &PASS_THROUGH
+    };
+    let written: Vec<&str> = m
+        .create_options
+        .get("Env")
+        .and_then(Value::as_array)
+        .map(|e| {
+            e.iter()
+                .filter_map(Value::as_str)
+                .map(|e| e.split('=').next().unwrap_or(e))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut env: Vec<(String, String)> = pass
+        .iter()
+        .filter(|k| !m.env.contains_key(**k) && !written.contains(k))
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect();
+    env.extend(m.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+/// The ready file's contents for the runtime that has just started.
+fn ready_file(
+    opts: &Options,
+    state: &Path,
+    mqtt_port: u16,
+    hub_https: String,
+    blob_store: &crate::iothub::files::BlobStore,
+    route_errors: &[RouteError],
+    metrics: &BTreeMap<String, SocketAddr>,
+) -> runtime_state::Ready {
+    runtime_state::Ready {
+        pid: std::process::id(),
+        mqtt_port,
+        hub_hostname: opts.hub_hostname.clone(),
+        device_id: opts.device_id.clone(),
+        gateway_hostname: opts.gateway_hostname.clone(),
+        ca_cert: layout::certs(state).join("ca.pem"),
+        upstream: layout::upstream_store(state),
+        hub_https,
+        blob_store: match blob_store {
+            crate::iothub::files::BlobStore::Azurite { host } => format!("https://{host}"),
+            crate::iothub::files::BlobStore::Directory(d) => d.display().to_string(),
+        },
+        file_notifications: layout::file_notifications(state),
+        route_errors: route_errors.iter().map(|e| e.to_string()).collect(),
+        metrics: metrics
+            .iter()
+            .map(|(k, a)| (k.clone(), format!("http://{a}/metrics")))
+            .collect(),
+    }
+}
+
 impl Runtime {
     /// Starts everything; fails with a clear message on a bad manifest, a port in use or a
     /// missing module program.
     pub async fn start(opts: Options) -> Result<Runtime> {
         let manifest = Manifest::load(&opts.manifest)?;
-        let state = opts.state_dir.clone();
-        std::fs::create_dir_all(state.join("logs"))
-            .with_context(|| format!("creating the state folder {}", state.display()))?;
-        let _ = std::fs::remove_file(layout::ready_file(&state));
-        let state = std::fs::canonicalize(&state)?;
-
+        let state = prepare_state(&opts.state_dir)?;
         let module_keys = Arc::new(KeyStore::new(layout::module_keys(&state)));
         for m in &manifest.modules {
             module_keys
@@ -396,78 +706,16 @@ impl Runtime {
             names.push("localhost".into());
         }
         let tls = certs::load_or_create(&layout::certs(&state), &names)?;
-        let server_config = certs::server_config(&tls)?;
-
-        let desired = manifest
-            .desired
-            .iter()
-            .map(|(m, d)| (format!("{}/{}", opts.device_id, m), d.clone()))
-            .collect();
-        let twins = Twins::new(desired, Some(state.join("twins")));
         let routing = Arc::new(hub_routing(opts.hub_config.as_deref(), &state)?);
-        let upstream =
-            Upstream::open(&state, routing.clone()).context("opening the upstream store")?;
-        let journal = Journal::open(&journal::journal_dir(&state), journal::SEGMENT_BYTES)
-            .context("opening edgeHub's message store")?;
-        let cfg = HubConfig {
-            hub_hostname: opts.hub_hostname.clone(),
-            device_id: opts.device_id.clone(),
-            ttl: Duration::from_secs(manifest.ttl_secs),
-            window: opts.window,
-            queue_memory: opts.queue_memory,
-            device_units_per_sec: opts.device_units_per_sec,
-        };
-        let (hub, route_errors) = Hub::new(
-            cfg,
-            &manifest,
-            twins,
-            upstream,
-            journal,
-            KeyStore::new(layout::module_keys(&state)),
-            KeyStore::new(layout::registry(&state)),
-        );
-        for e in &route_errors {
-            error!("{e}");
-        }
-        let hub = Arc::new(hub);
+        let (hub, route_errors) = open_hub(&opts, &manifest, &state, routing.clone())?;
 
         // Check every program (or image) before starting anything.
         let mut modules = resolve_modules(&opts, &manifest).await?;
         // Containers an earlier runtime on this state left go first, as its processes do.
         remove_earlier_containers(&state, &modules, opts.containers.as_ref()).await?;
 
-        let addr = SocketAddr::new(opts.bind, opts.mqtt_port);
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            anyhow::anyhow!(
-                "edgeHub cannot listen on {addr}: {e}{}",
-                if e.kind() == std::io::ErrorKind::AddrInUse {
-                    " (another runtime or MQTT broker is using the port: stop it or pass --mqtt-port)"
-                } else {
-                    ""
-                }
-            )
-        })?;
-        let mqtt_port = listener.local_addr()?.port();
-        let open_files = open_file_budget();
-        let mqtt_connections = mqtt_connection_budget(open_files, manifest.modules.len());
-        info!(open_files, mqtt_connections, "open-file budget");
-        let mut tasks = vec![tokio::spawn(broker::serve(
-            listener,
-            tokio_rustls::TlsAcceptor::from(server_config),
-            hub.clone(),
-            mqtt_connections,
-        ))];
-        let sweeper = hub.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = sweeper.store_written() => {}
-                }
-                sweeper.tick();
-            }
-        }));
+        let (mqtt_port, mut tasks) =
+            serve_edgehub(&opts, &hub, &tls, manifest.modules.len()).await?;
         let agent_slot = control::AgentSlot::default();
         tasks.push(
             control::serve(
@@ -547,161 +795,24 @@ impl Runtime {
         )));
 
         let mut metrics = BTreeMap::new();
-        if let Some(addr) = opts.metrics {
-            let exporter = Arc::new(Exporter::with_labels(vec![
-                ("iothub".into(), opts.hub_hostname.clone()),
-                ("edge_device".into(), opts.device_id.clone()),
-                ("instance_number".into(), uuid::Uuid::new_v4().to_string()),
-            ]));
-            hub.prometheus.register(&exporter);
-            let h = hub.clone();
-            exporter.on_scrape(move || h.refresh_metrics());
-            let (bound, task) = observe::serve(addr, exporter)
-                .await
-                .context("edgeHub's metrics endpoint (--metrics)")?;
+        if let Some((bound, task)) = serve_edgehub_metrics(&opts, &hub).await? {
             tasks.push(task);
             metrics.insert("edgeHub".to_owned(), bound);
         }
+        let setup = ModuleSetup {
+            opts: &opts,
+            state: &state,
+            mqtt_port,
+            keys: &module_keys,
+            trust_bundle: &tls.ca_pem,
+        };
         let mut envs = HashMap::new();
         let mut launches = Vec::new();
         for (i, m) in manifest.modules.iter().enumerate() {
-            let generation_id = uuid::Uuid::new_v4().simple().to_string();
-            let socket = layout::workload_socket(&state, &m.name);
-            let image_user = match &modules {
-                Modules::Containers { images, .. } => {
-                    images.get(&m.name).and_then(|(_, f)| f.user.clone())
-                }
-                Modules::Processes(_) => None,
-            };
-            let owner = m.user.clone().or(image_user).and_then(|u| {
-                let owner = workload::SocketOwner::parse(&u);
-                if owner.is_none() {
-                    warn!(module = %m.name, user = u, "the module's user is not numeric: its workload socket stays the runtime user's");
-                }
-                owner
-            });
-            tasks.push(
-                workload::serve(
-                    socket.clone(),
-                    workload::ModuleWorkload {
-                        module: m.name.clone(),
-                        generation_id: generation_id.clone(),
-                        keys: module_keys.clone(),
-                        trust_bundle: tls.ca_pem.clone(),
-                    },
-                    owner,
-                )
-                .await
-                .with_context(|| format!("workload socket {}", socket.display()))?,
-            );
-            let in_container = matches!(modules, Modules::Containers { .. });
-            // A container has its image's environment; only the log settings pass through.
-            let pass: &[&str] = if in_container {
-                &LOG_SETTINGS
-            } else {
-                &PASS_THROUGH
-            };
-            // The manifest's env and createOptions.Env win over the runtime's own.
-            let written: Vec<&str> = m
-                .create_options
-                .get("Env")
-                .and_then(Value::as_array)
-                .map(|e| {
-                    e.iter()
-                        .filter_map(Value::as_str)
-                        .map(|e| e.split('=').next().unwrap_or(e))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut env: Vec<(String, String)> = pass
-                .iter()
-                .filter(|k| !m.env.contains_key(**k) && !written.contains(k))
-                .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-                .collect();
-            env.extend(m.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-            match m.env.get(observe::METRICS_ADDR_VAR) {
-                Some(v) => {
-                    if let Ok(Some(a)) = observe::parse_addr(Some(v)) {
-                        metrics.insert(m.name.clone(), a);
-                    }
-                }
-                None => {
-                    let value = match opts.metrics {
-                        Some(base) => {
-                            let a = module_metrics_addr(base, i)?;
-                            metrics.insert(m.name.clone(), a);
-                            a.to_string()
-                        }
-                        None => "off".to_owned(),
-                    };
-                    env.push((observe::METRICS_ADDR_VAR.to_owned(), value));
-                }
-            }
-            let mut binds = Vec::new();
-            for b in m.binds.iter().filter(|_| !in_container) {
-                binds.push(format!(
-                    "{}={}",
-                    b.container,
-                    bind_dir(&state, &b.host, &b.container)?.display()
-                ));
-            }
-            env.extend([
-                (
-                    "IOTEDGE_IOTHUBHOSTNAME".to_owned(),
-                    opts.hub_hostname.clone(),
-                ),
-                (
-                    "IOTEDGE_GATEWAYHOSTNAME".to_owned(),
-                    opts.gateway_hostname.clone(),
-                ),
-                ("IOTEDGE_DEVICEID".to_owned(), opts.device_id.clone()),
-                ("IOTEDGE_MODULEID".to_owned(), m.name.clone()),
-                ("IOTEDGE_MODULEGENERATIONID".to_owned(), generation_id),
-                (
-                    "IOTEDGE_WORKLOADURI".to_owned(),
-                    if in_container {
-                        format!("unix://{}", container::WORKLOAD_SOCKET)
-                    } else {
-                        format!("unix://{}", socket.display())
-                    },
-                ),
-                ("IOTEDGE_APIVERSION".to_owned(), "2019-01-30".to_owned()),
-                ("IOTEDGE_AUTHSCHEME".to_owned(), "sasToken".to_owned()),
-            ]);
-            if mqtt_port != 8883 {
-                env.push(("IOTEDGE_GATEWAYPORT".into(), mqtt_port.to_string()));
-            }
-            if !binds.is_empty() {
-                env.push(("IOTEDGE_LOCAL_BINDS".into(), binds.join(";")));
-            }
-            let program = match &mut modules {
-                Modules::Processes(programs) => programs.remove(&m.name),
-                Modules::Containers { engine, images } => match images.remove(&m.name) {
-                    Some((image, _)) => Some(Program::Container(Arc::new(container_spec(
-                        &state,
-                        m,
-                        engine,
-                        image,
-                        &env,
-                        owner,
-                        &opts.gateway_hostname,
-                    )?))),
-                    None => None,
-                },
-            };
-            if let Some(program) = program {
-                let workdir = state.join("modules").join(&m.name);
-                std::fs::create_dir_all(&workdir)?;
-                launches.push(Launch {
-                    name: m.name.clone(),
-                    program,
-                    env: env.clone(),
-                    restart: m.restart_policy,
-                    log: layout::module_log(&state, &m.name),
-                    workdir,
-                });
-            }
-            envs.insert(m.name.clone(), env);
+            let prepared = setup.module(i, m, &mut modules, &mut metrics).await?;
+            tasks.push(prepared.workload);
+            launches.extend(prepared.launch);
+            envs.insert(m.name.clone(), prepared.env);
         }
         // Processes a crashed runtime left on this state go first: never two of one module.
         agent::stop_leftovers(&launches).await;
@@ -710,26 +821,15 @@ impl Runtime {
             let _ = agent_slot.set(a.handle());
         }
 
-        let ready = runtime_state::Ready {
-            pid: std::process::id(),
+        let ready = ready_file(
+            &opts,
+            &state,
             mqtt_port,
-            hub_hostname: opts.hub_hostname.clone(),
-            device_id: opts.device_id.clone(),
-            gateway_hostname: opts.gateway_hostname.clone(),
-            ca_cert: layout::certs(&state).join("ca.pem"),
-            upstream: layout::upstream_store(&state),
-            hub_https: authority,
-            blob_store: match &blob_store {
-                crate::iothub::files::BlobStore::Azurite { host } => format!("https://{host}"),
-                crate::iothub::files::BlobStore::Directory(d) => d.display().to_string(),
-            },
-            file_notifications: layout::file_notifications(&state),
-            route_errors: route_errors.iter().map(|e| e.to_string()).collect(),
-            metrics: metrics
-                .iter()
-                .map(|(k, a)| (k.clone(), format!("http://{a}/metrics")))
-                .collect(),
-        };
+            authority,
+            &blob_store,
+            &route_errors,
+            &metrics,
+        );
         if let Err(e) = ready.write(&state) {
             // Nothing started here outlives a failed start.
             if let Some(a) = agent {

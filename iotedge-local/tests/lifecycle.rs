@@ -252,24 +252,29 @@ async fn modules_get_a_device_environment_with_binds_and_no_keys() {
     opts.start_modules = false;
     let rt = Runtime::start(opts).await.unwrap();
     let env = rt.module_env("avroFileWriter").unwrap();
+    use edge_protocol::env as vars;
     for k in [
-        "IOTEDGE_IOTHUBHOSTNAME",
-        "IOTEDGE_GATEWAYHOSTNAME",
-        "IOTEDGE_DEVICEID",
-        "IOTEDGE_MODULEID",
-        "IOTEDGE_MODULEGENERATIONID",
-        "IOTEDGE_WORKLOADURI",
-        "IOTEDGE_APIVERSION",
-        "IOTEDGE_AUTHSCHEME",
+        vars::IOTHUB_HOSTNAME,
+        vars::GATEWAY_HOSTNAME,
+        vars::DEVICE_ID,
+        vars::MODULE_ID,
+        vars::GENERATION_ID,
+        vars::WORKLOAD_URI,
+        vars::API_VERSION,
+        vars::AUTH_SCHEME,
     ] {
         assert!(env.contains_key(k), "{k} missing");
     }
-    assert_eq!(env["IOTEDGE_MODULEID"], "avroFileWriter");
-    let binds = &env["IOTEDGE_LOCAL_BINDS"];
+    let read = vars::ModuleEnv::from_vars(|k| env.get(k).cloned())
+        .unwrap()
+        .expect("a runtime's environment");
+    assert_eq!(read.module_id, "avroFileWriter");
     let host = rt.state_dir().join("binds/data/avrofiles");
     assert!(
-        binds.contains(&format!("/avrofiles={}", host.display())),
-        "{binds}"
+        read.binds
+            .contains(&("/avrofiles".to_owned(), host.display().to_string())),
+        "{:?}",
+        read.binds
     );
     assert!(host.is_dir());
     let key = runtime_state::KeyStore::new(runtime_state::layout::module_keys(rt.state_dir()))

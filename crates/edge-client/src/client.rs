@@ -1,20 +1,20 @@
 //! The module client's API ([`ModuleClient`]): one MQTT/TLS connection to edgeHub, shared by
 //! every task of a module. Sends go to the connection's driver ([`crate::driver`]), which
 //! owns the connection; what arrives comes back on channels (inputs, desired properties,
-//! twin answers).
+//! twin answers). What the two share is in [`crate::session`].
 
-use crate::acks::{AckSequencer, AckToken, Done, Forwarded, Outbound, OutputOf, SendTracker, Then};
+use crate::acks::{AckSequencer, AckToken, Done, Forwarded, OutputOf, SendTracker, Then};
 use crate::driver::Driver;
 use crate::error::Error;
 use crate::metrics::ClientMetrics;
+use crate::session::{fits, lock, Inner, SEND_WINDOW};
+pub use crate::session::{InputMessage, MethodHandler};
 use crate::settings::Settings;
 use crate::tls::tls_config;
 use crate::token::TokenSource;
 use bytes::Bytes;
-use edge_protocol::mqtt::MAX_PACKET;
 use edge_protocol::topic::{self};
-use edge_protocol::{CompactString, Message};
-use rumqttc::QoS;
+use edge_protocol::Message;
 use rustls_pki_types::ServerName;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -22,71 +22,15 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio_rustls::TlsConnector;
-use tracing::{debug, warn};
-
-/// Deadline for a twin request.
-const TWIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Publishes sent but not yet acknowledged, at most; further sends wait for room.
-const SEND_WINDOW: usize = 1000;
-
-/// A message that arrived on one of the module's inputs.
-///
-/// Acknowledge it with [`InputMessage::ack`] once it has been handled (and whatever was sent
-/// for it was accepted). Dropping it unacknowledged leaves it with edgeHub, which delivers
-/// it again on the next connection.
-#[derive(Debug)]
-pub struct InputMessage {
-    /// The input it arrived on.
-    pub input: CompactString,
-    /// The message (its `input_name` is set too).
-    pub message: Message,
-    pub(crate) token: AckToken,
-}
-
-impl InputMessage {
-    /// Acknowledges the message to edgeHub (PUBACKs are released in arrival order).
-    pub fn ack(self) {
-        self.token.ack();
-    }
-
-    /// Splits off the acknowledgement, e.g. to ack after the message was moved elsewhere.
-    pub fn into_parts(self) -> (CompactString, Message, AckToken) {
-        (self.input, self.message, self.token)
-    }
-}
+use tracing::debug;
 
 /// A module's connection to edgeHub. Cheap to clone; all clones share one connection.
 #[derive(Clone)]
 pub struct ModuleClient {
     pub(crate) inner: Arc<Inner>,
 }
-
-pub(crate) struct Inner {
-    pub(crate) settings: Settings,
-    pub(crate) trust_pem: String,
-    /// Publishes for the driver, in the order they are sent.
-    pub(crate) out: mpsc::UnboundedSender<Outbound>,
-    /// Room for unacknowledged publishes.
-    pub(crate) window: Arc<Semaphore>,
-    pub(crate) acks: Arc<AckSequencer>,
-    pub(crate) twin_waiters: Mutex<HashMap<String, oneshot::Sender<(u16, Bytes)>>>,
-    pub(crate) inputs: Mutex<Option<mpsc::UnboundedReceiver<InputMessage>>>,
-    pub(crate) desired: Mutex<Option<mpsc::UnboundedReceiver<Value>>>,
-    pub(crate) desired_version: AtomicU64,
-    pub(crate) closing: AtomicBool,
-    pub(crate) stop: Notify,
-    pub(crate) driver: Mutex<Option<JoinHandle<()>>>,
-    pub(crate) metrics: ClientMetrics,
-    pub(crate) methods: std::sync::RwLock<Option<MethodHandler>>,
-}
-
-/// Answers a direct method: given the method's name and its JSON payload (`Null` if none),
-/// the status (200 for success; IoT Hub passes it to the caller) and the JSON answer. Called
-/// on the connection's task: it must be quick.
-pub type MethodHandler = Arc<dyn Fn(&str, &Value) -> (u16, Value) + Send + Sync>;
 
 /// A message ready to send ([`ModuleClient::prepare_output`]): its topic, with the property
 /// bag, and its body.
@@ -104,20 +48,6 @@ pub struct Unsendable {
     pub message: Box<Message>,
     /// Why it cannot be sent: its size against the limit.
     pub reason: String,
-}
-
-/// Whether a QoS 1 publish of `payload` on `topic` fits in [`MAX_PACKET`], with a topic
-/// short enough for edgeHub to deliver it; the reason if not.
-fn fits(topic: &str, payload: &[u8]) -> Result<(), String> {
-    use edge_protocol::mqtt::MAX_SEND_TOPIC;
-    if topic.len() > MAX_SEND_TOPIC {
-        return Err(format!(
-            "a topic of {} bytes leaves edgeHub no room for its delivery topic (at most {MAX_SEND_TOPIC} bytes): send fewer or shorter properties",
-            topic.len()
-        ));
-    }
-    edge_protocol::mqtt::check_publish(topic.len(), QoS::AtLeastOnce, payload.len(), MAX_PACKET)
-        .map(|_| ())
 }
 
 impl ModuleClient {
@@ -225,17 +155,6 @@ impl ModuleClient {
             .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(handler));
     }
 
-    /// Sends the answer to method call `rid`.
-    pub(crate) async fn answer_method(&self, status: u16, rid: &str, body: &Value) {
-        let topic = topic::method_response(status, rid);
-        if let Err(e) = self
-            .publish_tracked(topic, Bytes::from(body.to_string()))
-            .await
-        {
-            warn!(error = %e, rid, "method answer not sent");
-        }
-    }
-
     /// Whether the client is connected to edgeHub now.
     pub fn is_connected(&self) -> bool {
         self.inner.metrics.connected.get() == 1
@@ -275,7 +194,7 @@ impl ModuleClient {
         if fits(&topic, &message.body).is_ok() {
             self.inner.metrics.sent.inc(output);
         }
-        self.publish_tracked(topic, message.body)
+        self.inner.publish_tracked(topic, message.body)
     }
 
     /// The topic of `message` sent to `output` (named in the message too).
@@ -286,7 +205,8 @@ impl ModuleClient {
     }
 
     /// `message` made ready to send to `output` with [`ModuleClient::forward`]; or, if
-    /// MQTT cannot carry it (a packet over [`MAX_PACKET`], or a topic with its property bag
+    /// MQTT cannot carry it (a packet over
+    /// [`MAX_PACKET`](edge_protocol::mqtt::MAX_PACKET), or a topic with its property bag
     /// over 64 KiB), the message back unsent, with the reason, so that the caller can send
     /// something in its place (a dead letter without the body, say) and need not leave its
     /// input for a redelivery that would fail the same way.
@@ -346,7 +266,7 @@ impl ModuleClient {
     /// Sends device telemetry (`devices/{d}/messages/events`); for a device identity.
     pub fn send_event(&self, message: Message) -> impl Future<Output = Result<(), Error>> + '_ {
         let topic = topic::device_events(&self.inner.settings.device_id, &message);
-        self.publish_tracked(topic, message.body)
+        self.inner.publish_tracked(topic, message.body)
     }
 
     /// Sends device telemetry, as [`ModuleClient::send_event`] does, without a future that
@@ -364,53 +284,8 @@ impl ModuleClient {
         let then = Done::Then(Then::new(then));
         let topic = topic::device_events(&self.inner.settings.device_id, &message);
         fits(&topic, &message.body).map_err(Error::TooLarge)?;
-        let permit = self.room().await?;
-        self.queue(topic, message.body, then, permit)
-    }
-
-    async fn publish_tracked(&self, topic: String, payload: Bytes) -> Result<(), Error> {
-        fits(&topic, &payload).map_err(Error::TooLarge)?;
-        let permit = self.room().await?;
-        let (done, rx) = oneshot::channel();
-        self.queue(topic, payload, Done::Waiter(done), permit)?;
-        rx.await.map_err(|_| Error::Closed)
-    }
-
-    /// A place in the send window, once there is room.
-    async fn room(&self) -> Result<OwnedSemaphorePermit, Error> {
-        if self.inner.closing.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
-        // Room is there nearly always: take it without a waiting future.
-        match self.inner.window.clone().try_acquire_owned() {
-            Ok(permit) => Ok(permit),
-            Err(_) => self
-                .inner
-                .window
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Error::Closed),
-        }
-    }
-
-    /// Hands a publish to the connection; `done` completes when edgeHub accepts it (it is
-    /// dropped unfired on `Err`). The topic and the payload are moved in here, not into
-    /// the futures that wait for room: a larger future costs copies of it.
-    fn queue(
-        &self,
-        topic: String,
-        payload: Bytes,
-        done: Done,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<(), Error> {
-        let o = Outbound {
-            topic,
-            payload,
-            done,
-            _permit: Some(permit),
-        };
-        self.inner.out.send(o).map_err(|_| Error::Closed)
+        let permit = self.inner.room().await?;
+        self.inner.queue(topic, message.body, then, permit)
     }
 
     /// Sends `outputs` (each made ready with [`ModuleClient::prepare_output`]) and
@@ -434,10 +309,10 @@ impl ModuleClient {
         let forwarded = Forwarded::new(input);
         for p in outputs {
             // `Prepared` was checked against MQTT's limits when it was made.
-            let queued = match self.room().await {
+            let queued = match self.inner.room().await {
                 Ok(permit) => {
                     let done = Done::Output(OutputOf::new(&forwarded));
-                    self.queue(p.topic, p.payload, done, permit)
+                    self.inner.queue(p.topic, p.payload, done, permit)
                 }
                 Err(e) => Err(e),
             };
@@ -449,43 +324,9 @@ impl ModuleClient {
         Ok(())
     }
 
-    async fn twin_request(
-        &self,
-        topic: String,
-        rid: String,
-        body: Bytes,
-    ) -> Result<(u16, Bytes), Error> {
-        let (tx, rx) = oneshot::channel();
-        lock(&self.inner.twin_waiters).insert(rid.clone(), tx);
-        let result = async {
-            self.publish_tracked(topic, body).await?;
-            tokio::time::timeout(TWIN_TIMEOUT, rx)
-                .await
-                .map_err(|_| Error::Timeout("a twin response"))?
-                .map_err(|_| Error::Closed)
-        }
-        .await;
-        lock(&self.inner.twin_waiters).remove(&rid);
-        result
-    }
-
     /// Reads the module twin: `{"desired": {…, "$version": n}, "reported": {…}}`.
     pub async fn twin(&self) -> Result<Value, Error> {
-        let rid = uuid::Uuid::new_v4().to_string();
-        let (status, body) = self
-            .twin_request(topic::twin_get(&rid), rid, Bytes::from_static(b" "))
-            .await?;
-        if status != 200 {
-            return Err(Error::Twin {
-                status,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            });
-        }
-        let twin: Value = serde_json::from_slice(&body)?;
-        if let Some(v) = twin.pointer("/desired/$version").and_then(Value::as_u64) {
-            self.inner.desired_version.fetch_max(v, Ordering::SeqCst);
-        }
-        Ok(twin)
+        self.inner.twin().await
     }
 
     /// Patches the module's reported properties.
@@ -493,6 +334,7 @@ impl ModuleClient {
         let rid = uuid::Uuid::new_v4().to_string();
         let body = Bytes::from(serde_json::to_vec(patch)?);
         let (status, body) = self
+            .inner
             .twin_request(topic::twin_patch_reported(&rid), rid, body)
             .await?;
         if !(200..300).contains(&status) {
@@ -521,8 +363,4 @@ impl ModuleClient {
         }
         debug!("module client closed");
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

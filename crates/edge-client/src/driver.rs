@@ -6,8 +6,8 @@
 
 use crate::acks::{Outbound, Release, SendTracker};
 use crate::backoff::Backoff;
-use crate::client::{lock, Inner, InputMessage, ModuleClient};
 use crate::error::Error;
+use crate::session::{lock, Inner, InputMessage};
 use crate::token::{now_secs, TokenSource};
 use bytes::BytesMut;
 use edge_protocol::mqtt::{
@@ -430,13 +430,11 @@ impl Driver {
     /// After a reconnection, desired patches may have been missed: compare versions and
     /// hand the full desired document on if it changed.
     fn resync_desired(&self) {
-        let client = ModuleClient {
-            inner: self.inner.clone(),
-        };
+        let inner = self.inner.clone();
         let tx = self.desired_tx.clone();
         tokio::spawn(async move {
-            let before = client.inner.desired_version.load(Ordering::SeqCst);
-            match client.twin().await {
+            let before = inner.desired_version.load(Ordering::SeqCst);
+            match inner.twin().await {
                 Ok(twin) => {
                     let now = twin
                         .pointer("/desired/$version")
@@ -500,10 +498,8 @@ impl Driver {
                     (Ok(v), Some(h)) => h(method, &v),
                 };
                 debug!(method, status, "direct method answered");
-                let client = ModuleClient {
-                    inner: self.inner.clone(),
-                };
-                tokio::spawn(async move { client.answer_method(status, &rid, &answer).await });
+                let inner = self.inner.clone();
+                tokio::spawn(async move { inner.answer_method(status, &rid, &answer).await });
             }
             Ok(Topic::TwinDesiredPatch { version }) => {
                 match serde_json::from_slice::<Value>(&p.payload) {

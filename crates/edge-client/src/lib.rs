@@ -25,6 +25,7 @@ mod driver;
 mod error;
 pub mod metrics;
 mod run;
+mod session;
 pub mod settings;
 mod tls;
 mod token;
@@ -35,7 +36,8 @@ pub use client::{InputMessage, MethodHandler, ModuleClient, Prepared, Unsendable
 pub use edge_protocol::{CompactString, Message};
 pub use error::Error;
 pub use run::{
-    forward_inputs, next_input, run_inputs, shutdown_signal, start_module, ModuleProcess,
+    forward_inputs, next_input, run_inputs, shutdown_signal, start, start_module, ModuleProcess,
+    Started,
 };
 pub use settings::Settings;
 

@@ -1,4 +1,4 @@
-//! A module's process: [`start_module`] sets it up (logging, metrics, health) and connects;
+//! A module's process: [`start`] sets it up (logging, metrics, health) and connects;
 //! its main loop handles inputs until SIGTERM/SIGINT, then finishes what is in flight and
 //! closes. [`run_inputs`] runs asynchronous handlers concurrently; [`forward_inputs`]
 //! runs a plain handler that turns each input into outputs, and needs no future per
@@ -55,26 +55,29 @@ pub struct ModuleProcess {
     pub metrics: Arc<Exporter>,
 }
 
+/// What [`start`] made of the process.
+pub enum Started {
+    /// Run as `<module> --health` (a container's `HEALTHCHECK`): whether the running module
+    /// is ready, else why not. The process then ends: 0 if ready, else 1.
+    Health(Result<(), String>),
+    /// The module, connected to edgeHub.
+    Module(ModuleProcess),
+}
+
 /// Starts a module's process, the same way for every module:
 ///
 /// 1. run as `<module> --health` (a container's `HEALTHCHECK`), asks the running module's
-///    readiness endpoint and exits 0 if it is ready, else 1;
+///    readiness endpoint: [`Started::Health`];
 /// 2. logging at `RUST_LOG`'s level (else `info`);
 /// 3. the metrics and health endpoint on `METRICS_ADDR` (default `0.0.0.0:9600`, `off` for
 ///    none): live at once, ready once connected to edgeHub (and whatever the module adds);
 ///    a port it cannot bind is a warning, not a failure;
 /// 4. the client from the IoT Edge environment ([`ModuleClient::from_env`]), its counters
-///    registered. If it cannot connect, the error says why: the module then exits with a
-///    failure status, so that the runtime restarts it.
-pub async fn start_module() -> Result<ModuleProcess, Error> {
+///    registered: [`Started::Module`]. If it cannot connect, the error: the binary ends with
+///    a failure status, so that the runtime restarts the module.
+pub async fn start() -> Result<Started, Error> {
     if std::env::args().nth(1).as_deref() == Some("--health") {
-        match observe::probe().await {
-            Ok(()) => std::process::exit(0),
-            Err(why) => {
-                eprintln!("not healthy: {why}");
-                std::process::exit(1)
-            }
-        }
+        return Ok(Started::Health(observe::probe().await));
     }
     let log = crate::logging::init();
     let metrics = Arc::new(Exporter::new());
@@ -102,11 +105,25 @@ pub async fn start_module() -> Result<ModuleProcess, Error> {
     client.metrics().register(&metrics);
     let _ = client_slot.set(client.clone());
     answer_ping_and_status(&client, metrics.clone());
-    Ok(ModuleProcess {
+    Ok(Started::Module(ModuleProcess {
         client,
         log,
         metrics,
-    })
+    }))
+}
+
+/// [`start`] for a module's `main`: `--health` ends the process itself (0 if ready, else 1);
+/// otherwise the connected module, or why it could not connect (which `main` returns, ending
+/// with a failure status so that the runtime restarts the module).
+pub async fn start_module() -> Result<ModuleProcess, Error> {
+    match start().await? {
+        Started::Module(process) => Ok(process),
+        Started::Health(Ok(())) => std::process::exit(0),
+        Started::Health(Err(why)) => {
+            eprintln!("not healthy: {why}");
+            std::process::exit(1)
+        }
+    }
 }
 
 /// Answers the direct methods every module has: `ping` (`{"pong": true, "module": …}`) and

@@ -2,6 +2,7 @@
 //! module, or a module connection string (`EdgeHubConnectionString`) as dev tools give.
 
 use crate::error::Error;
+use edge_protocol::env::{self, ModuleEnv};
 use edge_protocol::ConnectionString;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,11 +12,11 @@ use std::path::{Path, PathBuf};
 pub enum Credentials {
     /// Tokens are signed by the workload API (the key never leaves the runtime).
     Workload {
-        /// `IOTEDGE_WORKLOADURI`: `unix:///path/to.sock` or `http://host:port`.
+        /// [`env::WORKLOAD_URI`]: `unix:///path/to.sock` or `http://host:port`.
         uri: String,
-        /// `IOTEDGE_MODULEGENERATIONID`.
+        /// [`env::GENERATION_ID`].
         generation_id: String,
-        /// `IOTEDGE_APIVERSION`.
+        /// [`env::API_VERSION`].
         api_version: String,
     },
     /// Tokens are signed locally with this base64 key (connection-string mode).
@@ -65,12 +66,6 @@ pub struct Settings {
     pub binds: Vec<(PathBuf, PathBuf)>,
 }
 
-/// Non-standard variable a local runtime sets when edgeHub is not on 8883.
-pub const PORT_VAR: &str = "IOTEDGE_GATEWAYPORT";
-/// Non-standard variable a local runtime sets to map container paths of the manifest's binds
-/// to host directories: `container=host` pairs separated by `;`.
-pub const BINDS_VAR: &str = "IOTEDGE_LOCAL_BINDS";
-
 impl Settings {
     /// Reads the process environment (see [`Settings::from_vars`]).
     pub fn from_env() -> Result<Settings, Error> {
@@ -81,50 +76,42 @@ impl Settings {
     /// module, else `EdgeHubConnectionString` (with `EdgeModuleCACertificateFile`).
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Settings, Error> {
         let get = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
-        let port = match get(PORT_VAR) {
-            Some(p) => p
-                .parse()
-                .map_err(|_| Error::Config(format!("{PORT_VAR}='{p}' is not a port number")))?,
-            None => 8883,
-        };
-        let binds = get(BINDS_VAR).map(|b| parse_binds(&b)).unwrap_or_default();
-        if let Some(uri) = get("IOTEDGE_WORKLOADURI") {
-            let need = |k: &str| {
-                get(k).ok_or_else(|| {
-                    Error::Config(format!(
-                        "IOTEDGE_WORKLOADURI is set but {k} is missing: a module must be started by an IoT Edge runtime, which sets all IOTEDGE_* variables"
-                    ))
-                })
-            };
-            let hub = need("IOTEDGE_IOTHUBHOSTNAME")?;
+        let config = |e: env::EnvError| Error::Config(e.to_string());
+        if let Some(m) = ModuleEnv::from_vars(get).map_err(config)? {
             return Ok(Settings {
-                gateway_hostname: get("IOTEDGE_GATEWAYHOSTNAME").unwrap_or_else(|| hub.clone()),
-                hub_hostname: hub,
-                port,
-                device_id: need("IOTEDGE_DEVICEID")?,
-                module_id: need("IOTEDGE_MODULEID")?,
+                hub_hostname: m.iothub_hostname,
+                gateway_hostname: m.gateway_hostname,
+                port: m.gateway_port,
+                device_id: m.device_id,
+                module_id: m.module_id,
                 credentials: Credentials::Workload {
-                    uri,
-                    generation_id: need("IOTEDGE_MODULEGENERATIONID")?,
-                    api_version: get("IOTEDGE_APIVERSION").unwrap_or_else(|| "2019-01-30".into()),
+                    uri: m.workload_uri,
+                    generation_id: m.generation_id,
+                    api_version: m.api_version,
                 },
                 trust: TrustSource::Workload,
                 token_ttl_secs: 3600,
-                binds,
+                binds: paths(m.binds),
             });
         }
-        if let Some(cs) = get("EdgeHubConnectionString") {
+        if let Some(cs) = get(env::CONNECTION_STRING) {
             let mut s = Settings::from_connection_string(&cs)?;
-            s.port = port;
-            s.binds = binds;
-            if let Some(ca) = get("EdgeModuleCACertificateFile") {
+            s.port = env::gateway_port(get).map_err(config)?;
+            s.binds = paths(
+                get(env::LOCAL_BINDS)
+                    .map(|b| env::parse_binds(&b))
+                    .unwrap_or_default(),
+            );
+            if let Some(ca) = get(env::CA_CERTIFICATE_FILE) {
                 s.trust = TrustSource::File(ca.into());
             }
             return Ok(s);
         }
-        Err(Error::Config(
-            "no module identity: set the IOTEDGE_* variables (an IoT Edge runtime does) or EdgeHubConnectionString (with EdgeModuleCACertificateFile)".into(),
-        ))
+        Err(Error::Config(format!(
+            "no module identity: set the IOTEDGE_* variables (an IoT Edge runtime does) or {} (with {})",
+            env::CONNECTION_STRING,
+            env::CA_CERTIFICATE_FILE
+        )))
     }
 
     /// Settings from a module connection string
@@ -159,7 +146,7 @@ impl Settings {
         Settings {
             gateway_hostname: cs.gateway_host_name.unwrap_or_else(|| cs.host_name.clone()),
             hub_hostname: cs.host_name,
-            port: 8883,
+            port: env::DEFAULT_GATEWAY_PORT,
             device_id: cs.device_id,
             module_id: cs.module_id.unwrap_or_default(),
             credentials: Credentials::SharedKey(cs.shared_access_key),
@@ -206,9 +193,9 @@ impl Settings {
     }
 }
 
-fn parse_binds(text: &str) -> Vec<(PathBuf, PathBuf)> {
-    text.split(';')
-        .filter_map(|pair| pair.split_once('='))
+fn paths(binds: Vec<(String, String)>) -> Vec<(PathBuf, PathBuf)> {
+    binds
+        .into_iter()
         .map(|(c, h)| (PathBuf::from(c), PathBuf::from(h)))
         .collect()
 }
@@ -253,9 +240,9 @@ mod tests {
             ("IOTEDGE_MODULEGENERATIONID", "g1"),
             ("IOTEDGE_WORKLOADURI", "unix:///tmp/w.sock"),
             ("IOTEDGE_APIVERSION", "2019-01-30"),
-            (PORT_VAR, "18883"),
+            (env::GATEWAY_PORT, "18883"),
             (
-                BINDS_VAR,
+                env::LOCAL_BINDS,
                 "/avrofiles=/state/binds/data/avrofiles;/etc/aziot=/state/aziot",
             ),
         ]))

@@ -1,14 +1,15 @@
 //! The IoT Edge workload API client: signs SAS data with the module's key (which stays in the
-//! runtime) and returns the trust bundle, over a unix socket or HTTP.
+//! runtime) and returns the trust bundle, over a unix socket or HTTP. Its routes and bodies
+//! are [`edge_protocol::workload`]'s, which the local runtime serves.
 
 use crate::error::Error;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use bytes::Bytes;
+use edge_protocol::workload::{self, SignRequest, SignResponse, TrustBundleResponse};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 
 /// A workload API endpoint.
 #[derive(Debug, Clone)]
@@ -20,16 +21,6 @@ pub struct WorkloadClient {
 enum Endpoint<'a> {
     Unix(&'a str),
     Tcp(&'a str),
-}
-
-#[derive(Deserialize)]
-struct SignResponse {
-    digest: String,
-}
-
-#[derive(Deserialize)]
-struct TrustBundleResponse {
-    certificate: String,
 }
 
 impl WorkloadClient {
@@ -66,19 +57,15 @@ impl WorkloadClient {
         generation_id: &str,
         data: &[u8],
     ) -> Result<String, Error> {
-        let body =
-            serde_json::json!({"keyId": "primary", "algo": "HMACSHA256", "data": B64.encode(data)});
-        let path = format!(
-            "/modules/{module_id}/genid/{generation_id}/sign?api-version={}",
-            self.api_version
-        );
-        let resp: SignResponse = self.call("POST", &path, Some(body.to_string())).await?;
+        let body = serde_json::to_string(&SignRequest::primary_hmac_sha256(B64.encode(data)))?;
+        let path = workload::sign_path(module_id, generation_id, &self.api_version);
+        let resp: SignResponse = self.call("POST", &path, Some(body)).await?;
         Ok(resp.digest)
     }
 
     /// The PEM trust bundle that edgeHub's server certificate chains to.
     pub async fn trust_bundle(&self) -> Result<String, Error> {
-        let path = format!("/trust-bundle?api-version={}", self.api_version);
+        let path = workload::trust_bundle_path(&self.api_version);
         let resp: TrustBundleResponse = self.call("GET", &path, None).await?;
         Ok(resp.certificate)
     }

@@ -8,10 +8,13 @@
 //! - [`sas`]: shared access signature tokens (make and verify);
 //! - [`connection_string`]: device and module connection strings;
 //! - [`identity`]: IoT Hub's rules for device and module ids;
+//! - [`env`](mod@env): the `IOTEDGE_*` environment a runtime gives a module;
+//! - [`workload`]: the workload API's routes, paths and JSON bodies;
 //! - [`file_upload`]: the bodies of IoT Hub's file-upload API for devices;
 //! - `trust` (feature `tls`): rustls root stores and client settings from PEM bundles.
 
 pub mod connection_string;
+pub mod env;
 pub mod file_upload;
 pub mod identity;
 pub mod message;
@@ -21,6 +24,7 @@ pub mod sas;
 pub mod topic;
 #[cfg(feature = "tls")]
 pub mod trust;
+pub mod workload;
 
 pub use compact_str::CompactString;
 pub use connection_string::{ConnectionString, ConnectionStringError};

@@ -15,7 +15,6 @@ pub mod manifest;
 use manifest::RestartPolicy;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -54,23 +53,7 @@ pub struct Launch {
     pub workdir: PathBuf,
 }
 
-/// What `status` shows of a module process.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ProcessStatus {
-    /// Current pid, when running.
-    pub pid: Option<u32>,
-    /// Times it was restarted.
-    pub restarts: u32,
-    /// Last exit, as text.
-    pub last_exit: Option<String>,
-    /// The container it runs in (container mode).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    /// The image's health check, as the runtime last ran it (`starting`, `healthy`,
-    /// `unhealthy: …`), in container mode.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub health: Option<String>,
-}
+pub use runtime_state::control::ProcessStatus;
 
 /// The running supervisor.
 pub struct Agent {

@@ -226,24 +226,8 @@ struct Spill {
     last_seq: u64,
 }
 
-/// Counters of an endpoint.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct EndpointStats {
-    /// Waiting to be sent (in memory and on disk).
-    pub queued: usize,
-    /// Of those, how many are only on disk.
-    pub on_disk: u64,
-    /// Sent, not yet acknowledged.
-    pub in_flight: usize,
-    /// Acknowledged by the module.
-    pub delivered: u64,
-    /// Dropped because older than the time-to-live.
-    pub expired: u64,
-    /// Dropped because their delivery would be over [`mqtt::MAX_DELIVERY`] (each logged).
-    pub undeliverable: u64,
-    /// Whether the module is connected and subscribed to its inputs.
-    pub connected: bool,
-}
+/// Counters of an endpoint, as the control API's `status` shows them.
+pub type EndpointStats = runtime_state::control::QueueStats;
 
 /// One module's queue.
 #[derive(Debug)]
@@ -614,9 +598,9 @@ impl Endpoint {
     /// Current counters.
     pub fn stats(&self) -> EndpointStats {
         EndpointStats {
-            queued: self.queue.len() + self.spill.as_ref().map_or(0, |s| s.left as usize),
+            queued: self.queue.len() as u64 + self.spill.as_ref().map_or(0, |s| s.left),
             on_disk: self.spill.as_ref().map_or(0, |s| s.left),
-            in_flight: self.in_flight.len(),
+            in_flight: self.in_flight.len() as u64,
             delivered: self.delivered,
             expired: self.expired,
             undeliverable: self.undeliverable,

@@ -223,7 +223,7 @@ impl HubMetrics {
     }
 
     /// Sets the queue gauge of `module` (called at each scrape).
-    pub fn queue(&self, module: &str, length: usize) {
+    pub fn queue(&self, module: &str, length: u64) {
         self.queue_length
             .get_or_create(&vec![
                 ("endpoint", module.to_owned()),

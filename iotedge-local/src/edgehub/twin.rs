@@ -150,16 +150,22 @@ impl Twins {
     /// The twin document as the hub returns it:
     /// `{"desired": {…, "$version": n}, "reported": {…, "$version": m}}`.
     pub fn get(&self, id: &str) -> Value {
+        let twin = self.twin(id);
+        serde_json::json!({ "desired": twin.desired, "reported": twin.reported })
+    }
+
+    /// [`Twins::get`] as the control API's type.
+    pub fn twin(&self, id: &str) -> runtime_state::control::Twin {
         let mut docs = self.lock();
         let doc = docs.entry(id.to_owned()).or_insert_with(|| TwinDoc {
             desired_version: 1,
             reported_version: 1,
             ..TwinDoc::default()
         });
-        serde_json::json!({
-            "desired": with_version(&doc.desired, doc.desired_version),
-            "reported": with_version(&doc.reported, doc.reported_version),
-        })
+        runtime_state::control::Twin {
+            desired: with_version(&doc.desired, doc.desired_version),
+            reported: with_version(&doc.reported, doc.reported_version),
+        }
     }
 
     /// Applies a reported-properties patch; returns the new reported version.

@@ -828,7 +828,8 @@ mod tests {
 
     #[test]
     fn configurations_iot_hub_would_refuse_are_refused_here_too() {
-        let cases: [(fn(&mut HubConfig), &str); 5] = [
+        type Change = fn(&mut HubConfig);
+        let cases: [(Change, &str); 5] = [
             (
                 |c| c.routing.routes[0].endpoint_names = vec!["nowhere".into()],
                 "not defined",

@@ -4,6 +4,9 @@
 //! - `POST /modules/{module}/genid/{genid}/sign` `{"keyId":"primary","algo":"HMACSHA256","data":b64}` → `{"digest":b64}`
 //! - `GET /trust-bundle` → `{"certificate": PEM}`
 //!
+//! The routes and bodies are defined once, in [`edge_protocol::workload`], which the module
+//! client uses too.
+//!
 //! [`certs`] makes the CA and edgeHub's server certificate the trust bundle carries.
 
 pub mod certs;
@@ -16,9 +19,10 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use bytes::Bytes;
+use edge_protocol::workload::{
+    self as api, ErrorResponse, SignRequest, SignResponse, TrustBundleResponse,
+};
 use runtime_state::KeyStore;
-use serde::Deserialize;
-use serde_json::json;
 use std::sync::Arc;
 use tokio::net::UnixListener;
 
@@ -34,16 +38,8 @@ pub struct ModuleWorkload {
     pub trust_bundle: String,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SignRequest {
-    key_id: String,
-    algo: String,
-    data: String,
-}
-
 fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "message": message }))).into_response()
+    (status, Json(ErrorResponse { message })).into_response()
 }
 
 async fn sign(
@@ -73,10 +69,14 @@ async fn sign(
             format!("module '{module}' has no generation '{genid}'"),
         );
     }
-    if req.key_id != "primary" || req.algo != "HMACSHA256" {
+    if !req.is_supported() {
         return error(
             StatusCode::BAD_REQUEST,
-            "only keyId 'primary' with algo 'HMACSHA256' is supported".into(),
+            format!(
+                "only keyId '{}' with algo '{}' is supported",
+                api::KEY_ID_PRIMARY,
+                api::ALGO_HMAC_SHA256
+            ),
         );
     }
     let Ok(data) = B64.decode(req.data.as_bytes()) else {
@@ -89,13 +89,16 @@ async fn sign(
         );
     };
     match edge_protocol::sas::sign(&key, &data) {
-        Ok(digest) => Json(json!({ "digest": digest })).into_response(),
+        Ok(digest) => Json(SignResponse { digest }).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 async fn trust_bundle(State(w): State<Arc<ModuleWorkload>>) -> Response {
-    Json(json!({ "certificate": w.trust_bundle })).into_response()
+    Json(TrustBundleResponse {
+        certificate: w.trust_bundle.clone(),
+    })
+    .into_response()
 }
 
 /// Connections a module's workload API serves at once.
@@ -154,8 +157,8 @@ pub async fn serve(
         }
     }
     let app = Router::new()
-        .route("/modules/{module}/genid/{genid}/sign", post(sign))
-        .route("/trust-bundle", get(trust_bundle))
+        .route(api::SIGN_ROUTE, post(sign))
+        .route(api::TRUST_BUNDLE_ROUTE, get(trust_bundle))
         .with_state(Arc::new(w));
     let make = move || hyper_util::service::TowerToHyperService::new(app.clone());
     Ok(tokio::spawn(edge_process::http::serve(

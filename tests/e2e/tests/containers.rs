@@ -169,7 +169,7 @@ async fn the_derived_manifests_run_or_are_refused_clearly() {
     // `iotedge-local restart` (the control socket) restarts a container as it does a process.
     let socket = runtime_state::layout::control_socket(p.state());
     let old = p.pid(WRITER).expect("the writer runs");
-    runtime_state::control::call(&socket, "POST", &format!("/modules/{WRITER}/restart"), None)
+    runtime_state::control::restart(&socket, WRITER)
         .await
         .expect("restart");
     wait_for("the writer restarted", Duration::from_secs(60), || {

@@ -8,7 +8,8 @@
 //!
 //! The device connection string comes from the environment or from the IoT Edge
 //! configuration file bind-mounted into the module (`/etc/aziot/config.toml` on 1.2+,
-//! `/etc/iotedge/config.yaml` on 1.1), as in the tutorial.
+//! `/etc/iotedge/config.yaml` on 1.1, or `/app/iotconfig/config.yaml` where the tutorial's
+//! manifest binds 1.1's folder), as in the tutorial.
 
 use crate::Error;
 use bytes::Bytes;
@@ -26,6 +27,9 @@ pub const CONNECTION_STRING_VARS: [&str; 2] =
 pub const CONFIG_TOML: &str = "/etc/aziot/config.toml";
 /// Where IoT Edge 1.1 kept it.
 pub const CONFIG_YAML: &str = "/etc/iotedge/config.yaml";
+/// Where the tutorial's manifest binds IoT Edge 1.0/1.1's folder (`/etc/iotedge:/app/iotconfig`)
+/// and its writer read `config.yaml`.
+pub const TUTORIAL_CONFIG_YAML: &str = "/app/iotconfig/config.yaml";
 
 /// Where an uploaded file went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +87,10 @@ pub fn find_connection_string(
     if let Ok(text) = std::fs::read_to_string(resolve(Path::new(CONFIG_TOML))) {
         return connection_string_from_toml(&text);
     }
-    if let Ok(text) = std::fs::read_to_string(resolve(Path::new(CONFIG_YAML))) {
-        return connection_string_from_yaml(&text);
+    for yaml in [CONFIG_YAML, TUTORIAL_CONFIG_YAML] {
+        if let Ok(text) = std::fs::read_to_string(resolve(Path::new(yaml))) {
+            return connection_string_from_yaml(&text);
+        }
     }
     Err(Error::NoDeviceIdentity)
 }
@@ -446,6 +452,31 @@ mod tests {
             e.contains("https://127.0.0.1:9/avro/edge%231/2026/11/21/5/15.avro"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn finds_config_yaml_where_the_tutorial_binds_it() {
+        let dir = std::env::temp_dir().join(format!("cloud-upload-{}", std::process::id()));
+        let bound = dir.join("etc-iotedge");
+        std::fs::create_dir_all(&bound).unwrap();
+        std::fs::write(
+            bound.join("config.yaml"),
+            "provisioning:\n  source: \"manual\"\n  device_connection_string: \"HostName=h;DeviceId=tutorial;SharedAccessKey=a2V5\"\n",
+        )
+        .unwrap();
+        // The tutorial's bind: the host's /etc/iotedge at /app/iotconfig.
+        let resolve = |p: &Path| match p.strip_prefix("/app/iotconfig") {
+            Ok(rest) => bound.join(rest),
+            Err(_) => dir.join("nowhere").join(p.strip_prefix("/").unwrap_or(p)),
+        };
+        let found = find_connection_string(resolve);
+        let _ = std::fs::remove_dir_all(&dir);
+        if CONNECTION_STRING_VARS
+            .iter()
+            .all(|v| std::env::var(v).is_err())
+        {
+            assert_eq!(found.unwrap().device_id, "tutorial");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! cargo build --release --workspace
 //! cargo bench -p e2e-tests --bench pipeline -- [--runs 3] [--devices 100] [--messages 200000]
 //!     [--window 4000] [--rate 2000] [--paced-secs 15] [--hub-window N] [--row-mode 1]
-//!     [--sample-secs S]
+//!     [--sample-secs S] [--hub-routes 1]
 //! ```
 //!
 //! A soak: `--paced-secs 1800 --sample-secs 60` prints, every minute of the paced phase, the
@@ -489,10 +489,15 @@ async fn run(k: u64) -> Result<RunResult> {
     }
     // edgeHub's window (messages in flight per module): the runtime's default unless told.
     let hub_window = arg("--hub-window", 0) as usize;
+    // `--hub-routes 1`: IoT Hub's message routing with the tutorial's routes and storage
+    // endpoints (deploy/iothub-routing.json) instead of the default (everything to events).
+    let hub_config = (arg("--hub-routes", 0) == 1)
+        .then(|| pipeline::repo_root().join("deploy/iothub-routing.json"));
     let p = Pipeline::start_with(&manifest, false, |o| {
         if hub_window > 0 {
             o.window = hub_window;
         }
+        o.hub_config = hub_config;
     })
     .await?;
     p.wait_connected(Duration::from_secs(60)).await?;

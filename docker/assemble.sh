@@ -67,7 +67,8 @@ ORT_VERSION=1.31.1
 ORT_WHEEL_PLATFORM=manylinux_2_28_x86_64
 ORT_WHEEL_SHA256=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
 MODULE_UID=65532
-ALL_MODULES=(turbofanRouter turbofanRulClassifier avroFileWriter)
+. "$ROOT/scripts/modules.sh"
+mapfile -t ALL_MODULES < <(project_modules)
 MODULES=("${ALL_MODULES[@]}")
 RUNTIME_PACKAGES=(libc6 libgcc-s1 libstdc++6)
 # Kept in step with docker/Dockerfile.amd64.gpu (tests/deploy checks it).

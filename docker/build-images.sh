@@ -31,7 +31,8 @@ cd "$ROOT"
 BASES=local
 REGISTRY=localhost
 BIN_DIR=""
-MODULES="turbofanRouter turbofanRulClassifier avroFileWriter"
+. "$ROOT/scripts/modules.sh"
+MODULES="$(project_modules | tr '\n' ' ')"
 GPU=0
 while [ $# -gt 0 ]; do
     case "$1" in

@@ -29,7 +29,8 @@ STATE="${DEMO_STATE:-$ROOT/.edge-state}"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 MQTT_PORT="${DEMO_MQTT_PORT:-8883}"
 WAIT="${DEMO_WAIT:-120}"
-MODULES=(turbofanRouter turbofanRulClassifier avroFileWriter)
+. "$ROOT/scripts/modules.sh"
+mapfile -t MODULES < <(project_modules)
 
 step() { printf '\n== %s\n' "$*" >&2; }
 note() { printf 'demo: %s\n' "$*" >&2; }

@@ -25,7 +25,8 @@ PY="$(tests/deploy/setup.sh)"
 if [ -z "${DEPLOY_BIN_DIR:-}" ]; then
     step "release build of the modules and iotedge-local (what the images contain)"
     modules=()
-    for m in ${DEPLOY_MODULES:-turbofanRouter turbofanRulClassifier avroFileWriter}; do
+    . "$ROOT/scripts/modules.sh"
+    for m in ${DEPLOY_MODULES:-$(project_modules)}; do
         modules+=(-p "$m")
     done
     cargo build --release --locked "${modules[@]}" -p iotedge-local

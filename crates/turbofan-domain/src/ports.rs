@@ -99,11 +99,14 @@ pub enum Sink {
     Upstream,
 }
 
+/// The pipeline's modules, in the order data passes them.
+pub const MODULES: &[&str] = &[router::MODULE, classifier::MODULE, writer::MODULE];
+
 /// The input leaf devices' messages go to: (module, input).
 pub const LEAF_INPUT: (&str, &str) = (router::MODULE, router::DEVICE_INPUT);
 
 /// Every module output the pipeline uses and where it goes: ((module, output), sink).
-pub const EDGES: [((&str, &str), Sink); 5] = [
+pub const EDGES: &[((&str, &str), Sink)] = &[
     (
         (router::MODULE, router::CLASS_OUTPUT),
         Sink::Module(classifier::MODULE, classifier::AML_INPUT),

@@ -78,3 +78,29 @@ fn the_ports_are_the_manifest_s_routes() {
     ));
     assert_eq!(ours, manifest_edges());
 }
+
+#[test]
+fn the_manifest_runs_exactly_the_pipeline_s_modules_each_with_a_folder() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let text = std::fs::read_to_string(format!("{root}/deployment.template.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let manifest: BTreeSet<String> = doc["modulesContent"]["$edgeAgent"]["properties.desired"]
+        ["modules"]
+        .as_object()
+        .expect("the manifest has modules")
+        .keys()
+        .cloned()
+        .collect();
+    let ours: BTreeSet<String> = turbofan_domain::ports::MODULES
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    assert_eq!(manifest, ours);
+    // scripts/modules.sh finds each module by its folder's module.json.
+    for m in turbofan_domain::ports::MODULES {
+        assert!(
+            std::path::Path::new(&format!("{root}/modules/{m}/module.json")).is_file(),
+            "modules/{m}/module.json"
+        );
+    }
+}

@@ -15,11 +15,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The router module, as the manifest names it.
-pub const ROUTER: &str = "turbofanRouter";
+pub const ROUTER: &str = turbofan_domain::ports::router::MODULE;
 /// The classifier module.
-pub const CLASSIFIER: &str = "turbofanRulClassifier";
+pub const CLASSIFIER: &str = turbofan_domain::ports::classifier::MODULE;
 /// The Avro writer module.
-pub const WRITER: &str = "avroFileWriter";
+pub const WRITER: &str = turbofan_domain::ports::writer::MODULE;
 /// The manifest's modules.
 pub const MODULES: [&str; 3] = [ROUTER, CLASSIFIER, WRITER];
 

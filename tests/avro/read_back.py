@@ -19,16 +19,21 @@ def correlation_ids(path):
         return [record["CorrelationId"] for record in fastavro.reader(f)]
 
 
-def main(paths):
+def run(paths, read):
+    """Prints {path: read(path)} as JSON; 1 with fastavro's error if a file does not read whole."""
     out = {}
     for path in paths:
         try:
-            out[path] = correlation_ids(path)
+            out[path] = read(path)
         except Exception as e:  # fastavro raises several kinds; each is a failed read
             print(f"{path}: fastavro could not read it whole: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
     json.dump(out, sys.stdout)
     return 0
+
+
+def main(paths):
+    return run(paths, correlation_ids)
 
 
 if __name__ == "__main__":

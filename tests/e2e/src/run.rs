@@ -128,3 +128,40 @@ pub async fn avro_records(
         }
     }
 }
+
+/// Starts `manifest` as [`Pipeline::start_with`] does, shortens the writer's quiet period
+/// ([`quiet_period`]) and waits until every module is connected.
+pub async fn start_connected(
+    manifest: &serde_json::Value,
+    azurite: bool,
+    adjust: impl FnOnce(&mut iotedge_local::Options),
+) -> Pipeline {
+    let p = Pipeline::start_with(manifest, azurite, adjust)
+        .await
+        .expect("the runtime starts the manifest's modules");
+    p.patch_desired(crate::WRITER, quiet_period()).unwrap();
+    p.wait_connected(Duration::from_secs(60))
+        .await
+        .expect("modules up");
+    p
+}
+
+/// Replays `devices` engines of `test_FD003.txt` (their first `rows` cycles) at `rate`
+/// messages/s each, to the end; what edgeHub acknowledged, from the sent log.
+pub async fn replay(p: &Pipeline, devices: usize, rows: u64, rate: f64) -> Vec<SentRecord> {
+    let log = p
+        .dir()
+        .join(format!("sent-{}.jsonl", uuid::Uuid::new_v4().simple()));
+    let mut cfg = SimConfig::new(p.state(), pipeline::data_file("test_FD003.txt"));
+    cfg.devices = Some(devices);
+    cfg.max_messages = Some(rows);
+    cfg.rate = rate;
+    cfg.sent_log = Some(log.clone());
+    let summary = simulate(&cfg, Progress::new())
+        .await
+        .expect("the simulator runs");
+    assert!(summary.is_complete(), "{summary}");
+    let (sent, torn) = sent_log::read(&log).expect("the sent log");
+    assert_eq!((sent.len() as u64, torn), (summary.planned, 0), "{summary}");
+    sent
+}

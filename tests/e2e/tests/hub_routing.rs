@@ -6,9 +6,9 @@
 
 use anyhow::{bail, Context, Result};
 use e2e::pipeline::{self, repo_root, wait_for};
-use e2e::{Pipeline, WRITER};
+use e2e::run::{replay, start_connected};
+use e2e::Pipeline;
 use hub_records::routed::{decode, read_blob_log, BlobWritten, RoutedMessage};
-use leaf_simulator::{sent_log, simulate, Progress, SimConfig};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -100,29 +100,8 @@ async fn the_tutorial_s_routes_put_rul_messages_in_ruldata_and_telemetry_in_its_
     let mut manifest = pipeline::deployment_manifest(&[]).unwrap();
     manifest["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]["leafToHub"] =
         json!("FROM /messages/* WHERE NOT IS_DEFINED($connectionModuleId) INTO $upstream");
-    let p = Pipeline::start_with(&manifest, true, |o| o.hub_config = Some(hub_config.clone()))
-        .await
-        .expect("the runtime starts with the tutorial's hub routes");
-    p.patch_desired(
-        WRITER,
-        json!({"QuietPeriodSecs": 1, "CheckIntervalSecs": 1}),
-    )
-    .unwrap();
-    p.wait_connected(Duration::from_secs(60))
-        .await
-        .expect("modules up");
-
-    let log = p.dir().join("sent.jsonl");
-    let mut cfg = SimConfig::new(p.state(), pipeline::data_file("test_FD003.txt"));
-    cfg.devices = Some(DEVICES);
-    cfg.max_messages = Some(ROWS);
-    cfg.rate = 50.0;
-    cfg.sent_log = Some(log.clone());
-    let summary = simulate(&cfg, Progress::new())
-        .await
-        .expect("the simulator runs");
-    assert!(summary.is_complete(), "{summary}");
-    let (sent, _) = sent_log::read(&log).unwrap();
+    let p = start_connected(&manifest, true, |o| o.hub_config = Some(hub_config.clone())).await;
+    let sent = replay(&p, DEVICES, ROWS, 50.0).await;
     let sent_cids: BTreeSet<String> = sent.iter().map(|s| s.correlation_id.clone()).collect();
 
     // Every RUL message reaches the hub; then both endpoints have written everything.

@@ -3,8 +3,8 @@
 //! device identity there, as the tutorial's writer did, and its files upload through IoT Hub.
 
 use e2e::pipeline::{self, wait_for};
-use e2e::{Pipeline, Uploads, WRITER};
-use leaf_simulator::{simulate, Progress, SimConfig};
+use e2e::run::{replay, start_connected};
+use e2e::{Uploads, WRITER};
 use serde_json::json;
 use std::time::Duration;
 
@@ -14,17 +14,7 @@ async fn with_the_tutorial_s_binds_the_writer_finds_config_yaml_and_uploads() {
     manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"][WRITER]["settings"]
         ["createOptions"]["HostConfig"]["Binds"] =
         json!(["/data/avrofiles:/avrofiles", "/etc/iotedge:/app/iotconfig"]);
-    let p = Pipeline::start(&manifest, false)
-        .await
-        .expect("the runtime starts");
-    p.patch_desired(
-        WRITER,
-        json!({"QuietPeriodSecs": 1, "CheckIntervalSecs": 1}),
-    )
-    .unwrap();
-    p.wait_connected(Duration::from_secs(60))
-        .await
-        .expect("modules up");
+    let p = start_connected(&manifest, false, |_| {}).await;
     let target = wait_for(
         "the writer's upload target",
         Duration::from_secs(30),
@@ -41,14 +31,7 @@ async fn with_the_tutorial_s_binds_the_writer_finds_config_yaml_and_uploads() {
         "{target}"
     );
 
-    let mut cfg = SimConfig::new(p.state(), pipeline::data_file("test_FD003.txt"));
-    cfg.devices = Some(2);
-    cfg.max_messages = Some(5);
-    cfg.rate = 50.0;
-    let summary = simulate(&cfg, Progress::new())
-        .await
-        .expect("the simulator runs");
-    assert!(summary.is_complete(), "{summary}");
+    replay(&p, 2, 5, 50.0).await;
     let mut uploads = Uploads::default();
     for _ in 0..600 {
         p.collect_uploads(&mut uploads).await.unwrap();

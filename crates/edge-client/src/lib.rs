@@ -36,8 +36,8 @@ pub use client::{InputMessage, MethodHandler, ModuleClient, Prepared, Unsendable
 pub use edge_protocol::{CompactString, Message};
 pub use error::Error;
 pub use run::{
-    forward_inputs, next_input, run_inputs, shutdown_signal, start, start_module, ModuleProcess,
-    Started,
+    exit_code, forward_inputs, next_input, run_inputs, shutdown_signal, start, start_module,
+    ModuleProcess, Started,
 };
 pub use settings::Settings;
 

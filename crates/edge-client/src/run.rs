@@ -276,3 +276,15 @@ where
     client.close(Duration::from_secs(10)).await;
     Ok(())
 }
+
+/// A module `main`'s exit status for what its `run` returned: success, or the error logged
+/// (with its causes, `{:#}`) and status 1, so that the runtime restarts the module.
+pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

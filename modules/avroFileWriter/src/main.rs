@@ -117,13 +117,7 @@ async fn report_loop(
 static ALLOC: edge_client::Allocator = edge_client::Allocator;
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    edge_client::exit_code(run())
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -17,7 +17,7 @@ use edge_client::{Message, ModuleClient};
 use serde_json::{json, Value};
 use std::process::ExitCode;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 use turbofan_domain::ports::properties::DEAD_LETTER_REASON;
 use turbofan_domain::ports::router::{DEAD_OUTPUT, DEVICE_INPUT, RUL_INPUT};
 use turbofan_domain::router;
@@ -101,13 +101,7 @@ fn prepare(client: &ModuleClient, output: &str, m: Message) -> Option<edge_clien
 static ALLOC: edge_client::Allocator = edge_client::Allocator;
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    edge_client::exit_code(run())
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -148,6 +148,7 @@ async fn status(State(hub): State<Arc<Hub>>) -> Response {
         auth_failures: m.auth_failures.load(Ordering::Relaxed),
         upstream_stored: hub.upstream.count(),
         modules: hub.endpoint_stats().into_iter().collect(),
+        hub_routing: hub.upstream.routing().counts(),
     })
     .into_response()
 }

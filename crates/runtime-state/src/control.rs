@@ -113,6 +113,21 @@ pub struct Status {
     pub upstream_stored: u64,
     /// Each module's queue, by module.
     pub modules: BTreeMap<String, QueueStats>,
+    /// IoT Hub's message routing since the runtime started.
+    #[serde(default)]
+    pub hub_routing: HubRoutingCounts,
+}
+
+/// What IoT Hub's message routing did since the runtime started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubRoutingCounts {
+    /// Messages each hub route took (the fallback route's for those only it took).
+    pub routes: BTreeMap<String, u64>,
+    /// Messages each endpoint got (`events` is the built-in one).
+    pub endpoints: BTreeMap<String, u64>,
+    /// Messages no route and no fallback took: dropped, as IoT Hub drops them.
+    pub dropped: u64,
 }
 
 /// One module's queue in edgeHub.

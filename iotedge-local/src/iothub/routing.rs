@@ -26,6 +26,7 @@
 use edge_protocol::{Message, SystemProperty};
 use edge_routes::{evaluate, Expr, MessageView};
 use hub_records::routed::Encoding;
+pub use runtime_state::control::HubRoutingCounts;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -512,8 +513,8 @@ impl HubRouting {
     }
 
     /// Counters so far: messages each route took, each endpoint got, and those dropped.
-    pub fn counts(&self) -> RoutingCounts {
-        RoutingCounts {
+    pub fn counts(&self) -> HubRoutingCounts {
+        HubRoutingCounts {
             routes: self
                 .routes
                 .iter()
@@ -534,18 +535,6 @@ impl HubRouting {
     pub fn storage_endpoints(&self) -> &[StorageEndpoint] {
         &self.config.routing.endpoints.storage_containers
     }
-}
-
-/// What routing did since the runtime started.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RoutingCounts {
-    /// Messages each route took (the fallback route last).
-    pub routes: Vec<(String, u64)>,
-    /// Messages each endpoint got.
-    pub endpoints: Vec<(String, u64)>,
-    /// Messages no route and no fallback took: dropped, as IoT Hub drops them.
-    pub dropped: u64,
 }
 
 /// Azure's container name rule: 3–63 lowercase letters, digits and single hyphens.
@@ -758,8 +747,8 @@ mod tests {
             (vec!["$fallback".into()], vec!["events".into()])
         );
         let c = r.counts();
-        assert_eq!(c.routes[0], ("RulMessageRoute".into(), 1));
-        assert_eq!(c.routes[2], ("$fallback".into(), 1));
+        assert_eq!(c.routes["RulMessageRoute"], 1);
+        assert_eq!(c.routes["$fallback"], 1);
         assert_eq!(c.dropped, 0);
     }
 

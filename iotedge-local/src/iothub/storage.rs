@@ -13,7 +13,7 @@ use crate::iothub::files::{BlobStore, AZURITE_ACCOUNT, AZURITE_KEY};
 use crate::iothub::routing::{blob_name, partition_of, StorageEndpoint};
 use cloud_upload::blob::{AccountUploader, StorageAccount};
 use hub_records::routed::{encode, BlobWritten, RoutedMessage};
-use hub_records::{Record, Tail};
+use hub_records::Tail;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -81,7 +81,7 @@ impl Batch {
 /// `endpoints` is the line's last field.
 fn line_reaches(line: &[u8], quoted_endpoint: &[u8]) -> bool {
     const FIELD: &[u8] = b"\"endpoints\":[";
-    let Some(at) = line.windows(FIELD.len()).rposition(|w| w == FIELD) else {
+    let Some(at) = memchr::memmem::rfind(line, FIELD) else {
         return false;
     };
     line[at + FIELD.len()..]
@@ -143,16 +143,16 @@ impl EndpointWriter {
                 if !line_reaches(line, &quoted) {
                     return;
                 }
-                let Ok(r) = serde_json::from_slice::<Record>(line) else {
+                let Ok((seq, m)) = RoutedMessage::from_line(line) else {
                     return;
                 };
-                if r.seq <= done.seq && done.seq > 0 {
+                if seq <= done.seq && done.seq > 0 {
                     return;
                 }
-                seen = seen.max(r.seq);
-                let device = r.properties.system.connection_device_id.as_deref();
-                let partition = partition_of(device.unwrap_or(""), self.partitions);
-                batch.add(partition, r.seq, RoutedMessage::from_record(&r));
+                seen = seen.max(seq);
+                let device = m.system_properties.get("connectionDeviceId");
+                let partition = partition_of(device.map_or("", String::as_str), self.partitions);
+                batch.add(partition, seq, m);
             });
             if let Err(e) = polled {
                 warn!(endpoint = %name, error = %e, "cannot read the upstream store");

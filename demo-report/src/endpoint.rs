@@ -13,10 +13,6 @@ use std::path::{Path, PathBuf};
 
 /// The storage endpoint the tutorial's `RulMessageRoute` writes to.
 pub const RUL_ENDPOINT: &str = "ruldata";
-/// Azurite's well-known account (public, documented by Microsoft).
-const AZURITE_ACCOUNT: &str = "devstoreaccount1";
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// What a storage endpoint's container holds.
 #[derive(Debug, Clone, Default)]
@@ -78,10 +74,8 @@ pub async fn read(state: &Path, endpoint: &str) -> Result<Option<EndpointRead>, 
             }
             Store::Azurite { endpoint, ca_pem } => {
                 if !containers.contains_key(&b.container) {
-                    let account = StorageAccount::from_connection_string(&format!(
-                        "DefaultEndpointsProtocol=https;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={endpoint}"
-                    ))
-                    .map_err(|e| ReportError::Endpoint(e.to_string()))?;
+                    let account = StorageAccount::azurite(endpoint)
+                        .map_err(|e| ReportError::Endpoint(e.to_string()))?;
                     let c = AccountUploader::new(account, &b.container, Some(ca_pem))
                         .map_err(|e| ReportError::Endpoint(e.to_string()))?;
                     containers.insert(b.container.clone(), c);

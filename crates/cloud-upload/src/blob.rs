@@ -35,6 +35,12 @@ use std::time::SystemTime;
 pub const BLOB_API_VERSION: &str = "2017-04-17";
 /// Cloud endpoints' suffix when the connection string names none.
 pub const DEFAULT_ENDPOINT_SUFFIX: &str = "core.windows.net";
+/// The account every Azurite (the Azure Storage emulator) has (public, documented by
+/// Microsoft).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+/// Azurite's well-known account key.
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 /// The largest blob one Put Blob takes at [`BLOB_API_VERSION`] (256 MiB).
 pub const MAX_PUT_BLOB_BYTES: usize = 256 * 1024 * 1024;
 
@@ -177,6 +183,14 @@ impl StorageAccount {
             key: key.clone(),
             endpoint,
         })
+    }
+
+    /// Azurite's well-known account at `blob_endpoint` (e.g.
+    /// `https://127.0.0.1:10000/devstoreaccount1`).
+    pub fn azurite(blob_endpoint: &str) -> Result<StorageAccount, ConnectionStringError> {
+        StorageAccount::from_connection_string(&format!(
+            "AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={blob_endpoint}"
+        ))
     }
 
     /// The account name.
@@ -344,6 +358,15 @@ fn check_blob_name(name: &str) -> Result<(), Error> {
 }
 
 /// What the Blob service answered.
+/// The storage service's `x-ms-error-code`, when it sent one.
+fn error_code(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get("x-ms-error-code")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 #[derive(Debug)]
 struct Answer {
     status: reqwest::StatusCode,
@@ -452,11 +475,7 @@ impl AccountUploader {
             .await
             .map_err(|e| fail(format!("{target}: {e}")))?;
         let status = response.status();
-        let code = response
-            .headers()
-            .get("x-ms-error-code")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let code = error_code(&response);
         let body = response
             .text()
             .await
@@ -548,11 +567,7 @@ impl AccountUploader {
             .map_err(|e| fail(format!("GET {url}: {e}")))?;
         let status = response.status();
         if !status.is_success() {
-            let code = response
-                .headers()
-                .get("x-ms-error-code")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let code = error_code(&response);
             let body = response.text().await.unwrap_or_default();
             let answer = Answer { status, code, body };
             let reason = format!("GET {url} answered {}", answer.describe());
@@ -570,8 +585,7 @@ mod tests {
     use super::*;
 
     /// Azurite's well-known development key (public, documented by Microsoft).
-    const DEV_KEY: &str =
-        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    const DEV_KEY: &str = AZURITE_KEY;
 
     fn module_account() -> StorageAccount {
         StorageAccount::from_connection_string(&format!(

@@ -15,6 +15,6 @@ mod error;
 mod https;
 pub mod upload;
 
-pub use blob::{AccountUploader, StorageAccount};
+pub use blob::{AccountUploader, StorageAccount, AZURITE_ACCOUNT, AZURITE_KEY};
 pub use error::Error;
 pub use upload::{find_connection_string, ContainerUploader, FileUploader, Uploaded};

@@ -28,11 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The account name and key every Azurite instance has (public, documented by Microsoft).
-pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
-/// Azurite's well-known account key.
-pub const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+/// The account every Azurite instance has, and its key (public, documented by Microsoft).
+pub use cloud_upload::{AZURITE_ACCOUNT, AZURITE_KEY};
 /// Storage service version the SAS tokens are made for.
 pub const SAS_VERSION: &str = "2020-08-04";
 

@@ -9,7 +9,7 @@
 //! endpoint records them in its blob log and notes how far into the store it got, so after
 //! a crash it resumes there: a message is written at least once, as IoT Hub promises.
 
-use crate::iothub::files::{BlobStore, AZURITE_ACCOUNT, AZURITE_KEY};
+use crate::iothub::files::BlobStore;
 use crate::iothub::routing::{blob_name, partition_of, StorageEndpoint};
 use cloud_upload::blob::{AccountUploader, StorageAccount};
 use hub_records::routed::{encode, BlobWritten, RoutedMessage};
@@ -256,9 +256,7 @@ impl EndpointWriter {
         Ok(match &self.store {
             BlobStore::Directory(root) => Target::Folder(root.join(container)),
             BlobStore::Azurite { host } => {
-                let account = StorageAccount::from_connection_string(&format!(
-                    "DefaultEndpointsProtocol=https;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint=https://{host}"
-                ))?;
+                let account = StorageAccount::azurite(&format!("https://{host}"))?;
                 Target::Azurite(AccountUploader::new(
                     account,
                     container,

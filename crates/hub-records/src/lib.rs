@@ -18,7 +18,6 @@
 
 pub mod routed;
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -61,18 +60,6 @@ pub struct Record {
 }
 
 impl Record {
-    /// The body's bytes as the sender gave them (a JSON body written compactly).
-    pub fn body_bytes(&self) -> Vec<u8> {
-        match (self.payload_encoding.as_str(), &self.payload) {
-            ("base64", Value::String(b)) => base64::engine::general_purpose::STANDARD
-                .decode(b.as_bytes())
-                .unwrap_or_else(|_| b.as_bytes().to_vec()),
-            ("json", v) => serde_json::to_vec(v).unwrap_or_default(),
-            (_, Value::String(t)) => t.as_bytes().to_vec(),
-            (_, v) => serde_json::to_vec(v).unwrap_or_default(),
-        }
-    }
-
     /// Whether routing sent it to `endpoint` (a store older than routing sent everything
     /// to the built-in `events`).
     pub fn reached(&self, endpoint: &str) -> bool {
@@ -279,7 +266,17 @@ impl Tail {
     /// Calls `each` with every whole line appended since the last poll (nothing while the
     /// file does not exist); returns how many. A store that became shorter was made anew:
     /// it is read again from its start (and [`take_restarted`](Tail::take_restarted) says so).
-    pub fn poll_lines(&mut self, mut each: impl FnMut(&[u8])) -> std::io::Result<usize> {
+    pub fn poll_lines(&mut self, each: impl FnMut(&[u8])) -> std::io::Result<usize> {
+        self.poll_lines_up_to(u64::MAX, each)
+    }
+
+    /// [`poll_lines`](Tail::poll_lines), reading at most `limit` new bytes (a follower of
+    /// a long backlog keeps its memory bounded; the rest comes with the next polls).
+    pub fn poll_lines_up_to(
+        &mut self,
+        limit: u64,
+        mut each: impl FnMut(&[u8]),
+    ) -> std::io::Result<usize> {
         let f = match &mut self.file {
             Some(f) => f,
             None => match std::fs::File::open(&self.path) {
@@ -290,18 +287,18 @@ impl Tail {
         };
         if f.metadata()?.len() < self.offset {
             self.start_over();
-            return self.poll_lines(each);
+            return self.poll_lines_up_to(limit, each);
         }
         f.seek(std::io::SeekFrom::Start(self.offset))?;
         let mut buf = std::mem::take(&mut self.partial);
         let before = buf.len();
-        f.read_to_end(&mut buf)?;
+        f.take(limit).read_to_end(&mut buf)?;
         self.offset += (buf.len() - before) as u64;
         if buf.len() == before && self.replaced() {
             // Nothing new, and the path names another file now: the store was made anew.
             self.partial = buf;
             self.start_over();
-            return self.poll_lines(each);
+            return self.poll_lines_up_to(limit, each);
         }
         let Some(last) = buf.iter().rposition(|b| *b == b'\n') else {
             self.partial = buf;

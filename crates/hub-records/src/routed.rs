@@ -64,33 +64,6 @@ pub struct RoutedMessage {
 }
 
 impl RoutedMessage {
-    /// The message a store record holds. A JSON body is written back compactly (the same
-    /// JSON value; number spelling may differ from what the device sent).
-    pub fn from_record(r: &Record) -> RoutedMessage {
-        let s = &r.properties.system;
-        let mut system = BTreeMap::new();
-        for (k, v) in [
-            ("messageId", &s.message_id),
-            ("correlationId", &s.correlation_id),
-            ("contentType", &s.content_type),
-            ("contentEncoding", &s.content_encoding),
-            ("userId", &s.user_id),
-            ("connectionDeviceId", &s.connection_device_id),
-            ("connectionModuleId", &s.connection_module_id),
-            ("enqueuedTime", &r.enqueued_time_utc),
-        ] {
-            if let Some(v) = v {
-                system.insert(k.to_owned(), v.clone());
-            }
-        }
-        RoutedMessage {
-            enqueued_time_utc: r.enqueued_time_utc.clone().unwrap_or_default(),
-            properties: r.properties.application.clone(),
-            system_properties: system,
-            body: Some(r.body_bytes()),
-        }
-    }
-
     /// The message of one `$upstream` store line, read without building the record: the
     /// body's bytes as stored (a one-line JSON body exactly as the sender wrote it), its
     /// sequence number beside it. The fast path of a storage endpoint.
@@ -285,17 +258,27 @@ struct JsonLine {
     body: Value,
 }
 
+/// IoT Hub's routing schema, parsed once.
+fn schema() -> Result<&'static apache_avro::Schema, RoutedError> {
+    static SCHEMA: std::sync::OnceLock<apache_avro::Schema> = std::sync::OnceLock::new();
+    if let Some(s) = SCHEMA.get() {
+        return Ok(s);
+    }
+    let parsed = apache_avro::Schema::parse_str(AVRO_SCHEMA)?;
+    Ok(SCHEMA.get_or_init(|| parsed))
+}
+
 /// Encodes `messages` as one blob in `encoding`.
 pub fn encode(messages: &[RoutedMessage], encoding: Encoding) -> Result<Vec<u8>, RoutedError> {
     match encoding {
         Encoding::Avro | Encoding::AvroDeflate => {
-            let schema = apache_avro::Schema::parse_str(AVRO_SCHEMA)?;
+            let schema = schema()?;
             let codec = if encoding == Encoding::AvroDeflate {
                 apache_avro::Codec::Deflate(Default::default())
             } else {
                 apache_avro::Codec::Null
             };
-            let mut w = apache_avro::Writer::with_codec(&schema, Vec::new(), codec);
+            let mut w = apache_avro::Writer::with_codec(schema, Vec::new(), codec);
             for m in messages {
                 w.append(m.to_avro())?;
             }
@@ -434,21 +417,29 @@ mod tests {
             br#"{"seq":4,"payload":"plain text","payloadEncoding":"utf-8","properties":{"system":{},"application":{}}}"#,
             br#"{"seq":5,"payload":"AJ+Slg==","payloadEncoding":"base64","properties":{"system":{},"application":{}}}"#,
         ];
-        for line in lines {
-            let (seq, fast) = RoutedMessage::from_line(line).unwrap();
+        let expected: [(u64, &[u8]); 3] = [
+            // The body exactly as the sender wrote it (12.50, not 12.5).
+            (3, br#"{"PredictedRul":12.50}"#),
+            (4, b"plain text"),
+            (5, &[0, 159, 146, 150]),
+        ];
+        for (line, (seq, body)) in lines.iter().zip(expected) {
+            let (n, m) = RoutedMessage::from_line(line).unwrap();
+            assert_eq!((n, m.body.as_deref()), (seq, Some(body)));
             let r: Record = serde_json::from_slice(line).unwrap();
-            let slow = RoutedMessage::from_record(&r);
-            assert_eq!(seq, r.seq);
-            assert_eq!(fast.system_properties, slow.system_properties);
-            assert_eq!(fast.properties, slow.properties);
-            match r.payload_encoding.as_str() {
-                // The body exactly as the sender wrote it (12.50, not 12.5).
-                "json" => assert_eq!(
-                    fast.body.as_deref(),
-                    Some(&br#"{"PredictedRul":12.50}"#[..])
-                ),
-                _ => assert_eq!(fast.body, slow.body),
-            }
+            assert_eq!(m.properties, r.properties.application);
+            // IoT Hub's system properties, without edgeHub's output name, plus enqueuedTime.
+            let sys = &m.system_properties;
+            assert_eq!(
+                sys.get("connectionDeviceId"),
+                r.properties.system.connection_device_id.as_ref()
+            );
+            assert_eq!(
+                sys.get("contentType"),
+                r.properties.system.content_type.as_ref()
+            );
+            assert!(!sys.contains_key("outputName"));
+            assert_eq!(sys.get("enqueuedTime"), r.enqueued_time_utc.as_ref());
         }
     }
 
@@ -456,7 +447,7 @@ mod tests {
     fn a_routed_message_is_the_record_it_was_made_from() {
         let line = br#"{"seq":3,"enqueuedTimeUtc":"2026-12-07T21:00:00.000Z","origin":"edge","payload":{"PredictedRul":12.5},"payloadEncoding":"json","properties":{"system":{"contentType":"application/json","contentEncoding":"utf-8","correlationId":"c","connectionDeviceId":"edge","connectionModuleId":"turbofanRouter","outputName":"hubOutput"},"application":{"a":"b"}},"module":"turbofanRouter","routes":["r"],"endpoints":["ruldata"]}"#;
         let r: Record = serde_json::from_slice(line).unwrap();
-        let back = RoutedMessage::from_record(&r).to_record();
+        let back = RoutedMessage::from_line(line).unwrap().1.to_record();
         assert_eq!(back.payload, r.payload);
         assert_eq!(back.module, r.module);
         assert_eq!(back.origin, r.origin);

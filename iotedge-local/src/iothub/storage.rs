@@ -24,6 +24,9 @@ use tracing::{info, warn};
 
 /// How often an endpoint looks for new records in the store.
 const POLL: Duration = Duration::from_millis(200);
+/// The most of the store an endpoint reads at one look (its memory stays bounded while it
+/// catches up on a backlog).
+const POLL_BYTES: u64 = 8 * 1024 * 1024;
 /// How long after a failed blob write the endpoint tries again.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -32,7 +35,7 @@ const RETRY: Duration = Duration::from_secs(2);
 struct Checkpoint {
     /// Bytes of the store whose messages are written (or were not for this endpoint).
     offset: u64,
-    /// The last record's sequence number among them.
+    /// The last sequence number written (for the reader of the checkpoint).
     seq: u64,
 }
 
@@ -136,38 +139,51 @@ impl EndpointWriter {
         let frequency = Duration::from_secs(self.endpoint.batch_frequency_in_seconds);
         let mut batch = Batch::default();
         let mut seen = done.seq;
+        // A blob must fit one Put Blob, whatever the endpoint's chunk size says.
+        let chunk = self
+            .endpoint
+            .max_chunk_size_in_bytes
+            .min(cloud_upload::blob::MAX_PUT_BLOB_BYTES as u64 / 2);
+        let mut retrying = false;
         info!(endpoint = %name, container = %self.endpoint.container_name, from = done.offset, "storage endpoint started");
         loop {
-            let stopping = wait_or_stop(&mut stop, POLL).await;
-            let polled = tail.poll_lines(|line| {
-                if !line_reaches(line, &quoted) {
-                    return;
+            let stopping = wait_or_stop(&mut stop, if retrying { RETRY } else { POLL }).await;
+            // While blobs cannot be written, or the batch is full, what follows waits in the
+            // store (nothing is lost: the checkpoint stays before it).
+            if !retrying && batch.bytes < chunk {
+                let polled = tail.poll_lines_up_to(POLL_BYTES, |line| {
+                    if !line_reaches(line, &quoted) {
+                        return;
+                    }
+                    let Ok((seq, m)) = RoutedMessage::from_line(line) else {
+                        warn!(endpoint = %name, "a store line does not read as a message; skipped");
+                        return;
+                    };
+                    seen = seen.max(seq);
+                    let device = m.system_properties.get("connectionDeviceId");
+                    let partition =
+                        partition_of(device.map_or("", String::as_str), self.partitions);
+                    batch.add(partition, seq, m);
+                });
+                if let Err(e) = polled {
+                    warn!(endpoint = %name, error = %e, "cannot read the upstream store");
                 }
-                let Ok((seq, m)) = RoutedMessage::from_line(line) else {
-                    return;
-                };
-                if seq <= done.seq && done.seq > 0 {
-                    return;
-                }
-                seen = seen.max(seq);
-                let device = m.system_properties.get("connectionDeviceId");
-                let partition = partition_of(device.map_or("", String::as_str), self.partitions);
-                batch.add(partition, seq, m);
-            });
-            if let Err(e) = polled {
-                warn!(endpoint = %name, error = %e, "cannot read the upstream store");
             }
             let due = batch.began.is_some_and(|(t, _)| t.elapsed() >= frequency)
-                || batch.bytes >= self.endpoint.max_chunk_size_in_bytes;
+                || batch.bytes >= chunk
+                || retrying;
             if !batch.is_empty() && (due || stopping) {
                 match self.flush(&target, &batch, &log, &mut used).await {
-                    Ok(()) => batch = Batch::default(),
+                    Ok(()) => {
+                        batch = Batch::default();
+                        retrying = false;
+                    }
                     Err(e) => {
                         warn!(endpoint = %name, error = %e, "writing the endpoint's blobs failed; they are written again later");
+                        retrying = true;
                         if stopping {
                             break;
                         }
-                        let _ = wait_or_stop(&mut stop, RETRY).await;
                         continue;
                     }
                 }
@@ -219,7 +235,8 @@ impl EndpointWriter {
                 n += 1;
             }
             let bytes = encode(messages, self.endpoint.encoding)?;
-            target.put(&blob, bytes.clone()).await?;
+            let size = bytes.len() as u64;
+            target.put(&blob, bytes).await?;
             used.insert(blob.clone());
             written.push(BlobWritten {
                 endpoint: self.endpoint.name.clone(),
@@ -227,7 +244,7 @@ impl EndpointWriter {
                 blob,
                 encoding: self.endpoint.encoding,
                 messages: messages.len() as u64,
-                bytes: bytes.len() as u64,
+                bytes: size,
                 first_seq: batch.first_seq.get(partition).copied().unwrap_or(0),
                 last_seq: batch.last_seq.get(partition).copied().unwrap_or(0),
             });
@@ -421,6 +438,30 @@ mod endpoint_tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 40, "no message written twice");
+    }
+
+    #[tokio::test]
+    async fn while_the_container_cannot_be_written_nothing_is_lost_and_it_all_comes_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let routing = routing();
+        append(dir.path(), &routing, 0, 20);
+        // The storage is cut: a file stands where the blobs' first folder must go.
+        let container = dir.path().join("blobs").join("ruldata");
+        std::fs::create_dir_all(&container).unwrap();
+        std::fs::write(container.join("hub"), b"not a folder").unwrap();
+        run_once(dir.path(), &routing).await;
+        assert!(written(dir.path()).is_empty(), "no blob, and none logged");
+        // More messages arrive while it is cut; then the storage comes back.
+        append(dir.path(), &routing, 20, 20);
+        run_once(dir.path(), &routing).await;
+        assert!(written(dir.path()).is_empty());
+        std::fs::remove_file(container.join("hub")).unwrap();
+        run_once(dir.path(), &routing).await;
+        let mut ids = written(dir.path());
+        assert_eq!(ids.len(), 20, "the RUL half of 40 messages");
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 20, "each once");
     }
 
     #[tokio::test]
